@@ -1,0 +1,39 @@
+"""Options and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import click
+
+from ..schema import SchemaError
+
+
+class UserError(Exception):
+    """An error caused by the user's input; reported in one line, no traceback."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, SchemaError, FileNotFoundError, FileExistsError, IsADirectoryError,
+    NotADirectoryError, PermissionError,
+)
+
+cluster_option = click.option(
+    "--cluster", "cluster", default="local", show_default=True,
+    help="Where to compute: 'local' (a Dask LocalCluster), 'slurm' "
+         "(dask-jobqueue, configured in cluster/slurm.yaml) or a scheduler address.",
+)
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Number of local worker processes (default: one per core).",
+)
+
+
+@contextlib.contextmanager
+def client_for(cluster: str, workers: int | None = None) -> Iterator[object]:
+    """A connected ``distributed.Client`` for ``--cluster``, closed on exit."""
+    from ..cluster import connect
+
+    with connect(cluster, n_workers=workers) as client:
+        yield client
