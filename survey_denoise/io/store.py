@@ -52,8 +52,9 @@ class WriteReport:
         return self.n_chunks - len(self.written)
 
 
-def open_store(path: str | Path, *, frame: str | None = None, check: bool = True) -> xr.Dataset:
-    """Open a spectra store lazily (Dask-backed, one Dask chunk per Zarr chunk).
+def open_store(path: str | Path, *, frame: str | None = None, check: bool = True,
+               spectra: bool = True) -> xr.Dataset:
+    """Open a store lazily (Dask-backed, one Dask chunk per Zarr chunk).
 
     Parameters
     ----------
@@ -62,7 +63,10 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
     frame : {"observed", "rest"}, optional
         Frame the caller needs; anything else is refused.
     check : bool
-        Validate the schema and that the store was written completely.
+        Check that the store was written completely (and, for spectra, the schema).
+    spectra : bool
+        The store holds spectra (validated against the schema); False for
+        galaxy-only tables such as line catalogues.
 
     Raises
     ------
@@ -79,7 +83,8 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
     except Exception as err:  # zarr raises many types for foreign or truncated stores
         raise SchemaError(f"{path}: not a readable Zarr v3 store ({type(err).__name__}: {err})") from None
     if check:
-        validate(ds, frame=frame, where=str(path))
+        if spectra:
+            validate(ds, frame=frame, where=str(path))
         missing = missing_chunks(path)
         if missing:
             raise SchemaError(
@@ -134,6 +139,7 @@ def write_store(
     client: object | None = None,
     progress: bool | Callable[[int, int], None] = True,
     label: str = "write",
+    spectra: bool = True,
 ) -> WriteReport:
     """Compute ``ds`` chunk by chunk and write it to a Zarr v3 store.
 
@@ -155,13 +161,19 @@ def write_store(
         Show a progress bar, or call ``progress(done, total)`` per chunk.
     label : str
         Name shown on the progress bar.
+    spectra : bool
+        Validate ``ds`` as spectra; False for galaxy-only tables (catalogues),
+        which need only a ``galaxy`` coordinate.
 
     Returns
     -------
     WriteReport
     """
     t0 = time.perf_counter()
-    validate(ds, where=label)
+    if spectra:
+        validate(ds, where=label)
+    elif "galaxy" not in ds.coords:
+        raise SchemaError(f"{label}: a table needs a 'galaxy' coordinate")
     path = Path(path)
     plan = _plan(ds)
     if path.exists():
