@@ -96,7 +96,7 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
 def _plan(ds: xr.Dataset) -> dict:
     chunks = _galaxy_chunks(ds)
     ids = np.asarray(ds["galaxy"].values)
-    digest = hashlib.sha256(ids.astype(str).tobytes() if ids.dtype.kind in "OU" else ids.tobytes())
+    digest = hashlib.sha256("\n".join(map(str, ids)).encode() if ids.dtype.kind in "OUT" else ids.tobytes())
     return {"chunks": list(chunks), "galaxy_sha256": digest.hexdigest(),
             "variables": sorted(map(str, ds.data_vars))}
 
@@ -187,6 +187,7 @@ def write_store(
             shutil.rmtree(path)
         else:
             raise FileExistsError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
+    ds = _variable_length_strings(ds)
     if not path.exists():
         _initialise(ds, path, plan)
 
@@ -204,6 +205,16 @@ def write_store(
         on_done(None)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
+    # Zarr v3 has a specification for variable-length UTF-8 strings only;
+    # fixed-width numpy unicode would be written with an unstable encoding.
+    # numpy's StringDType maps onto it without loading dask arrays.
+    text = np.dtypes.StringDType()
+    fixed = [name for name, var in ds.variables.items() if var.dtype.kind in "UO"]
+    return ds.assign({name: ds[name].astype(text) for name in fixed if name not in ds.dims}) \
+        .assign_coords({name: ds[name].astype(text) for name in fixed if name in ds.dims})
 
 
 def _initialise(ds: xr.Dataset, path: Path, plan: dict) -> None:

@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from survey_denoise import GRID, SchemaError, make_spectra
+from survey_denoise.cluster import connect
+from survey_denoise.io.store import (
+    PROGRESS_DIR,
+    completed_chunks,
+    missing_chunks,
+    open_store,
+    write_store,
+)
+
+
+def _spectra(n=60, chunk=10, seed=0):
+    rng = np.random.default_rng(seed)
+    ds = make_spectra(rng.normal(1, 0.1, (n, GRID.npix)), np.full((n, GRID.npix), 25.0),
+                      GRID.wavelength, np.arange(1000, 1000 + n), rng.uniform(0.02, 0.05, n),
+                      frame="rest", extra={"true_class": np.array(["sf", "agn"] * (n // 2))})
+    return ds.chunk(galaxy=chunk)
+
+
+def test_round_trip_field_by_field(tmp_path):
+    ds = _spectra()
+    report = write_store(ds, tmp_path / "s.zarr", progress=False)
+    assert report.n_chunks == 6 and sorted(report.written) == list(range(6))
+    back = open_store(tmp_path / "s.zarr", frame="rest")
+    assert back.chunks["galaxy"] == ds.chunks["galaxy"]
+    for name in ds.variables:
+        np.testing.assert_array_equal(back[name].values.astype(ds[name].dtype), ds[name].values,
+                                      err_msg=name)
+        # Strings come back as numpy's variable-length StringDType.
+        assert back[name].dtype == ds[name].dtype or ds[name].dtype.kind == "U", name
+        assert back[name].attrs == ds[name].attrs, name
+    assert back.attrs == ds.attrs
+
+
+def test_resume_writes_only_missing_chunks_on_a_cluster(tmp_path):
+    ds = _spectra()
+    path = tmp_path / "s.zarr"
+    with connect("local", n_workers=2) as client:
+        write_store(ds, path, client=client, progress=False)
+        for i in (1, 4):
+            (path / PROGRESS_DIR / f"chunk-{i:06d}").unlink()
+        # Corrupt the data of a chunk whose marker is gone: resume must rewrite it.
+        zarr_ds = xr.open_zarr(path, zarr_format=3, consolidated=False)
+        assert missing_chunks(path) == [1, 4]
+        with pytest.raises(SchemaError, match="incomplete .* --resume"):
+            open_store(path)
+        zeros = zarr_ds.isel(galaxy=slice(10, 20))[["flux"]].load() * 0
+        zeros.drop_vars("wavelength").to_zarr(path, region={"galaxy": slice(10, 20)},
+                                              zarr_format=3, consolidated=False)
+        report = write_store(ds, path, resume=True, client=client, progress=False)
+    assert sorted(report.written) == [1, 4] and report.skipped == 4
+    assert completed_chunks(path) == list(range(6))
+    np.testing.assert_array_equal(open_store(path).flux.values, ds.flux.values)
+
+
+def test_existing_and_mismatched_stores_are_refused(tmp_path):
+    ds = _spectra()
+    path = tmp_path / "s.zarr"
+    write_store(ds, path, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        write_store(ds, path, progress=False)
+    with pytest.raises(SchemaError, match="cannot resume"):
+        write_store(_spectra(n=40), path, resume=True, progress=False)
+    write_store(_spectra(n=40), path, overwrite=True, progress=False)
+    assert open_store(path).sizes["galaxy"] == 40
+
+
+def test_foreign_and_missing_stores(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such store"):
+        open_store(tmp_path / "nope.zarr")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "zarr.json").write_text("{not json")
+    with pytest.raises(SchemaError, match="not a readable Zarr"):
+        open_store(tmp_path / "junk")
+    ds = _spectra()
+    plain = tmp_path / "plain.zarr"
+    ds.drop_vars("true_class").to_zarr(plain, zarr_format=3, consolidated=False)
+    with pytest.raises(SchemaError, match="not written by survey_denoise"):
+        open_store(plain)
+    # A store that is not spectra at all.
+    xr.Dataset({"a": ("x", [1, 2])}).to_zarr(tmp_path / "other.zarr", zarr_format=3,
+                                             consolidated=False)
+    with pytest.raises(SchemaError, match="dimension 'galaxy' is missing"):
+        open_store(tmp_path / "other.zarr")
+
+
+def test_tables_are_written_and_resumed(tmp_path):
+    table = xr.Dataset({"halpha_flux": ("galaxy", np.arange(30.0))},
+                       coords={"galaxy": np.arange(30)}).chunk(galaxy=7)
+    path = tmp_path / "cat.zarr"
+    write_store(table, path, spectra=False, progress=False)
+    shutil.rmtree(path / "halpha_flux" / "c" / "2", ignore_errors=True)
+    (path / PROGRESS_DIR / "chunk-000002").unlink()
+    write_store(table, path, spectra=False, resume=True, progress=False)
+    back = open_store(path, spectra=False)
+    np.testing.assert_array_equal(back.halpha_flux.values, np.arange(30.0))
+    plan = json.loads((path / PROGRESS_DIR / "plan.json").read_text())
+    assert plan["chunks"] == [7, 7, 7, 7, 2]
