@@ -1,0 +1,232 @@
+"""A registry of survey readers: each survey module registers how to recognise and read its files.
+
+Like ``specutils``' I/O registry, a reader is registered with an *identifier*
+that looks at the file (FITS HDU names and columns, never the file name), so
+``read(path)`` finds the right reader by itself.  Adding a survey means one new
+module that calls :func:`register` at import time and one line in
+:data:`BUILTIN` so that the module is imported on first use; nothing else in
+the package changes.
+
+A reader returns a raw spectra dataset (observed frame, physical units,
+``norm = 1``) valid under :func:`survey_denoise.schema.validate`.  A reader may
+also say how several of its datasets share one wavelength axis
+(``common_axis``); the default is the sorted union of their wavelengths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+# name -> module that registers it; imported lazily so that a survey's module
+# is loaded only when a file of that survey is read.
+BUILTIN: dict[str, str] = {
+    "sdss": "survey_denoise.io.sdss",
+    "desi": "survey_denoise.io.desi",
+}
+
+
+class ReadError(ValueError):
+    """A survey file cannot be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One registered survey format.
+
+    Attributes
+    ----------
+    name : str
+        Format name used on the command line (``sdss``, ``desi``...).
+    identify : callable
+        ``identify(hdul) -> bool`` given an open :class:`astropy.io.fits.HDUList`;
+        must only look at headers and column names (cheap).
+    read : callable
+        ``read(path, **options) -> xarray.Dataset`` in the raw schema; raises
+        :class:`ReadError` (naming the file) for a file it does not recognise.
+    common_axis : callable, optional
+        ``common_axis(list of wavelength arrays) -> ndarray``: the one observed
+        wavelength axis that several spectra of this survey are placed on
+        without resampling.  Default: the sorted union of the wavelengths.
+    """
+
+    name: str
+    identify: Callable[[object], bool]
+    read: Callable[..., xr.Dataset]
+    common_axis: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
+
+
+_READERS: dict[str, Reader] = {}
+
+
+def register(name: str, identify: Callable[[object], bool], read: Callable[..., xr.Dataset],
+             common_axis: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None) -> Reader:
+    """Register a survey reader under ``name`` (replacing any earlier one).
+
+    Parameters
+    ----------
+    name : str
+        Format name.
+    identify : callable
+        ``identify(hdul) -> bool``, see :class:`Reader`.
+    read : callable
+        ``read(path, **options) -> xarray.Dataset``.
+    common_axis : callable, optional
+        See :class:`Reader`.
+
+    Returns
+    -------
+    Reader
+    """
+    reader = Reader(name, identify, read, common_axis)
+    _READERS[name] = reader
+    return reader
+
+
+def _load_builtins() -> None:
+    for name, module in BUILTIN.items():
+        if name not in _READERS:
+            importlib.import_module(module)
+
+
+def formats() -> list[str]:
+    """Names of all known formats."""
+    _load_builtins()
+    return sorted(_READERS)
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name``.
+
+    Raises
+    ------
+    ReadError
+        If no reader has that name.
+    """
+    _load_builtins()
+    try:
+        return _READERS[name]
+    except KeyError:
+        raise ReadError(f"unknown format {name!r}; known formats: {', '.join(sorted(_READERS))}") from None
+
+
+def open_fits(path: str | Path):
+    """Open a FITS file and check that every HDU is complete.
+
+    Astropy only warns about a truncated file, and only when the missing data
+    are touched; here a truncation is an error that names the file.
+
+    Returns
+    -------
+    astropy.io.fits.HDUList
+        Caller closes it (use it as a context manager).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ReadError
+        If the file is not FITS, or is truncated.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReadError(f"{path}: is a directory, not a FITS file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+        except Exception as err:  # astropy raises OSError, ValueError, warnings... for bad files
+            raise ReadError(f"{path}: not a readable FITS file ({_reason(err)})") from None
+    try:
+        _check_complete(hdul, path)
+    except BaseException:
+        hdul.close()
+        raise
+    return hdul
+
+
+def _check_complete(hdul, path: Path) -> None:
+    size = path.stat().st_size
+    for hdu in hdul:
+        info = hdu.fileinfo()
+        end = info["datLoc"] + hdu._data_size if info else 0
+        if end > size:
+            raise ReadError(f"{path}: truncated FITS file (HDU {hdu.name or hdu.ver!r} needs "
+                            f"{end} bytes, the file has {size})")
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def identify(path: str | Path) -> str:
+    """Name of the format of the file at ``path``, found by looking inside it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ReadError
+        If the file is not FITS, is truncated, or no registered reader
+        recognises it (the message lists the HDUs found).
+    """
+    _load_builtins()
+    with open_fits(path) as hdul:
+        for name, reader in _READERS.items():
+            if reader.identify(hdul):
+                return name
+        found = [h.name for h in hdul]
+    raise ReadError(f"{path}: not a file of any known survey ({', '.join(sorted(_READERS))}); "
+                    f"its HDUs are {found}")
+
+
+def read(path: str | Path, fmt: str | None = None, **options) -> xr.Dataset:
+    """Read one survey file into the raw spectra schema.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    fmt : str, optional
+        Format name; found with :func:`identify` when not given.  Every
+        reader refuses a file its own identifier does not recognise.
+    **options
+        Passed to the reader (e.g. ``redrock=`` for DESI).
+
+    Returns
+    -------
+    xarray.Dataset
+        Raw, observed-frame, physical-unit spectra.
+
+    Raises
+    ------
+    FileNotFoundError, ReadError
+        Naming the file and what is wrong.
+    """
+    if fmt is None:
+        fmt = identify(path)
+    return get_reader(fmt).read(path, **options)
+
+
+def common_axis(fmt: str | None, wavelengths: Sequence[np.ndarray]) -> np.ndarray:
+    """One observed wavelength axis holding every pixel of ``wavelengths``.
+
+    Uses the format's own ``common_axis`` where it has one (a survey whose
+    pixels sit on a fixed lattice fills the gaps between spectra with that
+    lattice), else the sorted union of the values.
+    """
+    reader = get_reader(fmt) if fmt is not None else None
+    if reader is not None and reader.common_axis is not None:
+        return np.asarray(reader.common_axis(wavelengths), dtype=np.float64)
+    return np.unique(np.concatenate([np.asarray(w, dtype=np.float64) for w in wavelengths]))
