@@ -216,7 +216,9 @@ def read(path: str | Path, fmt: str | None = None, **options) -> xr.Dataset:
     """
     if fmt is None:
         fmt = identify(path)
-    return get_reader(fmt).read(path, **options)
+    ds = get_reader(fmt).read(path, **options)
+    ds.attrs.setdefault("survey", fmt)
+    return ds
 
 
 def common_axis(fmt: str | None, wavelengths: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,260 @@
+"""Read many survey files at once into one raw spectra dataset.
+
+Files are read in parallel (Dask futures on a cluster, else a thread pool),
+each by the reader that :mod:`~survey_denoise.io.registry` finds for it.  A
+file that cannot be read (missing, truncated, not FITS, of another survey, a
+DESI coadd without its redrock file...) does not stop the run: it is reported
+as :class:`Skipped` with the reason, and the others go on.  So are galaxies
+whose id was already read from an earlier file (the first one is kept).
+
+The spectra are placed on one common observed wavelength axis without
+resampling (the survey's own lattice, see ``Reader.common_axis``): pixels a
+spectrum does not cover get ``flux = 0``, ``ivar = 0``, ``mask = True``.
+Per-galaxy variables that only some files have (DESI FIBERMAP columns differ
+between data releases) are filled for the others with NaN (floats), -1
+(signed integers), 0 (unsigned), False (booleans) or "" (strings).
+Variables ``source_file`` and ``survey`` record the file each galaxy came
+from and the reader that read it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..schema import FLUX_UNIT, SCHEMA_VERSION, add_provenance, validate
+from . import registry
+
+DEFAULT_CHUNK_SIZE = 1000
+"""Galaxies per Dask/Zarr chunk of an ingested store (about 70 MB of DESI spectra)."""
+
+_SPECTRAL_FILL = {"flux": np.float32(0), "ivar": np.float32(0), "mask": True}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or one galaxy of a file) left out of an ingest, and why.
+
+    Attributes
+    ----------
+    path : str
+        The file as given.
+    reason : str
+        What was wrong, in words.
+    galaxy : str, optional
+        The galaxy id, when only one galaxy of the file was left out.
+    """
+
+    path: str
+    reason: str
+    galaxy: str | None = None
+
+    def __str__(self) -> str:
+        what = f"{self.path} [galaxy {self.galaxy}]" if self.galaxy is not None else self.path
+        return f"{what}: {self.reason}"
+
+
+class NothingRead(registry.ReadError):
+    """None of the files given to :func:`ingest` could be read.
+
+    Attributes
+    ----------
+    skipped : list of Skipped
+        Every file, with its reason.
+    """
+
+    def __init__(self, skipped: list[Skipped]):
+        self.skipped = skipped
+        shown = "; ".join(str(s) for s in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        super().__init__(f"none of the {len(skipped)} files could be read: {shown}{more}")
+
+
+def summarise(skipped: Sequence[Skipped], n_files: int | None = None) -> str:
+    """A human-readable summary of what an ingest left out (one line per item)."""
+    if not skipped:
+        return "nothing skipped"
+    files = len({s.path for s in skipped if s.galaxy is None})
+    galaxies = sum(s.galaxy is not None for s in skipped)
+    head = f"skipped {files} file(s)" + (f" of {n_files}" if n_files is not None else "")
+    if galaxies:
+        head += f" and {galaxies} duplicate galaxy id(s)"
+    return "\n".join([head + ":"] + [f"  {s}" for s in skipped])
+
+
+def _read_one(path: str, fmt: str | None, options: Mapping[str, Any]):
+    """Read a file; return (dataset, None) or (None, reason).  Runs on a worker."""
+    try:
+        return registry.read(path, fmt, **options), None
+    except Exception as err:  # any failure of one file is reported, never fatal
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        prefix = f"{path}: "
+        text = text[len(prefix):] if text.startswith(prefix) else text
+        if not isinstance(err, registry.ReadError | FileNotFoundError):
+            text = f"{type(err).__name__}: {text}"
+        return None, text
+
+
+def _read_all(paths: list[str], fmt, options: list[Mapping[str, Any]], client, progress) -> list:
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), desc="ingest", unit="file")
+    results: list = [None] * len(paths)
+    try:
+        if client is not None:
+            from distributed import as_completed as dist_as_completed
+
+            futures = client.map(_read_one, paths, [fmt] * len(paths), options, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            for fut in dist_as_completed(futures):
+                results[index[fut.key]] = fut.result()
+                fut.release()
+                if bar is not None:
+                    bar.update(1)
+        else:
+            workers = min(len(paths), 2 * (os.cpu_count() or 1), 16) or 1
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(_read_one, p, fmt, o): i
+                           for i, (p, o) in enumerate(zip(paths, options, strict=True))}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def ingest(
+    paths: Iterable[str | Path],
+    fmt: str | None = None,
+    client: object | None = None,
+    progress: bool = True,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    options: Sequence[Mapping[str, Any]] | None = None,
+) -> tuple[xr.Dataset, list[Skipped]]:
+    """Read survey files into one raw, observed-frame spectra dataset.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Survey files (SDSS spec FITS, DESI coadds...).
+    fmt : str, optional
+        Format of every file (``"sdss"``, ``"desi"``...); found per file when
+        not given.
+    client : distributed.Client, optional
+        Read on this cluster's workers (else in a local thread pool).
+    progress : bool
+        Show a progress bar over the files.
+    chunk_size : int
+        Galaxies per chunk of the returned dataset.
+    options : sequence of mapping, optional
+        Per-file keyword arguments for the reader, in the order of ``paths``
+        (e.g. ``{"redrock": path}`` for a DESI coadd).
+
+    Returns
+    -------
+    dataset : xarray.Dataset
+        Schema-valid, chunked along ``galaxy``, galaxies in file order; attrs
+        record the files, the reader(s) and the package version.
+    skipped : list of Skipped
+        Files that could not be read and duplicate galaxies left out.
+
+    Raises
+    ------
+    NothingRead
+        If no file could be read.
+    """
+    paths = [str(p) for p in paths]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    options = [dict(o) for o in options] if options is not None else [{} for _ in paths]
+    if len(options) != len(paths):
+        raise ValueError(f"{len(options)} reader options for {len(paths)} files")
+    if fmt is not None:
+        registry.get_reader(fmt)  # an unknown format is the caller's error, not a file's
+    if not paths:
+        raise NothingRead([])
+
+    skipped: list[Skipped] = []
+    kept: list[tuple[str, xr.Dataset]] = []
+    seen: dict[Any, str] = {}
+    for path, (ds, reason) in zip(paths, _read_all(paths, fmt, options, client, progress),
+                                  strict=True):
+        if ds is None:
+            skipped.append(Skipped(path, reason))
+            continue
+        ids = ds["galaxy"].values
+        dup = np.array([g in seen for g in ids.tolist()], dtype=bool)
+        for g in ids[dup].tolist():
+            skipped.append(Skipped(path, f"duplicate galaxy id, already read from {seen[g]}",
+                                   galaxy=str(g)))
+        if dup.all():
+            continue
+        ds = ds.isel(galaxy=np.flatnonzero(~dup)) if dup.any() else ds
+        seen.update(dict.fromkeys(ds["galaxy"].values.tolist(), path))
+        kept.append((path, ds))
+    if not kept:
+        raise NothingRead(skipped)
+
+    combined = _combine(kept)
+    readers = sorted({ds.attrs.get("survey", "?") for _, ds in kept})
+    attrs = {"schema_version": SCHEMA_VERSION, "norm_convention": "none", "flux_unit": FLUX_UNIT,
+             "survey": ",".join(readers)}
+    attrs = add_provenance(attrs, "ingest", reader=",".join(readers),
+                           files=[p for p, _ in kept], skipped=[str(s) for s in skipped])
+    combined.attrs = attrs
+    validate(combined, frame="observed", where="ingest")
+    return combined.chunk({"galaxy": chunk_size, "wavelength": -1}), skipped
+
+
+def _combine(kept: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
+    """Concatenate readers' datasets along galaxy on one common wavelength axis."""
+    surveys = {ds.attrs.get("survey") for _, ds in kept}
+    fmt = surveys.pop() if len(surveys) == 1 else None
+    axis = registry.common_axis(fmt, [ds["wavelength"].values for _, ds in kept])
+    id_kinds = {ds["galaxy"].dtype.kind for _, ds in kept}
+    extras: dict[str, np.dtype] = {}
+    for _, ds in kept:
+        for name, var in ds.data_vars.items():
+            if var.dims == ("galaxy",) and name not in extras:
+                extras[name] = var.dtype
+
+    parts = []
+    for path, ds in kept:
+        if not np.isin(ds["wavelength"].values, axis).all():
+            raise registry.ReadError(f"{path}: its wavelengths do not lie on the common axis")
+        ds = ds.reindex(wavelength=axis, fill_value=_SPECTRAL_FILL)
+        n = ds.sizes["galaxy"]
+        ds = ds.assign(source_file=("galaxy", np.full(n, Path(path).name)),
+                       survey=("galaxy", np.full(n, str(ds.attrs.get("survey", "")))))
+        for name, dtype in extras.items():
+            if name not in ds:
+                ds[name] = ("galaxy", np.full(ds.sizes["galaxy"], _fill_for(dtype)).astype(
+                    dtype if dtype.kind not in "UST" else str))
+        if len(id_kinds) > 1:  # string and integer ids in one run: compare them as strings
+            ds = ds.assign_coords(galaxy=ds["galaxy"].values.astype(str))
+        ds.attrs = {}
+        parts.append(ds)
+    out = xr.concat(parts, dim="galaxy", data_vars="minimal", coords="minimal",
+                    compat="override", join="exact", combine_attrs="override")
+    out["wavelength"].attrs = dict(kept[0][1]["wavelength"].attrs)
+    for name in ("flux", "ivar", "mask"):
+        out[name] = out[name].astype(parts[0][name].dtype)
+    return out
+
+
+def _fill_for(dtype: np.dtype):
+    kind = np.dtype(dtype).kind
+    return {"f": np.nan, "c": np.nan, "i": -1, "u": 0, "b": False}.get(kind, "")
