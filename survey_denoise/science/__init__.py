@@ -1,0 +1,1 @@
+"""Science on the line catalogues: metallicities, the MZR, comparison metrics."""

@@ -1,0 +1,125 @@
+"""Reference MZR, scatter, binned MZR and the SFR trend on data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from survey_denoise.science.mzr import (
+    SCHOLTE24,
+    ReferenceMZR,
+    binned_mzr,
+    residuals,
+    running_median,
+    scatter,
+    sfr_trend,
+)
+
+
+@pytest.mark.parametrize(
+    ("logm", "expected"),
+    [
+        # Z0 - gamma/beta * log10(1 + 10**(-beta*(logm - logM0))), worked by hand:
+        (10.49, 8.854 - 0.2439 / 1.2 * np.log10(2.0)),  # = 8.792816 at the turnover
+        (9.49, 8.854 - 0.20325 * np.log10(1 + 10**1.2)),  # = 8.604699
+        (8.49, 8.854 - 0.20325 * np.log10(1 + 10**2.4)),  # = 8.365849
+        (12.0, 8.854 - 0.20325 * np.log10(1 + 10**-1.812)),  # = 8.852649
+    ],
+)
+def test_reference_mzr_matches_published_form(logm, expected):
+    assert SCHOLTE24(logm) == pytest.approx(expected, abs=1e-9)
+
+
+def test_reference_mzr_numbers_by_hand():
+    np.testing.assert_allclose(SCHOLTE24([10.49, 9.49, 8.49, 12.0]),
+                               [8.792816, 8.604699, 8.365849, 8.852649], atol=2e-6)
+    # low-mass slope tends to gamma, high-mass value to Z0
+    assert (SCHOLTE24(7.0) - SCHOLTE24(6.0)) == pytest.approx(0.2439, abs=1e-3)
+    assert SCHOLTE24(14.0) == pytest.approx(8.854, abs=1e-4)
+    assert "2408.03996" in SCHOLTE24.to_dict()["reference"]
+
+
+def test_scatter_about_reference():
+    rng = np.random.default_rng(1)
+    m = rng.uniform(8.5, 11.0, 20000)
+    z = SCHOLTE24(m) + 0.05 + rng.normal(0, 0.1, m.size)
+    s = scatter(m, z)
+    assert s["n"] == m.size
+    assert s["std"] == pytest.approx(0.1, abs=0.003)
+    assert s["nmad"] == pytest.approx(0.1, abs=0.004)
+    assert s["offset"] == pytest.approx(0.05, abs=0.003)
+    assert s["rms"] == pytest.approx(np.hypot(0.1, 0.05), abs=0.003)
+    np.testing.assert_allclose(residuals(m, z), z - SCHOLTE24(m))
+    # NaNs ignored; fewer than two points gives NaN
+    z[:10] = np.nan
+    assert scatter(m, z)["n"] == m.size - 10
+    assert np.isnan(scatter([9.0], [8.5])["std"])
+
+
+def test_other_reference():
+    flat = ReferenceMZR(Z0=8.7, logM0=0.0, gamma=0.0, beta=1.0, reference="flat")
+    np.testing.assert_allclose(flat([8.0, 10.0]), 8.7)
+    assert scatter([9, 10, 11], [8.6, 8.7, 8.8], flat)["std"] == pytest.approx(0.1)
+
+
+def test_binned_mzr_exact_percentiles():
+    # bin [9, 9.5): metallicities 8.00..8.99 in steps of 0.01 (100 values)
+    m = np.full(100, 9.2)
+    z = 8.0 + 0.01 * np.arange(100)
+    # bin [9.5, 10): three galaxies only -> not filled with min_count 10
+    m = np.r_[m, [9.7, 9.8, 9.9], [np.nan], [10.2]]
+    z = np.r_[z, [8.5, 8.6, 8.7], [8.8], [np.nan]]
+    tab = binned_mzr(m, z, bins=[9.0, 9.5, 10.0, 10.5], min_count=10)
+    assert tab["n"].tolist() == [100, 3, 0]
+    assert tab["filled"].tolist() == [True, False, False]
+    row = tab.iloc[0]
+    assert row["p50"] == pytest.approx(np.percentile(z[:100], 50))
+    assert row["p16"] == pytest.approx(8.1584, abs=1e-9)  # linear interpolation at 0.16*99
+    assert row["p84"] == pytest.approx(8.8316, abs=1e-9)
+    assert tab.iloc[1]["p50"] == pytest.approx(8.6)
+    assert np.isnan(tab.iloc[2]["p50"])
+    np.testing.assert_allclose(tab["centre"], [9.25, 9.75, 10.25])
+
+
+def test_binned_mzr_recovers_known_relation_and_default_fill_rule():
+    rng = np.random.default_rng(2)
+    m = rng.uniform(9.0, 11.0, 40000)
+    z = 8.0 + 0.3 * (m - 9.0) + rng.normal(0, 0.1, m.size)
+    tab = binned_mzr(m, z, bins=np.arange(9.0, 11.01, 0.1))
+    truth = 8.0 + 0.3 * (tab["centre"] - 9.0)
+    np.testing.assert_allclose(tab["p50"], truth, atol=0.01)
+    np.testing.assert_allclose((tab["p84"] - tab["p16"]) / 2, 0.1, atol=0.01)
+    assert tab["filled"].all()  # 2000 per bin > 40000 / 21
+    # a bin with few galaxies is not filled under the default N/(n_bins+1) rule
+    m2 = np.r_[m[:2000] * 0 + 9.05, [10.95]]
+    tab2 = binned_mzr(m2, np.r_[z[:2000], [9.0]], bins=[9.0, 9.1, 10.9, 11.0])
+    assert tab2["filled"].tolist() == [True, False, False]
+
+
+def test_running_median_interpolates_and_refuses_empty():
+    f = running_median(np.repeat([9.25, 9.75], 50), np.repeat([1.0, 2.0], 50), bins=[9, 9.5, 10])
+    np.testing.assert_allclose(f([9.25, 9.5, 9.75, 8.0, 11.0]), [1.0, 1.5, 2.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="no mass bin"):
+        running_median([9.1], [1.0], bins=[9, 9.5])
+
+
+@pytest.mark.parametrize("coupling", [0.15, -0.15])
+def test_sfr_trend_sign_and_slope(coupling):
+    rng = np.random.default_rng(3)
+    m = rng.uniform(9.0, 11.0, 20000)
+    dsfr = rng.normal(0, 0.3, m.size)
+    logsfr = 0.8 * (m - 10.0) + dsfr
+    z = SCHOLTE24(m) + coupling * dsfr + rng.normal(0, 0.03, m.size)
+    t = sfr_trend(m, z, logsfr, bins=np.arange(9.0, 11.01, 0.1))
+    assert t["n"] == m.size
+    assert np.sign(t["spearman_r"]) == np.sign(coupling)
+    assert abs(t["spearman_r"]) > 0.7 and t["p_value"] < 1e-10
+    assert t["slope"] == pytest.approx(coupling, abs=0.01)
+
+
+def test_sfr_trend_none_and_too_few():
+    rng = np.random.default_rng(4)
+    m = rng.uniform(9.0, 11.0, 5000)
+    t = sfr_trend(m, SCHOLTE24(m) + rng.normal(0, 0.1, m.size), rng.normal(0, 0.3, m.size))
+    assert abs(t["spearman_r"]) < 0.05
+    assert np.isnan(sfr_trend(m[:5], m[:5], m[:5])["spearman_r"])
