@@ -194,7 +194,7 @@ def write_store(
     todo = missing_chunks(path)
     starts = np.concatenate([[0], np.cumsum(plan["chunks"])]).astype(int)
     report = WriteReport(path=path, n_chunks=len(plan["chunks"]))
-    on_done = _progress_callback(progress, len(plan["chunks"]), label, initial=report.skipped)
+    on_done = _progress_callback(progress, len(plan["chunks"]), label, initial=report.n_chunks - len(todo))
     fixed = [v for v in ds.variables if "galaxy" not in ds[v].dims]
     try:
         for i in _run_regions(ds.drop_vars(fixed), path, todo, starts, client):
