@@ -1,0 +1,114 @@
+"""The three-way MZR test on synthetic catalogues with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _mzr_sample import synthetic_catalogues, synthetic_truth
+
+from survey_denoise.science.mzr import SCHOLTE24
+from survey_denoise.science.mzr_test import MZRTest, format_comparison, log_sfr, mzr_test
+
+
+@pytest.fixture(scope="module")
+def sample():
+    truth = synthetic_truth(3000, seed=5)
+    return truth, synthetic_catalogues(truth)
+
+
+@pytest.fixture(scope="module")
+def result(sample):
+    truth, cats = sample
+    return mzr_test(cats, truth)
+
+
+def test_fractions_follow_the_signal_to_noise(sample, result):
+    truth, cats = sample
+    s = result.summary
+    assert list(s.index) == ["original", "desi", "vae"]
+    assert (s["n_total"] == len(truth)).all()
+    # the fraction equals the share of galaxies passing Halpha S/N > 15 (other cuts rarely bite)
+    for case, cat in cats.items():
+        expected = np.mean(cat["halpha_snr"] > 15)
+        assert s.loc[case, "fraction"] == pytest.approx(expected, abs=0.02)
+    assert s.loc["original", "fraction"] > 0.95
+    assert s.loc["desi", "fraction"] < 0.3
+    assert s.loc["desi", "flag_low_halpha_snr"] > 0.7 * len(truth)
+    # the survivors of the noisy case are biased to high SFR, hence to high mass
+    assert s.loc["desi", "median_logmass_measured"] > s.loc["desi", "median_logmass_all"] + 0.1
+    assert s.loc["desi", "ks_mass"] > s.loc["original", "ks_mass"]
+
+
+def test_scatter_matches_truth_and_noise(sample, result):
+    truth, _ = sample
+    s = result.summary
+    true_std = np.std(truth["true_oh"] - SCHOLTE24(truth["true_logmass"]), ddof=1)
+    # nearly noiseless original: the scatter is the intrinsic one
+    assert s.loc["original", "scatter_std"] == pytest.approx(true_std, abs=0.01)
+    assert abs(s.loc["original", "bias_vs_true"]) < 0.005
+    assert s.loc["original", "std_vs_true"] < s.loc["vae", "std_vs_true"]
+    assert s.loc["vae", "scatter_std"] > s.loc["original", "scatter_std"]
+    # the error propagation is consistent with the scatter against the truth
+    assert s.loc["vae", "median_oh_err"] == pytest.approx(s.loc["vae", "std_vs_true"], rel=0.3)
+
+
+def test_sfr_trend_survives_in_good_data(result):
+    s = result.summary
+    assert s.loc["original", "sfr_spearman_r"] > 0.5
+    assert s.loc["original", "sfr_slope"] == pytest.approx(0.1, abs=0.03)
+    assert s.loc["vae", "sfr_spearman_r"] > 0.2
+
+
+def test_missing_galaxies_count_as_unmeasured(sample):
+    truth, cats = sample
+    short = {"original": cats["original"].iloc[: len(truth) // 2]}
+    r = mzr_test(short, truth)
+    g = r.galaxies["original"]
+    assert len(g) == len(truth)
+    assert not g["has_oh"].iloc[len(truth) // 2:].any()
+    assert r.summary.loc["original", "fraction"] <= 0.5
+    assert r.summary.loc["original", "flag_missing_line"] >= len(truth) // 2
+
+
+def test_comparison_table_and_text(result):
+    c = result.comparison()
+    assert c.loc["original", "paper_scatter_dex"] == 0.09
+    assert c.loc["vae", "paper_scatter_dex"] == 0.12
+    assert pd.isna(c.loc["desi", "paper_scatter_dex"])  # the paper gives none
+    assert c.loc["vae", "ours_fraction"] == pytest.approx(result.summary.loc["vae", "fraction"], abs=1e-3)
+    text = format_comparison(result)
+    assert "DESI-like + 6-d VAE" in text and "0.09" in text and "0.12" in text
+
+
+def test_save_load_round_trip(result, tmp_path):
+    result.save(tmp_path / "mzr")
+    back = MZRTest.load(tmp_path / "mzr")
+    pd.testing.assert_frame_equal(back.summary, result.summary, check_names=False)
+    for case in result.galaxies:
+        pd.testing.assert_frame_equal(back.galaxies[case], result.galaxies[case])
+        pd.testing.assert_frame_equal(back.binned[case], result.binned[case])
+    assert back.settings["min_halpha_snr"] == 15.0
+    assert back.settings["reference"]["Z0"] == SCHOLTE24.Z0
+    assert (tmp_path / "mzr" / "comparison.csv").exists()
+    with pytest.raises(FileNotFoundError, match="no MZR test results"):
+        MZRTest.load(tmp_path / "nothing")
+
+
+def test_input_errors(sample):
+    truth, cats = sample
+    with pytest.raises(KeyError, match="true_logmass"):
+        mzr_test(cats, truth.drop(columns="true_logmass"))
+    with pytest.raises(KeyError, match="'galaxy' column"):
+        mzr_test({"x": cats["original"].drop(columns="galaxy")}, truth)
+    dup = pd.concat([cats["original"].iloc[:2], cats["original"].iloc[:1]])
+    with pytest.raises(ValueError, match="twice"):
+        mzr_test({"x": dup}, truth)
+
+
+def test_log_sfr_column_conventions():
+    t = pd.DataFrame({"true_sfr": [1.0, 10.0, 0.0], "true_logsfr": [0.0, 1.0, -1.0]})
+    np.testing.assert_allclose(log_sfr(t), [0.0, 1.0, np.nan])
+    np.testing.assert_allclose(log_sfr(t, "true_logsfr"), [0.0, 1.0, -1.0])
+    with pytest.raises(KeyError, match="no column"):
+        log_sfr(t, "sfr")
