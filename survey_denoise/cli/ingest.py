@@ -1,0 +1,97 @@
+"""``survey-denoise ingest {sdss,desi,auto} FILE... --out STORE``: survey files to a raw store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import UserError, client_for, cluster_option, workers_option
+
+
+def _common_options(command):
+    """Options every ``ingest`` sub-command takes."""
+    decorators = [
+        click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                     help="Zarr store to write (raw, observed frame)."),
+        cluster_option,
+        workers_option,
+        click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+                     help="Galaxies per chunk of the store.  [default: 1000]"),
+        click.option("--overwrite", is_flag=True, help="Replace an existing store."),
+        click.option("--resume", is_flag=True,
+                     help="Finish an interrupted write of the same files into STORE."),
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+@click.group()
+def ingest() -> None:
+    """Read SDSS or DESI spectra files into a raw Zarr store.
+
+    Files that cannot be read are reported by name, with the reason, and the
+    rest are ingested; the command fails only when no file could be read.
+    """
+
+
+@ingest.command("sdss")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_common_options
+def sdss(files, **kwargs) -> None:
+    """SDSS spec / spec-lite FITS FILES (one spectrum each)."""
+    _run(files, "sdss", None, **kwargs)
+
+
+@ingest.command("desi")
+@click.argument("coadds", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--redrock", "redrock", multiple=True, type=click.Path(path_type=Path),
+              help="Redrock file of a coadd, once per coadd in the same order "
+                   "[default: redrock-*.fits beside each coadd-*.fits].")
+@_common_options
+def desi(coadds, redrock, **kwargs) -> None:
+    """DESI coadd-*.fits COADDS, with redshifts from their redrock files."""
+    if redrock and len(redrock) != len(coadds):
+        raise UserError(f"--redrock was given {len(redrock)} time(s) for {len(coadds)} coadd(s); "
+                        "give it once per coadd, or not at all")
+    options = [{"redrock": str(r)} for r in redrock] if redrock else None
+    _run(coadds, "desi", options, **kwargs)
+
+
+@ingest.command("auto")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_common_options
+def auto(files, **kwargs) -> None:
+    """FILES of any known survey, each recognised by its contents."""
+    _run(files, None, None, **kwargs)
+
+
+def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
+         chunk_size: int | None, overwrite: bool, resume: bool) -> None:
+    from ..io.ingest import DEFAULT_CHUNK_SIZE, NothingRead, summarise
+    from ..io.ingest import ingest as ingest_files
+    from ..io.store import write_store
+
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume exclude each other")
+    if out.exists() and not (overwrite or resume):
+        raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    with client_for(cluster, workers) as client:
+        try:
+            ds, skipped = ingest_files(files, fmt, client=client, progress=True,
+                                       chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, options=options)
+        except NothingRead as err:
+            raise UserError(str(err)) from None
+        report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
+                             progress=True, label="write")
+    wave = ds["wavelength"].values
+    click.echo(f"ingested {ds.sizes['galaxy']} galaxies from {len(files) - _n_files(skipped)} of "
+               f"{len(files)} file(s) into {out} ({report.n_chunks} chunk(s), "
+               f"{wave.size} pixels {wave[0]:.1f}-{wave[-1]:.1f} A observed)")
+    if skipped:
+        click.echo(summarise(skipped, len(files)), err=True)
+
+
+def _n_files(skipped) -> int:
+    return len({s.path for s in skipped if s.galaxy is None})
