@@ -1,15 +1,37 @@
-"""Where a pipeline computes: a local cluster, SLURM, or a running scheduler.
+"""Where a pipeline computes: a local cluster, a batch system, or a running scheduler.
 
-``connect("local")`` starts a :class:`distributed.LocalCluster` of
-single-threaded worker processes (BLAS and TensorFlow pinned to one thread
-each, so Dask's parallelism is the only parallelism).
+``connect(spec)`` yields a connected :class:`distributed.Client` for
+
+- ``"local"``: a :class:`distributed.LocalCluster` of single-threaded worker
+  processes (BLAS and TensorFlow pinned to one thread each, so Dask's
+  parallelism is the only parallelism);
+- ``"slurm"``, ``"pbs"``, ``"lsf"`` or a path to a cluster YAML file: a
+  dask-jobqueue cluster whose jobs run the workers, scaled adaptively between
+  a minimum and a maximum number of jobs (settings: ``cluster/slurm.yaml``
+  and the defaults in ``survey_denoise/data/survey_denoise.yaml``);
+- ``tcp://host:port``, ``tls://host:port`` or a scheduler JSON file: a
+  scheduler started elsewhere.
+
+Scheduler and workers talk TLS with temporary self-signed credentials
+(:meth:`distributed.security.Security.temporary`) unless a config turns it
+off: on a shared machine anyone can reach a scheduler's port, and a Dask
+scheduler runs whatever code its clients send.  Batch-system workers get the
+credentials as files in ``shared-temp-directory`` (written by dask-jobqueue,
+mode 0600, removed when the cluster closes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
 
 # One thread per worker process for every numerical library: with two BLAS
 # threads per process a pPXF fit runs 4x slower on a 2-core machine.
@@ -22,6 +44,211 @@ WORKER_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 
+CONFIG_KEY = "survey-denoise"
+DEFAULTS_FILE = Path(__file__).parent / "data" / "survey_denoise.yaml"
+CLUSTER_DIR = Path("cluster")  # where `--cluster slurm` looks for slurm.yaml
+SYSTEMS = ("slurm", "pbs", "lsf")
+
+
+def _register_defaults() -> dict:
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    dask.config.update_defaults(defaults)
+    return defaults
+
+
+_DEFAULTS = _register_defaults()
+
+
+def setting(key: str) -> Any:
+    """A ``survey-denoise`` setting from ``dask.config`` (defaults, user files, env)."""
+    return dask.config.get(f"{CONFIG_KEY}.{key}")
+
+
+# --------------------------------------------------------------------------
+# Batch systems: one config shape, each system maps only what differs.
+
+
+class UnknownCluster(ValueError):
+    """A ``--cluster`` value or cluster file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class JobSystem:
+    """How one batch system's settings become dask-jobqueue keywords.
+
+    Attributes
+    ----------
+    name : str
+        ``slurm``, ``pbs`` or ``lsf``.
+    cluster_class : str
+        dask-jobqueue class name.
+    renames : dict
+        Our key -> the class's keyword, where the class names it differently.
+    own_keys : tuple of str
+        Keys only this system understands (passed through, hyphens -> underscores).
+    """
+
+    name: str
+    cluster_class: str
+    renames: dict[str, str] = field(default_factory=dict)
+    own_keys: tuple[str, ...] = ()
+
+
+JOB_SYSTEMS = {
+    "slurm": JobSystem("slurm", "SLURMCluster"),
+    "pbs": JobSystem("pbs", "PBSCluster", own_keys=("resource-spec",)),
+    # LSF has projects where SLURM and PBS have accounts.
+    "lsf": JobSystem("lsf", "LSFCluster", renames={"account": "project"}, own_keys=("use-stdin",)),
+}
+
+# Keys every system shares, and the dask-jobqueue keyword each becomes.
+_COMMON = {
+    "cores": "cores", "processes": "processes", "memory": "memory", "walltime": "walltime",
+    "queue": "queue", "account": "account", "job-directives": "job_extra_directives",
+    "job-directives-skip": "job_directives_skip", "interface": "interface",
+    "local-directory": "local_directory", "log-directory": "log_directory",
+    "python": "python", "death-timeout": "death_timeout",
+}
+_OURS = {"system", "lifetime", "lifetime-stagger", "adapt", "tls", "shared-temp-directory",
+         "dashboard-address", "job-script-prologue"}
+
+
+def _merge(*layers: dict) -> dict:
+    return dask.config.merge(*[layer or {} for layer in layers])
+
+
+def jobqueue_settings(spec: str) -> dict:
+    """Effective settings of a batch-system cluster.
+
+    Layers, later wins: package defaults for the system, the cluster file
+    (``spec`` itself if it is a path, else ``cluster/<system>.yaml`` when it
+    exists), then whatever ``dask.config`` holds that differs from the
+    defaults (``dask.config.set``, the user's Dask config files,
+    ``DASK_SURVEY_DENOISE__*`` environment variables).
+
+    Raises
+    ------
+    UnknownCluster
+        For an unknown system, an unreadable file or unknown keys (named).
+    """
+    path = Path(spec).expanduser()
+    if spec in SYSTEMS:
+        system, path = spec, CLUSTER_DIR / f"{spec}.yaml"
+        from_file = _read_cluster_file(path) if path.exists() else {}
+    else:
+        from_file = _read_cluster_file(path)
+        system = from_file.get("system", "slurm")
+    if system not in JOB_SYSTEMS:
+        raise UnknownCluster(f"{path}: system {system!r} is not one of {', '.join(SYSTEMS)}")
+    default = _DEFAULTS[CONFIG_KEY]["jobqueue"][system]
+    live = _hyphenated(dask.config.get(f"{CONFIG_KEY}.jobqueue.{system}", default={}))
+    # Files and environment as they are now (dask.config read them at import).
+    now = _hyphenated(dask.config.get(f"{CONFIG_KEY}.jobqueue.{system}", default={},
+                                      config=dask.config.collect()))
+    settings = _merge(default, from_file, _changed(live, default), now)
+    settings["system"] = system
+    known = set(_COMMON) | _OURS | set(JOB_SYSTEMS[system].own_keys)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UnknownCluster(f"{path}: unknown key(s) {', '.join(unknown)} for a {system} "
+                             f"cluster; known: {', '.join(sorted(known))}")
+    return settings
+
+
+def _hyphenated(tree: Any) -> Any:
+    # Environment variables arrive as DASK_..._LIFETIME_STAGGER -> "lifetime_stagger".
+    if isinstance(tree, dict):
+        return {str(k).replace("_", "-"): _hyphenated(v) for k, v in tree.items()}
+    return tree
+
+
+def _changed(live: dict, default: dict) -> dict:
+    # What user files, environment variables or dask.config.set changed
+    # relative to the package defaults: those win over the cluster file.
+    out = {}
+    for key, value in live.items():
+        if isinstance(value, dict) and isinstance(default.get(key), dict):
+            sub = _changed(value, default[key])
+            if sub:
+                out[key] = sub
+        elif key not in default or value != default[key]:
+            out[key] = value
+    return out
+
+
+def _read_cluster_file(path: Path) -> dict:
+    if not path.is_file():
+        raise UnknownCluster(f"{path}: no such cluster file (use 'local', one of "
+                             f"{', '.join(SYSTEMS)}, a scheduler address or a cluster YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UnknownCluster(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise UnknownCluster(f"{path}: expected a mapping of cluster settings")
+    return data
+
+
+def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
+    """dask-jobqueue constructor keywords for effective ``settings``."""
+    system = JOB_SYSTEMS[settings["system"]]
+    kwargs: dict[str, Any] = {}
+    for key, kw in _COMMON.items():
+        if settings.get(key) is not None:
+            kwargs[system.renames.get(key, kw)] = settings[key]
+    for key in system.own_keys:
+        if settings.get(key) is not None:
+            kwargs[key.replace("-", "_")] = settings[key]
+    if kwargs.get("processes") is None:
+        kwargs["processes"] = int(settings["cores"])  # single-threaded workers
+    extra = []
+    if settings.get("lifetime"):
+        extra += ["--lifetime", str(settings["lifetime"])]
+        if settings.get("lifetime-stagger"):
+            extra += ["--lifetime-stagger", str(settings["lifetime-stagger"])]
+    kwargs["worker_extra_args"] = extra
+    kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
+        + list(settings.get("job-script-prologue") or [])
+    kwargs["scheduler_options"] = {"dashboard_address": settings.get("dashboard-address", ":0")}
+    if security is not None:
+        kwargs["security"] = security
+        directory = Path(os.path.expandvars(settings["shared-temp-directory"])).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # the credentials are the keys to the scheduler
+        kwargs["shared_temp_directory"] = str(directory)
+    return kwargs
+
+
+def jobqueue_cluster(spec: str, *, tls: bool | None = None):
+    """A dask-jobqueue cluster (no jobs submitted yet) for ``spec``.
+
+    Parameters
+    ----------
+    spec : str
+        ``slurm``, ``pbs``, ``lsf`` or a cluster YAML file.
+    tls : bool, optional
+        Override the settings' ``tls``.
+    """
+    import dask_jobqueue
+
+    settings = jobqueue_settings(spec)
+    security = temporary_security() if (settings["tls"] if tls is None else tls) else None
+    cls = getattr(dask_jobqueue, JOB_SYSTEMS[settings["system"]].cluster_class)
+    cluster = cls(**jobqueue_kwargs(settings, security))
+    cluster.survey_denoise_settings = settings
+    return cluster
+
+
+# --------------------------------------------------------------------------
+# Local clusters and TLS.
+
+
+def temporary_security():
+    """Self-signed TLS credentials valid for this cluster only (kept in memory)."""
+    from distributed.security import Security
+
+    return Security.temporary()
+
 
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **kwargs):
     """A :class:`distributed.LocalCluster` of worker processes with pinned threads.
@@ -29,40 +256,82 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     Parameters
     ----------
     n_workers : int, optional
-        Worker processes (default: number of cores).
+        Worker processes (default: ``survey-denoise.local.n-workers``, else
+        the number of cores).
     threads_per_worker : int
         Dask threads per worker.
     **kwargs
-        Passed to :class:`distributed.LocalCluster`.
+        Passed to :class:`distributed.LocalCluster` (e.g. ``security=``).
     """
     from distributed import LocalCluster
 
-    n_workers = n_workers or os.cpu_count() or 1
-    kwargs.setdefault("dashboard_address", ":0")
+    n_workers = n_workers or setting("local.n-workers") or os.cpu_count() or 1
+    kwargs.setdefault("dashboard_address", setting("local.dashboard-address"))
+    kwargs.setdefault("memory_limit", setting("local.memory-limit"))
     kwargs.setdefault("silence_logs", 40)
     return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                         processes=True, env=dict(WORKER_ENV), **kwargs)
 
 
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def connect(spec: str = "local", n_workers: int | None = None) -> Iterator[object]:
+def connect(spec: str = "local", n_workers: int | None = None, *, tls: bool | None = None,
+            echo: Callable[[str], None] | None = _echo) -> Iterator[object]:
     """Yield a connected ``distributed.Client`` for a cluster spec; close what was started.
 
     Parameters
     ----------
     spec : str
-        ``"local"`` for a new LocalCluster, or a scheduler address
-        (``tcp://host:port`` / ``tls://host:port``).
+        ``"local"``; ``"slurm"``, ``"pbs"``, ``"lsf"`` or a cluster YAML file;
+        a scheduler address (``tcp://host:port`` / ``tls://host:port``) or a
+        scheduler JSON file.
     n_workers : int, optional
-        Workers of a local cluster.
+        Workers of a local cluster; for a batch system, a fixed number of
+        jobs instead of adaptive scaling.
+    tls : bool, optional
+        Override the config's TLS setting for a cluster started here.
+    echo : callable, optional
+        Where the dashboard link is reported (default: stderr; None: silent).
+
+    Raises
+    ------
+    UnknownCluster
+        If ``spec`` names nothing usable.
     """
     from distributed import Client
 
+    echo = echo or (lambda message: None)
     if spec == "local":
-        with local_cluster(n_workers) as cluster, Client(cluster) as client:
+        use_tls = setting("local.tls") if tls is None else tls
+        security = temporary_security() if use_tls else None
+        threads = int(setting("local.threads-per-worker"))
+        with local_cluster(n_workers, threads, security=security) as cluster, \
+                Client(cluster, security=security) as client:
+            echo(f"local cluster: {len(cluster.workers)} workers, dashboard {client.dashboard_link}")
             yield client
     elif "://" in spec:
         with Client(spec) as client:
+            echo(f"scheduler {spec}: dashboard {client.dashboard_link}")
             yield client
+    elif spec.endswith(".json") and Path(spec).is_file():
+        with Client(scheduler_file=spec) as client:
+            echo(f"scheduler from {spec}: dashboard {client.dashboard_link}")
+            yield client
+    elif spec in SYSTEMS or spec.endswith((".yaml", ".yml")):
+        with jobqueue_cluster(spec, tls=tls) as cluster:
+            settings = cluster.survey_denoise_settings
+            if n_workers:
+                cluster.scale(jobs=n_workers)
+            else:
+                cluster.adapt(minimum_jobs=settings["adapt"]["minimum-jobs"],
+                              maximum_jobs=settings["adapt"]["maximum-jobs"])
+            with Client(cluster, security=cluster.security) as client:
+                echo(f"{settings['system']} cluster: dashboard {client.dashboard_link}")
+                client.wait_for_workers(1, timeout=setting("scheduler.worker-start-timeout"))
+                yield client
     else:
-        raise ValueError(f"unknown cluster {spec!r}: use 'local', 'slurm' or a scheduler address")
+        raise UnknownCluster(f"unknown cluster {spec!r}: use 'local', one of {', '.join(SYSTEMS)}, "
+                             "a cluster YAML file or a scheduler address")

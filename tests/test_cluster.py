@@ -1,0 +1,108 @@
+"""Clusters: local workers, TLS between scheduler and clients, batch-system settings."""
+
+import os
+
+import dask.config
+import pytest
+from distributed import Client
+from distributed.security import Security
+
+from survey_denoise.cluster import (
+    WORKER_ENV,
+    UnknownCluster,
+    connect,
+    jobqueue_cluster,
+    jobqueue_kwargs,
+    jobqueue_settings,
+    local_cluster,
+)
+
+
+def _env(name):
+    return os.environ.get(name)
+
+
+def test_local_workers_are_single_threaded_with_pinned_libraries():
+    lines = []
+    with connect("local", n_workers=2, echo=lines.append) as client:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(info) == 2 and all(w["nthreads"] == 1 for w in info.values())
+        envs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
+        assert all(env == WORKER_ENV for env in envs.values())
+        assert client.scheduler.address.startswith("tls://")  # TLS by default
+        assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
+    assert lines and "dashboard http" in lines[0]
+
+
+def test_client_without_the_clusters_credentials_cannot_connect():
+    security = Security.temporary()
+    with local_cluster(1, security=security) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        with Client(cluster, security=security) as client:
+            assert client.submit(lambda: 42).result() == 42
+        # No credentials at all.
+        with pytest.raises((OSError, TypeError, ValueError)):
+            Client(address, timeout="3s")
+        # Valid-looking credentials of another cluster (another user's own).
+        with pytest.raises(OSError):
+            Client(address, security=Security.temporary(), timeout="3s")
+        # Plain TCP to the TLS port.
+        with pytest.raises(OSError):
+            Client(address.replace("tls://", "tcp://"), timeout="3s")
+
+
+def test_unknown_cluster_spec_is_named():
+    with pytest.raises(UnknownCluster, match="unknown cluster 'sge'"):
+        with connect("sge"):
+            pass
+    with pytest.raises(UnknownCluster, match="no such cluster file"):
+        jobqueue_settings("nowhere/slurm-site.yaml")
+
+
+def test_settings_layers_defaults_file_then_environment(tmp_path, monkeypatch):
+    path = tmp_path / "site.yaml"
+    path.write_text("system: slurm\ncores: 4\nqueue: short\naccount: astro\n"
+                    "adapt: {maximum-jobs: 10}\n")
+    settings = jobqueue_settings(str(path))
+    assert settings["cores"] == 4 and settings["queue"] == "short"
+    assert settings["adapt"] == {"minimum-jobs": 1, "maximum-jobs": 10}  # merged, not replaced
+    assert settings["walltime"] == "01:00:00"  # package default
+    monkeypatch.setenv("DASK_SURVEY_DENOISE__JOBQUEUE__SLURM__QUEUE", "long")
+    assert jobqueue_settings(str(path))["queue"] == "long"
+    with dask.config.set({"survey-denoise.jobqueue.slurm.cores": 8}):
+        assert jobqueue_settings(str(path))["cores"] == 8
+    path.write_text("system: slurm\npartition: short\n")
+    with pytest.raises(UnknownCluster, match="unknown key.*partition"):
+        jobqueue_settings(str(path))
+
+
+def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(f"system: slurm\ncores: 2\nmemory: 3GiB\nqueue: debug\naccount: astro\n"
+                    f"walltime: '00:20:00'\nlifetime: 15m\nlifetime-stagger: 2m\n"
+                    f"job-directives: ['--qos=low']\nshared-temp-directory: {tmp_path / 'tls'}\n")
+    with dask.config.set({"survey-denoise.jobqueue.slurm.dashboard-address": ":0"}):
+        with jobqueue_cluster(str(path)) as cluster:
+            script = cluster.job_script()
+            assert cluster.scheduler_address.startswith("tls://")
+    for line in ("#SBATCH -p debug", "#SBATCH -A astro", "#SBATCH --cpus-per-task=2",
+                 "#SBATCH -t 00:20:00", "#SBATCH --qos=low", "export OMP_NUM_THREADS=1",
+                 "--lifetime 15m", "--lifetime-stagger 2m", "--nworkers 2", "--nthreads 1",
+                 "--tls-ca-file", "--tls-key"):
+        assert line in script, line
+    assert oct((tmp_path / "tls").stat().st_mode)[-3:] == "700"
+
+
+@pytest.mark.parametrize("system, header", [("pbs", "#PBS -A astro"), ("lsf", '#BSUB -P "astro"')])
+def test_pbs_and_lsf_use_the_same_shape(tmp_path, system, header):
+    path = tmp_path / f"{system}.yaml"
+    path.write_text(f"system: {system}\ncores: 2\nmemory: 4GiB\naccount: astro\nqueue: q\n")
+    settings = jobqueue_settings(str(path))
+    kwargs = jobqueue_kwargs(settings)
+    assert kwargs["processes"] == 2 and "security" not in kwargs
+    with dask.config.set({f"survey-denoise.jobqueue.{system}.dashboard-address": ":0"}):
+        with jobqueue_cluster(str(path), tls=False) as cluster:
+            script = cluster.job_script()
+    assert header in script and "--lifetime 55m" in script
+    assert "--tls-ca-file" not in script
