@@ -3,9 +3,9 @@
 Like ``specutils``' I/O registry, a reader is registered with an *identifier*
 that looks at the file (FITS HDU names and columns, never the file name), so
 ``read(path)`` finds the right reader by itself.  Adding a survey means one new
-module that calls :func:`register` at import time and one line in
-:data:`BUILTIN` so that the module is imported on first use; nothing else in
-the package changes.
+module in ``survey_denoise/io/`` that calls :func:`register` at import time
+(modules there are discovered on first use; other packages use the
+``survey_denoise.readers`` entry-point group); nothing else changes.
 
 A reader returns a raw spectra dataset (observed frame, physical units,
 ``norm = 1``) valid under :func:`survey_denoise.schema.validate`.  A reader may
@@ -15,21 +15,22 @@ also say how several of its datasets share one wavelength axis
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
+import pkgutil
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-# name -> module that registers it; imported lazily so that a survey's module
-# is loaded only when a file of that survey is read.
-BUILTIN: dict[str, str] = {
-    "sdss": "survey_denoise.io.sdss",
-    "desi": "survey_denoise.io.desi",
-}
+ENTRY_POINT_GROUP = "survey_denoise.readers"
+"""Entry-point group through which other packages add readers (each entry is a module)."""
 
 
 class ReadError(ValueError):
@@ -89,10 +90,27 @@ def register(name: str, identify: Callable[[object], bool], read: Callable[..., 
     return reader
 
 
+_discovered = False
+_discovery_lock = threading.RLock()
+
+
 def _load_builtins() -> None:
-    for name, module in BUILTIN.items():
-        if name not in _READERS:
-            importlib.import_module(module)
+    """Import every module of ``survey_denoise.io`` and every entry point, once.
+
+    Survey modules register themselves on import, so a new survey module in
+    this package (or a package declaring a ``survey_denoise.readers`` entry
+    point) is found without editing any list.
+    """
+    global _discovered
+    with _discovery_lock:  # readers run in threads; all must see a full registry
+        if _discovered:
+            return
+        package = importlib.import_module(__package__)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{__package__}.{module.name}")
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            entry.load()
+        _discovered = True
 
 
 def formats() -> list[str]:
@@ -116,16 +134,17 @@ def get_reader(name: str) -> Reader:
         raise ReadError(f"unknown format {name!r}; known formats: {', '.join(sorted(_READERS))}") from None
 
 
-def open_fits(path: str | Path):
-    """Open a FITS file and check that every HDU is complete.
+@contextlib.contextmanager
+def open_fits(path: str | Path) -> Iterator[Any]:
+    """Open a FITS file, check that every HDU is complete, and close it afterwards.
 
     Astropy only warns about a truncated file, and only when the missing data
-    are touched; here a truncation is an error that names the file.
+    are touched; here a truncation is an error that names the file.  Use as
+    ``with open_fits(path) as hdul:`` and copy the data needed inside the block.
 
-    Returns
-    -------
+    Yields
+    ------
     astropy.io.fits.HDUList
-        Caller closes it (use it as a context manager).
 
     Raises
     ------
@@ -141,18 +160,17 @@ def open_fits(path: str | Path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ReadError(f"{path}: is a directory, not a FITS file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-        except Exception as err:  # astropy raises OSError, ValueError, warnings... for bad files
-            raise ReadError(f"{path}: not a readable FITS file ({_reason(err)})") from None
-    try:
-        _check_complete(hdul, path)
-    except BaseException:
-        hdul.close()
-        raise
-    return hdul
+    # The file object is ours, so it is closed even when astropy fails half-way.
+    with open(path, "rb") as fh:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
+            except Exception as err:  # astropy raises OSError, ValueError, warnings... for bad files
+                raise ReadError(f"{path}: not a readable FITS file ({_reason(err)})") from None
+        with hdul:
+            _check_complete(hdul, path)
+            yield hdul
 
 
 def _check_complete(hdul, path: Path) -> None:
