@@ -1,0 +1,40 @@
+"""``survey-denoise run CONFIG.yaml``: a whole pipeline from a YAML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import UserError, cluster_option, workers_option
+
+
+@click.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@cluster_option
+@workers_option
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted run in the config's output folder: only missing "
+                   "chunks are computed.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the run here instead of the config's outputs.dir.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only check the config (and print the plan); run nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path | None,
+        check_only: bool, no_progress: bool) -> None:
+    """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
+    from ..cluster import UnknownCluster
+    from ..pipeline import ConfigError, load_config, run_pipeline
+
+    try:
+        cfg = load_config(config, out=out)
+        if check_only:
+            made = ", ".join(cfg.stores())
+            click.echo(f"{config}: ok; input {cfg.input.kind}, stores {made}, fits "
+                       f"{', '.join(cfg.fit_targets()) or 'none'}, outputs in {cfg.outputs.dir}")
+            return
+        run_pipeline(cfg, cluster=cluster, workers=workers, resume=resume,
+                     progress=not no_progress, echo=click.echo)
+    except (ConfigError, UnknownCluster) as err:
+        raise UserError(str(err)) from None

@@ -1,0 +1,336 @@
+"""A pipeline as configuration: the YAML schema and its checks before any work.
+
+A config names the input (a mock design, real survey files, or an existing
+store), the stages to run and where their outputs go::
+
+    name: quickstart
+    input:
+      mock: {n: 600, design: uniform-halpha, survey: sdss, seed: 1}
+    chunk: 100                       # galaxies per chunk
+    stages:
+      preprocess: {norm: l2}
+      degrade: {noise: uniform, sigma: 0.04, seed: 2}
+      train: {kind: vae, latent: 6, epochs: 20}
+      denoise: {model: train}        # or a MODEL_DIR
+      fit: {method: fast, stores: [preprocessed, degraded, denoised]}
+      science: {cases: {original: preprocessed, noisy: degraded, vae: denoised}}
+    outputs: {dir: runs/quickstart}
+
+Everything is checked by :func:`load_config` before a cluster starts:
+unknown keys, missing files, stages whose inputs are not produced, a model
+whose grid or normalisation does not match the data.  All problems are
+reported together in one :class:`ConfigError`.  Relative paths are relative
+to the directory the command runs in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..schema import NORMS
+
+# Spectra stores a stage can read, in the order the pipeline makes them.
+SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
+
+
+class ConfigError(ValueError):
+    """A pipeline config cannot run; the message lists every problem found."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- input
+
+
+class MockInput(_Strict):
+    """A mock survey with known truth (``survey_denoise.mock``)."""
+
+    n: int = Field(gt=0, description="galaxies")
+    design: Literal["uniform-halpha", "mzr", "natural"] = "natural"
+    survey: Literal["sdss", "desi"] = "sdss"
+    seed: int = 0
+    z: tuple[float, float] | None = Field(None, description="redshift range (default: the survey's)")
+
+
+class FilesInput(_Strict):
+    """Real survey files read by the reader registry."""
+
+    paths: list[str] = Field(min_length=1, description="files or glob patterns")
+    format: str | None = Field(None, description="sdss, desi...; found per file if not given")
+
+
+class StoreInput(_Strict):
+    """An existing spectra store (raw observed frame, or rest frame on the grid)."""
+
+    path: Path
+    frame: Literal["observed", "rest"] = "observed"
+    truth: Path | None = Field(None, description="truth table (Parquet) of a mock store")
+
+
+class Input(_Strict):
+    """Exactly one of ``mock``, ``files`` or ``store``."""
+
+    mock: MockInput | None = None
+    files: FilesInput | None = None
+    store: StoreInput | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Input:
+        given = [k for k in ("mock", "files", "store") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of mock, files, store (got {given or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("mock", "files", "store") if getattr(self, k) is not None)
+
+
+# ---------------------------------------------------------------- stages
+
+
+class Preprocess(_Strict):
+    norm: Literal[NORMS] = "l2"  # type: ignore[valid-type]
+    min_coverage: float | None = Field(None, ge=0, le=1)
+
+
+class Degrade(_Strict):
+    noise: Literal["uniform", "desi"] = "uniform"
+    sigma: float | None = Field(None, gt=0, description="uniform noise, normalised units")
+    seed: int = 0
+    z_target: float | None = Field(None, gt=0, description="move galaxies to this redshift")
+
+    @model_validator(mode="after")
+    def _sigma(self) -> Degrade:
+        if self.noise == "uniform" and self.sigma is None:
+            raise ValueError("uniform noise needs sigma")
+        return self
+
+
+class Train(_Strict):
+    kind: Literal["pca", "ae", "vae"] = "vae"
+    latent: int = Field(6, gt=0)
+    epochs: int = Field(20, gt=0)
+    seed: int = 0
+    noisy: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
+    clean: Literal[SPECTRA] = "preprocessed"  # type: ignore[valid-type]
+
+
+class Denoise(_Strict):
+    model: str = Field(description="MODEL_DIR, or 'train' for the model of the train stage")
+    batch_size: int = Field(1024, gt=0)
+    input: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
+
+
+class Fit(_Strict):
+    method: Literal["fast", "ppxf"] = "fast"
+    stores: list[Literal[SPECTRA]] = Field(default_factory=list,  # type: ignore[valid-type]
+                                       description="stores to fit (default: the last one made)")
+    templates: Path | None = None
+
+
+class Science(_Strict):
+    cases: dict[str, Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
+        description="case name -> the fitted store it uses, e.g. {original: preprocessed}")
+    calibration: Literal["o3n2", "n2"] = "o3n2"
+    min_halpha_snr: float = 15.0
+
+
+class Stages(_Strict):
+    """Stages run in this order; leave one out to skip it."""
+
+    preprocess: Preprocess | None = None
+    degrade: Degrade | None = None
+    train: Train | None = None
+    denoise: Denoise | None = None
+    fit: Fit | None = None
+    science: Science | None = None
+
+
+class Outputs(_Strict):
+    dir: Path = Field(description="run folder: stores, catalogues, model, run.json, run.log")
+
+
+class PipelineConfig(_Strict):
+    """One pipeline run."""
+
+    name: str
+    description: str = ""
+    input: Input
+    chunk: int = Field(1000, gt=0, description="galaxies per chunk")
+    stages: Stages = Stages()
+    outputs: Outputs
+
+    def stores(self) -> list[str]:
+        """Spectra stores this run makes, in order."""
+        made = ["raw"] if self.input.kind != "store" or self.input.store.frame == "observed" \
+            else []
+        if self.input.kind == "store" and self.input.store.frame == "rest":
+            made.append("preprocessed")
+        for name, stage in (("preprocessed", self.stages.preprocess),
+                            ("degraded", self.stages.degrade), ("denoised", self.stages.denoise)):
+            if stage is not None and name not in made:
+                made.append(name)
+        return made
+
+    def fit_targets(self) -> list[str]:
+        """Stores the fit stage measures."""
+        if self.stages.fit is None:
+            return []
+        return list(self.stages.fit.stores) or [self.stores()[-1]]
+
+    def has_truth(self) -> bool:
+        return self.input.kind == "mock" or (self.input.kind == "store"
+                                             and self.input.store.truth is not None)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def load_config(path: str | Path, *, out: str | Path | None = None) -> PipelineConfig:
+    """Read and check a pipeline YAML; every problem is reported at once.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    out : str or Path, optional
+        Replace ``outputs.dir``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ConfigError
+        Listing unknown keys, bad values, missing files, stages whose input
+        is not made, and a model that does not fit the data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such pipeline config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with name, input, stages, outputs")
+    if out is not None:
+        raw.setdefault("outputs", {})
+        raw["outputs"] = {**(raw["outputs"] or {}), "dir": str(out)}
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in err.errors())) from None
+    problems = check(config)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    if error["type"] == "missing":
+        return f"missing key '{where}'"
+    return f"{where or 'config'}: {error['msg']}"
+
+
+def check(config: PipelineConfig) -> list[str]:
+    """Problems that stop ``config`` from running (empty if none)."""
+    problems: list[str] = []
+    inp, st = config.input, config.stages
+    if inp.kind == "files":
+        from glob import glob
+
+        for pattern in inp.files.paths:
+            if not glob(pattern):
+                problems.append(f"input.files: no file matches '{pattern}'")
+    if inp.kind == "store":
+        if not inp.store.path.exists():
+            problems.append(f"input.store.path: {inp.store.path} does not exist")
+        if inp.store.truth is not None and not inp.store.truth.exists():
+            problems.append(f"input.store.truth: {inp.store.truth} does not exist")
+    made = config.stores()
+    if (st.degrade or st.train or st.denoise or st.fit) and "preprocessed" not in made:
+        problems.append("stages: the rest-frame stages need stages.preprocess "
+                        "(or an input store with frame: rest)")
+    if st.train is not None:
+        for role in ("noisy", "clean"):
+            if getattr(st.train, role) not in made:
+                problems.append(f"stages.train.{role}: '{getattr(st.train, role)}' is not made by "
+                                f"this pipeline (made: {', '.join(made)})")
+    if st.denoise is not None:
+        if st.denoise.input not in made:
+            problems.append(f"stages.denoise.input: '{st.denoise.input}' is not made by this pipeline")
+        if st.denoise.model == "train":
+            if st.train is None:
+                problems.append("stages.denoise.model: 'train' needs a stages.train section")
+        else:
+            problems += check_model(Path(st.denoise.model), st.preprocess)
+    for target in config.fit_targets():
+        if target not in made:
+            problems.append(f"stages.fit.stores: '{target}' is not made by this pipeline "
+                            f"(made: {', '.join(made)})")
+    if st.fit is not None and st.fit.templates is not None and not st.fit.templates.exists():
+        problems.append(f"stages.fit.templates: {st.fit.templates} does not exist")
+    if st.science is not None:
+        if st.fit is None:
+            problems.append("stages.science needs a stages.fit section")
+        for case, target in st.science.cases.items():
+            if target not in config.fit_targets():
+                problems.append(f"stages.science.cases.{case}: '{target}' is not fitted "
+                                f"(stages.fit.stores: {', '.join(config.fit_targets())})")
+        if not config.has_truth():
+            problems.append("stages.science needs a truth table (a mock input, or input.store.truth)")
+    return problems
+
+
+def check_model(model_dir: Path, preprocess: Preprocess | None) -> list[str]:
+    """Problems with a saved model for this pipeline's grid and normalisation.
+
+    Reads only the model card (JSON), so the check is cheap and runs before
+    TensorFlow is imported.
+    """
+    from ..grid import GRID
+
+    if not model_dir.is_dir():
+        return [f"stages.denoise.model: {model_dir} is not a model folder"]
+    cards = sorted(model_dir.glob("*.json"))
+    card = next((c for c in cards if c.name in ("card.json", "model_card.json")), None) \
+        or (cards[0] if cards else None)
+    if card is None:
+        return [f"stages.denoise.model: {model_dir} has no model card (*.json)"]
+    try:
+        meta = json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return [f"stages.denoise.model: {card} is not readable JSON ({err})"]
+    problems = []
+    grid = meta.get("grid")
+    if isinstance(grid, str):
+        grid = json.loads(grid)
+    if isinstance(grid, dict) and _grid_key(grid) != _grid_key(GRID.to_dict()):
+        problems.append(f"stages.denoise.model: {model_dir} was trained on another wavelength "
+                        f"grid ({_grid_text(grid)}) than the data ({_grid_text(GRID.to_dict())}); "
+                        "retrain it on this grid")
+    norm = meta.get("norm") or meta.get("norm_convention") or meta.get("normalisation")
+    want = preprocess.norm if preprocess is not None else None
+    if norm and want and norm != want:
+        problems.append(f"stages.denoise.model: {model_dir} expects '{norm}'-normalised spectra, "
+                        f"but stages.preprocess.norm is '{want}'")
+    return problems
+
+
+def _grid_key(grid: dict) -> tuple:
+    return tuple(grid.get(k) for k in ("wave_min", "wave_max", "npix", "spacing"))
+
+
+def _grid_text(grid: dict) -> str:
+    return "{}-{} A, {} pixels".format(*_grid_key(grid)[:3])

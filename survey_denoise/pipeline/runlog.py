@@ -1,0 +1,137 @@
+"""The run log next to a pipeline's outputs: ``run.json`` (machine) and ``run.log`` (people).
+
+``run.json`` holds the config, package versions, the machine, and one entry
+per invocation (a first run and each ``--resume``) with, per stage, the
+chunks written by that invocation, the chunks found complete, and the
+seconds spent.  It is rewritten atomically after every stage, so a run
+killed at any point leaves a readable log of what had finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RUN_JSON = "run.json"
+RUN_LOG = "run.log"
+_PACKAGES = ("survey_denoise", "numpy", "xarray", "zarr", "dask", "distributed", "dask-jobqueue",
+             "scikit-learn", "keras", "tensorflow-cpu", "tensorflow", "ppxf", "astropy", "pandas")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a run depends on (without importing them)."""
+    out = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageRecord:
+    """What one stage did in one invocation.
+
+    Attributes
+    ----------
+    output : str
+        Store, folder or table the stage wrote (relative to the run folder).
+    n_chunks : int
+        Galaxy chunks of the output (0 for outputs that are not chunked).
+    written : list of int
+        Chunks this invocation computed and wrote.
+    skipped : int
+        Chunks already complete from an earlier invocation.
+    seconds : float
+        Wall-clock time of the stage.
+    galaxies : int
+        Galaxies in the output.
+    """
+
+    output: str
+    n_chunks: int = 0
+    written: list[int] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    galaxies: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class RunLog:
+    """``run.json`` + ``run.log`` of one run folder."""
+
+    def __init__(self, folder: Path, config: dict, *, cluster: str, resume: bool) -> None:
+        self.folder = folder
+        self.path = folder / RUN_JSON
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = {
+            "config": config,
+            "versions": versions(),
+            "invocations": old.get("invocations", []),
+            "status": "running",
+        }
+        self.current: dict[str, Any] = {
+            "started": _now(), "resume": resume, "cluster": cluster,
+            "host": platform.node(), "pid": os.getpid(), "argv": sys.argv,
+            "stages": {}, "status": "running",
+        }
+        self.data["invocations"].append(self.current)
+        self.logger = logging.getLogger(f"survey_denoise.run.{folder}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self._handler = logging.FileHandler(folder / RUN_LOG)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.logger.addHandler(self._handler)
+        self.save()
+
+    @staticmethod
+    def recorded_config(folder: Path) -> dict | None:
+        """The config a run folder was started with (None if there is no run log)."""
+        path = folder / RUN_JSON
+        return json.loads(path.read_text())["config"] if path.exists() else None
+
+    def info(self, message: str) -> None:
+        self.logger.info(message)
+
+    def stage(self, name: str, record: StageRecord) -> None:
+        self.current["stages"][name] = asdict(record)
+        self.info(f"{name}: {record.output}: wrote {len(record.written)} of {record.n_chunks} "
+                  f"chunks ({record.skipped} already complete) in {record.seconds:.1f} s")
+        self.save()
+
+    def finish(self, status: str, summary: dict | None = None) -> None:
+        self.current["finished"] = _now()
+        self.current["status"] = status
+        self.data["status"] = status
+        if summary is not None:
+            self.current["summary"] = summary
+            self.info("summary: " + json.dumps(summary))
+        self.info(f"run {status}")
+        self.save()
+        self.logger.removeHandler(self._handler)
+        self._handler.close()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)  # a reader never sees a half-written log
+
+
+def redone_chunks(folder: str | Path) -> list[dict[str, int]]:
+    """Per invocation, the number of chunks each stage wrote (from ``run.json``)."""
+    data = json.loads((Path(folder) / RUN_JSON).read_text())
+    return [{name: len(rec["written"]) for name, rec in inv["stages"].items()}
+            for inv in data["invocations"]]

@@ -1,0 +1,294 @@
+"""Run a configured pipeline: stages in order, every output restartable.
+
+Each stage's output is computed chunk by chunk on the cluster and written
+with :func:`survey_denoise.io.store.write_store` (Zarr region writes, one
+completion marker per chunk); the next stage reads it back from disk.  A run
+killed at any point and started again with ``resume=True`` skips complete
+stores, writes only the chunks without a marker, and ends with the same
+output as an uninterrupted run: every random draw is keyed by galaxy id, and
+a region write of a chunk is idempotent, so a chunk written twice (a worker
+lost mid-write, a driver killed after the write but before its marker) is
+simply the same bytes again.  ``run.json`` counts the chunks each
+invocation wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..flags import Flag
+from ..io.store import open_store, write_store
+from . import stages
+from .config import ConfigError, PipelineConfig
+from .runlog import RunLog, StageRecord
+
+FAILED = Flag.DENOISE_FAILED | Flag.FIT_FAILED
+
+
+@dataclass
+class RunSummary:
+    """What a run did; printed at the end and stored in ``run.json``."""
+
+    folder: Path
+    galaxies: int = 0
+    flagged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        """Galaxies per second through the whole chain."""
+        return self.galaxies / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"galaxies": self.galaxies, "flagged": self.flagged, "failed": self.failed,
+                "seconds": round(self.seconds, 3),
+                "galaxies_per_second": round(self.throughput, 3),
+                "chunks_written": {k: len(v.written) for k, v in self.stages.items()}}
+
+    def __str__(self) -> str:
+        lines = [f"{'stage':<24}{'chunks':>8}{'written':>9}{'seconds':>10}"]
+        for name, rec in self.stages.items():
+            lines.append(f"{name:<24}{rec.n_chunks:>8}{len(rec.written):>9}{rec.seconds:>10.1f}")
+        lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
+                     f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
+                     f"outputs in {self.folder}")
+        return "\n".join(lines)
+
+
+class Runner:
+    """One invocation of a pipeline on a connected client.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        Checked config.
+    client : distributed.Client
+        Where chunks are computed.
+    resume : bool
+        Finish an earlier run in the same folder.
+    progress : bool
+        A progress bar per stage.
+    echo : callable
+        Where one-line messages go.
+    cluster : str
+        Recorded in the run log.
+    """
+
+    def __init__(self, config: PipelineConfig, client, *, resume: bool = False,
+                 progress: bool = True, echo: Callable[[str], None] = print,
+                 cluster: str = "local") -> None:
+        self.config, self.client, self.resume = config, client, resume
+        self.progress, self.echo = progress, echo
+        self.folder = Path(config.outputs.dir)
+        mine = check_folder(config, resume)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(self.folder, mine, cluster=cluster, resume=resume)
+        self.summary = RunSummary(self.folder)
+
+    # ------------------------------------------------------------ plumbing
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def _write(self, name: str, ds: xr.Dataset, filename: str, *, spectra: bool = True) -> xr.Dataset:
+        """Write ``ds`` restartably; return it re-opened lazily from disk."""
+        t0 = time.perf_counter()
+        path = self.path(filename)
+        ds = ds.chunk({"galaxy": self.config.chunk}) if _needs_rechunk(ds, self.config.chunk) else ds
+        report = write_store(ds, path, resume=path.exists(), client=self.client,
+                             progress=self.progress, label=name, spectra=spectra)
+        out = open_store(path, spectra=spectra)
+        self._record(name, StageRecord(filename, report.n_chunks, sorted(report.written),
+                                       report.skipped, time.perf_counter() - t0,
+                                       int(out.sizes["galaxy"])))
+        return out
+
+    def _record(self, name: str, record: StageRecord) -> None:
+        self.summary.stages[name] = record
+        self.log.stage(name, record)
+
+    # ------------------------------------------------------------ stages
+
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        try:
+            stores = self._spectra()
+            catalogues = self._fit(stores)
+            self._science(catalogues)
+            self._count(stores, catalogues)
+        except BaseException as err:
+            self.log.info(f"failed: {type(err).__name__}: {err}")
+            self.log.finish("failed")
+            raise
+        self.summary.seconds = time.perf_counter() - t0
+        self.log.finish("complete", self.summary.as_dict())
+        return self.summary
+
+    def _spectra(self) -> dict[str, xr.Dataset]:
+        cfg, st = self.config, self.config.stages
+        stores: dict[str, xr.Dataset] = {}
+        if cfg.input.kind == "store":
+            src = cfg.input.store
+            key = "raw" if src.frame == "observed" else "preprocessed"
+            stores[key] = open_store(src.path, frame=src.frame)
+        elif cfg.input.kind == "mock":
+            stores["raw"] = self._write("mock", stages.mock(cfg.input.mock, cfg.chunk), "raw.zarr")
+            self._truth(stores["raw"])
+        else:
+            ds, skipped = stages.ingest(cfg, self.client)
+            for item in skipped:
+                self.log.info(f"ingest skipped: {item}")
+            stores["raw"] = self._write("ingest", ds, "raw.zarr")
+        if st.preprocess is not None and "preprocessed" not in stores:
+            stores["preprocessed"] = self._write(
+                "preprocess", stages.preprocess(stores["raw"], st.preprocess), "preprocessed.zarr")
+        if st.degrade is not None:
+            stores["degraded"] = self._write(
+                "degrade", stages.degrade(stores["preprocessed"], st.degrade), "degraded.zarr")
+        if st.denoise is not None:
+            model = self._model(stores)
+            stores["denoised"] = self._write(
+                "denoise", stages.denoise(stores[st.denoise.input], st.denoise, model),
+                "denoised.zarr")
+        return stores
+
+    def _truth(self, raw: xr.Dataset) -> None:
+        path = self.path("truth.parquet")
+        if not path.exists():
+            tmp = path.with_suffix(".parquet.tmp")
+            stages.truth_table(raw).to_parquet(tmp)
+            tmp.replace(path)  # a killed run never leaves half a table
+
+    def _model(self, stores: dict[str, xr.Dataset]) -> Path:
+        st = self.config.stages
+        if st.denoise.model != "train":
+            return Path(st.denoise.model)
+        out = self.path("model")
+        t0 = time.perf_counter()
+        if not (out / ".complete").exists():
+            # A half-saved model from a killed run is trained again from scratch.
+            shutil.rmtree(out, ignore_errors=True)
+            stages.train(stores[st.train.noisy], stores[st.train.clean], st.train, out)
+            (out / ".complete").touch()
+            written = [0]
+        else:
+            written = []
+        self._record("train", StageRecord("model", 1, written, 1 - len(written),
+                                          time.perf_counter() - t0))
+        return out
+
+    def _fit(self, stores: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
+        st = self.config.stages
+        catalogues = {}
+        for target in self.config.fit_targets():
+            name = f"fit-{target}"
+            cat = self._write(name, stages.fit(stores[target], st.fit), f"catalogue-{target}.zarr",
+                              spectra=False)
+            table = self.path(f"catalogue-{target}.parquet")
+            if not table.exists():
+                stages.write_catalogue(cat, table)
+            catalogues[target] = cat
+        return catalogues
+
+    def _science(self, catalogues: dict[str, xr.Dataset]) -> None:
+        sc = self.config.stages.science
+        if sc is None:
+            return
+        import pandas as pd
+
+        from ..science.mzr_test import format_comparison, mzr_test
+
+        t0 = time.perf_counter()
+        truth = pd.read_parquet(self.config.input.store.truth if self.config.input.kind == "store"
+                                else self.path("truth.parquet"))
+        frames = {case: stages.catalogue_frame(catalogues[target])
+                  for case, target in sc.cases.items()}
+        sfr = "true_logsfr" if "true_logsfr" in truth else "true_sfr"
+        result = mzr_test(frames, truth, calibration=sc.calibration,
+                          min_halpha_snr=sc.min_halpha_snr, sfr_column=sfr)
+        out = self.path("science")
+        out.mkdir(exist_ok=True)
+        result.summary.to_csv(out / "mzr_summary.csv")
+        (out / "mzr_comparison.txt").write_text(format_comparison(result) + "\n")
+        self.echo(format_comparison(result))
+        self._record("science", StageRecord("science", 0, [], 0, time.perf_counter() - t0,
+                                            len(truth)))
+
+    def _count(self, stores: dict[str, xr.Dataset], catalogues: dict[str, xr.Dataset]) -> None:
+        first = next(iter(stores.values()))
+        self.summary.galaxies = int(first.sizes["galaxy"])
+        flags = np.zeros(self.summary.galaxies, dtype=np.uint32)
+        for ds in list(stores.values()) + list(catalogues.values()):
+            for name in ("flags", "status"):
+                if name in ds and np.issubdtype(ds[name].dtype, np.integer):
+                    flags |= ds[name].values.astype(np.uint32)
+        self.summary.flagged = int(np.count_nonzero(flags))
+        self.summary.failed = int(np.count_nonzero(flags & np.uint32(FAILED)))
+
+
+def check_folder(config: PipelineConfig, resume: bool) -> dict:
+    """Refuse to start over a finished or different run; return the config as JSON data.
+
+    Raises
+    ------
+    FileExistsError
+        If the outputs folder holds a run and ``resume`` is False.
+    ConfigError
+        If resuming a run that was started with another config.
+    """
+    folder = Path(config.outputs.dir)
+    recorded = RunLog.recorded_config(folder) if folder.exists() else None
+    mine = json.loads(config.model_dump_json())
+    if recorded is not None and not resume:
+        raise FileExistsError(f"{folder} holds a run already; pass --resume to finish "
+                              "it, or choose another outputs.dir")
+    if recorded is not None and recorded != mine:
+        changed = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+        raise ConfigError(f"{folder}: cannot resume, the config changed since the run "
+                          f"started ({', '.join(changed)}); use another outputs.dir")
+    return mine
+
+
+def _needs_rechunk(ds: xr.Dataset, chunk: int) -> bool:
+    chunks = ds.chunks.get("galaxy") if ds.chunks else None
+    return not chunks or max(chunks) > chunk
+
+
+def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int | None = None,
+                 resume: bool = False, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> RunSummary:
+    """Run ``config`` on a cluster it starts (and closes).
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        From :func:`~survey_denoise.pipeline.config.load_config`.
+    cluster : str
+        ``local``, ``slurm``/``pbs``/``lsf``, a cluster file or a scheduler address.
+    workers : int, optional
+        Local worker processes, or a fixed number of batch jobs.
+    resume : bool
+        Finish the run in ``config.outputs.dir``: only missing chunks are computed.
+
+    Returns
+    -------
+    RunSummary
+    """
+    from ..cluster import connect
+
+    check_folder(config, resume)  # before a cluster starts
+    with connect(cluster, n_workers=workers, echo=echo) as client:
+        summary = Runner(config, client, resume=resume, progress=progress, echo=echo,
+                         cluster=cluster).run()
+    echo(str(summary))
+    return summary

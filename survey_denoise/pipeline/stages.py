@@ -1,0 +1,105 @@
+"""How each configured stage calls the library: config section -> lazy Dataset.
+
+One small function per stage, each importing its library module only when
+the stage runs (a pipeline without a denoise stage never imports
+TensorFlow).  Nothing here computes or writes: the runner does.
+"""
+
+from __future__ import annotations
+
+from glob import glob
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+
+from .config import Degrade, Denoise, Fit, MockInput, PipelineConfig, Preprocess, Train
+
+
+def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
+    """A lazy mock survey; its truth rides along as ``true_*`` variables on ``galaxy``."""
+    from ..mock.designs import select
+    from ..mock.generate import MockConfig, generate
+
+    ids = select(cfg.design, cfg.n, cfg.seed, z_range=cfg.z)
+    kwargs = {"seed": cfg.seed, "survey": cfg.survey}
+    if cfg.z is not None:
+        kwargs["z_range"] = tuple(cfg.z)
+    return generate(ids, MockConfig(**kwargs), chunk_size=chunk, design=cfg.design)
+
+
+def truth_table(raw: xr.Dataset) -> pd.DataFrame:
+    """The ``true_*`` variables (and z) of a mock store, one row per galaxy."""
+    names = [n for n in raw.data_vars if str(n).startswith("true_") and raw[n].dims == ("galaxy",)]
+    frame = raw[names + ["z"]].compute().to_dataframe().reset_index()
+    frame["galaxy"] = frame["galaxy"].to_numpy()
+    return frame
+
+
+def ingest(config: PipelineConfig, client) -> tuple[xr.Dataset, list]:
+    """Real survey files, read on the cluster."""
+    from ..io.ingest import ingest as ingest_files
+
+    paths = sorted({p for pattern in config.input.files.paths for p in glob(pattern)})
+    return ingest_files(paths, config.input.files.format, client=client, progress=False,
+                        chunk_size=config.chunk)
+
+
+def preprocess(ds: xr.Dataset, cfg: Preprocess) -> xr.Dataset:
+    from ..preprocess import preprocess as run
+
+    kwargs = {"norm": cfg.norm}
+    if cfg.min_coverage is not None:
+        kwargs["min_coverage"] = cfg.min_coverage
+    return run(ds, **kwargs)
+
+
+def degrade(ds: xr.Dataset, cfg: Degrade) -> xr.Dataset:
+    from .. import noise
+
+    model = noise.UniformNoise(cfg.sigma) if cfg.noise == "uniform" else noise.DesiNoise()
+    return noise.degrade(ds, model, seed=cfg.seed, z_target=cfg.z_target)
+
+
+def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
+    """Train a de-noiser on two stores and save it to ``out``."""
+    from .. import models
+
+    cls = {"pca": models.PCADenoiser, "ae": models.AEDenoiser, "vae": models.VAEDenoiser}[cfg.kind]
+    kwargs = {"latent": cfg.latent, "seed": cfg.seed}
+    if cfg.kind != "pca":
+        kwargs["epochs"] = cfg.epochs
+    model = cls(**kwargs)
+    model.fit(noisy, clean)
+    model.save(out)
+    return out
+
+
+def denoise(ds: xr.Dataset, cfg: Denoise, model_dir: Path) -> xr.Dataset:
+    from ..inference import denoise as run
+
+    return run(ds, model_dir, batch_size=cfg.batch_size)
+
+
+def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
+    from ..fitting import fit_lines
+
+    kwargs = {"method": cfg.method}
+    if cfg.templates is not None:
+        kwargs["templates"] = str(cfg.templates)
+    return fit_lines(ds, **kwargs)
+
+
+def write_catalogue(cat: xr.Dataset, path: Path) -> None:
+    from ..fitting.catalogue import write_catalogue as write
+
+    write(cat, path)
+
+
+def catalogue_frame(cat: xr.Dataset) -> pd.DataFrame:
+    """A (small, per-galaxy) catalogue store as a DataFrame keyed by ``galaxy``."""
+    frame = cat.compute().to_dataframe().reset_index()
+    for name in frame.columns:
+        if frame[name].dtype.kind == "T" or str(frame[name].dtype).startswith("StringDType"):
+            frame[name] = frame[name].astype(str)
+    return frame
