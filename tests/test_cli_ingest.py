@@ -1,0 +1,121 @@
+"""``survey-denoise ingest`` and ``survey-denoise info``, run as a user runs them."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from survey_denoise.io.store import open_store, write_store
+
+SPECTRA = importlib.resources.files("ppxf") / "spectra"
+NGC3073 = str(SPECTRA / "NGC3073_SDSS_DR18.fits")
+NGC3522 = str(SPECTRA / "NGC3522_SDSS_DR18.fits")
+DESI = Path(importlib.util.find_spec("fastspecfit").origin).parent / "test" / "data"
+COADDS = [str(DESI / "coadd-4-80613-thru20210324.fits"), str(DESI / "coadd-special-dark-27247.fits")]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter, through ``survey_denoise.cli.main``."""
+    return subprocess.run(
+        [sys.executable, "-c", "from survey_denoise.cli import main; main()", *map(str, args)],
+        capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+def test_ingest_sdss_then_info(tmp_path):
+    out = tmp_path / "raw.zarr"
+    missing = tmp_path / "gone.fits"
+    result = run("ingest", "sdss", NGC3073, NGC3522, missing, "--out", out,
+                 "--workers", "1", "--chunk-size", "1")
+    assert result.returncode == 0, result.stderr
+    assert "ingested 2 galaxies from 2 of 3 file(s)" in result.stdout
+    assert "skipped 1 file(s) of 3" in result.stderr and "gone.fits: no such file" in result.stderr
+    ds = open_store(out, frame="observed")
+    assert ds["galaxy"].values.tolist() == ["0945-52652-0470", "2488-54149-0001"]
+
+    info = run("info", out)
+    assert info.returncode == 0, info.stderr
+    text = info.stdout
+    for fragment in ("galaxy 2", "observed frame", "2 of 2 chunks (complete)", "NOT_GALAXY 1",
+                     "norm", "1. ingest", "reader=sdss", "gone.fits"):
+        assert fragment in text, text
+
+
+def test_ingest_desi_and_refusals(tmp_path):
+    out = tmp_path / "desi.zarr"
+    result = run("ingest", "desi", *COADDS, "--out", out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    ds = open_store(out)
+    assert sorted(ds["galaxy"].values.tolist()) == [39089837499744649, 39633345008634465]
+    assert "desi" in run("info", out).stdout
+
+    # The store exists: refused before any work, and the store is untouched.
+    again = run("ingest", "desi", *COADDS, "--out", out, "--workers", "1")
+    assert_user_error(again, "exists", "--overwrite")
+    # --resume on a complete store writes nothing and succeeds.
+    resumed = run("ingest", "desi", *COADDS, "--out", out, "--workers", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+    assert_user_error(run("ingest", "desi", *COADDS, "--out", tmp_path / "x.zarr",
+                          "--redrock", DESI / "redrock-special-dark-27247.fits"), "--redrock")
+    assert_user_error(run("ingest", "sdss", NGC3073, "--out", tmp_path / "y.zarr",
+                          "--overwrite", "--resume"), "exclude")
+
+
+def test_nothing_readable_is_one_line_exit_2(tmp_path):
+    foreign = tmp_path / "image.fits"
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(foreign)
+    result = run("ingest", "sdss", foreign, tmp_path / "absent.fits", "--out", tmp_path / "z.zarr",
+                 "--workers", "1")
+    assert_user_error(result, "none of the 2 files could be read", "image.fits", "absent.fits")
+    assert not (tmp_path / "z.zarr").exists()
+
+
+def test_bad_option_is_a_usage_error(tmp_path):
+    result = run("ingest", "sdss", NGC3073, "--out", tmp_path / "a.zarr", "--chunk-size", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_info_on_missing_and_foreign_stores(tmp_path):
+    assert_user_error(run("info", tmp_path / "nowhere.zarr"), "nowhere.zarr")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("not zarr")
+    assert_user_error(run("info", tmp_path / "junk"), "junk")
+
+
+def test_info_on_a_galaxy_table_and_an_incomplete_store(tmp_path):
+    table = xr.Dataset(
+        {"halpha_flux": ("galaxy", np.arange(4.0), {"units": "1e-17 erg / (s cm2)"}),
+         "status": ("galaxy", np.array([0, 1 << 10, 1 << 10, 0], np.uint32)),
+         "z": ("galaxy", np.array([0.1, 0.2, np.nan, 0.05]))},
+        coords={"galaxy": np.arange(4)}).chunk({"galaxy": 2})
+    write_store(table, tmp_path / "cat.zarr", spectra=False, progress=False)
+    (tmp_path / "cat.zarr" / ".progress" / "chunk-000001").unlink()  # as if cut short
+    result = run("info", tmp_path / "cat.zarr")
+    assert result.returncode == 0, result.stderr
+    for fragment in ("galaxy table", "galaxy 4", "1 of 2 chunks (INCOMPLETE", "FIT_FAILED 2",
+                     "1 missing", "halpha_flux float64"):
+        assert fragment in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("args", [["ingest", "--help"], ["ingest", "desi", "--help"], ["info", "--help"]])
+def test_help(args):
+    result = run(*args)
+    assert result.returncode == 0 and "Usage" in result.stdout
