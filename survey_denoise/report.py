@@ -27,7 +27,11 @@ What is read from RUN_DIR
 
 When ``outputs`` does not name an item, the default file name above is looked
 for directly in RUN_DIR (``reconstruction_mse.csv``, ``examples.npz``,
-``latent.parquet``, ``truth.parquet``, ``mzr_test/``, ``catalogues/<case>.parquet``).
+``latent.parquet``, ``truth.parquet``, ``mzr_test/`` or ``science/mzr_test/``).
+Catalogues default to the pipeline runner's ``catalogue-<store>.parquet`` of
+each case in ``config.stages.science.cases``, else ``catalogues/<case>.parquet``.
+The runner's own layout (``config``, ``versions``, ``invocations`` with their
+``stages``) is understood as well.
 A section whose inputs are absent says so instead of failing.
 """
 
@@ -120,8 +124,16 @@ def _output(run_dir: Path, run: dict, key: str, default: str) -> Path | None:
 
 
 def _catalogues(run_dir: Path, run: dict) -> dict[str, Path]:
+    """Line catalogues by case: ``outputs.catalogues``, else the pipeline runner's
+    ``catalogue-<store>.parquet`` named by ``config.stages.science.cases``, else
+    ``catalogues/<case>.parquet``."""
     outputs = run.get("outputs") or {}
     named = outputs.get("catalogues") if isinstance(outputs, dict) else None
+    if not isinstance(named, dict):
+        cases = ((run.get("config") or {}).get("stages") or {}).get("science") or {}
+        cases = cases.get("cases") if isinstance(cases, dict) else None
+        if isinstance(cases, dict):
+            named = {case: f"catalogue-{store}.parquet" for case, store in cases.items()}
     found: dict[str, Path] = {}
     if isinstance(named, dict):
         for case, value in named.items():
@@ -140,11 +152,32 @@ def _provenance(run_dir: Path, run: dict) -> Section:
     if not run:
         s.missing = f"No run log (run.json) in {run_dir}: provenance unknown."
         return s
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
     s.items = [(k, str(run[k])) for k in PROVENANCE_KEYS if k in run]
+    if "name" not in run and "name" in config:
+        s.items.insert(0, ("name", str(config["name"])))
+    if "status" in run:
+        s.items.append(("status", str(run["status"])))
     stages = run.get("stages")
+    invocations = run.get("invocations")
+    if isinstance(invocations, list) and invocations and isinstance(invocations[-1], dict):
+        # the pipeline runner's log: one entry per invocation (first run and each --resume)
+        last = invocations[-1]
+        s.items += [(f"last run: {k}", str(last[k])) for k in ("started", "finished", "status",
+                                                                "cluster", "host", "resume") if k in last]
+        s.items.append(("invocations", str(len(invocations))))
+        if isinstance(last.get("stages"), dict):
+            stages = [{"stage": name, **{k: (len(v) if k == "written" and isinstance(v, list) else v)
+                                         for k, v in rec.items() if k != "notes"}}
+                      for name, rec in last["stages"].items() if isinstance(rec, dict)]
     if isinstance(stages, list) and stages and all(isinstance(x, dict) for x in stages):
-        s.tables.append({"caption": "Stages", "csv": None,
+        s.tables.append({"caption": "Stages (written = chunks computed by the last invocation)",
+                         "csv": None,
                          "html": pd.DataFrame(stages).to_html(index=False, na_rep="–", border=0)})
+    if isinstance(run.get("versions"), dict):
+        s.tables.append({"caption": "Package versions", "csv": None,
+                         "html": pd.Series(run["versions"], name="version").to_frame()
+                         .to_html(border=0)})
     if "config" in run:
         s.paragraphs.append("Configuration of the run:")
         s.raw = json.dumps(run["config"], indent=2, default=str)
@@ -246,7 +279,8 @@ def _mzr(run_dir: Path, run: dict, w: _Writer) -> Section:
     from .science.mzr_test import MZRTest, mzr_test
 
     s = Section("Mass–metallicity relation: the three-way test (Figure 10)", "mzr")
-    p = _output(run_dir, run, "mzr_test", "mzr_test")
+    p = (_output(run_dir, run, "mzr_test", "mzr_test")
+         or _output(run_dir, run, "mzr_test", "science/mzr_test"))
     result = None
     if p is not None and (p / "summary.csv").exists():
         result = MZRTest.load(p)

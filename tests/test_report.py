@@ -159,3 +159,28 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(np.unique(lower[::7], axis=0)) > 200
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "report_screenshot.png")
+
+
+def test_pipeline_runner_layout(tmp_path):
+    """The runner's run.json (config, versions, invocations) and catalogue-<store>.parquet files."""
+    d = tmp_path / "run"
+    d.mkdir()
+    truth = synthetic_truth(500, seed=3)
+    truth["true_logsfr"] = np.log10(truth.pop("true_sfr"))
+    truth["galaxy"] = np.arange(len(truth))  # integer ids, as in the mock
+    truth.to_parquet(d / "truth.parquet")
+    stores = {"original": "preprocessed", "desi": "degraded", "vae": "denoised"}
+    for case, cat in synthetic_catalogues(synthetic_truth(500, seed=3)).items():
+        cat.assign(galaxy=np.arange(len(cat))).to_parquet(d / f"catalogue-{stores[case]}.parquet")
+    run = {"config": {"name": "mzr-desi", "stages": {"science": {"cases": stores}}},
+           "versions": {"python": "3.11", "numpy": "2.4"}, "status": "complete",
+           "invocations": [{"started": "2025-01-01T00:00:00+00:00", "finished": "2025-01-01T00:05:00+00:00",
+                            "cluster": "local", "host": "box", "resume": False, "status": "complete",
+                            "stages": {"mock": {"output": "raw.zarr", "n_chunks": 5, "written": [0, 1, 2, 3, 4],
+                                                "skipped": 0, "seconds": 2.0, "galaxies": 500, "notes": {}}}}]}
+    (d / "run.json").write_text(json.dumps(run))
+    html = build_report(d).read_text()
+    assert "mzr-desi" in html and "last run: cluster" in html and "Package versions" in html
+    assert "fig10_mzr.png" in html and "fig9_vae.png" in html
+    comp = pd.read_csv(d / "report_files" / "table_mzr_comparison.csv", index_col=0)
+    assert comp.loc["original", "ours_fraction"] > 0.9

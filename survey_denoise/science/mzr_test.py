@@ -148,7 +148,7 @@ def mzr_test(
     reference: ReferenceMZR = SCHOLTE24,
     bins=None,
     mass_column: str = "true_logmass",
-    sfr_column: str = "true_sfr",
+    sfr_column: str | None = None,
     sfr_is_log: bool | None = None,
 ) -> MZRTest:
     """Run the three-way MZR test on line catalogues of the same galaxies.
@@ -168,6 +168,9 @@ def mzr_test(
         Curve the scatter is measured about.
     bins : array_like, optional
         Mass bin edges for the binned MZRs and running medians.
+    sfr_column : str, optional
+        Truth column of the SFR; default ``true_logsfr`` if present (the mock's
+        log10 M_sun/yr), else ``true_sfr`` (linear M_sun/yr).
     sfr_is_log : bool, optional
         Whether ``sfr_column`` is already log10; default: only if its name says ``log``.
 
@@ -185,6 +188,8 @@ def mzr_test(
     for col in ("galaxy", mass_column):
         if col not in truth.columns:
             raise KeyError(f"truth table has no column {col!r} (columns: {list(truth.columns)})")
+    if sfr_column is None:
+        sfr_column = "true_logsfr" if "true_logsfr" in truth.columns else "true_sfr"
     edges = default_bins() if bins is None else np.asarray(bins, float)
     logmass = truth[mass_column].to_numpy(dtype=float)
     logsfr = log_sfr(truth, sfr_column, sfr_is_log)
