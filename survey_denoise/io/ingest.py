@@ -116,7 +116,10 @@ def _read_all(paths: list[str], fmt, options: list[Mapping[str, Any]], client, p
             futures = client.map(_read_one, paths, [fmt] * len(paths), options, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             for fut in dist_as_completed(futures):
-                results[index[fut.key]] = fut.result()
+                try:
+                    results[index[fut.key]] = fut.result()
+                except Exception as err:  # a worker lost while reading (memory, crash)
+                    results[index[fut.key]] = (None, f"worker failed: {type(err).__name__}: {err}")
                 fut.release()
                 if bar is not None:
                     bar.update(1)

@@ -177,7 +177,10 @@ def _check_complete(hdul, path: Path) -> None:
     size = path.stat().st_size
     for hdu in hdul:
         info = hdu.fileinfo()
-        end = info["datLoc"] + hdu._data_size if info else 0
+        if not info:
+            continue
+        # Exact data bytes (without the padding some writers leave out).
+        end = info["datLoc"] + getattr(hdu, "_data_size", info["datSpan"])
         if end > size:
             raise ReadError(f"{path}: truncated FITS file (HDU {hdu.name or hdu.ver!r} needs "
                             f"{end} bytes, the file has {size})")
