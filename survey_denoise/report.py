@@ -123,7 +123,7 @@ def _output(run_dir: Path, run: dict, key: str, default: str) -> Path | None:
     return p if p.exists() else None
 
 
-def _catalogues(run_dir: Path, run: dict) -> dict[str, Path]:
+def catalogue_paths(run_dir: Path, run: dict) -> dict[str, Path]:
     """Line catalogues by case: ``outputs.catalogues``, else the pipeline runner's
     ``catalogue-<store>.parquet`` named by ``config.stages.science.cases``, else
     ``catalogues/<case>.parquet``."""
@@ -221,7 +221,7 @@ def _examples(run_dir: Path, run: dict, w: _Writer) -> Section:
 
 def _line_fluxes(run_dir: Path, run: dict, w: _Writer) -> Section:
     s = Section("Line fluxes: predicted vs original (Figure 9, Table 6)", "lines")
-    cats = _catalogues(run_dir, run)
+    cats = catalogue_paths(run_dir, run)
     if "original" not in cats or len(cats) < 2:
         s.missing = ("Needs the catalogue of the original spectra and at least one other "
                      f"(outputs.catalogues); found: {sorted(cats) or 'none'}.")
@@ -285,7 +285,7 @@ def _mzr(run_dir: Path, run: dict, w: _Writer) -> Section:
     if p is not None and (p / "summary.csv").exists():
         result = MZRTest.load(p)
     else:
-        cats = _catalogues(run_dir, run)
+        cats = catalogue_paths(run_dir, run)
         truth = _output(run_dir, run, "truth", "truth.parquet")
         cases = [c for c in ("original", "desi", "vae") if c in cats]
         if truth is not None and cases:
