@@ -119,3 +119,22 @@ def test_info_on_a_galaxy_table_and_an_incomplete_store(tmp_path):
 def test_help(args):
     result = run(*args)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_info_on_a_parquet_catalogue(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"galaxy": [1, 2, 3], "status": np.array([0, 1 << 11, 0], np.uint32),
+                      "halpha_flux": [1.0, np.nan, 2.5]})
+    steps = [{"step": "fit_lines", "version": "0.1.0", "method": "fast"}]
+    table = table.replace_schema_metadata({"provenance": json.dumps(steps)})
+    pq.write_table(table, tmp_path / "cat.parquet")
+    result = run("info", tmp_path / "cat.parquet")
+    assert result.returncode == 0, result.stderr
+    for fragment in ("galaxy 3", "FIT_NO_COVERAGE 1", "halpha_flux", "1. fit_lines", "method=fast"):
+        assert fragment in result.stdout, result.stdout
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    assert_user_error(run("info", tmp_path / "bad.parquet"), "bad.parquet")

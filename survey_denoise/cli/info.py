@@ -1,7 +1,8 @@
 """``survey-denoise info STORE``: what is in a store, readable at a glance.
 
 Works on every store the package writes: spectra (raw or rest frame) and
-galaxy-only tables such as line catalogues, complete or interrupted.  Only
+galaxy-only tables such as line catalogues, complete or interrupted, and on
+Parquet catalogues.  Only
 metadata and the small per-galaxy ``flags``/``status`` and ``z`` columns are
 read, so it is quick on a survey-size store.
 """
@@ -38,6 +39,8 @@ def describe_store(path: str | Path) -> str:
     from ..schema import SchemaError
 
     path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        return _describe_parquet(path)
     ds = open_store(path, check=False, spectra=False)
     spectra = {"flux", "ivar"} <= set(ds.variables) and "wavelength" in ds.dims
     rows: list[tuple[str, str]] = [
@@ -89,6 +92,43 @@ def describe_store(path: str | Path) -> str:
     lines = [_step(i, s) for i, s in enumerate(steps, 1)] or ["none recorded"]
     rows.append(("provenance", lines[0]))
     rows.extend(("", line) for line in lines[1:])
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _describe_parquet(path: Path) -> str:
+    """Summary of a Parquet catalogue: rows, columns, status counts, provenance metadata."""
+    import pyarrow.parquet as pq
+
+    from .. import flags as flagbits
+    from ..schema import SchemaError
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError... for foreign files
+        raise SchemaError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    names = pf.schema_arrow.names
+    rows: list[tuple[str, str]] = [
+        ("file", f"{path} (Parquet, {_human_bytes(path.stat().st_size)})"),
+        ("kind", "galaxy table"),
+        ("sizes", f"galaxy {pf.metadata.num_rows}, {len(names)} columns"),
+    ]
+    flag_col = next((c for c in ("status", "flags") if c in names), None)
+    if flag_col is not None:
+        counts = flagbits.count(pf.read(columns=[flag_col]).column(0).to_numpy())
+        rows.append((flag_col, ", ".join(f"{k} {n}" for k, n in counts.items()) or "none set"))
+    rows.append(("columns", ", ".join(names)))
+    meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()
+            if not k.startswith(b"pandas") and not k.startswith(b"ARROW")}
+    try:
+        steps = json.loads(meta.pop("provenance", "[]"))
+    except json.JSONDecodeError:
+        steps = []
+    lines = [_step(i, s) for i, s in enumerate(steps, 1)] or ["none recorded"]
+    rows.append(("provenance", lines[0]))
+    rows.extend(("", line) for line in lines[1:])
+    if meta:
+        rows.append(("metadata", ", ".join(sorted(meta))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
