@@ -30,7 +30,9 @@ def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
 
 def truth_table(raw: xr.Dataset) -> pd.DataFrame:
     """The ``true_*`` variables (and z) of a mock store, one row per galaxy."""
-    names = [n for n in raw.data_vars if str(n).startswith("true_") and raw[n].dims == ("galaxy",)]
+    # Sorted: the order of variables read back from Zarr is not stable.
+    names = sorted(str(n) for n in raw.data_vars
+                   if str(n).startswith("true_") and raw[n].dims == ("galaxy",))
     frame = raw[names + ["z"]].compute().to_dataframe().reset_index()
     frame["galaxy"] = frame["galaxy"].to_numpy()
     return frame
