@@ -239,7 +239,8 @@ def generate(ids: np.ndarray, cfg: MockConfig, *, chunk_size: int = 1000,
     attrs = add_provenance(attrs, "mock", design=design, n=int(ids.size), **cfg_dict)
     # template: one small real chunk tells dtypes; the lazy arrays get the right shapes
     sample = _chunk(xr.Dataset(coords={"galaxy": ids[:1]}), cfg, wavelength, attrs)
-    base = xr.Dataset(coords={"galaxy": ids}).chunk({"galaxy": chunk_size})
+    # a dask variable makes map_blocks lazy (a coordinate-only dataset runs eagerly)
+    base = xr.Dataset({"ids": ("galaxy", ids)}, coords={"galaxy": ids}).chunk({"galaxy": chunk_size})
     template = xr.Dataset(
         {name: (var.dims, _lazy(var, ids.size, chunk_size), var.attrs) for name, var in sample.data_vars.items()},
         coords={"galaxy": ids, "wavelength": sample["wavelength"]}, attrs=sample.attrs)

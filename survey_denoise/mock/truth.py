@@ -1,0 +1,66 @@
+"""The truth table of a mock survey: every galaxy property and true line flux.
+
+One row per galaxy, keyed by ``galaxy`` like the line catalogues, written as
+Parquet with the unit of every column in the schema metadata (key
+``survey_denoise.units``, a JSON object) and the dataset provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .priors import CLASSES
+
+UNITS_KEY = b"survey_denoise.units"
+
+
+def truth_table(ds: xr.Dataset) -> pd.DataFrame:
+    """The ``true_*`` variables and ``z`` of a mock dataset as a DataFrame.
+
+    Computes only the galaxy-level variables (the spectra are not read).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``galaxy``, ``z``, ``class`` (name) and every ``true_*`` variable.
+    """
+    names = [v for v in ds.data_vars if str(v).startswith("true_")]
+    if not names:
+        raise ValueError("dataset holds no true_* variables: not a mock survey")
+    sub = ds[["z", *names]].compute()
+    df = pd.DataFrame({"galaxy": sub["galaxy"].values, "z": sub["z"].values})
+    for name in names:
+        df[name] = sub[name].values
+    df["class"] = np.asarray(CLASSES, dtype=object)[df["true_class"].to_numpy()]
+    return df
+
+
+def write_truth(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write :func:`truth_table` of ``ds`` to Parquet with units in the metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    df = truth_table(ds)
+    units = {"galaxy": "mock id", "z": "redshift", "class": "spectral class"}
+    units.update(json.loads(ds.attrs.get("truth_units", "{}")))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[UNITS_KEY] = json.dumps(units).encode()
+    meta[b"survey_denoise.provenance"] = str(ds.attrs.get("provenance", "[]")).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
+
+
+def read_truth(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a truth table and its units."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    units = json.loads((table.schema.metadata or {}).get(UNITS_KEY, b"{}"))
+    return table.to_pandas(), units
