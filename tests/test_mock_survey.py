@@ -110,3 +110,13 @@ def test_cli_writes_store_and_truth_and_refuses_existing(tmp_path, capsys):
         main(["mock", "--n", "6", "--out", str(out)])
     assert exc.value.code == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_figures_command_writes_bpt_and_mzr(tmp_path):
+    from survey_denoise.mock.figures import main as figures_main
+
+    ds = generate(select("uniform-halpha", 40, 0), MockConfig(seed=0, rest=True), chunk_size=40)
+    truth = write_truth(ds, tmp_path / "t.parquet")
+    figures_main([str(truth), "--out", str(tmp_path / "figs")])
+    for name in ("bpt.png", "mzr.png"):
+        assert (tmp_path / "figs" / name).read_bytes()[:4] == b"\x89PNG"
