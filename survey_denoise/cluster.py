@@ -107,7 +107,7 @@ _COMMON = {
     "queue": "queue", "account": "account", "job-directives": "job_extra_directives",
     "job-directives-skip": "job_directives_skip", "interface": "interface",
     "local-directory": "local_directory", "log-directory": "log_directory",
-    "python": "python", "death-timeout": "death_timeout",
+    "python": "python", "death-timeout": "death_timeout", "job-name": "job_name",
 }
 _OURS = {"system", "lifetime", "lifetime-stagger", "adapt", "tls", "shared-temp-directory",
          "dashboard-address", "job-script-prologue"}
