@@ -26,7 +26,7 @@ def calzetti(wave: np.ndarray, r_v: float = 4.05) -> np.ndarray:
 
 
 def cardelli(wave: np.ndarray, r_v: float = 3.1) -> np.ndarray:
-    """Cardelli, Clayton & Mathis (1989, ApJ 345, 245) eqs. 2-3, optical/NIR (0.3-3.3 micron^-1... 3.3).
+    """Cardelli, Clayton & Mathis (1989, ApJ 345, 245) eqs. 2-3: optical and near-infrared.
 
     Parameters
     ----------
