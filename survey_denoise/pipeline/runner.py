@@ -142,8 +142,10 @@ class Runner:
             key = "raw" if src.frame == "observed" else "preprocessed"
             stores[key] = open_store(src.path, frame=src.frame)
         elif cfg.input.kind == "mock":
-            stores["raw"] = self._write("mock", stages.mock(cfg.input.mock, cfg.chunk), "raw.zarr")
-            self._truth(stores["raw"])
+            key = "preprocessed" if cfg.input.mock.frame == "rest" else "raw"
+            stores[key] = self._write("mock", stages.mock(cfg.input.mock, cfg.chunk),
+                                      f"{key}.zarr")
+            self._truth(stores[key])
         else:
             ds, skipped = stages.ingest(cfg, self.client)
             for item in skipped:
@@ -166,7 +168,7 @@ class Runner:
         path = self.path("truth.parquet")
         if not path.exists():
             tmp = path.with_suffix(".parquet.tmp")
-            stages.truth_table(raw).to_parquet(tmp)
+            stages.write_truth(raw, tmp)
             tmp.replace(path)  # a killed run never leaves half a table
 
     def _model(self, stores: dict[str, xr.Dataset]) -> Path:
@@ -194,11 +196,22 @@ class Runner:
             name = f"fit-{target}"
             cat = self._write(name, stages.fit(stores[target], st.fit), f"catalogue-{target}.zarr",
                               spectra=False)
-            table = self.path(f"catalogue-{target}.parquet")
-            if not table.exists():
-                stages.write_catalogue(cat, table)
+            self._catalogue_files(cat, f"catalogue-{target}")
             catalogues[target] = cat
         return catalogues
+
+    def _catalogue_files(self, cat: xr.Dataset, stem: str) -> None:
+        """Parquet + FITS of a complete catalogue store, written whole or not at all."""
+        final = [self.path(f"{stem}.parquet"), self.path(f"{stem}.fits")]
+        if all(p.exists() for p in final):
+            return
+        partial = self.path(f".partial-{stem}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        stages.write_catalogue(cat, partial / f"{stem}.parquet")
+        for path in final:
+            (partial / path.name).replace(path)
+        partial.rmdir()
 
     def _science(self, catalogues: dict[str, xr.Dataset]) -> None:
         sc = self.config.stages.science

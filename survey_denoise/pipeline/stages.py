@@ -18,24 +18,23 @@ from .config import Degrade, Denoise, Fit, MockInput, PipelineConfig, Preprocess
 
 def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
     """A lazy mock survey; its truth rides along as ``true_*`` variables on ``galaxy``."""
-    from ..mock.designs import select
-    from ..mock.generate import MockConfig, generate
+    from ..mock import MockConfig, generate, select
 
     ids = select(cfg.design, cfg.n, cfg.seed, z_range=cfg.z)
-    kwargs = {"seed": cfg.seed, "survey": cfg.survey}
+    kwargs = {"seed": cfg.seed, "survey": cfg.survey, "rest": cfg.frame == "rest"}
     if cfg.z is not None:
         kwargs["z_range"] = tuple(cfg.z)
     return generate(ids, MockConfig(**kwargs), chunk_size=chunk, design=cfg.design)
 
 
-def truth_table(raw: xr.Dataset) -> pd.DataFrame:
-    """The ``true_*`` variables (and z) of a mock store, one row per galaxy."""
-    # Sorted: the order of variables read back from Zarr is not stable.
-    names = sorted(str(n) for n in raw.data_vars
-                   if str(n).startswith("true_") and raw[n].dims == ("galaxy",))
-    frame = raw[names + ["z"]].compute().to_dataframe().reset_index()
-    frame["galaxy"] = frame["galaxy"].to_numpy()
-    return frame
+def write_truth(raw: xr.Dataset, path: Path) -> None:
+    """The truth table of a mock store, as Parquet with units."""
+    from ..mock import write_truth as write
+
+    # Sorted variables: the order read back from Zarr is not stable, and a
+    # resumed run must write the same table as an uninterrupted one.
+    names = sorted(str(n) for n in raw.data_vars if str(n).startswith("true_"))
+    write(raw[["z", *names]], path)
 
 
 def ingest(config: PipelineConfig, client) -> tuple[xr.Dataset, list]:
