@@ -49,10 +49,11 @@ import pandas as pd
 
 from . import __version__, plots
 from .lines import all_lines
+from .science import metrics
+from .science.metrics import TABLE6_LINES
 
 PROVENANCE_KEYS = ("name", "pipeline", "started", "finished", "version", "package_version",
                    "git_commit", "cluster", "host", "seed")
-TABLE6_LINES = ("halpha", "hdelta", "oiii_4363", "sii_6716", "oiii_5007", "nii_6583")
 """Lines of the paper's Table 6, in its order."""
 
 
@@ -238,9 +239,11 @@ def _line_fluxes(run_dir: Path, run: dict, w: _Writer) -> Section:
         q = {k: pred[f"{k}_flux"].to_numpy(float) for k in keys}
         sig = {}
         for k in keys:
-            stat = flux_scatter(o[k], q[k])
-            rows.append({"case": case, "line": labels.get(k, k), **stat})
-            sig[k] = f"σ = {stat['sigma']:.2f}, σ_fill = {stat['sigma_fill']:.2f} dex"
+            stat = metrics.scatter_dex(o[k], q[k], line=k)
+            rows.append({"case": case, "line": labels.get(k, k), "n": stat.n,
+                         "sigma": stat.sigma, "sigma_fill": stat.sigma_fill,
+                         "median_offset": stat.median_offset})
+            sig[k] = f"σ = {stat.sigma:.2f}, σ_fill = {stat.sigma_fill:.2f} dex"
         fig = plots.line_flux_comparison(o, q, sigma=sig, labels=labels)
         s.figures.append(w.figure(fig, f"fig9_{_slug(case)}",
                                   f"Line fluxes measured on the {case} spectra vs the original spectra."))
@@ -250,29 +253,6 @@ def _line_fluxes(run_dir: Path, run: dict, w: _Writer) -> Section:
     s.paragraphs.append("Paper Table 6 (4-d models, VAE σ / σ_fill): Hα 0.36/0.29, Hδ 0.45/0.37, "
                         "[OIII]4363 0.74/0.63, [SII]6716 0.52/0.38, [OIII]5007 0.55/0.44, [NII]6583 0.56/0.45.")
     return s
-
-
-def flux_scatter(original: np.ndarray, predicted: np.ndarray, n_bins: int = 10) -> dict[str, float]:
-    """Scatter in dex between two flux arrays, over all points and over filled bins.
-
-    σ is the standard deviation of log10(predicted/original) over galaxies where
-    both are positive; σ_fill the same over galaxies in "filled" bins of the
-    original flux (10 log bins; a bin is filled when it holds more than
-    N/(n_bins + 1) points — Scourfield et al. 2023 §4).
-    """
-    o = np.asarray(original, float)
-    p = np.asarray(predicted, float)
-    ok = np.isfinite(o) & np.isfinite(p) & (o > 0) & (p > 0)
-    if ok.sum() < 2:
-        return {"n": int(ok.sum()), "sigma": np.nan, "sigma_fill": np.nan}
-    lo, lp = np.log10(o[ok]), np.log10(p[ok])
-    d = lp - lo
-    edges = np.linspace(lo.min(), lo.max(), n_bins + 1)
-    which = np.clip(np.digitize(lo, edges) - 1, 0, n_bins - 1)
-    counts = np.bincount(which, minlength=n_bins)
-    filled = counts[which] > ok.sum() / (n_bins + 1)
-    return {"n": int(ok.sum()), "sigma": float(np.std(d, ddof=1)),
-            "sigma_fill": float(np.std(d[filled], ddof=1)) if filled.sum() > 1 else np.nan}
 
 
 def _mzr(run_dir: Path, run: dict, w: _Writer) -> Section:

@@ -17,7 +17,7 @@ from _mzr_sample import synthetic_catalogues, synthetic_truth
 
 from survey_denoise.cli import main
 from survey_denoise.grid import GRID
-from survey_denoise.report import build_report, flux_scatter, read_run
+from survey_denoise.report import build_report, read_run
 from survey_denoise.science.mzr_test import mzr_test
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -97,16 +97,6 @@ def test_damaged_input_spoils_only_its_section(tmp_path):
     html = build_report(run).read_text()
     assert html.count('class="missing"') == 2
     assert "fig10_mzr.png" in html and "latent_dim" in html
-
-
-def test_flux_scatter_known_answer():
-    rng = np.random.default_rng(0)
-    o = 10 ** rng.uniform(0, 3, 20000)
-    p = o * 10 ** rng.normal(0, 0.3, o.size)
-    s = flux_scatter(o, p)
-    assert s["sigma"] == pytest.approx(0.3, abs=0.01)
-    assert s["sigma_fill"] == pytest.approx(0.3, abs=0.01)
-    assert np.isnan(flux_scatter([1.0], [1.0])["sigma"])
 
 
 def test_cli_report_and_user_errors(tmp_path, capsys):
