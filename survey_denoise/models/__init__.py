@@ -1,0 +1,56 @@
+"""De-noisers of rest-frame spectra: PCA, autoencoder (AE) and variational autoencoder (VAE).
+
+All three share :class:`~survey_denoise.models.base.Denoiser` (fit / encode /
+decode / denoise / save / load) and save to a folder with a JSON model card
+(:mod:`~survey_denoise.models.card`).  The Keras models are imported only
+when used, so working with a PCA model never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import Denoiser, NotFittedError
+from .card import check, read_card
+from .pca import PCADenoiser
+
+# TensorFlow's C++ start-up chatter is noise for a command-line tool.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__all__ = ["AEDenoiser", "Denoiser", "NotFittedError", "PCADenoiser", "VAEDenoiser", "check",
+           "load_model", "read_card"]
+
+
+def __getattr__(name: str):
+    if name == "AEDenoiser":
+        from .ae import AEDenoiser
+
+        return AEDenoiser
+    if name == "VAEDenoiser":
+        from .vae import VAEDenoiser
+
+        return VAEDenoiser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def model_class(kind: str) -> type[Denoiser]:
+    """The de-noiser class for a card's ``kind`` ("pca", "ae" or "vae")."""
+    if kind == "pca":
+        return PCADenoiser
+    if kind in ("ae", "vae"):
+        return __getattr__(f"{kind.upper()}Denoiser")
+    raise ValueError(f"unknown model kind {kind!r}; expected pca, ae or vae")
+
+
+def load_model(path: str | Path, expect=None) -> Denoiser:
+    """Load any saved de-noiser folder; check it against the Dataset ``expect`` if given.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a model folder.
+    SchemaError
+        If the card is unreadable, or ``expect`` is on another grid or normalisation.
+    """
+    return model_class(read_card(path)["kind"]).load(path, expect=expect)

@@ -1,0 +1,215 @@
+"""The interface every de-noiser shares, in the scikit-learn style.
+
+``__init__`` stores hyper-parameters only; :meth:`Denoiser.fit` learns and
+returns ``self`` (learned state ends in ``_``); :meth:`Denoiser.encode`
+gives the latent mean, :meth:`Denoiser.decode` maps it back to a spectrum
+and :meth:`Denoiser.denoise` does both.  :meth:`Denoiser.save` writes one
+folder (artefact + ``card.json``) and :meth:`Denoiser.load` reads it back,
+checking the card against the data it will be applied to.
+
+Inputs are float32 arrays (n_galaxy, n_pixel) of normalised flux, or
+rest-frame Datasets (then the grid and normalisation come from the
+dataset's attrs and are recorded in, or checked against, the card).
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..grid import GRID
+from . import card as cards
+from .data import SpectraPairs, as_flux, iter_rows, split
+
+
+class NotFittedError(RuntimeError):
+    """The de-noiser is used before :meth:`Denoiser.fit` or :meth:`Denoiser.load`."""
+
+
+def _open(X):
+    """A store path becomes its lazy Dataset; anything else is returned as is."""
+    if isinstance(X, (str, Path)):
+        from ..io.store import open_store
+
+        return open_store(X, frame="rest")
+    return X
+
+
+class Denoiser(abc.ABC):
+    """A de-noiser of rest-frame spectra on the grid.
+
+    Parameters
+    ----------
+    latent : int
+        Latent dimensions (AE/VAE) or principal components (PCA).
+    seed : int, optional
+        Seed of the weights' initialisation, dropout and the validation split
+        (None: drawn at random and recorded in the card).
+    """
+
+    kind: ClassVar[str]
+    artefact: ClassVar[str]
+
+    def __init__(self, latent: int = 6, seed: int | None = 0) -> None:
+        self.latent = latent
+        self.seed = seed
+
+    # -- scikit-learn conventions ------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters, as passed to ``__init__``."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "card_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+
+    # -- training ------------------------------------------------------------------
+    def fit(self, noisy, clean, weights=None, validation_split: float = 0.2,
+            seed: int | None = None) -> Denoiser:
+        """Learn from noise-added spectra and their clean originals.
+
+        Parameters
+        ----------
+        noisy, clean : ndarray (n, npix), Dataset, or store path
+            Noise-added input and clean target (same galaxies, same order).
+        weights : ndarray (n, npix), optional
+            Per-pixel loss weights (default from the noisy ``ivar``; see
+            :class:`~survey_denoise.models.data.SpectraPairs`).
+        validation_split : float
+            Fraction of galaxies held out at random for validation.
+        seed : int, optional
+            Seed of the validation split (default: the model's ``seed``; if
+            both are None, one is drawn and recorded).
+
+        Returns
+        -------
+        self
+        """
+        noisy, clean = _open(noisy), _open(clean)
+        pairs = SpectraPairs(noisy, clean, weights)
+        facts = cards.data_facts(noisy) if pairs.is_dataset else {
+            "grid": GRID.to_dict() if pairs.npix == GRID.npix else None,
+            "norm_convention": None, "noise_model": None, "data_id": None, "n_galaxy": pairs.n}
+        if facts["grid"] is None:
+            raise ValueError(f"arrays have {pairs.npix} pixels but the grid has {GRID.npix}; "
+                             "pass rest-frame Datasets to train on another grid")
+        seed = self.seed if seed is None else seed
+        parts = split(pairs, validation_split, seed)
+        t0 = time.perf_counter()
+        history = self._fit(pairs, parts)
+        metrics = {"val_mse": self._mse(pairs, parts.validation) if parts.validation.size else None,
+                   "train_seconds": time.perf_counter() - t0}
+        self.card_ = {
+            "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
+            "grid": facts["grid"], "norm_convention": facts["norm_convention"],
+            "noise_model": facts["noise_model"],
+            "training": {"data_id": facts["data_id"], "n_galaxy": pairs.n,
+                         "n_train": int(parts.train.size), "n_validation": int(parts.validation.size),
+                         "validation_split": validation_split, "validation_seed": parts.seed,
+                         "source": getattr(noisy, "encoding", {}).get("source")},
+            "hyperparameters": self.get_params(), "seed": self.seed,
+            "history": history, "metrics": metrics, "versions": cards.package_versions(),
+        }
+        return self
+
+    @abc.abstractmethod
+    def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
+        """Learn from ``pairs`` (training rows ``parts.train``); return the loss history."""
+
+    def _mse(self, pairs: SpectraPairs, rows: np.ndarray) -> float:
+        total, count = 0.0, 0
+        for x, y, _ in iter_rows(pairs, rows):
+            total += float(np.sum((self._denoise(x) - y) ** 2, dtype=np.float64))
+            count += y.size
+        return total / count
+
+    # -- inference -----------------------------------------------------------------
+    def _input(self, X) -> np.ndarray:
+        X = _open(X)
+        if hasattr(X, "data_vars"):
+            self._require_fitted()
+            cards.check(self.card_, X, where=type(self).__name__)
+            X = X["flux"].values
+        return as_flux(X)
+
+    def encode(self, X) -> np.ndarray:
+        """Latent means (n, latent) of spectra ``X``."""
+        self._require_fitted()
+        return self._encode(self._input(X))
+
+    transform = encode
+
+    def decode(self, Z) -> np.ndarray:
+        """Spectra (n, npix) decoded from latent vectors ``Z``."""
+        self._require_fitted()
+        return self._decode(np.asarray(Z, np.float32))
+
+    def denoise(self, X) -> np.ndarray:
+        """De-noised spectra: encode the mean, decode it (float32, (n, npix))."""
+        self._require_fitted()
+        return self._denoise(self._input(X))
+
+    def _denoise(self, X: np.ndarray) -> np.ndarray:
+        return self._decode(self._encode(X))
+
+    def score(self, noisy, clean) -> float:
+        """Mean squared error per pixel of the de-noised ``noisy`` against ``clean``."""
+        clean = _open(clean)
+        y = clean["flux"].values if hasattr(clean, "data_vars") else clean
+        return float(np.mean((self.denoise(noisy) - as_flux(y)) ** 2, dtype=np.float64))
+
+    @abc.abstractmethod
+    def _encode(self, X: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _decode(self, Z: np.ndarray) -> np.ndarray: ...
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder ``path`` (artefact + ``card.json``); return it."""
+        self._require_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._save_artefact(path / self.artefact)
+        cards.write_card(self.card_, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expect=None) -> Denoiser:
+        """Read a model folder; check it against ``expect`` (a Dataset) if given.
+
+        Raises
+        ------
+        SchemaError
+            If the folder holds another kind of model, or ``expect`` is on
+            another grid or normalisation.
+        """
+        from ..schema import SchemaError
+
+        card = cards.read_card(path)
+        if card["kind"] != cls.kind:
+            raise SchemaError(f"{path} holds a '{card['kind']}' model, not '{cls.kind}'")
+        if expect is not None:
+            cards.check(card, expect, where=str(path))
+        params = {k: v for k, v in card["hyperparameters"].items()
+                  if k in inspect.signature(cls.__init__).parameters}
+        model = cls(**params)
+        model._load_artefact(Path(path) / card["artefact"])
+        model.card_ = card
+        return model
+
+    @abc.abstractmethod
+    def _save_artefact(self, path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def _load_artefact(self, path: Path) -> None: ...

@@ -1,0 +1,201 @@
+"""Training data for the de-noisers: (noisy, clean, weight) read chunk by chunk.
+
+A :class:`SpectraPairs` pairs a noise-added set of spectra with the clean
+originals, either two in-memory arrays or two rest-frame Datasets (usually
+Zarr stores opened lazily).  It reads one galaxy chunk at a time, so a
+training set larger than memory streams from disk; :func:`split` draws the
+validation galaxies at random with a recorded seed, and :func:`batches`
+turns a split into a Keras ``PyDataset`` that shuffles chunk order and rows
+within a chunk every epoch (reading each chunk once per epoch).
+
+Pixel weights follow the paper: ``w = 1 / (sigma^2 + 2e-6)`` with
+``sigma^2 = 1/ivar`` from the noisy spectrum's inverse variance, written as
+``ivar / (1 + 2e-6 ivar)`` so that ``ivar = 0`` gives ``w = 0`` without a
+division by zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+
+from ..flags import DROP
+
+SOFTENING = 2e-6
+"""Variance added to every pixel's sigma^2 before inverting (Portillo et al. 2020), normalised flux^2."""
+
+ARRAY_CHUNK = 4096
+"""Rows per chunk when the training data are in-memory arrays."""
+
+
+def pixel_weights(ivar: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Softened inverse-variance weights ``1 / (1/ivar + 2e-6)``; 0 where ``ivar <= 0`` or masked.
+
+    Parameters
+    ----------
+    ivar : ndarray
+        Inverse variance, (normalised flux)^-2.
+    mask : ndarray of bool, optional
+        Bad pixels (weight 0).
+    """
+    ivar = np.asarray(ivar, dtype=np.float64)
+    good = np.isfinite(ivar) & (ivar > 0)
+    if mask is not None:
+        good &= ~np.asarray(mask, dtype=bool)
+    w = np.where(good, ivar / (1.0 + SOFTENING * np.where(good, ivar, 0.0)), 0.0)
+    return w.astype(np.float32)
+
+
+def as_flux(x) -> np.ndarray:
+    """Float32 spectra with non-finite values set to 0 (the network cannot take NaN)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"spectra must be a 2-D array (n_galaxy, n_pixel), got shape {x.shape}")
+    return np.where(np.isfinite(x), x, np.float32(0))
+
+
+class SpectraPairs:
+    """Noisy and clean spectra (and pixel weights), readable one galaxy chunk at a time.
+
+    Parameters
+    ----------
+    noisy, clean : ndarray (n, npix) or xarray.Dataset
+        Noise-added input and clean target, row for row the same galaxies.
+    weights : ndarray (n, npix), optional
+        Per-pixel loss weights.  Default for Datasets: :func:`pixel_weights`
+        of the noisy ``ivar`` and ``mask``; for arrays: one uniform weight
+        ``1 / (s^2 + 2e-6)`` with ``s^2`` the mean squared difference
+        noisy − clean (the noise variance of uniform noise).
+    """
+
+    def __init__(self, noisy, clean, weights=None) -> None:
+        self.is_dataset = hasattr(noisy, "data_vars")
+        if self.is_dataset != hasattr(clean, "data_vars"):
+            raise TypeError("noisy and clean must both be arrays or both be Datasets")
+        if self.is_dataset:
+            ids_n, ids_c = noisy["galaxy"].values, clean["galaxy"].values
+            if ids_n.shape != ids_c.shape or not np.array_equal(ids_n, ids_c):
+                raise ValueError("noisy and clean datasets hold different galaxies (or in another "
+                                 "order); degrade the clean store to make its noisy twin")
+            self.n, self.npix = noisy.sizes["galaxy"], noisy.sizes["wavelength"]
+            chunks = noisy["flux"].chunks
+            sizes = chunks[0] if chunks is not None else (self.n,)
+            self.usable = ((noisy["flags"].values & int(DROP)) == 0) & \
+                          ((clean["flags"].values & int(DROP)) == 0)
+        else:
+            noisy, clean = as_flux(noisy), as_flux(clean)
+            if noisy.shape != clean.shape:
+                raise ValueError(f"noisy {noisy.shape} and clean {clean.shape} spectra differ in shape")
+            self.n, self.npix = noisy.shape
+            sizes = [min(ARRAY_CHUNK, self.n - s) for s in range(0, self.n, ARRAY_CHUNK)]
+            self.usable = np.ones(self.n, bool)
+            if weights is None:
+                var = float(np.mean((noisy - clean) ** 2, dtype=np.float64))
+                weights = np.float32(1.0 / (var + SOFTENING))
+        if weights is not None:
+            weights = np.broadcast_to(np.asarray(weights, np.float32), (self.n, self.npix))
+        self.noisy, self.clean, self.weights = noisy, clean, weights
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.starts) - 1
+
+    def load(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Chunk ``c`` as (noisy flux, clean flux, weights), float32 (rows, npix)."""
+        a, b = int(self.starts[c]), int(self.starts[c + 1])
+        if not self.is_dataset:
+            return self.noisy[a:b], self.clean[a:b], np.asarray(self.weights[a:b])
+        # Synchronous: the reader runs inside Keras' loop; a Zarr chunk is one task.
+        with dask.config.set(scheduler="synchronous"):
+            part = self.noisy[["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
+            y = self.clean["flux"].isel(galaxy=slice(a, b)).values
+        w = (np.asarray(self.weights[a:b]) if self.weights is not None
+             else pixel_weights(part["ivar"].values, part["mask"].values))
+        return as_flux(part["flux"].values), as_flux(y), w
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation rows (global galaxy indices, sorted) and the split's seed."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    seed: int
+
+
+def split(pairs: SpectraPairs, fraction: float, seed: int | None) -> Split:
+    """Draw ``fraction`` of the usable galaxies at random as validation.
+
+    ``seed=None`` draws a fresh seed from the OS; either way the seed used is
+    returned, so the split can be recorded and redrawn.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_split must be in [0, 1), got {fraction}")
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    rows = np.flatnonzero(pairs.usable)
+    if rows.size == 0:
+        raise ValueError("no usable training spectra (all are flagged as dropped)")
+    perm = np.random.default_rng(seed).permutation(rows)
+    n_val = int(round(fraction * rows.size))
+    return Split(np.sort(perm[n_val:]), np.sort(perm[:n_val]), int(seed))
+
+
+def iter_rows(pairs: SpectraPairs, rows: np.ndarray):
+    """Yield (noisy, clean, weights) for ``rows``, one chunk at a time, in order."""
+    for c in range(pairs.n_chunks):
+        a, b = pairs.starts[c], pairs.starts[c + 1]
+        local = rows[(rows >= a) & (rows < b)] - a
+        if local.size:
+            x, y, w = pairs.load(c)
+            yield x[local], y[local], w[local]
+
+
+def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
+    """A Keras ``PyDataset`` of (noisy, clean, weights) batches over ``rows``.
+
+    Batches never straddle a chunk, so each chunk is read once per epoch; with
+    ``shuffle`` the chunk order and the rows within each chunk are redrawn
+    every epoch from ``seed`` and the epoch number.
+    """
+    import keras
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+            self.cached: tuple[int, tuple] | None = None
+            self.per_chunk = []
+            for c in range(pairs.n_chunks):
+                a, b = pairs.starts[c], pairs.starts[c + 1]
+                self.per_chunk.append(rows[(rows >= a) & (rows < b)])
+            self.plan = self._plan()
+
+        def _plan(self) -> list[tuple[int, np.ndarray]]:
+            rng = np.random.default_rng([seed, self.epoch])
+            order = rng.permutation(pairs.n_chunks) if shuffle else range(pairs.n_chunks)
+            plan = []
+            for c in order:
+                r = rng.permutation(self.per_chunk[c]) if shuffle else self.per_chunk[c]
+                plan += [(int(c), r[i:i + batch_size]) for i in range(0, r.size, batch_size)]
+            return plan
+
+        def __len__(self) -> int:
+            return len(self.plan)
+
+        def __getitem__(self, idx: int):
+            c, r = self.plan[idx]
+            if self.cached is None or self.cached[0] != c:
+                self.cached = (c, pairs.load(c))
+            x, y, w = self.cached[1]
+            local = r - pairs.starts[c]
+            return x[local], y[local], w[local]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.plan = self._plan()
+
+    return _Batches()

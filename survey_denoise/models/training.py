@@ -1,0 +1,177 @@
+"""Training the Keras de-noisers as in the paper: Adam 1e-4, batch 64, the plateau rule.
+
+The learning-rate rule of Scourfield et al. (2023, §3.2): if the monitored
+loss has not fallen by at least 10 % within 5 epochs, divide the learning
+rate by 10; if it still has not within 5 more epochs, stop.  The rule is a
+pure object (:class:`PlateauRule`, unit-tested on loss histories) wrapped by
+a Keras callback (:class:`PlateauCallback`).
+
+:class:`KerasDenoiser` is the shared body of
+:class:`~survey_denoise.models.ae.AEDenoiser` and
+:class:`~survey_denoise.models.vae.VAEDenoiser`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Denoiser
+from .data import batches
+
+PREDICT_BATCH = 8192
+"""Spectra per forward pass at inference (large batches keep the matmuls efficient)."""
+
+
+class PlateauRule:
+    """The paper's learning-rate rule as a state machine fed one loss per epoch.
+
+    Parameters
+    ----------
+    patience : int
+        Epochs allowed for the loss to fall by ``min_delta`` (the paper: 5).
+    min_delta : float
+        Required relative fall (the paper: 0.1, i.e. 10 %).
+    factor : float
+        Learning-rate divisor on a plateau (the paper: 10).
+    """
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.1, factor: float = 10.0) -> None:
+        self.patience, self.min_delta, self.factor = patience, min_delta, factor
+        self.reference: float | None = None
+        self.wait = 0
+        self.reduced = False
+
+    def update(self, loss: float) -> str:
+        """Feed one epoch's loss; return ``"ok"``, ``"reduce"`` or ``"stop"``."""
+        if self.reference is None or loss <= (1.0 - self.min_delta) * self.reference:
+            # A 10 % fall resets the count and forgives an earlier reduction.
+            self.reference, self.wait, self.reduced = float(loss), 0, False
+            return "ok"
+        self.wait += 1
+        if self.wait < self.patience:
+            return "ok"
+        self.wait = 0
+        if self.reduced:
+            return "stop"
+        self.reduced = True
+        return "reduce"
+
+
+def plateau_callback(rule: PlateauRule, monitor: str = "val_loss"):
+    """A Keras callback applying ``rule`` to ``logs[monitor]`` (``loss`` if absent)."""
+    import keras
+
+    class PlateauCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            loss = logs.get(monitor, logs.get("loss"))
+            if loss is None or not math.isfinite(loss):
+                self.model.stop_training = loss is not None
+                return
+            action = rule.update(float(loss))
+            lr = self.model.optimizer.learning_rate
+            if action == "reduce":
+                lr.assign(float(lr.numpy()) / rule.factor)
+            elif action == "stop":
+                self.model.stop_training = True
+            logs["learning_rate"] = float(lr.numpy())
+
+    return PlateauCallback()
+
+
+class KerasDenoiser(Denoiser):
+    """Shared body of the AE and VAE de-noisers (see their docstrings for parameters)."""
+
+    artefact = "model.keras"
+    variational: ClassVar[bool]
+    DEFAULTS: ClassVar[Mapping[int, tuple[float, Sequence[int]]]]
+
+    def __init__(self, latent: int = 6, *, units: Sequence[int] | None = None,
+                 dropout: float | None = None, epochs: int = 200, batch_size: int = 64,
+                 learning_rate: float = 1e-4, patience: int = 5, min_delta: float = 0.1,
+                 seed: int | None = 0, verbose: int = 0) -> None:
+        super().__init__(latent=latent, seed=seed)
+        self.units = None if units is None else [int(u) for u in units]
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.min_delta = min_delta
+        self.verbose = verbose
+
+    def architecture(self) -> tuple[float, list[int]]:
+        """(dropout, units) used: given ones, else the paper's best for the nearest latent size."""
+        nearest = min(self.DEFAULTS, key=lambda k: (abs(k - self.latent), k))
+        dropout, units = self.DEFAULTS[nearest]
+        return (dropout if self.dropout is None else float(self.dropout),
+                list(units) if self.units is None else list(self.units))
+
+    def _build(self, npix: int):
+        import keras
+
+        from .networks import SpectrumAutoencoder
+
+        dropout, units = self.architecture()
+        if any(b > a for a, b in zip(units, units[1:], strict=False)):
+            raise ValueError(f"encoder widths must not increase, got {units}")
+        model = SpectrumAutoencoder(npix, self.latent, units, dropout, variational=self.variational,
+                                    seed=self.seed, name=self.kind)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
+        model.build((None, npix))
+        return model
+
+    def _fit(self, pairs, parts) -> dict[str, list[float]]:
+        import keras
+
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        self.model_ = self._build(pairs.npix)
+        train = batches(pairs, parts.train, self.batch_size, shuffle=True, seed=parts.seed)
+        val = (batches(pairs, parts.validation, max(self.batch_size, 1024), shuffle=False)
+               if parts.validation.size else None)
+        rule = PlateauRule(self.patience, self.min_delta)
+        monitor = "val_loss" if val is not None else "loss"
+        history = self.model_.fit(train, validation_data=val, epochs=self.epochs,
+                                  callbacks=[plateau_callback(rule, monitor)], verbose=self.verbose)
+        self.epochs_run_ = len(history.history.get("loss", []))
+        return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+    def fit(self, noisy, clean, weights=None, validation_split: float = 0.2, seed=None):
+        super().fit(noisy, clean, weights, validation_split, seed)
+        dropout, units = self.architecture()
+        self.card_["architecture"] = {"dropout": dropout, "units": units, "latent": self.latent,
+                                      "leaky_relu_slope": 0.3, "variational": self.variational}
+        return self
+
+    # -- inference -------------------------------------------------------------------
+    @staticmethod
+    def _batched(fn, X: np.ndarray) -> list[np.ndarray]:
+        outs = []
+        for i in range(0, max(X.shape[0], 1), PREDICT_BATCH):
+            out = fn(X[i:i + PREDICT_BATCH])
+            outs.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        out = self._batched(lambda b: self.model_.encoder(b, training=False), X)
+        return out[0]
+
+    def _decode(self, Z: np.ndarray) -> np.ndarray:
+        return self._batched(lambda b: self.model_.decoder(b, training=False), Z)[0].astype(np.float32)
+
+    # -- persistence -----------------------------------------------------------------
+    def _save_artefact(self, path: Path) -> None:
+        self.model_.save(path)
+
+    def _load_artefact(self, path: Path) -> None:
+        import keras
+
+        from . import networks  # noqa: F401  (registers the custom classes)
+
+        self.model_ = keras.saving.load_model(path, safe_mode=True, compile=False)
