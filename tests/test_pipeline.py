@@ -246,3 +246,33 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(reference
 
     # Identical to the uninterrupted run, no galaxy missing or duplicated.
     assert_same_outputs(ref_folder, folder)
+
+
+@pytest.mark.skipif(not _have("preprocess") or not _have("fit"), reason="needs preprocess and fit")
+def test_bad_spectra_become_flags_not_a_failed_run(tmp_path):
+    from survey_denoise.flags import Flag
+    from survey_denoise.io.store import write_store
+    from survey_denoise.schema import make_spectra
+
+    n, wave = 12, np.geomspace(3800.0, 9200.0, 3000)
+    rng = np.random.default_rng(1)
+    z = rng.uniform(0.03, 0.05, n)
+    flux = 5 + rng.normal(0, 0.3, (n, wave.size))
+    flux += 40 * np.exp(-0.5 * ((wave[None, :] - 6564.6 * (1 + z[:, None])) / 3.0) ** 2)
+    ivar = np.full((n, wave.size), 11.0)
+    z[3] = np.nan            # no redshift
+    ivar[7] = 0.0            # no information at all
+    flux[9, :] = np.nan      # broken flux
+    raw = make_spectra(flux.astype(np.float32), ivar.astype(np.float32), wave,
+                       np.arange(100, 100 + n), z, frame="observed").chunk(galaxy=4)
+    write_store(raw, tmp_path / "in.zarr", progress=False)
+    cfg = write_config(tmp_path / "c.yaml", {
+        "name": "bad", "input": {"store": {"path": str(tmp_path / "in.zarr")}}, "chunk": 4,
+        "stages": {"preprocess": {"norm": "l2"}, "fit": {"method": "fast"}},
+        "outputs": {"dir": str(tmp_path / "run")}})
+    summary = run_pipeline(load_config(cfg), workers=1, progress=False, echo=lambda m: None)
+    assert summary.galaxies == n and summary.flagged >= 3
+    flags = open_store(tmp_path / "run" / "preprocessed.zarr")["flags"].values
+    assert all(flags[i] != 0 for i in (3, 7, 9)) and flags[0] & int(Flag.NO_REDSHIFT) == 0
+    cat = pd.read_parquet(tmp_path / "run" / "catalogue-preprocessed.parquet")
+    assert sorted(cat["galaxy"].tolist()) == list(range(100, 100 + n))  # failed fits keep their row
