@@ -96,7 +96,7 @@ def test_config_problems_are_reported_together_before_any_work(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(missing)
     msg = str(err.value)
-    for part in ("no file matches", "no-model is not a model folder",
+    for part in ("no file matches", "no-model: no such model folder",
                  "stages.denoise.input: 'degraded' is not made",
                  "stages.fit.stores: 'degraded' is not made"):
         assert part in msg, part
@@ -110,7 +110,8 @@ def test_model_made_for_another_grid_or_normalisation_is_refused(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     grid = dict(GRID.to_dict(), npix=GRID.npix + 1)
-    (model / "card.json").write_text(json.dumps({"grid": grid, "norm": "sum"}))
+    (model / "card.json").write_text(json.dumps({"kind": "pca", "grid": grid,
+                                                 "norm_convention": "sum"}))
     cfg = write_config(tmp_path / "c.yaml", {
         "name": "x", "input": {"mock": {"n": 10}},
         "stages": {"preprocess": {"norm": "l2"}, "degrade": {"sigma": 0.04},
@@ -118,9 +119,13 @@ def test_model_made_for_another_grid_or_normalisation_is_refused(tmp_path):
         "outputs": {"dir": str(tmp_path / "run")}})
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
-    assert "another wavelength grid" in str(err.value) and f"{GRID.npix + 1} pixels" in str(err.value)
-    assert "expects 'sum'-normalised spectra" in str(err.value)
-    (model / "card.json").write_text(json.dumps({"grid": GRID.to_dict(), "norm": "l2"}))
+    assert "trained on the grid" in str(err.value) and f"{GRID.npix + 1} pixels" in str(err.value)
+    (model / "card.json").write_text(json.dumps({"kind": "pca", "grid": GRID.to_dict(),
+                                                 "norm_convention": "sum"}))
+    with pytest.raises(ConfigError, match="trained on 'sum'-normalised spectra"):
+        load_config(cfg)
+    (model / "card.json").write_text(json.dumps({"kind": "pca", "grid": GRID.to_dict(),
+                                                 "norm_convention": "l2"}))
     assert load_config(cfg).stages.denoise.model == str(model)
 
 
@@ -130,7 +135,7 @@ def test_shipped_pipelines_are_valid():
             load_config(path)
         except ConfigError as err:
             # Only a model that a previous pipeline makes may be missing.
-            assert "is not a model folder" in str(err), str(err)
+            assert "no such model folder" in str(err), str(err)
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):

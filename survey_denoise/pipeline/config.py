@@ -25,7 +25,6 @@ to the directory the command runs in.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -303,37 +302,16 @@ def check_model(model_dir: Path, preprocess: Preprocess | None) -> list[str]:
     TensorFlow is imported.
     """
     from ..grid import GRID
+    from ..models.card import check, read_card
+    from ..schema import SchemaError
 
-    if not model_dir.is_dir():
-        return [f"stages.denoise.model: {model_dir} is not a model folder"]
-    cards = sorted(model_dir.glob("*.json"))
-    card = next((c for c in cards if c.name in ("card.json", "model_card.json")), None) \
-        or (cards[0] if cards else None)
-    if card is None:
-        return [f"stages.denoise.model: {model_dir} has no model card (*.json)"]
+    where = f"stages.denoise.model: {model_dir}"
     try:
-        meta = json.loads(card.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return [f"stages.denoise.model: {card} is not readable JSON ({err})"]
-    problems = []
-    grid = meta.get("grid")
-    if isinstance(grid, str):
-        grid = json.loads(grid)
-    if isinstance(grid, dict) and _grid_key(grid) != _grid_key(GRID.to_dict()):
-        problems.append(f"stages.denoise.model: {model_dir} was trained on another wavelength "
-                        f"grid ({_grid_text(grid)}) than the data ({_grid_text(GRID.to_dict())}); "
-                        "retrain it on this grid")
-    norm = meta.get("norm") or meta.get("norm_convention") or meta.get("normalisation")
-    want = preprocess.norm if preprocess is not None else None
-    if norm and want and norm != want:
-        problems.append(f"stages.denoise.model: {model_dir} expects '{norm}'-normalised spectra, "
-                        f"but stages.preprocess.norm is '{want}'")
-    return problems
-
-
-def _grid_key(grid: dict) -> tuple:
-    return tuple(grid.get(k) for k in ("wave_min", "wave_max", "npix", "spacing"))
-
-
-def _grid_text(grid: dict) -> str:
-    return "{}-{} A, {} pixels".format(*_grid_key(grid)[:3])
+        card = read_card(model_dir)
+        check(card, {"grid": GRID.to_dict(),
+                     "norm_convention": preprocess.norm if preprocess is not None else None},
+              where=where)
+    except (FileNotFoundError, SchemaError) as err:
+        message = str(err)
+        return [message if message.startswith(where) else f"stages.denoise.model: {message}"]
+    return []
