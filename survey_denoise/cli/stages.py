@@ -1,0 +1,126 @@
+"""Sub-commands that run one stage from a store to a new store.
+
+``survey-denoise preprocess IN --out OUT``: raw (observed) -> rest frame, on the grid, normalised.
+``survey-denoise degrade IN --out OUT --noise uniform:0.04|desi``: add noise to a rest-frame store.
+
+Each opens its input lazily (refusing an incomplete or foreign store before
+any cluster starts), builds the stage's lazy dataset and writes it chunk by
+chunk on the cluster with a progress bar; ``--resume`` finishes an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import UserError, client_for, cluster_option, workers_option
+
+
+def _store_options(command):
+    """Options every store-to-store stage takes."""
+    decorators = [
+        click.argument("store_in", metavar="IN", type=click.Path(path_type=Path)),
+        click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                     help="Zarr store to write."),
+        cluster_option,
+        workers_option,
+        click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
+        click.option("--resume", is_flag=True, help="Finish an interrupted write of the same output."),
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+@click.command()
+@_store_options
+@click.option("--norm", type=click.Choice(["l2", "sum", "median"]), default="l2", show_default=True,
+              help="Normalisation convention (l2 reproduces the paper's tables).")
+@click.option("--min-coverage", type=click.FloatRange(0, 1), default=None,
+              help="Least fraction of grid pixels a spectrum must cover.  [default: 0.9]")
+def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
+               resume: bool, norm: str, min_coverage: float | None) -> None:
+    """Shift the spectra of raw store IN to the rest frame, resample onto the grid, normalise."""
+    from ..io.store import open_store
+    from ..preprocess import DEFAULT_MIN_COVERAGE
+    from ..preprocess import preprocess as run
+
+    _check_out(out, overwrite, resume)
+    ds = open_store(store_in, frame="observed")
+    coverage = DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage
+    result = run(ds, norm=norm, min_coverage=coverage)
+    _write(result, out, cluster, workers, overwrite, resume, "preprocess")
+
+
+@click.command()
+@_store_options
+@click.option("--noise", "noise_spec", required=True, metavar="uniform[:SIGMA]|desi[:SCALE]",
+              help="uniform:0.04 (sigma in normalised units) or desi (DESI-like, physical units; "
+                   "desi:2 doubles its sigma).")
+@click.option("--z-target", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Move every galaxy to this redshift first (desi noise only).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (per galaxy streams).")
+@click.option("--cosmology", default="Planck18", show_default=True,
+              help="astropy cosmology for luminosity distances (with --z-target).")
+def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
+            noise_spec: str, z_target: float | None, seed: int, cosmology: str) -> None:
+    """Add noise to the rest-frame spectra of store IN."""
+    from ..io.store import open_store
+    from ..noise import degrade as run
+
+    _check_out(out, overwrite, resume)
+    model = parse_noise(noise_spec)
+    ds = open_store(store_in, frame="rest")
+    try:
+        result = run(ds, model, seed=seed, z_target=z_target, cosmology=cosmology)
+    except ValueError as err:
+        raise UserError(f"{store_in}: {err}") from None
+    _write(result, out, cluster, workers, overwrite, resume, "degrade")
+
+
+def parse_noise(spec: str):
+    """``uniform[:SIGMA]`` or ``desi[:SCALE]`` -> a noise model.
+
+    Raises
+    ------
+    UserError
+        For anything else, saying what is accepted.
+    """
+    from ..noise import DesiNoise, UniformNoise
+
+    name, _, value = spec.partition(":")
+    try:
+        number = float(value) if value else None
+        if name == "uniform":
+            return UniformNoise(0.04 if number is None else number)
+        if name == "desi":
+            return DesiNoise(scale=1.0 if number is None else number)
+    except ValueError as err:
+        raise UserError(f"--noise {spec!r}: {err}") from None
+    raise UserError(f"--noise {spec!r}: use uniform[:SIGMA] (e.g. uniform:0.04) or desi[:SCALE]")
+
+
+def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume exclude each other")
+    if out.exists() and not (overwrite or resume):
+        raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+
+
+def _write(ds, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
+           label: str) -> None:
+    from .. import flags as flagbits
+    from ..io.store import open_store, write_store
+
+    with client_for(cluster, workers) as client:
+        report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
+                             progress=True, label=label)
+    written = open_store(out)
+    counts = flagbits.count(written["flags"].values)
+    dropped = int(flagbits.dropped(written["flags"].values).sum())
+    click.echo(f"{label}: {written.sizes['galaxy']} galaxies into {out} ({report.n_chunks} chunk(s), "
+               f"{len(report.written)} written now, {report.seconds:.1f} s); {dropped} dropped")
+    if counts:
+        click.echo("flags: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
