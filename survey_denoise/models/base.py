@@ -107,8 +107,11 @@ class Denoiser(abc.ABC):
         parts = split(pairs, validation_split, seed)
         t0 = time.perf_counter()
         history = self._fit(pairs, parts)
-        metrics = {"val_mse": self._mse(pairs, parts.validation) if parts.validation.size else None,
-                   "train_seconds": time.perf_counter() - t0}
+        metrics = {"train_seconds": time.perf_counter() - t0}
+        if parts.validation.size:
+            metrics["val_mse"] = self._mse(pairs, parts.validation)
+        else:
+            metrics["train_mse"] = self._mse(pairs, parts.train)
         self.card_ = {
             "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
             "grid": facts["grid"], "norm_convention": facts["norm_convention"],

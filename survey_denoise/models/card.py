@@ -134,7 +134,7 @@ def check(card: Mapping[str, Any], ds, *, where: str = "model") -> None:
         Naming both values, e.g. ``model was trained on 'l2'-normalised
         spectra but the data are 'sum'-normalised``.
     """
-    facts = dict(ds) if isinstance(ds, Mapping) else data_facts(ds)
+    facts = data_facts(ds) if hasattr(ds, "data_vars") else dict(ds)
     want, got = card.get("grid") or GRID.to_dict(), facts.get("grid")
     if isinstance(want, str):
         want = json.loads(want)

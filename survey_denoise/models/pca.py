@@ -56,7 +56,7 @@ class PCADenoiser(Denoiser):
                     pca.partial_fit(x)
         else:
             x = np.concatenate([x for x, _, _ in iter_rows(pairs, parts.train)])
-            pca = PCA(n_components=self.latent, random_state=self.seed).fit(x)
+            pca = PCA(n_components=self.latent, random_state=parts.seed).fit(x)
         self.components_ = pca.components_.astype(np.float32)
         self.mean_ = pca.mean_.astype(np.float32)
         self.explained_variance_ratio_ = pca.explained_variance_ratio_.astype(np.float64)

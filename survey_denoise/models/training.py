@@ -129,8 +129,9 @@ class KerasDenoiser(Denoiser):
     def _fit(self, pairs, parts) -> dict[str, list[float]]:
         import keras
 
-        if self.seed is not None:
-            keras.utils.set_random_seed(self.seed)
+        # The split's seed is always set (drawn when none was given), so a run
+        # can be repeated from its card.
+        keras.utils.set_random_seed(parts.seed)
         self.model_ = self._build(pairs.npix)
         train = batches(pairs, parts.train, self.batch_size, shuffle=True, seed=parts.seed)
         val = (batches(pairs, parts.validation, max(self.batch_size, 1024), shuffle=False)

@@ -1,0 +1,96 @@
+"""The streaming training reader: Zarr chunks on disk, weights from ivar, a seeded split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _denoise_data import SIGMA, datasets
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from survey_denoise.flags import Flag
+from survey_denoise.io.store import open_store, write_store
+from survey_denoise.models.data import SOFTENING, SpectraPairs, batches, pixel_weights, split
+
+
+class CountingPairs(SpectraPairs):
+    """Counts chunk reads, to check each chunk is read once per epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = []
+
+    def load(self, c):
+        self.reads.append(c)
+        return super().load(c)
+
+
+@pytest.fixture
+def stores(tmp_path):
+    noisy, clean = datasets(230, seed=21)
+    noisy["flags"].values[[5, 100]] = np.uint32(Flag.NO_IVAR)
+    noisy["ivar"].values[7, :10] = 0.0
+    write_store(noisy.chunk({"galaxy": 50}), tmp_path / "noisy.zarr", progress=False)
+    write_store(clean.chunk({"galaxy": 50}), tmp_path / "clean.zarr", progress=False)
+    return open_store(tmp_path / "noisy.zarr"), open_store(tmp_path / "clean.zarr"), noisy, clean
+
+
+@given(arrays(np.float32, (3, 7), elements=st.floats(-10, 1e8, width=32)))
+def test_weights_are_softened_inverse_variance_and_zero_without_information(ivar):
+    w = pixel_weights(ivar)
+    pos = ivar > 0
+    assert np.all(w[~pos] == 0) and np.all(np.isfinite(w))
+    np.testing.assert_allclose(w[pos], 1 / (1 / ivar[pos].astype(np.float64) + SOFTENING), rtol=1e-5)
+    assert np.all(w <= 1 / SOFTENING * (1 + 1e-6))
+
+
+def test_reader_streams_every_training_row_once_per_epoch_reading_each_chunk_once(stores):
+    noisy, clean, mem_noisy, mem_clean = stores
+    pairs = CountingPairs(noisy, clean)
+    assert pairs.n_chunks == 5 and pairs.n == 230
+    parts = split(pairs, 0.2, seed=3)
+    assert not {5, 100} & (set(parts.train) | set(parts.validation))  # dropped spectra left out
+    assert parts.train.size + parts.validation.size == 228 and parts.validation.size == 46
+    seq = batches(pairs, parts.train, 16, shuffle=True, seed=parts.seed)
+    orders = []
+    for _epoch in range(2):
+        pairs.reads.clear()
+        rows = []
+        for i in range(len(seq)):
+            x, y, w = seq[i]
+            assert x.shape[0] <= 16 and x.shape == y.shape == w.shape and x.dtype == np.float32
+            # Recover the rows through the clean flux, which is unique per galaxy.
+            idx = [int(np.argmin(np.abs(mem_clean["flux"].values - r).sum(1))) for r in y]
+            np.testing.assert_array_equal(x, mem_noisy["flux"].values[idx])
+            rows += idx
+        assert sorted(rows) == parts.train.tolist()
+        assert sorted(pairs.reads) == list(range(5))
+        orders.append(rows)
+        seq.on_epoch_end()
+    assert orders[0] != orders[1]
+
+
+def test_weights_come_from_the_noisy_ivar(stores):
+    noisy, clean, *_ = stores
+    pairs = SpectraPairs(noisy, clean)
+    x, y, w = pairs.load(0)
+    assert np.all(w[7, :10] == 0)
+    np.testing.assert_allclose(w[0], 1 / (SIGMA ** 2 + SOFTENING), rtol=1e-5)
+
+
+def test_split_is_reproducible_from_its_seed_and_random_without_one(stores):
+    pairs = SpectraPairs(*stores[:2])
+    a, b = split(pairs, 0.3, 9), split(pairs, 0.3, 9)
+    np.testing.assert_array_equal(a.validation, b.validation)
+    c, d = split(pairs, 0.3, None), split(pairs, 0.3, None)
+    assert c.seed != d.seed
+    np.testing.assert_array_equal(split(pairs, 0.3, c.seed).validation, c.validation)
+
+
+def test_mismatched_stores_refused(stores, tmp_path):
+    noisy, _, _, clean = stores
+    with pytest.raises(ValueError, match="different galaxies"):
+        SpectraPairs(noisy, clean.isel(galaxy=slice(0, 100)))
+    with pytest.raises(TypeError, match="both"):
+        SpectraPairs(noisy, clean["flux"].values)

@@ -1,0 +1,151 @@
+"""AE and VAE de-noisers: the paper's networks, a falling loss, the plateau rule, round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _denoise_data import datasets, spectra
+
+from survey_denoise.grid import Grid
+from survey_denoise.io.store import write_store
+from survey_denoise.models import AEDenoiser, VAEDenoiser, load_model, read_card
+from survey_denoise.models.training import PlateauRule
+from survey_denoise.schema import SchemaError
+
+SMALL = {"units": [64, 32], "dropout": 0.1, "batch_size": 32, "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return spectra(320, seed=11)
+
+
+# -- the plateau rule on synthetic loss histories -------------------------------------
+def _run(rule: PlateauRule, losses) -> list[str]:
+    return [rule.update(x) for x in losses]
+
+
+def test_rule_keeps_going_while_the_loss_falls_ten_percent():
+    assert set(_run(PlateauRule(), 100 * 0.85 ** np.arange(30))) == {"ok"}
+
+
+def test_rule_reduces_after_five_flat_epochs_and_stops_after_five_more():
+    actions = _run(PlateauRule(), [100.0] * 12)
+    assert actions[:5] == ["ok"] * 5
+    assert actions[5] == "reduce"  # epochs 1-5 after the reference did not fall 10 %
+    assert actions[6:10] == ["ok"] * 4 and actions[10] == "stop"
+
+
+def test_rule_forgives_a_reduction_once_the_loss_falls_again():
+    # Slow fall (5 % per epoch) reaches -10 % every two epochs: never a plateau.
+    assert "reduce" not in _run(PlateauRule(), 100 * 0.95 ** np.arange(40))
+    losses = [100.0] * 6 + [85.0] + [85.0] * 5 + [85.0] * 5
+    actions = _run(PlateauRule(), losses)
+    assert actions[5] == "reduce" and actions[6] == "ok"
+    assert actions[11] == "reduce" and "stop" not in actions[:12]
+    assert actions[16] == "stop"
+
+
+def test_callback_divides_learning_rate_then_stops_in_a_real_fit(data):
+    noisy, clean = data
+    # A zero learning rate keeps the loss flat: the rule must act at epochs 5 and 10.
+    model = AEDenoiser(2, units=[16, 8], dropout=0.0, learning_rate=0.0, epochs=30,
+                       batch_size=64, seed=1).fit(noisy[:128], clean[:128])
+    hist = model.card_["history"]
+    assert len(hist["loss"]) == 11
+    assert hist["learning_rate"][4] == 0.0 and model.epochs_run_ == 11
+
+
+def test_rule_divides_a_real_learning_rate():
+    import keras
+
+    from survey_denoise.models.training import plateau_callback
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
+    cb = plateau_callback(PlateauRule(patience=2), monitor="loss")
+    cb.set_model(model)
+    for epoch in range(3):
+        cb.on_epoch_end(epoch, {"loss": 1.0})
+    assert np.isclose(float(model.optimizer.learning_rate.numpy()), 1e-5)
+
+
+# -- architecture ------------------------------------------------------------------
+@pytest.mark.parametrize("cls,latent,dropout,units", [
+    (VAEDenoiser, 6, 0.5, [800, 800, 700, 600]), (VAEDenoiser, 2, 0.8, [1000, 900, 600, 200]),
+    (AEDenoiser, 4, 0.5, [900, 900, 500, 400]), (AEDenoiser, 10, 0.9, [900, 800, 800, 600])])
+def test_default_hyperparameters_are_the_papers_tables(cls, latent, dropout, units):
+    assert cls(latent).architecture() == (dropout, units)
+
+
+def test_network_is_the_papers_architecture():
+    import keras
+
+    net = VAEDenoiser(6)._build(825)
+    enc = [ly for ly in net.encoder.layers if not isinstance(ly, keras.layers.InputLayer)]
+    dense = [ly for ly in enc if isinstance(ly, keras.layers.Dense)]
+    assert [d.units for d in dense] == [800, 800, 700, 600, 6, 6]
+    assert all(d.activation.__name__ == "linear" for d in dense)
+    leaky = [ly for ly in enc if isinstance(ly, keras.layers.LeakyReLU)]
+    assert len(leaky) == 4 and all(np.isclose(ly.negative_slope, 0.3) for ly in leaky)
+    assert [ly.rate for ly in enc if isinstance(ly, keras.layers.Dropout)] == [0.5] * 4
+    dec = [ly for ly in net.decoder.layers if isinstance(ly, keras.layers.Dense)]
+    assert [d.units for d in dec] == [600, 700, 800, 800, 825]
+    assert dec[-1].activation.__name__ == "linear"
+    assert len([ly for ly in net.decoder.layers if isinstance(ly, keras.layers.Dropout)]) == 4
+    ae = AEDenoiser(2)._build(825)
+    assert [ly.units for ly in ae.encoder.layers if isinstance(ly, keras.layers.Dense)][-1] == 2
+
+
+# -- training and round trips -------------------------------------------------------
+@pytest.mark.parametrize("cls", [AEDenoiser, VAEDenoiser])
+def test_loss_falls_and_save_load_denoise_identical(cls, data, tmp_path):
+    noisy, clean = data
+    model = cls(4, epochs=6, seed=3, **SMALL).fit(noisy, clean)
+    loss = model.card_["history"]["val_loss"]
+    assert loss[-1] < 0.8 * loss[0]
+    folder = model.save(tmp_path / cls.kind)
+    assert (folder / "model.keras").is_file()
+    again = load_model(folder)
+    assert type(again) is cls
+    np.testing.assert_array_equal(again.denoise(noisy[:50]), model.denoise(noisy[:50]))
+    np.testing.assert_array_equal(again.encode(noisy[:50]), model.encode(noisy[:50]))
+    card = read_card(folder)
+    assert card["architecture"]["units"] == [64, 32] and card["architecture"]["dropout"] == 0.1
+    assert card["hyperparameters"]["batch_size"] == 32 and card["metrics"]["val_mse"] > 0
+    assert card["training"]["n_validation"] == 64
+
+
+def test_vae_posterior_mean_spread_and_logvar(data):
+    noisy, clean = data
+    model = VAEDenoiser(3, epochs=3, seed=4, **SMALL).fit(noisy, clean)
+    mean, logvar = model.encode(noisy[:20], return_logvar=True)
+    assert mean.shape == logvar.shape == (20, 3)
+    np.testing.assert_array_equal(mean, model.encode(noisy[:20]))
+    avg, std = model.denoise(noisy[:20], n_samples=8)
+    assert avg.shape == std.shape == (20, 825) and avg.dtype == np.float32
+    assert np.all(std >= 0) and std.mean() > 0
+    eps = np.random.default_rng(0).standard_normal((8, 20, 3)).astype(np.float32)
+    a = model.denoise(noisy[:20], n_samples=8, eps=eps)
+    b = model.denoise(noisy[:20], n_samples=8, eps=eps)
+    np.testing.assert_array_equal(a[0], b[0])
+    # Zero draws decode the posterior mean itself.
+    zero = model.denoise(noisy[:20], n_samples=2, eps=np.zeros((2, 20, 3), np.float32))
+    np.testing.assert_allclose(zero[0], model.denoise(noisy[:20]), atol=1e-6)
+    assert np.all(zero[1] < 1e-5)
+
+
+def test_vae_trains_from_zarr_stores_and_refuses_other_data(tmp_path):
+    ds_noisy, ds_clean = datasets(200, seed=12)
+    write_store(ds_noisy.chunk({"galaxy": 64}), tmp_path / "noisy.zarr", progress=False)
+    write_store(ds_clean.chunk({"galaxy": 64}), tmp_path / "clean.zarr", progress=False)
+    model = VAEDenoiser(2, epochs=2, **SMALL).fit(str(tmp_path / "noisy.zarr"),
+                                                     str(tmp_path / "clean.zarr"))
+    assert model.card_["norm_convention"] == "l2" and model.card_["training"]["n_galaxy"] == 200
+    folder = model.save(tmp_path / "vae")
+    with pytest.raises(SchemaError, match="'l2'-normalised.*'median'-normalised"):
+        load_model(folder, expect=datasets(10, norm="median")[0])
+    with pytest.raises(SchemaError, match="trained on the grid"):
+        load_model(folder, expect=datasets(10, grid=Grid(3800.0, 7900.0, 825))[0])
+    with pytest.raises(SchemaError, match="'vae' model, not 'ae'"):
+        AEDenoiser.load(folder)
