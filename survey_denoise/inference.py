@@ -1,0 +1,205 @@
+"""Batched de-noising of a rest-frame dataset, chunk by chunk, on the workers.
+
+:func:`denoise` is a lazy stage ``Dataset -> Dataset``.  The model card is
+checked against the dataset before any graph is built; each worker process
+then loads the model once (a per-process cache keyed by the model folder and
+the hash of its card, so a re-saved model is reloaded) and runs every chunk
+through it in large batches.  Before TensorFlow starts in a worker its
+intra-op thread pool is sized to the worker's Dask threads, so Dask and
+TensorFlow do not both spread over all cores.
+
+Output, per galaxy:
+
+* ``flux``: the de-noised spectrum (posterior-mean decode; with
+  ``n_samples = K > 0``, the mean of K decodes from the VAE's posterior);
+* ``ivar``: ``1 / flux_std^2`` when ``n_samples > 0``; otherwise the constant
+  ``1 / mse`` per pixel, with ``mse`` the model's mean squared reconstruction
+  error on its validation set (from the card; the value is recorded in
+  ``attrs["denoise_ivar"]``).  ``ivar = 0`` where the input pixel was masked
+  (the reconstruction there is a guess from the prior, not a measurement);
+* ``flux_std`` (only when ``n_samples > 0``): spread of the K decodes;
+* ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values
+  (flux 0, ivar 0).  Spectra already dropped upstream pass through
+  unchanged, with their flags.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .flags import DROP, Flag
+from .models.card import card_hash, check, read_card
+from .schema import add_provenance, validate
+
+_MODELS: dict[tuple[str, str], object] = {}
+_LOCK = threading.Lock()
+LOADS: Counter = Counter()
+"""Models loaded by this process, keyed by (model folder, card hash)."""
+CALLS: Counter = Counter()
+"""Chunks de-noised by this process, keyed like :data:`LOADS`."""
+
+
+def load_counts() -> dict[str, int]:
+    """Loads and chunk calls in this process (query workers with ``client.run(load_counts)``)."""
+    return {"loads": sum(LOADS.values()), "calls": sum(CALLS.values())}
+
+
+def _match_threads() -> None:
+    """Size TensorFlow's thread pools to this Dask worker's threads (before TF starts)."""
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(nthreads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already running in this process; its pools are fixed.
+
+
+def cached_model(model_dir: str, digest: str):
+    """The model of ``model_dir``, loaded once per process for a given card hash."""
+    from .models import load_model, read_card
+
+    key = (model_dir, digest)
+    with _LOCK:
+        if key not in _MODELS:
+            if read_card(model_dir)["kind"] != "pca":
+                _match_threads()
+            _MODELS[key] = load_model(model_dir)
+            LOADS[key] += 1
+        CALLS[key] += 1
+        return _MODELS[key]
+
+
+def denoise_block(flux: np.ndarray, flags: np.ndarray, ids: np.ndarray, *, model_dir: str,
+                  digest: str, batch_size: int, n_samples: int, seed: int) -> np.ndarray:
+    """De-noise one chunk: returns (2, n, npix) float32 — mean and spread (spread 0 if K = 0).
+
+    Dropped spectra come back as they went in (spread 0); rows the model
+    turns non-finite stay non-finite so the caller can flag them.
+    """
+    model = cached_model(model_dir, digest)
+    flags = np.asarray(flags).reshape(-1)
+    out = np.zeros((2, *flux.shape), np.float32)
+    out[0] = flux
+    keep = np.flatnonzero((flags & int(DROP)) == 0)
+    # Overflow to inf/NaN is a per-spectrum failure, flagged by the caller.
+    with np.errstate(over="ignore", invalid="ignore"):
+        _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed)
+    return out
+
+
+def _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed) -> None:
+    from .models.data import as_flux
+    from .rng import standard_normal
+
+    for i in range(0, keep.size, batch_size):
+        rows = keep[i:i + batch_size]
+        x = as_flux(flux[rows])
+        if n_samples > 0:
+            latent = int(model.latent)
+            # Draws keyed by galaxy id: the result does not depend on the chunking.
+            eps = standard_normal(seed, "vae-posterior", np.asarray(ids).reshape(-1)[rows],
+                                  n_samples * latent)
+            eps = eps.reshape(rows.size, n_samples, latent).transpose(1, 0, 2)
+            out[0, rows], out[1, rows] = model.denoise(x, n_samples=n_samples, eps=eps)
+        else:
+            out[0, rows] = model._denoise(x)
+
+
+def _constant_ivar(card: dict) -> float:
+    mse = (card.get("metrics") or {}).get("val_mse") or (card.get("metrics") or {}).get("train_mse")
+    if not mse or not np.isfinite(mse) or mse <= 0:
+        raise ValueError("the model card records no reconstruction MSE (metrics.val_mse); "
+                         "retrain with a validation split, or use n_samples > 0 (VAE)")
+    return float(1.0 / mse)
+
+
+def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_samples: int = 0,
+            seed: int = 0) -> xr.Dataset:
+    """De-noise a rest-frame dataset lazily, one galaxy chunk per task.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Rest-frame spectra on the model's grid and normalisation.
+    model_dir : str or Path
+        A saved model folder (``card.json`` + artefact).
+    batch_size : int
+        Spectra per forward pass inside a chunk.
+    n_samples : int
+        VAE only: decode this many draws from the latent posterior; the
+        spread gives ``flux_std`` and ``ivar``.
+    seed : int
+        Seed of the posterior draws (streams keyed by galaxy id).
+
+    Returns
+    -------
+    xarray.Dataset
+        Same galaxies and variables, de-noised ``flux`` and model ``ivar``.
+
+    Raises
+    ------
+    SchemaError
+        If the data are not rest-frame, or are on another grid or
+        normalisation than the model was trained on.
+    """
+    model_dir = str(Path(model_dir).resolve())
+    validate(ds, frame="rest", where="denoise input")
+    card = read_card(model_dir)
+    check(card, ds, where=f"model {model_dir}")
+    if n_samples > 0 and card["kind"] != "vae":
+        raise ValueError(f"n_samples > 0 needs a VAE; {model_dir} holds a '{card['kind']}' model")
+    ivar_const = None if n_samples > 0 else _constant_ivar(card)
+    digest = card_hash(model_dir)
+
+    flux = ds["flux"].data
+    if not isinstance(flux, da.Array):
+        flux = da.from_array(flux, chunks=(min(4096, flux.shape[0]), flux.shape[1]))
+    gchunks = (flux.chunks[0],)
+    flags = da.asarray(ds["flags"].data).rechunk(gchunks)
+    ids = da.from_array(np.asarray(ds["galaxy"].values).astype(str).astype(object), chunks=gchunks)
+    stacked = da.map_blocks(
+        denoise_block, flux, flags[:, None], ids[:, None], model_dir=model_dir, digest=digest,
+        batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),
+        new_axis=0, chunks=((2,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
+        meta=np.empty((0, 0, 0), np.float32))
+    mean, std = stacked[0], stacked[1]
+    dropped = (flags & int(DROP)) != 0
+    failed = ~da.isfinite(mean).all(axis=1) & ~dropped
+    mask = da.asarray(ds["mask"].data).astype(bool)
+    bad = failed[:, None] | mask | dropped[:, None]
+    new_flux = da.where(failed[:, None], np.float32(0), mean).astype(np.float32)
+    if n_samples > 0:
+        ivar = da.where(std > 0, 1.0 / da.maximum(std, np.float32(1e-30)) ** 2, 0)
+    else:
+        ivar = da.full_like(mean, ivar_const)
+    ivar = da.where(bad, np.float32(0), ivar).astype(np.float32)
+    new_flags = da.where(failed, flags | np.uint32(Flag.DENOISE_FAILED), flags).astype(np.uint32)
+
+    dims = ("galaxy", "wavelength")
+    out = ds.copy()
+    out["flux"] = xr.Variable(dims, new_flux, ds["flux"].attrs)
+    out["ivar"] = xr.Variable(dims, ivar, ds["ivar"].attrs)
+    out["flags"] = xr.Variable(("galaxy",), new_flags, ds["flags"].attrs)
+    if n_samples > 0:
+        out["flux_std"] = xr.Variable(dims, da.where(bad, np.float32(0), std).astype(np.float32),
+                                      {**ds["flux"].attrs, "description": "spread of the VAE decodes"})
+    rule = (f"1/flux_std^2 from {n_samples} posterior decodes" if n_samples > 0
+            else f"constant 1/val_mse = {ivar_const:.6g} per pixel")
+    out.attrs = add_provenance(ds.attrs, "denoise", model=model_dir, kind=card["kind"],
+                               card_sha256=digest, n_samples=int(n_samples), seed=int(seed),
+                               batch_size=int(batch_size), ivar=rule)
+    out.attrs["denoise_ivar"] = rule
+    return out

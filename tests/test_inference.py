@@ -1,0 +1,98 @@
+"""Batched de-noising of datasets: lazy, flagged, checked, one model load per worker."""
+
+from __future__ import annotations
+
+import json
+
+import dask
+import numpy as np
+import pytest
+from _denoise_data import datasets
+
+from survey_denoise.flags import Flag
+from survey_denoise.grid import Grid
+from survey_denoise.inference import denoise, load_counts
+from survey_denoise.models import PCADenoiser, VAEDenoiser
+from survey_denoise.schema import SchemaError, validate
+
+
+@pytest.fixture(scope="module")
+def pca_dir(tmp_path_factory):
+    noisy, clean = datasets(300, seed=31)
+    return PCADenoiser(4).fit(noisy, clean).save(tmp_path_factory.mktemp("m") / "pca")
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    noisy, clean = datasets(200, seed=32)
+    model = VAEDenoiser(2, units=[32, 16], dropout=0.1, epochs=2, learning_rate=1e-3)
+    return model.fit(noisy, clean).save(tmp_path_factory.mktemp("m") / "vae")
+
+
+def test_denoise_is_lazy_flags_failures_and_passes_dropped_spectra(pca_dir):
+    ds, clean = datasets(90, seed=33)
+    ds["flags"].values[3] = np.uint32(Flag.NO_IVAR)
+    ds["flux"].values[5] = 3e38  # finite input the model overflows on
+    ds["mask"].values[8, :20] = True
+    ds = ds.chunk({"galaxy": 25})
+    out = denoise(ds, pca_dir, batch_size=16)
+    assert out["flux"].chunks == ds["flux"].chunks
+    validate(out, frame="rest")
+    with dask.config.set(scheduler="synchronous"):
+        res = out.compute()
+    model = PCADenoiser.load(pca_dir)
+    keep = np.setdiff1d(np.arange(90), [3, 5])
+    np.testing.assert_allclose(res["flux"].values[keep], model.denoise(ds["flux"].values[keep]),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(res["flux"].values[3], ds["flux"].values[3])
+    assert res["flags"].values[5] & Flag.DENOISE_FAILED and res["flux"].values[5].sum() == 0
+    assert not np.any(res["flags"].values[keep] & Flag.DENOISE_FAILED)
+    assert np.all(res["ivar"].values[[3, 5]] == 0) and np.all(res["ivar"].values[8, :20] == 0)
+    ivar = 1 / model.card_["metrics"]["val_mse"]
+    np.testing.assert_allclose(res["ivar"].values[0], ivar, rtol=1e-5)
+    assert f"{ivar:.6g}" in out.attrs["denoise_ivar"]
+    step = json.loads(out.attrs["provenance"])[-1]
+    assert step["step"] == "denoise" and step["kind"] == "pca" and len(step["card_sha256"]) == 64
+    mse_in = np.mean((ds["flux"].values[keep] - clean["flux"].values[keep]) ** 2)
+    assert np.mean((res["flux"].values[keep] - clean["flux"].values[keep]) ** 2) < mse_in / 5
+
+
+def test_mismatch_refused_before_any_graph(pca_dir):
+    with pytest.raises(SchemaError, match="'l2'-normalised.*'sum'-normalised"):
+        denoise(datasets(10, norm="sum")[0].chunk({"galaxy": 5}), pca_dir)
+    with pytest.raises(SchemaError, match="800 pixels"):
+        denoise(datasets(10, grid=Grid(3700.0, 7900.0, 800))[0].chunk({"galaxy": 5}), pca_dir)
+    with pytest.raises(ValueError, match="needs a VAE"):
+        denoise(datasets(10)[0], pca_dir, n_samples=3)
+
+
+def test_vae_samples_give_spread_and_ivar_independent_of_chunking(vae_dir):
+    ds, _ = datasets(40, seed=34)
+    with dask.config.set(scheduler="synchronous"):
+        a = denoise(ds.chunk({"galaxy": 7}), vae_dir, n_samples=4).compute()
+        b = denoise(ds.chunk({"galaxy": 40}), vae_dir, n_samples=4, batch_size=8).compute()
+    np.testing.assert_allclose(a["flux"].values, b["flux"].values, rtol=1e-5, atol=1e-7)
+    assert np.all(a["flux_std"].values > 0)
+    np.testing.assert_allclose(a["ivar"].values, 1 / a["flux_std"].values.astype(np.float64) ** 2,
+                               rtol=1e-4)
+
+
+def test_local_cluster_loads_the_model_once_per_worker(vae_dir):
+    from distributed import Client
+
+    from survey_denoise.cluster import local_cluster
+
+    ds, _ = datasets(120, seed=35)
+    with dask.config.set(scheduler="synchronous"):
+        ref = denoise(ds.chunk({"galaxy": 120}), vae_dir, n_samples=2).compute()
+    lazy = denoise(ds.chunk({"galaxy": 10}), vae_dir, n_samples=2)
+    with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
+        first = lazy.compute()
+        again = lazy.compute()
+        counts = client.run(load_counts)
+    assert len(counts) == 2
+    assert sum(c["calls"] for c in counts.values()) == 24  # 12 chunks, computed twice
+    for c in counts.values():
+        assert c["loads"] == (1 if c["calls"] else 0), counts
+    np.testing.assert_allclose(first["flux"].values, ref["flux"].values, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(first["flux"].values, again["flux"].values)
