@@ -169,7 +169,9 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         flux = da.from_array(flux, chunks=(min(4096, flux.shape[0]), flux.shape[1]))
     gchunks = (flux.chunks[0],)
     flags = da.asarray(ds["flags"].data).rechunk(gchunks)
-    ids = da.from_array(np.asarray(ds["galaxy"].values).astype(str).astype(object), chunks=gchunks)
+    ids = np.asarray(ds["galaxy"].values)
+    # Integer ids stay integers: the random streams are keyed by the id's value.
+    ids = da.from_array(ids if ids.dtype.kind in "iu" else ids.astype(object), chunks=gchunks)
     stacked = da.map_blocks(
         denoise_block, flux, flags[:, None], ids[:, None], model_dir=model_dir, digest=digest,
         batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),

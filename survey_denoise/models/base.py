@@ -109,9 +109,9 @@ class Denoiser(abc.ABC):
         history = self._fit(pairs, parts)
         metrics = {"train_seconds": time.perf_counter() - t0}
         if parts.validation.size:
-            metrics["val_mse"] = self._mse(pairs, parts.validation)
+            metrics["val_mse"] = self.stream_mse(pairs, parts.validation)
         else:
-            metrics["train_mse"] = self._mse(pairs, parts.train)
+            metrics["train_mse"] = self.stream_mse(pairs, parts.train)
         self.card_ = {
             "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
             "grid": facts["grid"], "norm_convention": facts["norm_convention"],
@@ -129,7 +129,8 @@ class Denoiser(abc.ABC):
     def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
         """Learn from ``pairs`` (training rows ``parts.train``); return the loss history."""
 
-    def _mse(self, pairs: SpectraPairs, rows: np.ndarray) -> float:
+    def stream_mse(self, pairs: SpectraPairs, rows: np.ndarray) -> float:
+        """Mean squared error per pixel of the de-noised ``rows`` of ``pairs``, read chunk by chunk."""
         total, count = 0.0, 0
         for x, y, _ in iter_rows(pairs, rows):
             total += float(np.sum((self._denoise(x) - y) ** 2, dtype=np.float64))

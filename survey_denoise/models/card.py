@@ -54,7 +54,7 @@ def data_facts(ds) -> dict[str, Any]:
     for step in json.loads(ds.attrs.get("provenance", "[]")):
         if isinstance(step, dict) and step.get("step") in ("degrade", "noise"):
             noise = {k: v for k, v in step.items() if k not in ("step", "version")}
-    noise = ds.attrs.get("noise_model", noise)
+    noise = ds.attrs.get("noise", ds.attrs.get("noise_model", noise))
     if isinstance(noise, str):
         try:
             noise = json.loads(noise)

@@ -1,0 +1,107 @@
+"""Random hyper-parameter search for the AE and VAE, as in the paper (§3.2).
+
+Each trial draws a dropout rate (0-0.9, step 0.1), a number of encoder
+layers (2-4) and their widths (100-1000, step 100, each no wider than the
+previous), trains for at most ``epochs`` (the paper: 25) and is scored by
+its final validation loss, averaged over ``executions`` repeats.  The best
+trial is the one with the lowest score; the caller retrains it for longer
+(the paper: 200 epochs).
+
+A plain sampler rather than KerasTuner: the space is four numbers, trials
+are independent, and a plain function maps directly onto Dask tasks
+(``client.map``), so trials run in parallel on the cluster's workers.
+Every trial and the choice are written to a CSV table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DROPOUTS = np.round(np.arange(0.0, 0.91, 0.1), 1)
+WIDTHS = np.arange(100, 1001, 100)
+LAYERS = (2, 3, 4)
+
+
+def sample_trials(n: int, seed: int) -> list[dict]:
+    """``n`` random architectures: ``{"trial", "dropout", "units"}`` (widths non-increasing)."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        depth = int(rng.choice(LAYERS))
+        units = [int(rng.choice(WIDTHS))]
+        for _ in range(depth - 1):
+            units.append(int(rng.choice(WIDTHS[WIDTHS <= units[-1]])))
+        trials.append({"trial": i, "dropout": float(rng.choice(DROPOUTS)), "units": units})
+    return trials
+
+
+def run_trial(kind: str, latent: int, trial: dict, noisy, clean, *, epochs: int, seed: int,
+              executions: int = 1, validation_split: float = 0.2) -> dict:
+    """Train one architecture ``executions`` times; return the trial with its scores.
+
+    ``noisy``/``clean`` may be store paths, so a Dask worker opens them itself.
+    """
+    from . import model_class
+
+    finals, epochs_run = [], []
+    for k in range(executions):
+        model = model_class(kind)(latent, units=trial["units"], dropout=trial["dropout"],
+                                  epochs=epochs, seed=seed + k)
+        # The same validation galaxies for every trial, so scores compare.
+        model.fit(noisy, clean, validation_split=validation_split, seed=seed)
+        hist = model.card_["history"]
+        finals.append(hist.get("val_loss", hist["loss"])[-1])
+        epochs_run.append(len(hist["loss"]))
+    return {**trial, "score": float(np.mean(finals)), "final_val_losses": finals,
+            "epochs_run": epochs_run}
+
+
+def random_search(kind: str, latent: int, noisy, clean, *, n_trials: int, epochs: int = 25,
+                  seed: int = 0, executions: int = 1, client=None,
+                  table: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
+    """Run ``n_trials`` random trials; return the best trial and the table of all.
+
+    Parameters
+    ----------
+    kind : {"ae", "vae"}
+        Which network.
+    latent : int
+        Latent dimensions.
+    noisy, clean : arrays, Datasets or store paths
+        Training data (paths are best with a ``client``).
+    n_trials, epochs : int
+        Trials, and the most epochs each (the paper: 100 x 25).
+    seed : int
+        Seed of the sampled architectures, initial weights and validation split.
+    executions : int
+        Trainings per trial; the score is the mean final validation loss.
+    client : distributed.Client, optional
+        Run trials as Dask tasks (one per trial); default: one after another here.
+    table : path, optional
+        CSV written with every trial and a ``chosen`` column.
+    """
+    if kind not in ("ae", "vae"):
+        raise ValueError(f"random search is for the ae and vae models, not {kind!r}")
+    trials = sample_trials(n_trials, seed)
+    kwargs = {"epochs": epochs, "seed": seed, "executions": executions}
+    if client is not None:
+        futures = client.map(run_trial, [kind] * n_trials, [latent] * n_trials, trials,
+                             [noisy] * n_trials, [clean] * n_trials, pure=False, **kwargs)
+        results = client.gather(futures)
+    else:
+        results = [run_trial(kind, latent, t, noisy, clean, **kwargs) for t in trials]
+    frame = pd.DataFrame(results)
+    frame.insert(1, "kind", kind)
+    frame.insert(2, "latent", latent)
+    frame["layers"] = frame["units"].map(len)
+    best = int(frame["score"].idxmin())
+    frame["chosen"] = frame.index == best
+    if table is not None:
+        out = frame.copy()
+        for col in ("units", "final_val_losses", "epochs_run"):
+            out[col] = out[col].map(lambda v: " ".join(str(x) for x in v))
+        out.to_csv(table, index=False)
+    return results[best], frame

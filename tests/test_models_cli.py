@@ -1,0 +1,99 @@
+"""The train, evaluate and denoise commands, and the random search, on small stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from _denoise_data import datasets, spectra
+
+from survey_denoise.cli import main
+from survey_denoise.io.store import open_store, write_store
+from survey_denoise.models import load_model
+from survey_denoise.models.search import random_search, sample_trials
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    noisy, clean = datasets(160, seed=41)
+    for name, ds in (("noisy", noisy), ("clean", clean)):
+        write_store(ds.chunk({"galaxy": 40}), root / f"{name}.zarr", progress=False)
+    test_noisy, test_clean = datasets(60, seed=42, prefix="t")
+    for name, ds in (("test_noisy", test_noisy), ("test_clean", test_clean)):
+        write_store(ds.chunk({"galaxy": 30}), root / f"{name}.zarr", progress=False)
+    return root
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as err:
+        code = err.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, capsys):
+    out = tmp_path / "vae"
+    code, text, err = _run(["train", "vae", "--noisy", stores / "noisy.zarr", "--clean",
+                            stores / "clean.zarr", "--latent", 2, "--epochs", 2, "--out", out], capsys)
+    assert code == 0, err
+    assert "Epoch 2/2" in text + err and "saved" in text
+    card = json.loads((out / "card.json").read_text())
+    assert card["kind"] == "vae" and card["architecture"]["units"] == [1000, 900, 600, 200]
+    assert len(card["history"]["loss"]) == 2
+    assert (out / "loss.png").stat().st_size > 1000
+    code, text, err = _run(["evaluate", out, "--noisy", stores / "test_noisy.zarr",
+                            "--clean", stores / "test_clean.zarr"], capsys)
+    assert code == 0, err
+    mse = float(text.split("test MSE: ")[1].split()[0])
+    model = load_model(out)
+    expect = model.score(open_store(stores / "test_noisy.zarr"), open_store(stores / "test_clean.zarr"))
+    assert np.isclose(mse, expect, rtol=1e-4)
+
+
+def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
+    model = tmp_path / "pca"
+    code, _, err = _run(["train", "pca", "--noisy", stores / "noisy.zarr", "--clean",
+                         stores / "clean.zarr", "--latent", 4, "--out", model], capsys)
+    assert code == 0, err
+    code, _, err = _run(["denoise", stores / "test_noisy.zarr", "--model", model, "--out",
+                         tmp_path / "den.zarr", "--workers", 1], capsys)
+    assert code == 0, err
+    den, noisy = open_store(tmp_path / "den.zarr"), open_store(stores / "test_noisy.zarr")
+    np.testing.assert_allclose(den["flux"].values, load_model(model).denoise(noisy), rtol=1e-5, atol=1e-7)
+    # Same model against a store of another normalisation: one line, exit 2.
+    other, _ = datasets(10, norm="sum")
+    write_store(other.chunk({"galaxy": 10}), tmp_path / "sum.zarr", progress=False)
+    code, _, err = _run(["denoise", tmp_path / "sum.zarr", "--model", model, "--out",
+                         tmp_path / "x.zarr"], capsys)
+    assert code == 2 and "'l2'-normalised" in err and "Traceback" not in err
+    code, _, err = _run(["evaluate", tmp_path / "nowhere", "--noisy", stores / "test_noisy.zarr",
+                         "--clean", stores / "test_clean.zarr"], capsys)
+    assert code == 2 and "no such model folder" in err
+
+
+def test_sampled_architectures_follow_the_papers_ranges():
+    trials = sample_trials(300, seed=1)
+    for t in trials:
+        assert 2 <= len(t["units"]) <= 4 and 0 <= t["dropout"] <= 0.9
+        assert all(u % 100 == 0 and 100 <= u <= 1000 for u in t["units"])
+        assert all(b <= a for a, b in zip(t["units"], t["units"][1:], strict=False))
+    assert {len(t["units"]) for t in trials} == {2, 3, 4}
+    assert len({t["dropout"] for t in trials}) == 10
+    assert sample_trials(5, seed=2) == sample_trials(5, seed=2)
+
+
+def test_random_search_scores_trials_and_writes_the_table(tmp_path):
+    noisy, clean = spectra(96, seed=43)
+    best, table = random_search("ae", 2, noisy, clean, n_trials=3, epochs=2, seed=5,
+                                table=tmp_path / "search.csv")
+    assert len(table) == 3 and table["chosen"].sum() == 1
+    assert best["score"] == table["score"].min()
+    saved = pd.read_csv(tmp_path / "search.csv")
+    assert list(saved["trial"]) == [0, 1, 2] and saved["chosen"].sum() == 1
+    assert saved.loc[saved["chosen"], "units"].item() == " ".join(map(str, best["units"]))
