@@ -2,6 +2,7 @@
 
 ``survey-denoise preprocess IN --out OUT``: raw (observed) -> rest frame, on the grid, normalised.
 ``survey-denoise degrade IN --out OUT --noise uniform:0.04|desi``: add noise to a rest-frame store.
+``survey-denoise denoise IN --model MODEL_DIR --out OUT``: de-noise a rest-frame store.
 
 Each opens its input lazily (refusing an incomplete or foreign store before
 any cluster starts), builds the stage's lazy dataset and writes it chunk by
@@ -78,6 +79,30 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
     except ValueError as err:
         raise UserError(f"{store_in}: {err}") from None
     _write(result, out, cluster, workers, overwrite, resume, "degrade")
+
+
+@click.command()
+@_store_options
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Saved model folder (from `survey-denoise train`).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Spectra per forward pass.")
+@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="VAE only: posterior decodes per spectrum; their spread gives flux_std and ivar.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior draws.")
+def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
+            resume: bool, model_dir: Path, batch_size: int, samples: int, seed: int) -> None:
+    """De-noise the rest-frame spectra of store IN with the model MODEL_DIR."""
+    from ..inference import denoise as run
+    from ..io.store import open_store
+
+    _check_out(out, overwrite, resume)
+    ds = open_store(store_in, frame="rest")
+    try:
+        result = run(ds, model_dir, batch_size=batch_size, n_samples=samples, seed=seed)
+    except ValueError as err:  # SchemaError included: a model made for other data
+        raise UserError(str(err)) from None
+    _write(result, out, cluster, workers, overwrite, resume, "denoise")
 
 
 def parse_noise(spec: str):
