@@ -281,3 +281,31 @@ def test_bad_spectra_become_flags_not_a_failed_run(tmp_path):
     assert all(flags[i] != 0 for i in (3, 7, 9)) and flags[0] & int(Flag.NO_REDSHIFT) == 0
     cat = pd.read_parquet(tmp_path / "run" / "catalogue-preprocessed.parquet")
     assert sorted(cat["galaxy"].tolist()) == list(range(100, 100 + n))  # failed fits keep their row
+
+
+@pytest.mark.slow
+def test_worker_process_killed_mid_run_costs_only_its_tasks(reference, tmp_path):
+    from distributed import Client
+
+    from survey_denoise.cluster import local_cluster
+
+    ref_folder, _ = reference
+    model = str(ref_folder / "model") if (ref_folder / "model").exists() else None
+    folder = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", small_config(folder, model=model))
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        proc = subprocess.Popen([CLI, "run", str(cfg), "--cluster", cluster.scheduler_address,
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            _wait_for_partial(folder, proc)
+            pids = client.run(os.getpid)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts a new one
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "48 spectra processed" in out
+    assert_same_outputs(ref_folder, folder)
