@@ -161,16 +161,22 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp):
+def _solve_one_width(a, n_lines, y, w, xp, outer=None):
     """Batched weighted least squares with non-negative line columns.
 
     Returns coefficients, their errors, chi^2 and a measurable mask (all (n, k)).
     """
     n, k = y.shape[0], a.shape[1]
     a_dev = xp.asarray(a)
-    aw = w[:, :, None] * a_dev[None]                       # (n, p, k)
-    m = xp.matmul(xp.swapaxes(aw, 1, 2), a_dev)            # (n, k, k)
-    b = xp.matmul(xp.swapaxes(aw, 1, 2), y[:, :, None])[..., 0]
+    # A^T W A of every spectrum as one (n, p) @ (p, k(k+1)/2) product (its
+    # upper triangle): one large matrix product instead of n small ones.
+    outer = xp.asarray(_outer(a) if outer is None else outer)
+    upper = w @ outer
+    iu, ju = np.triu_indices(k)
+    m = xp.empty((n, k, k))
+    m[:, iu, ju] = upper
+    m[:, ju, iu] = upper
+    b = (w * y) @ a_dev
     # A line column that falls mostly on excluded pixels is not measured.
     profile = xp.asarray(np.abs(a[:, :n_lines]))
     covered = ((w > 0).astype(a_dev.dtype) @ profile) / profile.sum(0)
@@ -178,24 +184,41 @@ def _solve_one_width(a, n_lines, y, w, xp):
     measurable &= xp.diagonal(m, axis1=1, axis2=2) > 0
     active = measurable.copy()
     eye = xp.eye(k)[None]
+    x, err = xp.zeros((n, k)), xp.zeros((n, k))
     first_err = None
+    rows = xp.arange(n)
     for _ in range(n_lines + 1):
-        mask = active[:, :, None] & active[:, None, :]
-        mm = xp.where(mask, m, 0.0) + eye * (~active)[:, :, None]
+        # Only spectra whose active set changed are solved again.
+        act = active[rows]
+        mask = act[:, :, None] & act[:, None, :]
+        mm = xp.where(mask, m[rows], 0.0) + eye * (~act)[:, :, None]
         cov = xp.linalg.inv(mm)
-        x = xp.einsum("nij,nj->ni", cov, xp.where(active, b, 0.0))
-        err = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
+        x[rows] = xp.einsum("nij,nj->ni", cov, xp.where(act, b[rows], 0.0))
+        err[rows] = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
         if first_err is None:
-            first_err = err
-        neg = active[:, :n_lines] & (x[:, :n_lines] < 0)
-        if not bool(neg.any()):
+            first_err = err.copy()
+        neg = act[:, :n_lines] & (x[rows, :n_lines] < 0)
+        again = neg.any(1)
+        if not bool(again.any()):
             break
-        active[:, :n_lines] &= ~neg
+        rows, neg = rows[again], neg[again]
+        active[rows, :n_lines] &= ~neg
     err = xp.where(active, err, first_err)
     resid = y - x @ a_dev.T
     dof = xp.clip((w > 0).sum(1) - active.sum(1), 1, None)
     chi2 = (w * resid**2).sum(1) / dof
     return x, err, chi2, measurable
+
+
+@cache
+def _outer_matrix(sigma_kms: float, grid: Grid) -> np.ndarray:
+    """Upper triangle of ``a[p] (x) a[p]`` per pixel, (p, k(k+1)/2); built once per width."""
+    return _outer(design_matrix(sigma_kms, grid)[0])
+
+
+def _outer(a: np.ndarray) -> np.ndarray:
+    iu, ju = np.triu_indices(a.shape[1])
+    return np.ascontiguousarray(a[:, iu] * a[:, ju])
 
 
 def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None, *,
@@ -238,7 +261,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         rows = todo[start:start + BATCH]
         y = xp.asarray(np.where(ok[rows], flux[rows], 0.0))
         w = xp.asarray(np.where(ok[rows], ivar[rows], 0.0))
-        fits = [[_to_numpy(v) for v in _solve_one_width(*_columns(width, grid), y, w, xp)]
+        fits = [[_to_numpy(v) for v in _solve_one_width(*_columns(width, grid), y, w, xp,
+                                                                   outer=_outer_matrix(float(width), grid))]
                 for width in widths_kms]
         groups = design_matrix(float(widths_kms[0]), grid)[1]
         x, err, chi2, meas, width = _best_width(fits, np.log(np.asarray(widths_kms, float)))
