@@ -41,9 +41,6 @@ def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chun
         raise UserError("--overwrite and --resume exclude each other")
     if out.exists() and not (overwrite or resume):
         raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
-    if survey == "desi":
-        raise UserError("--survey desi: simulate with --survey sdss and degrade the store with "
-                        "`survey-denoise degrade --noise desi` (the DESI noise model)")
     p = default_priors()
     z_range = (z_min if z_min is not None else p.redshift["min"],
                z_max if z_max is not None else p.redshift["max"])

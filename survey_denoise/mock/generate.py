@@ -36,7 +36,7 @@ from .instrument import INSTRUMENTS, Instrument
 from .priors import CLASSES, default_priors
 
 WORK_RANGE = (3000.0, 9600.0)
-"""Rest-frame range (A) of the working grid of the observed-frame path."""
+"""Least rest-frame range (A) of the observed-frame path's working grid (widened as needed)."""
 REST_MARGIN = 24
 """Extra working pixels on each side of a rest-frame grid (FFT wrap-around, broadening)."""
 
@@ -142,6 +142,13 @@ def _add_lines(flux, edges, props, fluxes, zfac, sigma_inst):
         add_gaussians(flux, edges, L.wavelength(key) * zfac, fluxes[f"broad_{key}"], broad)
 
 
+def _work_range(inst: Instrument, z_range: tuple[float, float]) -> tuple[float, float]:
+    """Rest-frame working range: :data:`WORK_RANGE`, widened to cover the instrument at every z."""
+    lo = inst.wavelength[0] / (1 + z_range[1]) * np.exp(-4 * inst.dlnlam)
+    hi = inst.wavelength[-1] / (1 + z_range[0]) * np.exp(4 * inst.dlnlam)
+    return min(WORK_RANGE[0], float(lo)), max(WORK_RANGE[1], float(hi))
+
+
 def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Spectra and truth of galaxies ``ids`` (the per-chunk kernel).
 
@@ -167,22 +174,21 @@ def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray
         if cfg.emission:
             _add_lines(flux, grid.edges, props, fluxes, np.ones_like(z), inst.sigma_inst_kms)
         # Noise of the native pixels averaged onto grid pixels, in rest units.
-        obs_wave = grid.wavelength[None, :] * (1 + z[:, None])
-        sigma = inst.sigma(flux / (1 + z[:, None]), inst.exposure(u_exp), obs_wave)
-        sigma *= (1 + z[:, None]) * np.sqrt(inst.dlnlam / grid.dlnlam)
+        sigma = inst.sigma_rest(flux, inst.exposure(u_exp), grid, z)
         ivar = 1.0 / sigma**2
         if cfg.noise:
             from ..rng import standard_normal
             flux = flux + sigma * standard_normal(cfg.seed, f"mock-noise-{inst.name}-rest", ids, grid.npix)
     else:
         dln = inst.dlnlam
-        npw = int(np.ceil(np.log(WORK_RANGE[1] / WORK_RANGE[0]) / dln))
-        cont = _continuum_rest(props, fluxes, WORK_RANGE[0], dln, npw)
+        w0, w1 = _work_range(inst, cfg.z_range)
+        npw = int(np.ceil(np.log(w1 / w0) / dln))
+        cont = _continuum_rest(props, fluxes, w0, dln, npw)
         # cumulative rest-frame integral at the working edges; edge k at ln(w0) + (k - 1/2) dln
         cum = np.concatenate([np.zeros((z.size, 1)),
-                              np.cumsum(cont * (WORK_RANGE[0] * np.exp(dln * np.arange(npw)) * dln), 1)], 1)
+                              np.cumsum(cont * (w0 * np.exp(dln * np.arange(npw)) * dln), 1)], 1)
         obs_edges = np.exp(np.log(inst.wavelength[0]) + dln * (np.arange(inst.npix + 1) - 0.5))
-        pos0 = (np.log(obs_edges[0]) - np.log(1 + z) - (np.log(WORK_RANGE[0]) - dln / 2)) / dln
+        pos0 = (np.log(obs_edges[0]) - np.log(1 + z) - (np.log(w0) - dln / 2)) / dln
         from .synth import shift_rebin
         flux = shift_rebin(cum, pos0, inst.npix) / np.diff(obs_edges)[None, :]
         if cfg.emission:
