@@ -10,6 +10,7 @@ no marker, so it is simply written again: region writes are idempotent.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -249,10 +250,19 @@ def _run_regions(ds, path, todo, starts, client):
         return
     from distributed import as_completed
 
-    futures = {client.compute(region(i)): i for i in todo}
-    for fut in as_completed(futures):
+    # Keep only a few chunks per worker thread in flight: submitting every
+    # chunk at once lets workers read far ahead and hold many chunks in memory.
+    window = max(2, 2 * sum(client.nthreads().values()))
+    pending = iter(todo)
+    futures = {client.compute(region(i)): i for i in itertools.islice(pending, window)}
+    queue = as_completed(list(futures))
+    for fut in queue:
         fut.result()  # re-raise a task's error here, in the driver
-        yield futures[fut]
+        for i in itertools.islice(pending, 1):
+            nxt = client.compute(region(i))
+            futures[nxt] = i
+            queue.add(nxt)
+        yield futures.pop(fut)
 
 
 def _progress_callback(progress, total: int, label: str, initial: int):
