@@ -58,7 +58,8 @@ class MockInput(_Strict):
     z: tuple[float, float] | None = Field(None, description="redshift range (default: the survey's)")
     frame: Literal["observed", "rest"] = Field(
         "observed", description="rest: un-normalised rest-frame spectra on the grid, which "
-                                "stand in for the preprocessed store")
+                                "stand in for the preprocessed store (or, with "
+                                "stages.preprocess, are only normalised by it)")
 
 
 class FilesInput(_Strict):
@@ -173,7 +174,10 @@ class PipelineConfig(_Strict):
     def stores(self) -> list[str]:
         """Spectra stores this run makes, in order."""
         source = {"mock": self.input.mock, "store": self.input.store}.get(self.input.kind)
-        made = ["preprocessed" if getattr(source, "frame", "observed") == "rest" else "raw"]
+        # A rest-frame input is the preprocessed store, unless a preprocess
+        # stage is given: then that stage only normalises it.
+        rest = getattr(source, "frame", "observed") == "rest"
+        made = ["preprocessed" if rest and self.stages.preprocess is None else "raw"]
         for name, stage in (("preprocessed", self.stages.preprocess),
                             ("degraded", self.stages.degrade), ("denoised", self.stages.denoise)):
             if stage is not None and name not in made:
@@ -259,8 +263,6 @@ def check(config: PipelineConfig) -> list[str]:
         if inp.store.truth is not None and not inp.store.truth.exists():
             problems.append(f"input.store.truth: {inp.store.truth} does not exist")
     made = config.stores()
-    if st.preprocess is not None and made[0] == "preprocessed":
-        problems.append("stages.preprocess: the input is already rest-frame spectra on the grid")
     if (st.degrade or st.train or st.denoise or st.fit) and "preprocessed" not in made:
         problems.append("stages: the rest-frame stages need stages.preprocess "
                         "(or an input store with frame: rest)")

@@ -139,10 +139,10 @@ class Runner:
         stores: dict[str, xr.Dataset] = {}
         if cfg.input.kind == "store":
             src = cfg.input.store
-            key = "raw" if src.frame == "observed" else "preprocessed"
+            key = "preprocessed" if src.frame == "rest" and st.preprocess is None else "raw"
             stores[key] = open_store(src.path, frame=src.frame)
         elif cfg.input.kind == "mock":
-            key = "preprocessed" if cfg.input.mock.frame == "rest" else "raw"
+            key = "preprocessed" if cfg.input.mock.frame == "rest" and st.preprocess is None else "raw"
             stores[key] = self._write("mock", stages.mock(cfg.input.mock, cfg.chunk),
                                       f"{key}.zarr")
             self._truth(stores[key])

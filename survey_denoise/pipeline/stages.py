@@ -47,8 +47,12 @@ def ingest(config: PipelineConfig, client) -> tuple[xr.Dataset, list]:
 
 
 def preprocess(ds: xr.Dataset, cfg: Preprocess) -> xr.Dataset:
+    """Observed-frame spectra -> rest frame, normalised; rest-frame spectra are only normalised."""
+    from ..preprocess import normalise
     from ..preprocess import preprocess as run
 
+    if ds["wavelength"].attrs.get("frame") == "rest":
+        return normalise(ds, cfg.norm)
     kwargs = {"norm": cfg.norm}
     if cfg.min_coverage is not None:
         kwargs["min_coverage"] = cfg.min_coverage

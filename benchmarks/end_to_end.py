@@ -1,0 +1,250 @@
+"""End-to-end throughput: mock -> preprocess -> degrade -> denoise -> fit (fast) -> catalogue.
+
+Runs the real pipeline machinery (:class:`survey_denoise.pipeline.runner.Runner`
+on the LocalCluster of :func:`survey_denoise.cluster.connect`, every stage
+written to a Zarr store on disk) for each ``--n``, with a fresh cluster per
+size, and reports:
+
+* seconds per stage and in total, spectra/s and spectra/s/core;
+* peak resident memory of every worker: the kernel's own high-water mark
+  (``ru_maxrss``) at the end of each size, and the highest sampled RSS per
+  stage (a thread in the driver polls every worker with ``client.run``);
+* bytes written (size on disk of each store) and read (the input store of
+  each stage is read once, so its size);
+* how time and memory grow with ``n`` (time per spectrum should be flat,
+  memory per worker must be).
+
+The mock input is either ``rest`` (spectra made directly on the rest-frame
+grid: the fast path, which keeps the mock out of the critical path; the
+preprocess stage then only normalises, and the rebinning onto the grid is
+timed by ``benchmarks/preprocess.py``) or ``observed`` (SDSS-like observed
+frame, then the full preprocess stage).  A small VAE is trained once through the
+same pipeline (``--train-n`` galaxies) unless ``--model`` names one.
+
+Writes ``benchmarks/results/end_to_end.json``.
+Usage::
+
+    python benchmarks/end_to_end.py --n 10000 100000 --mock rest --noise desi
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class RssSampler:
+    """Poll the RSS of every worker of ``client`` every ``period`` seconds in a thread."""
+
+    def __init__(self, client, period: float = 1.0) -> None:
+        self.client, self.period = client, period
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.client.run(_rss_mb)
+                self.samples.append((time.perf_counter(), rss))
+            except Exception:  # a worker restarting: skip this sample
+                pass
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float = float("-inf"), end: float = float("inf")) -> float:
+        """Highest RSS (MB) of any one worker between ``start`` and ``end``."""
+        vals = [v for t, rss in self.samples if start <= t <= end for v in rss.values()]
+        return max(vals) if vals else float("nan")
+
+
+def _du(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def config_for(n: int, out: Path, args, model: str | None, train: bool = False) -> dict:
+    """A pipeline config (YAML shape) for one benchmark size."""
+    # With a rest-frame mock the preprocess stage only normalises (L2).
+    stages: dict = {"preprocess": {"norm": "l2"}}
+    stages["degrade"] = ({"noise": "desi", "z_target": 0.1, "seed": 9} if args.noise == "desi"
+                         else {"noise": "uniform", "sigma": 0.04, "seed": 9})
+    if train:
+        stages["train"] = {"kind": "vae", "latent": 6, "epochs": args.epochs, "seed": 3}
+        stages["denoise"] = {"model": "train", "batch_size": args.batch}
+    elif model is not None:
+        stages["denoise"] = {"model": model, "batch_size": args.batch}
+    if not train:
+        stages["fit"] = {"method": "fast", "stores": ["denoised" if "denoise" in stages else "degraded"]}
+    return {"name": f"end-to-end-{n}", "input": {"mock": {
+                "n": n, "design": "natural", "survey": args.survey, "seed": 42, "frame": args.mock}},
+            "chunk": args.chunk, "stages": stages, "outputs": {"dir": str(out)}}
+
+
+def _can_denoise() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("survey_denoise.inference") is not None
+
+
+def run_one(raw_config: dict, workers: int) -> dict:
+    """One pipeline run on a fresh LocalCluster; the figures of every stage."""
+    from survey_denoise.cluster import connect
+    from survey_denoise.pipeline.config import PipelineConfig, check
+    from survey_denoise.pipeline.runner import Runner
+
+    config = PipelineConfig.model_validate(raw_config)
+    problems = check(config)
+    if problems:
+        raise SystemExit("; ".join(problems))
+    folder = Path(config.outputs.dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    n = config.input.mock.n
+    ends: dict[str, float] = {}
+
+    class Timed(Runner):
+        def _record(self, name, record):  # stamp when each stage ends
+            ends[name] = time.perf_counter()
+            super()._record(name, record)
+
+    with connect("local", n_workers=workers, echo=None) as client:
+        client.run(_rss_mb)  # workers up before the clock starts
+        load0 = _load()
+        with RssSampler(client) as sampler:
+            t0 = time.perf_counter()
+            summary = Timed(config, client, progress=False, echo=lambda m: None).run()
+            wall = time.perf_counter() - t0
+        peaks = sorted(client.run(_peak_rss_mb).values())
+    inputs = {"mock": None, "preprocess": "raw.zarr", "degrade": "preprocessed.zarr", "train": "degraded.zarr",
+              "denoise": "degraded.zarr", "fit-degraded": "degraded.zarr",
+              "fit-denoised": "denoised.zarr"}
+    stages = {}
+    for name, rec in summary.stages.items():
+        end = ends[name]
+        stages[name] = {
+            "seconds": round(rec.seconds, 2), "chunks": rec.n_chunks,
+            "spectra_per_s_per_core": round(n / rec.seconds / workers, 1) if rec.seconds else None,
+            "peak_rss_mb_worker_sampled": round(sampler.peak(end - rec.seconds, end), 1),
+            "bytes_written": _du(folder / rec.output),
+            "bytes_read": _du(folder / inputs[name]) if inputs.get(name) else 0}
+    return {"n": n, "workers": workers, "chunk": config.chunk, "seconds": round(wall, 2),
+            "spectra_per_s": round(n / wall, 1), "spectra_per_s_per_core": round(n / wall / workers, 1),
+            "peak_rss_mb_per_worker": [round(p, 1) for p in peaks],
+            "peak_rss_mb_per_worker_sampled": round(sampler.peak(), 1),
+            "bytes_on_disk": _du(folder), "load_average_start": round(load0, 2),
+            "load_average_end": round(_load(), 2), "stages": stages}
+
+
+def extrapolate(largest: dict, target: int) -> dict:
+    """Linear in n from the largest measured size (time per spectrum is flat, see the table)."""
+    scale = target / largest["n"]
+    return {"n": target, "from_n": largest["n"], "seconds": round(largest["seconds"] * scale, 1),
+            "hours": round(largest["seconds"] * scale / 3600, 3),
+            "bytes_on_disk": int(largest["bytes_on_disk"] * scale),
+            "peak_rss_mb_per_worker": max(largest["peak_rss_mb_per_worker"]),
+            "note": "extrapolated, not measured: seconds and bytes scale linearly with n at fixed "
+                    "chunk size; memory per worker is set by the chunk, not by n"}
+
+
+def table(runs: list[dict]) -> str:
+    names = list(dict.fromkeys(k for r in runs for k in r["stages"]))
+    head = f"{'n':>9}" + "".join(f"{k[:14]:>15}" for k in names) + f"{'total s':>10}{'sp/s/core':>11}{'peak MB/wkr':>12}{'disk GB':>9}"
+    rows = [head]
+    for r in runs:
+        cells = "".join(f"{r['stages'][k]['seconds'] if k in r['stages'] else float('nan'):>15.1f}"
+                        for k in names)
+        rows.append(f"{r['n']:>9}{cells}{r['seconds']:>10.1f}{r['spectra_per_s_per_core']:>11.1f}"
+                    f"{max(r['peak_rss_mb_per_worker']):>12.0f}{r['bytes_on_disk'] / 1e9:>9.2f}")
+    rows.append("per-stage columns: seconds; peak MB/wkr: ru_maxrss of the largest worker")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--mock", choices=["rest", "observed"], default="rest")
+    ap.add_argument("--survey", choices=["sdss", "desi"], default="sdss")
+    ap.add_argument("--noise", choices=["desi", "uniform"], default="desi")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=4096, help="VAE inference batch")
+    ap.add_argument("--model", help="a saved de-noiser folder (default: train a small VAE)")
+    ap.add_argument("--train-n", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--no-denoise", action="store_true")
+    ap.add_argument("--work", default="/tmp/survey-denoise-bench", help="scratch folder for the stores")
+    ap.add_argument("--keep", action="store_true", help="keep the stores of every size")
+    ap.add_argument("--extrapolate", type=int, default=1_000_000)
+    ap.add_argument("--out", default=str(RESULTS / "end_to_end.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    result: dict = {"command": "python benchmarks/end_to_end.py " + " ".join(
+                        os.sys.argv[1:]), "mock": args.mock, "survey": args.survey,
+                    "noise": args.noise, "cores": os.cpu_count(),
+                    "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip()}
+    model = args.model
+    denoise = not args.no_denoise and (model is not None or _can_denoise())
+    if denoise and model is None:
+        t = time.perf_counter()
+        train = run_one(config_for(args.train_n, work / "train", args, None, train=True), args.workers)
+        model = str(work / "train" / "model")
+        result["train"] = {"n": args.train_n, "epochs": args.epochs, "seconds": round(time.perf_counter() - t, 1),
+                           "stages": train["stages"]}
+    result["denoise"] = model if denoise else "skipped (survey_denoise.inference not available)"
+    runs = []
+    for n in args.n:
+        out = work / f"n{n}"
+        runs.append(run_one(config_for(n, out, args, model if denoise else None), args.workers))
+        print(table(runs[-1:]), flush=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    result["runs"] = runs
+    largest = max(runs, key=lambda r: r["n"])
+    if args.extrapolate and all(r["n"] < args.extrapolate for r in runs):
+        result["extrapolated"] = extrapolate(largest, args.extrapolate)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(table(runs))
+    if "extrapolated" in result:
+        e = result["extrapolated"]
+        print(f"extrapolated to n={e['n']}: {e['seconds']:.0f} s ({e['hours']:.2f} h), "
+              f"{e['bytes_on_disk'] / 1e9:.1f} GB on disk (not measured)")
+
+
+if __name__ == "__main__":
+    main()
