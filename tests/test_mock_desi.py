@@ -155,3 +155,13 @@ def test_cli_mock_desi(tmp_path):
     ds = open_store(out, frame="observed")
     assert ds.sizes == {"galaxy": 4, "wavelength": DESI.npix}
     assert ds.attrs["survey"] == "desi"
+
+
+def test_pipeline_config_mock_input_desi():
+    """``input.mock.survey: desi`` in a pipeline config reaches the DESI instrument."""
+    from survey_denoise.pipeline.config import MockInput
+    from survey_denoise.pipeline.stages import mock
+
+    ds = mock(MockInput(n=3, design="natural", survey="desi", seed=4), chunk=2)
+    validate(ds, frame="observed")
+    assert ds.sizes["wavelength"] == DESI.npix and ds.attrs["survey"] == "desi"
