@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
+import _data
 import numpy as np
 import pytest
 import xarray as xr
+from _cli import assert_user_error, run
 
 from survey_denoise.io.store import open_store, write_store
 
-SPECTRA = importlib.resources.files("ppxf") / "spectra"
-NGC3073 = str(SPECTRA / "NGC3073_SDSS_DR18.fits")
-NGC3522 = str(SPECTRA / "NGC3522_SDSS_DR18.fits")
-DESI = Path(importlib.util.find_spec("fastspecfit").origin).parent / "test" / "data"
-COADDS = [str(DESI / "coadd-4-80613-thru20210324.fits"), str(DESI / "coadd-special-dark-27247.fits")]
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    """The CLI in a fresh interpreter, through ``survey_denoise.cli.main``."""
-    return subprocess.run(
-        [sys.executable, "-c", "from survey_denoise.cli import main; main()", *map(str, args)],
-        capture_output=True, text=True, timeout=300)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
+NGC3073, NGC3522 = str(_data.NGC3073), str(_data.NGC3522)
+COADDS = [str(p) for p in _data.DESI_COADDS]
 
 
 def test_ingest_sdss_then_info(tmp_path):
@@ -72,7 +49,7 @@ def test_ingest_desi_and_refusals(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
     assert_user_error(run("ingest", "desi", *COADDS, "--out", tmp_path / "x.zarr",
-                          "--redrock", DESI / "redrock-special-dark-27247.fits"), "--redrock")
+                          "--redrock", _data.DESI_DIR / "redrock-special-dark-27247.fits"), "--redrock")
     assert_user_error(run("ingest", "sdss", NGC3073, "--out", tmp_path / "y.zarr",
                           "--overwrite", "--resume"), "exclude")
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _cli import assert_user_error, run
 
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.noise import DesiNoise, UniformNoise, degrade
@@ -15,21 +14,6 @@ from survey_denoise.preprocess import preprocess
 from survey_denoise.schema import make_spectra
 
 OBS = 10 ** (np.log10(3600.0) + 1e-4 * np.arange(4000))
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from survey_denoise.cli import main; main()", *map(str, args)],
-        capture_output=True, text=True, timeout=300)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
 
 
 @pytest.fixture(scope="module")

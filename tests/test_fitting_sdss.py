@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.resources
-
 import numpy as np
 import pytest
+from _data import SDSS_DIR as SPECTRA
 
 from survey_denoise import lines
 from survey_denoise.fitting import fit_lines
 from survey_denoise.fitting.ppxf import fit_native
 from survey_denoise.io.sdss import read_sdss
 from survey_denoise.preprocess import preprocess
-
-SPECTRA = importlib.resources.files("ppxf") / "spectra"
 
 
 @pytest.fixture(scope="module", params=["NGC3073", "NGC3522"])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import DESI_COADDS as COADDS
+from _data import DESI_DIR as DESI
+from _data import NGC3073, NGC3522
 from astropy.io import fits
 
 from survey_denoise.cluster import connect
@@ -18,12 +19,6 @@ from survey_denoise.io.ingest import NothingRead, Skipped, ingest, summarise
 from survey_denoise.io.sdss import LOGLAM_STEP, read_sdss
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.schema import validate
-
-SPECTRA = importlib.resources.files("ppxf") / "spectra"
-NGC3073 = Path(str(SPECTRA / "NGC3073_SDSS_DR18.fits"))
-NGC3522 = Path(str(SPECTRA / "NGC3522_SDSS_DR18.fits"))
-DESI = Path(importlib.util.find_spec("fastspecfit").origin).parent / "test" / "data"
-COADDS = [DESI / "coadd-4-80613-thru20210324.fits", DESI / "coadd-special-dark-27247.fits"]
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import DESI_COADDS as COADDS
 from astropy.io import fits
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,9 +15,6 @@ from survey_denoise.flags import Flag
 from survey_denoise.io import registry
 from survey_denoise.io.desi import merge_arms, read_desi, redrock_path
 from survey_denoise.schema import validate
-
-DATA = Path(importlib.util.find_spec("fastspecfit").origin).parent / "test" / "data"
-COADDS = [DATA / "coadd-4-80613-thru20210324.fits", DATA / "coadd-special-dark-27247.fits"]
 
 
 def _redrock_table(coadd):

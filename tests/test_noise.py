@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import DESI_COADDS
 from astropy.cosmology import Planck18
 from astropy.table import Table
 
@@ -29,8 +28,7 @@ from survey_denoise.preprocess import preprocess
 from survey_denoise.rng import standard_normal
 from survey_denoise.schema import make_spectra
 
-DESI_DATA = Path(importlib.util.find_spec("fastspecfit").origin).parent / "test" / "data"
-COADDS = sorted(DESI_DATA.glob("coadd-*.fits"))
+COADDS = sorted(DESI_COADDS)
 OBS = 10 ** (np.log10(3600.0) + 1e-4 * np.arange(4000))
 HALPHA = line_wavelength("halpha")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 
 import dask
 import numpy as np
 import pytest
 import xarray as xr
+from _data import NGC3073
 
 from survey_denoise.flags import DROP, Flag, describe
 from survey_denoise.grid import GRID, Grid
@@ -221,7 +221,7 @@ def test_wrong_frame_is_refused():
 def test_ngc3073_halpha_lands_on_its_rest_wavelength_and_flux_is_conserved():
     from survey_denoise.io.sdss import read_sdss
 
-    raw = read_sdss(importlib.resources.files("ppxf") / "spectra" / "NGC3073_SDSS_DR18.fits")
+    raw = read_sdss(NGC3073)
     out = preprocess(raw, min_coverage=0.5)
     rest = out["wavelength"].values
     flux = out["flux"].values[0]
