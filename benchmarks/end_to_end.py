@@ -47,6 +47,19 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def worker_cpu(client) -> float:
+    """Total CPU seconds used so far by the workers of ``client``."""
+    return sum(client.run(_cpu_s).values())
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -133,27 +146,35 @@ def run_one(raw_config: dict, workers: int) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     n = config.input.mock.n
     ends: dict[str, float] = {}
+    cpu_at: dict[str, float] = {}
 
     class Timed(Runner):
-        def _record(self, name, record):  # stamp when each stage ends
+        def _record(self, name, record):  # stamp when each stage ends, and the workers' CPU
             ends[name] = time.perf_counter()
+            cpu_at[name] = worker_cpu(self.client)
             super()._record(name, record)
 
     with connect("local", n_workers=workers, echo=None) as client:
         client.run(_rss_mb)  # workers up before the clock starts
         load0 = _load()
+        cpu0, driver0 = worker_cpu(client), time.process_time()
         with RssSampler(client) as sampler:
             t0 = time.perf_counter()
             summary = Timed(config, client, progress=False, echo=lambda m: None).run()
             wall = time.perf_counter() - t0
+        cpu = worker_cpu(client) - cpu0
+        driver = time.process_time() - driver0
         peaks = sorted(client.run(_peak_rss_mb).values())
     inputs = {"mock": None, "preprocess": "raw.zarr", "degrade": "preprocessed.zarr", "train": "degraded.zarr",
               "denoise": "degraded.zarr", "fit-degraded": "degraded.zarr",
               "fit-denoised": "denoised.zarr"}
     stages = {}
+    before = cpu0
     for name, rec in summary.stages.items():
         end = ends[name]
+        stage_cpu, before = cpu_at[name] - before, cpu_at[name]
         stages[name] = {
+            "worker_cpu_ms_per_spectrum": round(1e3 * stage_cpu / n, 3),
             "seconds": round(rec.seconds, 2), "chunks": rec.n_chunks,
             "spectra_per_s_per_core": round(n / rec.seconds / workers, 1) if rec.seconds else None,
             "peak_rss_mb_worker_sampled": round(sampler.peak(end - rec.seconds, end), 1),
@@ -161,6 +182,10 @@ def run_one(raw_config: dict, workers: int) -> dict:
             "bytes_read": _du(folder / inputs[name]) if inputs.get(name) else 0}
     return {"n": n, "workers": workers, "chunk": config.chunk, "seconds": round(wall, 2),
             "spectra_per_s": round(n / wall, 1), "spectra_per_s_per_core": round(n / wall / workers, 1),
+            # CPU time is what other users' load does not change (much): the
+            # workers' CPU seconds per spectrum, and the driver's (scheduler).
+            "worker_cpu_seconds": round(cpu, 2), "worker_cpu_ms_per_spectrum": round(1e3 * cpu / n, 3),
+            "driver_cpu_seconds": round(driver, 2),
             "peak_rss_mb_per_worker": [round(p, 1) for p in peaks],
             "peak_rss_mb_per_worker_sampled": round(sampler.peak(), 1),
             "bytes_on_disk": _du(folder), "load_average_start": round(load0, 2),
@@ -179,15 +204,18 @@ def extrapolate(largest: dict, target: int) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    names = list(dict.fromkeys(k for r in runs for k in r["stages"]))
-    head = f"{'n':>9}" + "".join(f"{k[:14]:>15}" for k in names) + f"{'total s':>10}{'sp/s/core':>11}{'peak MB/wkr':>12}{'disk GB':>9}"
-    rows = [head]
+    rows = [f"{'n':>9} {'stage':<14}{'seconds':>9}{'sp/s/core':>11}{'cpu ms/sp':>11}"
+            f"{'peak MB/wkr':>13}{'written MB':>12}"]
     for r in runs:
-        cells = "".join(f"{r['stages'][k]['seconds'] if k in r['stages'] else float('nan'):>15.1f}"
-                        for k in names)
-        rows.append(f"{r['n']:>9}{cells}{r['seconds']:>10.1f}{r['spectra_per_s_per_core']:>11.1f}"
-                    f"{max(r['peak_rss_mb_per_worker']):>12.0f}{r['bytes_on_disk'] / 1e9:>9.2f}")
-    rows.append("per-stage columns: seconds; peak MB/wkr: ru_maxrss of the largest worker")
+        for name, st in r["stages"].items():
+            rows.append(f"{r['n']:>9} {name:<14}{st['seconds']:>9.1f}{st['spectra_per_s_per_core']:>11.1f}"
+                        f"{st['worker_cpu_ms_per_spectrum']:>11.3f}{st['peak_rss_mb_worker_sampled']:>13.0f}"
+                        f"{st['bytes_written'] / 1e6:>12.1f}")
+        rows.append(f"{r['n']:>9} {'TOTAL':<14}{r['seconds']:>9.1f}{r['spectra_per_s_per_core']:>11.1f}"
+                    f"{r['worker_cpu_ms_per_spectrum']:>11.3f}{max(r['peak_rss_mb_per_worker']):>13.0f}"
+                    f"{r['bytes_on_disk'] / 1e6:>12.1f}")
+    rows.append("cpu ms/sp: worker CPU per spectrum; peak MB/wkr: sampled RSS per stage, "
+                "ru_maxrss (largest worker) in TOTAL")
     return "\n".join(rows)
 
 
