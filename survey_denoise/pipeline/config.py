@@ -159,6 +159,11 @@ class Stages(_Strict):
 
 class Outputs(_Strict):
     dir: Path = Field(description="run folder: stores, catalogues, model, run.json, run.log")
+    keep: list[Literal[SPECTRA]] | None = Field(  # type: ignore[valid-type]
+        None, description="spectra stores to write (default: all); a stage whose store is not "
+                          "kept is fused into the stage that reads it, so each chunk goes from "
+                          "the input to the catalogue in one task graph without intermediate "
+                          "stores (the input store and the train stage's stores are always written)")
 
 
 class PipelineConfig(_Strict):
@@ -183,6 +188,13 @@ class PipelineConfig(_Strict):
             if stage is not None and name not in made:
                 made.append(name)
         return made
+
+    def writes(self, store: str) -> bool:
+        """Whether the spectra store ``store`` is written (else fused into what reads it)."""
+        keep, train = self.outputs.keep, self.stages.train
+        if keep is None or store == self.stores()[0] or store in keep:
+            return True
+        return train is not None and store in (train.noisy, train.clean)
 
     def fit_targets(self) -> list[str]:
         """Stores the fit stage measures."""
@@ -266,6 +278,10 @@ def check(config: PipelineConfig) -> list[str]:
     if (st.degrade or st.train or st.denoise or st.fit) and "preprocessed" not in made:
         problems.append("stages: the rest-frame stages need stages.preprocess "
                         "(or an input store with frame: rest)")
+    for name in config.outputs.keep or []:
+        if name not in made:
+            problems.append(f"outputs.keep: '{name}' is not made by this pipeline "
+                            f"(made: {', '.join(made)})")
     if st.train is not None:
         for role in ("noisy", "clean"):
             if getattr(st.train, role) not in made:

@@ -94,6 +94,7 @@ class Runner:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.folder, mine, cluster=cluster, resume=resume)
         self.summary = RunSummary(self.folder)
+        self.fused: set[str] = set()  # stores passed on lazily, never written
 
     # ------------------------------------------------------------ plumbing
 
@@ -152,17 +153,25 @@ class Runner:
                 self.log.info(f"ingest skipped: {item}")
             stores["raw"] = self._write("ingest", ds, "raw.zarr")
         if st.preprocess is not None and "preprocessed" not in stores:
-            stores["preprocessed"] = self._write(
-                "preprocess", stages.preprocess(stores["raw"], st.preprocess), "preprocessed.zarr")
+            stores["preprocessed"] = self._stage(
+                "preprocess", "preprocessed", stages.preprocess(stores["raw"], st.preprocess))
         if st.degrade is not None:
-            stores["degraded"] = self._write(
-                "degrade", stages.degrade(stores["preprocessed"], st.degrade), "degraded.zarr")
+            stores["degraded"] = self._stage(
+                "degrade", "degraded", stages.degrade(stores["preprocessed"], st.degrade))
         if st.denoise is not None:
             model = self._model(stores)
-            stores["denoised"] = self._write(
-                "denoise", stages.denoise(stores[st.denoise.input], st.denoise, model),
-                "denoised.zarr")
+            stores["denoised"] = self._stage(
+                "denoise", "denoised", stages.denoise(stores[st.denoise.input], st.denoise, model))
         return stores
+
+    def _stage(self, name: str, key: str, ds: xr.Dataset) -> xr.Dataset:
+        """Write the stage's store, or (not kept) pass its lazy output on, fused into the next."""
+        if self.config.writes(key):
+            return self._write(name, ds, f"{key}.zarr")
+        self.fused.add(key)
+        self._record(name, StageRecord("(fused: not written)", galaxies=int(ds.sizes["galaxy"]),
+                                       notes={"fused": True}))
+        return ds
 
     def _truth(self, raw: xr.Dataset) -> None:
         path = self.path("truth.parquet")
@@ -241,7 +250,8 @@ class Runner:
         first = next(iter(stores.values()))
         self.summary.galaxies = int(first.sizes["galaxy"])
         flags = np.zeros(self.summary.galaxies, dtype=np.uint32)
-        for ds in list(stores.values()) + list(catalogues.values()):
+        written = [ds for key, ds in stores.items() if key not in self.fused]
+        for ds in written + list(catalogues.values()):
             for name in ("flags", "status"):
                 if name in ds and np.issubdtype(ds[name].dtype, np.integer):
                     flags |= ds[name].values.astype(np.uint32)
