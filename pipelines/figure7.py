@@ -13,7 +13,7 @@ set and scores each on the same test set.  Writes, under the config's
   model coloured by galaxy class, Figure 6);
 * ``models/<kind>-<latent>/``: every trained model folder with its card.
 
-Usage: ``python pipelines/figure7.py pipelines/figure7.yaml [--n N] [--epochs E]
+Usage: ``python pipelines/figure7.py pipelines/experiments/models.yaml [--n N] [--epochs E]
 [--models pca,ae] [--latent 2,4] [--out DIR]``.
 """
 

@@ -184,7 +184,7 @@ def _offsets_markdown(offsets: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=HERE / "figure7.yaml",
+    ap.add_argument("--config", type=Path, default=HERE / "experiments" / "models.yaml",
                     help="data settings (Figure 7's config by default)")
     ap.add_argument("--n", type=int, help="galaxies (train = 80 %% unless --n-train)")
     ap.add_argument("--n-train", type=int)

@@ -14,7 +14,7 @@ def test_figure7_pipeline_writes_table_and_figures(tmp_path):
     spec = importlib.util.spec_from_file_location("figure7", ROOT / "pipelines" / "figure7.py")
     figure7 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figure7)
-    table = figure7.main([str(ROOT / "pipelines" / "figure7.yaml"), "--n", "50", "--models", "pca",
+    table = figure7.main([str(ROOT / "pipelines" / "experiments" / "models.yaml"), "--n", "50", "--models", "pca",
                           "--latent", "2,4", "--out", str(tmp_path)])
     assert list(table["latent_dim"]) == [2, 4] and (table["mse"] > 0).all()
     saved = pd.read_csv(tmp_path / "figure7.csv")
