@@ -196,6 +196,10 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     for key, kw in _COMMON.items():
         if settings.get(key) is not None:
             kwargs[system.renames.get(key, kw)] = settings[key]
+    if kwargs.get("log_directory"):
+        # Written into the job script's #SBATCH/#PBS lines, where no shell
+        # expands "~" or "$VAR": expand here, on the submitting machine.
+        kwargs["log_directory"] = os.path.expanduser(os.path.expandvars(kwargs["log_directory"]))
     for key in system.own_keys:
         if settings.get(key) is not None:
             kwargs[key.replace("-", "_")] = settings[key]

@@ -106,3 +106,15 @@ def test_pbs_and_lsf_use_the_same_shape(tmp_path, system, header):
             script = cluster.job_script()
     assert header in script and "--lifetime 55m" in script
     assert "--tls-ca-file" not in script
+
+
+def test_log_directory_is_expanded_before_it_reaches_the_job_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SD_SCRATCH", "scratch")
+    path = tmp_path / "site.yaml"
+    path.write_text("system: slurm\ncores: 1\nmemory: 1GiB\nlog-directory: ~/$SD_SCRATCH/logs\n"
+                    "local-directory: $TMPDIR\n")
+    kwargs = jobqueue_kwargs(jobqueue_settings(str(path)))
+    assert kwargs["log_directory"] == str(tmp_path / "scratch" / "logs")
+    # The node-local directory is the node's own $TMPDIR, expanded there.
+    assert kwargs["local_directory"] == "$TMPDIR"
