@@ -41,7 +41,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import cloudpickle  # noqa: E402
+import end_to_end  # noqa: E402
 from end_to_end import config_for, run_one, worker_cpu  # noqa: E402
+
+# Batch-system workers cannot import this folder: ship its functions by value.
+cloudpickle.register_pickle_by_value(end_to_end)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -230,8 +235,16 @@ def main() -> None:
                 result["ppxf_slurm"] = {"runs": runs, "error": f"{type(err).__name__}: {err}"}
 
     result["load_average_end"] = round(os.getloadavg()[0], 2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    for key in ("ppxf_local", "fast_local", "ppxf_slurm"):
+        if isinstance(result.get(key), dict):
+            result[key]["command"] = result["command"]
+    # Sections not measured in this run (--skip) keep their figures from the last run.
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    result = {**{k: v for k, v in old.items() if k in ("ppxf_local", "fast_local", "ppxf_slurm")},
+              **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{'path':<14}{'workers':>8}{'seconds':>9}{'per s/wkr':>11}{'efficiency':>11}{'overhead':>10}")
     for key in ("ppxf_local", "ppxf_slurm", "fast_local"):
         block = result.get(key)
