@@ -31,6 +31,7 @@ def stores(tmp_path):
     noisy, clean = datasets(230, seed=21)
     noisy["flags"].values[[5, 100]] = np.uint32(Flag.NO_IVAR)
     noisy["ivar"].values[7, :10] = 0.0
+    clean["ivar"].values[8, :10] = 0.0
     write_store(noisy.chunk({"galaxy": 50}), tmp_path / "noisy.zarr", progress=False)
     write_store(clean.chunk({"galaxy": 50}), tmp_path / "clean.zarr", progress=False)
     return open_store(tmp_path / "noisy.zarr"), open_store(tmp_path / "clean.zarr"), noisy, clean
@@ -71,12 +72,16 @@ def test_reader_streams_every_training_row_once_per_epoch_reading_each_chunk_onc
     assert orders[0] != orders[1]
 
 
-def test_weights_come_from_the_noisy_ivar(stores):
-    noisy, clean, *_ = stores
+def test_weights_come_from_the_targets_ivar(stores):
+    # The paper's eq. 3: the flux errors of the original spectrum (the target),
+    # not the noise added to the input.
+    noisy, clean, _, mem_clean = stores
     pairs = SpectraPairs(noisy, clean)
     x, y, w = pairs.load(0)
-    assert np.all(w[7, :10] == 0)
-    np.testing.assert_allclose(w[0], 1 / (SIGMA ** 2 + SOFTENING), rtol=1e-5)
+    assert np.all(w[8, :10] == 0) and np.all(w[7, :10] > 0)
+    clean_ivar = float(mem_clean["ivar"].values[0, 0])
+    np.testing.assert_allclose(w[0], 1 / (1 / clean_ivar + SOFTENING), rtol=1e-5)
+    assert w[0, 0] > 100 / (SIGMA ** 2 + SOFTENING)
 
 
 def test_split_is_reproducible_from_its_seed_and_random_without_one(stores):

@@ -30,6 +30,12 @@ class AEDenoiser(KerasDenoiser):
         Seed of initial weights, dropout, shuffling and the validation split.
     verbose : int
         Keras' progress display (0 silent, 1 bar, 2 one line per epoch).
+    standardise : bool
+        Wrap the network in a fixed standardisation of its input and output
+        computed from the training set (mean spectra, overall spreads; see
+        :func:`~survey_denoise.models.training.standardisation`), saved with
+        the model.  Without it the paper's networks stay on the mean spectrum
+        on unit-L2 data (see :mod:`~survey_denoise.models.networks`).
     """
 
     kind = "ae"

@@ -83,7 +83,7 @@ class Denoiser(abc.ABC):
         noisy, clean : ndarray (n, npix), Dataset, or store path
             Noise-added input and clean target (same galaxies, same order).
         weights : ndarray (n, npix), optional
-            Per-pixel loss weights (default from the noisy ``ivar``; see
+            Per-pixel loss weights (default from the clean target's ``ivar``; see
             :class:`~survey_denoise.models.data.SpectraPairs`).
         validation_split : float
             Fraction of galaxies held out at random for validation.

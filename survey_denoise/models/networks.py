@@ -6,6 +6,15 @@ Encoder: Dense layers of decreasing width, each followed by LeakyReLU
 VAE).  The decoder mirrors the encoder (widths reversed, same activation and
 dropout) and ends in a linear ``Dense(npix)``.
 
+Two fixed, saved transformations wrap the paper's network (they change
+neither its layers nor its loss): the input is standardised and the output
+de-standardised with the training set's mean spectra and overall spreads,
+and kernels fed by a Dropout layer start with their Glorot variance scaled
+by ``1 - rate``.  Without them, on unit-L2 spectra (≈ 0.035 per pixel,
+galaxy-to-galaxy spread ≈ 0.008) and the paper's dropout rates, the
+network first collapses onto the mean spectrum and needs hundreds of
+steps to leave it, longer than the paper's plateau rule waits.
+
 Loss: ``0.5 * sum_pixels w * (x' - y)^2`` per spectrum, averaged over the
 batch, with ``w`` the per-pixel weights passed as Keras' ``sample_weight``;
 the VAE adds the KL divergence of its posterior from a standard normal.
@@ -43,33 +52,78 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+def _init(dropout: float, after_dropout: bool):
+    """Glorot-uniform kernels, shrunk by ``1 - dropout`` for a layer fed by a Dropout layer.
+
+    Keras' (inverted) dropout multiplies the second moment of its output by
+    ``1 / (1 - rate)`` during training; with plain Glorot weights the
+    training-time activations therefore grow by that factor at every one of
+    the 8-10 dropout layers (x 256 in variance at rate 0.5, x 15,000 at 0.7),
+    the network's first move is to shrink every weight, and it sits for
+    hundreds of steps on the mean spectrum before the plateau rule stops it.
+    Scaling the variance by ``1 - rate`` keeps the training-time variance
+    constant through the stack (Hendrycks & Gimpel 2016, "Adjusting for
+    dropout variance in batch normalization and weight initialization").
+    """
+    scale = 1.0 - dropout if after_dropout else 1.0
+    return keras.initializers.VarianceScaling(scale, mode="fan_avg", distribution="uniform")
+
+
 def _stack(x, units: Sequence[int], dropout: float, prefix: str, seed: int | None):
     for i, n in enumerate(units):
-        x = layers.Dense(int(n), name=f"{prefix}_dense_{i}")(x)
+        x = layers.Dense(int(n), name=f"{prefix}_dense_{i}",
+                         kernel_initializer=_init(dropout, after_dropout=i > 0))(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{prefix}_leaky_{i}")(x)
         x = layers.Dropout(dropout, seed=None if seed is None else seed + i,
                            name=f"{prefix}_dropout_{i}")(x)
     return x
 
 
+def _affine(npix: int, offset: Sequence[float] | None, scale: float, *, invert: bool, name: str):
+    """``(x - offset) * scale`` (or its inverse, ``x / scale + offset``) as a fixed Keras layer."""
+    offset = [0.0] * npix if offset is None else [float(v) for v in offset]
+    # Normalization divides by sqrt(variance): variance 1/scale^2 multiplies by scale.
+    return layers.Normalization(mean=offset, variance=[1.0 / float(scale) ** 2] * npix,
+                                invert=invert, name=name)
+
+
 def build_encoder(npix: int, latent: int, units: Sequence[int], dropout: float, *,
-                  variational: bool, seed: int | None = None) -> keras.Model:
-    """Spectrum (npix) -> latent code, or (mean, log-variance) for the VAE."""
+                  variational: bool, seed: int | None = None, scale: float = 1.0,
+                  offset: Sequence[float] | None = None) -> keras.Model:
+    """Spectrum (npix) -> latent code, or (mean, log-variance) for the VAE.
+
+    The spectrum enters the first Dense layer as ``(x - offset) * scale``
+    (see :class:`SpectrumAutoencoder`).
+    """
     inputs = keras.Input(shape=(npix,), name="spectrum")
-    x = _stack(inputs, units, dropout, "encoder", seed)
+    x = inputs
+    if scale != 1.0 or offset is not None:
+        x = _affine(npix, offset, scale, invert=False, name="input_scale")(x)
+    x = _stack(x, units, dropout, "encoder", seed)
+    init = _init(dropout, after_dropout=bool(units))
     if variational:
-        mean = layers.Dense(latent, name="z_mean")(x)
-        logvar = layers.Dense(latent, name="z_log_var")(x)
+        mean = layers.Dense(latent, name="z_mean", kernel_initializer=init)(x)
+        logvar = layers.Dense(latent, name="z_log_var", kernel_initializer=init)(x)
         return keras.Model(inputs, [mean, logvar], name="encoder")
-    return keras.Model(inputs, layers.Dense(latent, name="z")(x), name="encoder")
+    return keras.Model(inputs, layers.Dense(latent, name="z", kernel_initializer=init)(x),
+                       name="encoder")
 
 
 def build_decoder(npix: int, latent: int, units: Sequence[int], dropout: float, *,
-                  seed: int | None = None) -> keras.Model:
-    """Latent vector -> spectrum (npix), mirroring the encoder, linear output."""
+                  seed: int | None = None, scale: float = 1.0,
+                  offset: Sequence[float] | None = None) -> keras.Model:
+    """Latent vector -> spectrum (npix), mirroring the encoder, linear output.
+
+    The linear output ``o`` is returned as ``o / scale + offset`` (see
+    :class:`SpectrumAutoencoder`).
+    """
     inputs = keras.Input(shape=(latent,), name="latent")
     x = _stack(inputs, list(units)[::-1], dropout, "decoder", None if seed is None else seed + 100)
-    return keras.Model(inputs, layers.Dense(npix, name="spectrum_out")(x), name="decoder")
+    out = layers.Dense(npix, name="spectrum_out",
+                       kernel_initializer=_init(dropout, after_dropout=bool(units)))(x)
+    if scale != 1.0 or offset is not None:
+        out = _affine(npix, offset, scale, invert=True, name="output_scale")(out)
+    return keras.Model(inputs, out, name="decoder")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -90,15 +144,34 @@ class SpectrumAutoencoder(keras.Model):
         VAE (mean, log-variance, sampling and KL term) instead of a plain AE.
     seed : int, optional
         Seed of dropout and latent sampling.
+    input_offset, input_scale : sequence of float (npix), float
+        Fixed standardisation of the input: the encoder sees
+        ``(x - input_offset) * input_scale``.
+    output_offset, output_scale : sequence of float (npix), float
+        Fixed de-standardisation of the output: the decoder returns
+        ``o / output_scale + output_offset`` for its linear output ``o``.
+        The four are set once from the training set (see
+        :class:`~survey_denoise.models.training.KerasDenoiser`) and saved
+        with the model, so inputs, outputs and loss stay in normalised flux.
+        None / 1 (the defaults, and what models saved without them get) is
+        no transformation.
     """
 
     def __init__(self, npix: int, latent: int, units: Sequence[int], dropout: float,
-                 variational: bool = False, seed: int | None = None, **kwargs) -> None:
+                 variational: bool = False, seed: int | None = None,
+                 input_offset: Sequence[float] | None = None, input_scale: float = 1.0,
+                 output_offset: Sequence[float] | None = None, output_scale: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.npix, self.latent, self.units = int(npix), int(latent), [int(u) for u in units]
         self.dropout, self.variational, self.seed = float(dropout), bool(variational), seed
-        self.encoder = build_encoder(npix, latent, self.units, dropout, variational=variational, seed=seed)
-        self.decoder = build_decoder(npix, latent, self.units, dropout, seed=seed)
+        self.input_offset = None if input_offset is None else [float(v) for v in input_offset]
+        self.output_offset = None if output_offset is None else [float(v) for v in output_offset]
+        self.input_scale, self.output_scale = float(input_scale), float(output_scale)
+        self.encoder = build_encoder(npix, latent, self.units, dropout, variational=variational,
+                                     seed=seed, scale=self.input_scale, offset=self.input_offset)
+        self.decoder = build_decoder(npix, latent, self.units, dropout, seed=seed,
+                                     scale=self.output_scale, offset=self.output_offset)
         self.sampling = Sampling(seed=seed, name="sampling") if variational else None
 
     def build(self, input_shape) -> None:
@@ -126,7 +199,9 @@ class SpectrumAutoencoder(keras.Model):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "npix": self.npix, "latent": self.latent, "units": self.units,
-                "dropout": self.dropout, "variational": self.variational, "seed": self.seed}
+                "dropout": self.dropout, "variational": self.variational, "seed": self.seed,
+                "input_offset": self.input_offset, "input_scale": self.input_scale,
+                "output_offset": self.output_offset, "output_scale": self.output_scale}
 
     @classmethod
     def from_config(cls, config: dict):
