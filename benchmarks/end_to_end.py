@@ -121,9 +121,12 @@ def config_for(n: int, out: Path, args, model: str | None, train: bool = False) 
         stages["denoise"] = {"model": model, "batch_size": args.batch}
     if not train:
         stages["fit"] = {"method": "fast", "stores": ["denoised" if "denoise" in stages else "degraded"]}
+    outputs = {"dir": str(out)}
+    if getattr(args, "fuse", False) and not train:
+        outputs["keep"] = []  # only the mock input and the catalogue are written
     return {"name": f"end-to-end-{n}", "input": {"mock": {
                 "n": n, "design": "natural", "survey": args.survey, "seed": 42, "frame": args.mock}},
-            "chunk": args.chunk, "stages": stages, "outputs": {"dir": str(out)}}
+            "chunk": args.chunk, "stages": stages, "outputs": outputs}
 
 
 def _can_denoise() -> bool:
@@ -176,7 +179,8 @@ def run_one(raw_config: dict, workers: int) -> dict:
         stages[name] = {
             "worker_cpu_ms_per_spectrum": round(1e3 * stage_cpu / n, 3),
             "seconds": round(rec.seconds, 2), "chunks": rec.n_chunks,
-            "spectra_per_s_per_core": round(n / rec.seconds / workers, 1) if rec.seconds else None,
+            "spectra_per_s_per_core": round(n / rec.seconds / workers, 1) if rec.seconds > 0.5 else None,
+            "fused": bool(rec.notes.get("fused")),
             "peak_rss_mb_worker_sampled": round(sampler.peak(end - rec.seconds, end), 1),
             "bytes_written": _du(folder / rec.output),
             "bytes_read": _du(folder / inputs[name]) if inputs.get(name) else 0}
@@ -208,14 +212,15 @@ def table(runs: list[dict]) -> str:
             f"{'peak MB/wkr':>13}{'written MB':>12}"]
     for r in runs:
         for name, st in r["stages"].items():
-            rows.append(f"{r['n']:>9} {name:<14}{st['seconds']:>9.1f}{st['spectra_per_s_per_core']:>11.1f}"
+            rate = st["spectra_per_s_per_core"] or float("nan")
+            rows.append(f"{r['n']:>9} {name:<14}{st['seconds']:>9.1f}{rate:>11.1f}"
                         f"{st['worker_cpu_ms_per_spectrum']:>11.3f}{st['peak_rss_mb_worker_sampled']:>13.0f}"
                         f"{st['bytes_written'] / 1e6:>12.1f}")
         rows.append(f"{r['n']:>9} {'TOTAL':<14}{r['seconds']:>9.1f}{r['spectra_per_s_per_core']:>11.1f}"
                     f"{r['worker_cpu_ms_per_spectrum']:>11.3f}{max(r['peak_rss_mb_per_worker']):>13.0f}"
                     f"{r['bytes_on_disk'] / 1e6:>12.1f}")
     rows.append("cpu ms/sp: worker CPU per spectrum; peak MB/wkr: sampled RSS per stage, "
-                "ru_maxrss (largest worker) in TOTAL")
+                "ru_maxrss (largest worker) in TOTAL; a fused stage runs inside the next one")
     return "\n".join(rows)
 
 
@@ -232,6 +237,8 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--no-denoise", action="store_true")
+    ap.add_argument("--fuse", action="store_true",
+                    help="outputs.keep: [] (stages fused, no intermediate stores)")
     ap.add_argument("--work", default="/tmp/survey-denoise-bench", help="scratch folder for the stores")
     ap.add_argument("--keep", action="store_true", help="keep the stores of every size")
     ap.add_argument("--extrapolate", type=int, default=1_000_000)
@@ -242,7 +249,8 @@ def main() -> None:
 
     result: dict = {"command": "python benchmarks/end_to_end.py " + " ".join(
                         os.sys.argv[1:]), "mock": args.mock, "survey": args.survey,
-                    "noise": args.noise, "cores": os.cpu_count(),
+                    "noise": args.noise, "fused": args.fuse, "chunk": args.chunk,
+                    "cores": os.cpu_count(),
                     "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                           text=True).stdout.strip()}
     model = args.model
