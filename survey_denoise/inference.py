@@ -11,7 +11,11 @@ TensorFlow do not both spread over all cores.
 Output, per galaxy:
 
 * ``flux``: the de-noised spectrum (posterior-mean decode; with
-  ``n_samples = K > 0``, the mean of K decodes from the VAE's posterior);
+  ``n_samples = K > 0``, the mean of K decodes from the VAE's posterior),
+  in the input's normalisation: an AE/VAE predicts the clean spectrum
+  normalised on its own, so its output is multiplied by the card's
+  ``output_norm.ratio`` (median clean/noisy norm of its training set,
+  ≈ 0.66 for sigma = 0.04) and ``flux x norm`` is again physical;
 * ``ivar``: ``1 / flux_std^2`` when ``n_samples > 0``; otherwise the constant
   ``1 / mse`` per pixel, with ``mse`` the model's mean squared reconstruction
   error on its validation set (from the card; the value is recorded in
@@ -161,7 +165,10 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     check(card, ds, where=f"model {model_dir}")
     if n_samples > 0 and card["kind"] != "vae":
         raise ValueError(f"n_samples > 0 needs a VAE; {model_dir} holds a '{card['kind']}' model")
-    ivar_const = None if n_samples > 0 else _constant_ivar(card)
+    # AE/VAE output the clean spectrum in the clean spectrum's normalisation;
+    # the output store keeps the input's norm, so rescale (see card "output_norm").
+    ratio = float((card.get("output_norm") or {}).get("ratio", 1.0))
+    ivar_const = None if n_samples > 0 else _constant_ivar(card) / ratio ** 2
     digest = card_hash(model_dir)
 
     flux = ds["flux"].data
@@ -177,7 +184,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),
         new_axis=0, chunks=((2,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
         meta=np.empty((0, 0, 0), np.float32))
-    mean, std = stacked[0], stacked[1]
+    mean, std = stacked[0] * np.float32(ratio), stacked[1] * np.float32(ratio)
     dropped = (flags & int(DROP)) != 0
     failed = ~da.isfinite(mean).all(axis=1) & ~dropped
     mask = da.asarray(ds["mask"].data).astype(bool)

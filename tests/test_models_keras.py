@@ -186,3 +186,22 @@ def test_loss_weights_come_from_the_targets_flux_errors():
     noisy, clean = spectra(4)
     _, _, w = SpectraPairs(noisy, clean).load(0)
     assert np.all(w == np.float32(1 / 2e-6))  # array targets: noise-free pixels
+
+
+def test_denoised_store_is_in_the_inputs_normalisation(tmp_path):
+    # The noisy spectra were normalised again after the noise was added, so their
+    # norm is larger than the clean one; the network predicts the clean spectrum
+    # normalised on its own, and the de-noised store keeps the noisy norm.
+    import dask
+
+    from survey_denoise.inference import denoise
+
+    ds_noisy, ds_clean = datasets(96, seed=4)
+    ds_noisy["norm"] = ds_clean["norm"] * 1.5
+    model = AEDenoiser(2, epochs=1, seed=1, **SMALL).fit(ds_noisy, ds_clean)
+    assert np.isclose(model.card_["output_norm"]["ratio"], 1 / 1.5)
+    folder = model.save(tmp_path / "ae")
+    with dask.config.set(scheduler="synchronous"):
+        out = denoise(ds_noisy, folder).compute()
+    expect = model.denoise(ds_noisy) / 1.5  # clean-normalised prediction x norm_clean / norm_noisy
+    np.testing.assert_allclose(out["flux"].values, expect, rtol=1e-5, atol=1e-8)
