@@ -169,7 +169,9 @@ def test_ae_predicts_line_strengths_that_follow_the_truth():
     # only learned the mean spectrum (the collapse the standardisation and the
     # dropout-aware initialisation prevent) gives a correlation near zero or below.
     noisy, clean = spectra(1200, seed=21)
-    model = AEDenoiser(2, units=[128, 64], dropout=0.5, learning_rate=1e-3, epochs=12,
+    # (Over data seeds 1, 3, 8, 21: r = 0.78-0.87 and a spread ratio 0.62-0.80;
+    # without the standardisation r = -0.76-0.48 and a spread ratio 0.01-0.36.)
+    model = AEDenoiser(2, units=[256, 128], dropout=0.3, learning_rate=1e-3, epochs=12,
                        seed=5).fit(noisy[:1000], clean[:1000])
     truth, predicted = _halpha(clean[1000:]), _halpha(model.denoise(noisy[1000:]))
     assert np.corrcoef(truth, predicted)[0, 1] > 0.6
