@@ -305,9 +305,20 @@ def connect(spec: str = "local", n_workers: int | None = None, *, tls: bool | No
     UnknownCluster
         If ``spec`` names nothing usable.
     """
+    # A Client that fails to connect leaves its global ``scheduler`` setting
+    # behind, and every later compute in this process would then ask for a
+    # client that does not exist; put the caller's setting back whatever happens.
+    scheduler = dask.config.get("scheduler", None)
+    try:
+        yield from _connect(spec, n_workers, tls, echo or (lambda message: None))
+    finally:
+        dask.config.set(scheduler=scheduler)
+
+
+def _connect(spec: str, n_workers: int | None, tls: bool | None,
+             echo: Callable[[str], None]) -> Iterator[object]:
     from distributed import Client
 
-    echo = echo or (lambda message: None)
     if spec == "local":
         use_tls = setting("local.tls") if tls is None else tls
         security = temporary_security() if use_tls else None

@@ -41,15 +41,19 @@ def test_client_without_the_clusters_credentials_cannot_connect():
         assert address.startswith("tls://")
         with Client(cluster, security=security) as client:
             assert client.submit(lambda: 42).result() == 42
+        # A client that fails to connect keeps the global scheduler setting it
+        # made, so these attempts must not become the default client.
         # No credentials at all.
         with pytest.raises((OSError, TypeError, ValueError)):
-            Client(address, timeout="3s")
+            Client(address, timeout="3s", set_as_default=False)
         # Valid-looking credentials of another cluster (another user's own).
         with pytest.raises(OSError):
-            Client(address, security=Security.temporary(), timeout="3s")
+            Client(address, security=Security.temporary(), timeout="3s",
+                   set_as_default=False)
         # Plain TCP to the TLS port.
         with pytest.raises(OSError):
-            Client(address.replace("tls://", "tcp://"), timeout="3s")
+            Client(address.replace("tls://", "tcp://"), timeout="3s",
+                   set_as_default=False)
 
 
 def test_unknown_cluster_spec_is_named():
