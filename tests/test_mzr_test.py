@@ -71,6 +71,15 @@ def test_missing_galaxies_count_as_unmeasured(sample):
     assert r.summary.loc["original", "flag_missing_line"] >= len(truth) // 2
 
 
+def test_a_sample_too_small_for_a_main_sequence_still_gets_fractions_and_scatter(sample):
+    truth, cats = sample
+    few = truth.iloc[:20].reset_index(drop=True)
+    r = mzr_test({"original": cats["original"]}, few)
+    row = r.summary.loc["original"]
+    assert row["n_total"] == 20 and row["n_measured"] > 15
+    assert np.isfinite(row["scatter_std"]) and np.isnan(row["sfr_spearman_r"])
+
+
 def test_comparison_table_and_text(result):
     c = result.comparison()
     assert c.loc["original", "paper_scatter_dex"] == 0.09

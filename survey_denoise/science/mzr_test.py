@@ -136,6 +136,7 @@ def _join(cat: pd.DataFrame, truth: pd.DataFrame, case: str) -> pd.DataFrame:
     if cat["galaxy"].duplicated().any():
         raise ValueError(f"catalogue {case!r} lists some galaxies twice")
     keyed = cat.set_index("galaxy")
+    # ids are compared as text (a catalogue may store them as strings); rows follow ``truth``
     return keyed.reindex(truth["galaxy"].astype(str).to_numpy()).reset_index(names="galaxy")
 
 
@@ -196,14 +197,17 @@ def mzr_test(
     true_oh = truth["true_oh"].to_numpy(float) if "true_oh" in truth.columns else None
     # The main sequence comes from the whole sample, so a selected sub-sample's
     # SFR residuals are measured against the same line in every case.
-    main_sequence = running_median(logmass, logsfr, edges)
+    try:
+        main_sequence = running_median(logmass, logsfr, edges)
+    except ValueError:
+        main_sequence = None  # too few galaxies per mass bin: no SFR trend, the rest stands
 
     rows, galaxies, binned = {}, {}, {}
     for case, cat in catalogues.items():
         joined = _join(cat, truth, case)
         m = metallicity(joined, calibration=calibration, min_halpha_snr=min_halpha_snr)
         # galaxies absent from the catalogue: every line missing
-        g = pd.DataFrame({"galaxy": joined["galaxy"], "logmass": logmass, "logsfr": logsfr,
+        g = pd.DataFrame({"galaxy": truth["galaxy"].to_numpy(), "logmass": logmass, "logsfr": logsfr,
                           "oh": m["oh"].to_numpy(), "oh_err": m["oh_err"].to_numpy(),
                           "oh_flags": m["oh_flags"].to_numpy(), "has_oh": m["has_oh"].to_numpy()})
         if true_oh is not None:
@@ -212,8 +216,9 @@ def mzr_test(
         sel = g["has_oh"].to_numpy()
         n_meas = int(sel.sum())
         sc = scatter(logmass[sel], g["oh"][sel], reference)
-        tr = sfr_trend(logmass[sel], g["oh"].to_numpy()[sel], logsfr[sel],
-                       main_sequence=main_sequence, bins=edges)
+        tr = (sfr_trend(logmass[sel], g["oh"].to_numpy()[sel], logsfr[sel],
+                        main_sequence=main_sequence, bins=edges) if main_sequence is not None
+              else {"spearman_r": np.nan, "p_value": np.nan, "slope": np.nan})
         ks = (stats.ks_2samp(logmass[sel], logmass[np.isfinite(logmass)]).statistic
               if n_meas > 0 else np.nan)
         row = {
