@@ -1,6 +1,5 @@
 """Pipelines from YAML: config checks, a run on a LocalCluster, SIGKILL and --resume."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,36 +20,16 @@ from survey_denoise.pipeline import ConfigError, load_config, redone_chunks, run
 
 CLI = str(Path(sys.executable).parent / "survey-denoise")
 
-# The chain of the issue; a stage joins the test pipelines once its module exists.
-_STAGE_MODULES = {"preprocess": "survey_denoise.preprocess", "degrade": "survey_denoise.noise",
-                  "train": "survey_denoise.models", "denoise": "survey_denoise.inference",
-                  "fit": "survey_denoise.fitting.catalogue"}
-
-
-def _have(stage: str) -> bool:
-    try:
-        return importlib.util.find_spec(_STAGE_MODULES[stage]) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def small_config(out: Path, *, n: int = 48, chunk: int = 6, model: str | None = None) -> dict:
-    """mock -> preprocess -> degrade -> (train PCA) -> denoise -> fit (fast), as far as it exists."""
-    stages = {}
-    mock = {"n": n, "design": "natural", "seed": 4}
-    if not _have("preprocess"):
-        mock["frame"] = "rest"  # rest-frame spectra on the grid stand in for preprocessed ones
-    if _have("preprocess"):
-        stages["preprocess"] = {"norm": "l2"}
-        if _have("degrade"):
-            stages["degrade"] = {"noise": "uniform", "sigma": 0.04, "seed": 5}
-            if _have("denoise") and _have("train"):
-                if model is None:
-                    stages["train"] = {"kind": "pca", "latent": 4}
-                stages["denoise"] = {"model": model or "train"}
-    if _have("fit"):
-        stages["fit"] = {"method": "fast"}
-    return {"name": "test", "input": {"mock": mock},
+    """mock -> preprocess -> degrade -> (train PCA on half) -> denoise -> fit (fast) -> science."""
+    stages = {"preprocess": {"norm": "l2"},
+              "degrade": {"noise": "uniform", "sigma": 0.04, "seed": 5}}
+    if model is None:
+        stages["train"] = {"kind": "pca", "latent": 4, "holdout": 0.5}
+    stages["denoise"] = {"model": model or "train"}
+    stages["fit"] = {"method": "fast", "stores": ["preprocessed", "denoised"]}
+    stages["science"] = {"cases": {"original": "preprocessed", "pca": "denoised"}}
+    return {"name": "test", "input": {"mock": {"n": n, "design": "natural", "seed": 4}},
             "chunk": chunk, "stages": stages, "outputs": {"dir": str(out)}}
 
 
@@ -71,7 +50,10 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         ids = da["galaxy"].values
         assert len(set(ids.tolist())) == ids.size, f"{name}: duplicated galaxies"
         xr.testing.assert_identical(da.load(), db.load())
-    for table in sorted(p.name for p in a.glob("*.parquet")):
+    # heldout.parquet exists only where the run trained its own model
+    tables = {p.name for p in a.glob("*.parquet")} & {p.name for p in b.glob("*.parquet")}
+    assert {"truth.parquet", "catalogue-denoised.parquet"} <= tables
+    for table in sorted(tables):
         pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
 
 
@@ -176,6 +158,19 @@ def test_run_writes_every_stage_and_a_run_log(reference):
     assert "wrote 8 of 8 chunks" in (folder / "run.log").read_text()
 
 
+def test_science_measures_only_the_galaxies_held_out_of_training(reference):
+    folder, _ = reference
+    held = pd.read_parquet(folder / "heldout.parquet")["galaxy"]
+    card = json.loads((folder / "model" / "card.json").read_text())
+    assert held.size == 24 and held.is_unique and card["training"]["n_galaxy"] == 48 - 24
+    summary = pd.read_csv(folder / "science" / "mzr_test" / "summary.csv", index_col=0)
+    assert list(summary.index) == ["original", "pca"]
+    assert (summary["n_total"] == 24).all()
+    for case in summary.index:
+        measured = pd.read_parquet(folder / "science" / "mzr_test" / f"galaxies_{case}.parquet")
+        assert set(measured["galaxy"]) == set(held)
+
+
 def test_second_run_in_the_same_folder_needs_resume_and_the_same_config(reference, tmp_path):
     folder, _ = reference
     cfg = load_config(write_config(tmp_path / "c.yaml", small_config(folder)))
@@ -253,7 +248,6 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(reference
     assert_same_outputs(ref_folder, folder)
 
 
-@pytest.mark.skipif(not _have("preprocess") or not _have("fit"), reason="needs preprocess and fit")
 def test_bad_spectra_become_flags_not_a_failed_run(tmp_path):
     from survey_denoise.flags import Flag
     from survey_denoise.io.store import write_store

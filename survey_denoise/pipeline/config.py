@@ -124,6 +124,10 @@ class Train(_Strict):
     seed: int = 0
     noisy: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
     clean: Literal[SPECTRA] = "preprocessed"  # type: ignore[valid-type]
+    holdout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "fraction of galaxies (drawn with seed) never shown to the model; when > 0 the "
+        "science stage measures only these, as the paper applies its re-trained VAE to "
+        "the spectra it was not trained on"))
 
 
 class Denoise(_Strict):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..flags import Flag
@@ -31,6 +32,7 @@ from .config import ConfigError, PipelineConfig
 from .runlog import RunLog, StageRecord
 
 FAILED = Flag.DENOISE_FAILED | Flag.FIT_FAILED
+HELDOUT = "heldout.parquet"  # galaxies the train stage never saw
 
 
 @dataclass
@@ -180,6 +182,11 @@ class Runner:
             stages.write_truth(raw, tmp)
             tmp.replace(path)  # a killed run never leaves half a table
 
+    def _table(self, frame: pd.DataFrame, name: str) -> None:
+        tmp = self.path(name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(self.path(name))
+
     def _model(self, stores: dict[str, xr.Dataset]) -> Path:
         st = self.config.stages
         if st.denoise.model != "train":
@@ -189,7 +196,13 @@ class Runner:
         if not (out / ".complete").exists():
             # A half-saved model from a killed run is trained again from scratch.
             shutil.rmtree(out, ignore_errors=True)
-            stages.train(stores[st.train.noisy], stores[st.train.clean], st.train, out)
+            noisy, clean = stores[st.train.noisy], stores[st.train.clean]
+            if st.train.holdout > 0:
+                held = stages.holdout(int(noisy.sizes["galaxy"]), st.train)
+                self._table(pd.DataFrame({"galaxy": noisy["galaxy"].values[held]}), HELDOUT)
+                keep = np.setdiff1d(np.arange(noisy.sizes["galaxy"]), held)
+                noisy, clean = noisy.isel(galaxy=keep), clean.isel(galaxy=keep)
+            stages.train(noisy, clean, st.train, out)
             (out / ".complete").touch()
             written = [0]
         else:
@@ -226,13 +239,16 @@ class Runner:
         sc = self.config.stages.science
         if sc is None:
             return
-        import pandas as pd
-
         from ..science.mzr_test import format_comparison, mzr_test
 
         t0 = time.perf_counter()
         truth = pd.read_parquet(self.config.input.store.truth if self.config.input.kind == "store"
                                 else self.path("truth.parquet"))
+        if self.path(HELDOUT).exists():
+            # Galaxies the model was trained on would flatter the de-noised case.
+            held = pd.read_parquet(self.path(HELDOUT))["galaxy"]
+            truth = truth[truth["galaxy"].isin(held)].reset_index(drop=True)
+            self.echo(f"science: {len(truth)} galaxies held out of training")
         frames = {case: stages.catalogue_frame(catalogues[target])
                   for case, target in sc.cases.items()}
         sfr = "true_logsfr" if "true_logsfr" in truth else "true_sfr"
@@ -240,7 +256,7 @@ class Runner:
                           min_halpha_snr=sc.min_halpha_snr, sfr_column=sfr)
         out = self.path("science")
         out.mkdir(exist_ok=True)
-        result.summary.to_csv(out / "mzr_summary.csv")
+        result.save(out / "mzr_test")
         (out / "mzr_comparison.txt").write_text(format_comparison(result) + "\n")
         self.echo(format_comparison(result))
         self._record("science", StageRecord("science", 0, [], 0, time.perf_counter() - t0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from glob import glob
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -64,6 +65,12 @@ def degrade(ds: xr.Dataset, cfg: Degrade) -> xr.Dataset:
 
     model = noise.UniformNoise(cfg.sigma) if cfg.noise == "uniform" else noise.DesiNoise()
     return noise.degrade(ds, model, seed=cfg.seed, z_target=cfg.z_target)
+
+
+def holdout(n: int, cfg: Train) -> np.ndarray:
+    """Sorted positions of the galaxies the train stage never sees (``cfg.holdout`` of ``n``)."""
+    n_out = int(round(cfg.holdout * n))
+    return np.sort(np.random.default_rng([cfg.seed, 0x401D]).permutation(n)[:n_out])
 
 
 def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
