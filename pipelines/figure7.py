@@ -13,8 +13,12 @@ set and scores each on the same test set.  Writes, under the config's
   model coloured by galaxy class, Figure 6);
 * ``models/<kind>-<latent>/``: every trained model folder with its card.
 
+Started again with the same config, a model whose folder holds a saved model
+and card is loaded and scored, not trained again, so an interrupted run picks
+up at the first model it had not finished (``--retrain`` trains them all).
+
 Usage: ``python pipelines/figure7.py pipelines/experiments/models.yaml [--n N] [--epochs E]
-[--models pca,ae] [--latent 2,4] [--out DIR]``.
+[--models pca,ae] [--latent 2,4] [--out DIR] [--retrain]``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import yaml
 from survey_denoise import plots
 from survey_denoise.mock import MockConfig, generate, select
 from survey_denoise.mock.priors import CLASSES
-from survey_denoise.models import model_class
+from survey_denoise.models import load_model, model_class
 from survey_denoise.noise import UniformNoise, degrade
 from survey_denoise.preprocess import normalise
 
@@ -57,7 +61,7 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: dict) -> pd.DataFrame:
+def run(cfg: dict, retrain: bool = False) -> pd.DataFrame:
     out = Path(cfg["out"])
     (out / "models").mkdir(parents=True, exist_ok=True)
     noisy, original = make_data(cfg)
@@ -69,12 +73,17 @@ def run(cfg: dict) -> pd.DataFrame:
     rows, fitted = [], {}
     for kind in cfg["models"]:
         for latent in cfg["latent"]:
-            params = {"seed": cfg["seed"]} if kind == "pca" else {"seed": cfg["seed"], "epochs": cfg["epochs"]}
-            t0 = time.perf_counter()
-            model = model_class(kind)(latent, **params).fit(
-                tr_noisy, tr_clean, validation_split=cfg["validation_split"])
-            seconds = time.perf_counter() - t0
-            model.save(out / "models" / f"{kind}-{latent}")
+            folder = out / "models" / f"{kind}-{latent}"
+            if (folder / "card.json").exists() and not retrain:
+                model = load_model(folder)
+                seconds = model.card_["metrics"].get("train_seconds", float("nan"))
+            else:
+                params = {"seed": cfg["seed"]} if kind == "pca" else {"seed": cfg["seed"], "epochs": cfg["epochs"]}
+                t0 = time.perf_counter()
+                model = model_class(kind)(latent, **params).fit(
+                    tr_noisy, tr_clean, validation_split=cfg["validation_split"])
+                seconds = time.perf_counter() - t0
+                model.save(folder)
             mse = model.score(te_noisy, te_clean)
             hist = model.card_["history"]
             rows.append({"model": kind, "latent_dim": latent, "mse": mse,
@@ -109,6 +118,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--models", help="comma-separated subset of pca,ae,vae")
     ap.add_argument("--latent", help="comma-separated latent sizes")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--retrain", action="store_true", help="train every model even if saved")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
     if args.n:
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         cfg["models"] = args.models.split(",")
     if args.latent:
         cfg["latent"] = [int(k) for k in args.latent.split(",")]
-    table = run(cfg)
+    table = run(cfg, retrain=args.retrain)
     print(markdown(table))
     return table
 

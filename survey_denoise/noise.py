@@ -110,12 +110,21 @@ class DesiNoise:
         columns (default: the shipped curve, :data:`DESI_CURVE`).
     scale : float
         Multiplies sigma (e.g. 2 for a quarter of the exposure time).
+    exptime : float, optional
+        Exposure time to simulate, seconds (DESI's bright-time survey, BGS,
+        aims at 180 s of effective time).  The curve's sigma is multiplied by
+        ``sqrt(curve_exptime / exptime)``, the sky-limited scaling, where
+        ``curve_exptime`` is the median coadd exposure time of the targets
+        the curve was built from (``meta["exptime"]``).  Default: the curve's
+        own depth.  The shipped curve comes from two deep coadds (11,000 and
+        24,000 s), some 100 times BGS depth.
     combine, renormalise : bool
         As for :class:`UniformNoise`.
     """
 
     curve: str | Path = DESI_CURVE
     scale: float = 1.0
+    exptime: float | None = None
     combine: bool = False
     renormalise: bool = True
     purpose = "noise-desi"
@@ -124,6 +133,19 @@ class DesiNoise:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"DesiNoise needs scale > 0, got {self.scale}")
+        if self.exptime is not None and not (np.isfinite(self.exptime) and self.exptime > 0):
+            raise ValueError(f"DesiNoise needs exptime > 0 seconds, got {self.exptime}")
+
+    @property
+    def depth_factor(self) -> float:
+        """Sigma multiplier for ``exptime``: ``scale * sqrt(curve_exptime / exptime)``."""
+        if self.exptime is None:
+            return self.scale
+        curve_exptime = self.table.meta.get("exptime")
+        if curve_exptime is None:
+            raise ValueError(f"{self.curve}: the noise curve records no exposure time (meta 'exptime'); "
+                             "rebuild it with 'python -m survey_denoise.noise build-desi' or use scale")
+        return self.scale * float(np.sqrt(float(curve_exptime) / self.exptime))
 
     @classmethod
     def from_coadds(cls, coadds: Sequence[str | Path], out: str | Path | None = None, **kwargs) -> DesiNoise:
@@ -153,7 +175,7 @@ class DesiNoise:
     @cached_property
     def _edges_and_ivar(self) -> tuple[np.ndarray, np.ndarray]:
         wave = np.asarray(self.table["wavelength"], dtype=np.float64)
-        sigma = np.asarray(self.table["sigma_median"], dtype=np.float64) * self.scale
+        sigma = np.asarray(self.table["sigma_median"], dtype=np.float64) * self.depth_factor
         return edges_from_centres(wave), 1.0 / sigma**2
 
     def sigma_rest(self, rest_edges: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -189,6 +211,8 @@ class DesiNoise:
         """JSON-ready description, stored in ``attrs["noise"]``."""
         meta = dict(self.table.meta)
         return {"model": "desi", "curve": Path(str(self.curve)).name, "scale": self.scale,
+                "exptime": self.exptime, "curve_exptime": meta.get("exptime"),
+                "sigma_factor": self.depth_factor,
                 "units": FLUX_UNIT + " (observed frame)", "curve_version": meta.get("version"),
                 "curve_sources": meta.get("sources"), "combine": self.combine,
                 "renormalise": self.renormalise}
@@ -253,6 +277,15 @@ def build_desi_curve(coadds: Sequence[str | Path]):
         "command": "python -m survey_denoise.noise build-desi " + " ".join(Path(c).name for c in coadds),
         "n_targets": int(sigma.shape[0]),
     })
+    exptimes = np.concatenate([np.asarray(ds["fibermap_coadd_exptime"].values, dtype=np.float64)
+                               for ds in reads if "fibermap_coadd_exptime" in ds])
+    exptimes = exptimes[np.isfinite(exptimes) & (exptimes > 0)]
+    if exptimes.size:
+        # Raw coadd exposure time stands in for effective time: the coadds do
+        # not carry EFFTIME, and DesiNoise(exptime=...) needs only a depth.
+        table.meta["exptime"] = round(float(np.median(exptimes)), 1)
+        table.meta["exptime_note"] = ("median COADD_EXPTIME (s) of the targets; DesiNoise(exptime=t) "
+                                      "multiplies sigma by sqrt(exptime / t)")
     return table
 
 

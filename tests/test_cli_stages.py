@@ -57,6 +57,13 @@ def test_preprocess_then_degrade(raw_store, tmp_path):
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(open_store(uniform)["flux"].values,
                                   degrade(open_store(rest), UniformNoise(0.02), seed=0)["flux"].values)
+    bgs = tmp_path / "bgs.zarr"
+    result = run("degrade", rest, "--out", bgs, "--noise", "desi", "--exptime", "180", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(open_store(bgs)["flux"].values,
+                                  degrade(open_store(rest), DesiNoise(exptime=180), seed=0)["flux"].values)
+    result = run("degrade", rest, "--out", tmp_path / "x.zarr", "--noise", "uniform", "--exptime", "180")
+    assert result.returncode != 0 and "--exptime applies to --noise desi only" in result.stderr
 
 
 def test_user_errors_are_one_line(raw_store, tmp_path):

@@ -123,6 +123,26 @@ def test_shipped_desi_curve_is_reproducible_and_matches_the_real_coadds(tmp_path
     red = np.median(med[(w > 6500) & (w < 7000)])
     assert blue > 4 * red
     assert np.all(med > 0) and np.all(np.isfinite(med))
+    # The depth it records is the median coadd exposure time of the targets.
+    exptimes = [float(read_desi(c)["fibermap_coadd_exptime"].values[0]) for c in COADDS]
+    assert rebuilt.meta["exptime"] == shipped.meta["exptime"] == pytest.approx(np.median(exptimes), abs=0.1)
+
+
+def test_desi_noise_at_an_exposure_time_scales_as_one_over_sqrt_time():
+    deep = DesiNoise()
+    t_curve = deep.table.meta["exptime"]
+    quarter = DesiNoise(exptime=t_curve / 4)
+    z = np.array([0.1])
+    np.testing.assert_allclose(quarter.sigma_rest(GRID.edges, z), 2 * deep.sigma_rest(GRID.edges, z), rtol=1e-12)
+    bgs = DesiNoise(exptime=180.0, scale=1.5)
+    assert bgs.depth_factor == pytest.approx(1.5 * np.sqrt(t_curve / 180.0))
+    assert bgs.describe()["exptime"] == 180.0 and bgs.describe()["curve_exptime"] == t_curve
+    with pytest.raises(ValueError, match="exptime > 0"):
+        DesiNoise(exptime=0.0)
+    undated = DesiNoise.from_coadds(COADDS)
+    undated.table.meta.pop("exptime")
+    with pytest.raises(ValueError, match="records no exposure time"):
+        DesiNoise(curve="<memory>", _table=undated.table, exptime=180.0).depth_factor
 
 
 def test_desi_noise_per_grid_pixel_is_the_average_of_desi_pixels():

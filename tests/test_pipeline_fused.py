@@ -9,8 +9,8 @@ from survey_denoise.pipeline.config import PipelineConfig, check
 from survey_denoise.pipeline.runner import Runner
 
 
-def _config(tmp_path, preprocess: bool) -> PipelineConfig:
-    stages = {"degrade": {"noise": "desi", "z_target": 0.1, "seed": 2}}
+def _config(tmp_path, preprocess: bool, **degrade) -> PipelineConfig:
+    stages = {"degrade": {"noise": "desi", "z_target": 0.1, "seed": 2, **degrade}}
     if preprocess:
         stages["preprocess"] = {"norm": "l2"}
     return PipelineConfig.model_validate({
@@ -40,6 +40,26 @@ def test_rest_mock_with_preprocess_is_normalised_by_it(tmp_path):
     np.testing.assert_allclose(np.sqrt((np.where(pre["mask"].values, 0, flux) ** 2).sum(1))[live], 1, rtol=1e-3)
     np.testing.assert_allclose((flux * norm[:, None])[live], raw["flux"].values[live], rtol=1e-4, atol=1e-4)
     assert open_store(tmp_path / "run" / "degraded.zarr", frame="rest").attrs["norm_convention"] == "l2"
+
+
+def test_degrade_stage_simulates_a_given_desi_exposure_time(tmp_path):
+    import json
+
+    from survey_denoise.noise import DesiNoise
+
+    stores = {}
+    for name, extra in (("deep", {}), ("bgs", {"exptime": 180})):
+        config = _config(tmp_path / name, preprocess=False, **extra)
+        Runner(config, None, progress=False, echo=lambda m: None).run()
+        stores[name] = open_store(tmp_path / name / "run" / "degraded.zarr", frame="rest")
+    noise = json.loads(stores["bgs"].attrs["noise"])
+    factor = DesiNoise(exptime=180).depth_factor
+    assert noise["exptime"] == 180 and noise["sigma_factor"] == factor > 5
+    # Physical inverse variance (ivar / norm**2) falls by the factor squared.
+    deep, bgs = ((s["ivar"] / s["norm"] ** 2).values for s in (stores["deep"], stores["bgs"]))
+    good = (deep > 0) & (bgs > 0)
+    assert good.sum() > 1000
+    np.testing.assert_allclose((deep / bgs)[good], factor**2, rtol=1e-4)
 
 
 def _fit_config(tmp_path, name: str, keep) -> PipelineConfig:

@@ -62,17 +62,29 @@ def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, ove
                    "desi:2 doubles its sigma).")
 @click.option("--z-target", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Move every galaxy to this redshift first (desi noise only).")
+@click.option("--exptime", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="DESI exposure time to simulate, seconds (BGS: 180; default the noise curve's "
+                   "own depth; desi noise only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (per galaxy streams).")
 @click.option("--cosmology", default="Planck18", show_default=True,
               help="astropy cosmology for luminosity distances (with --z-target).")
 def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
-            noise_spec: str, z_target: float | None, seed: int, cosmology: str) -> None:
+            noise_spec: str, z_target: float | None, exptime: float | None, seed: int,
+            cosmology: str) -> None:
     """Add noise to the rest-frame spectra of store IN."""
     from ..io.store import open_store
     from ..noise import degrade as run
 
     _check_out(out, overwrite, resume)
     model = parse_noise(noise_spec)
+    if exptime is not None:
+        from dataclasses import replace
+
+        from ..noise import DesiNoise
+
+        if not isinstance(model, DesiNoise):
+            raise UserError("--exptime applies to --noise desi only")
+        model = replace(model, exptime=exptime)
     ds = open_store(store_in, frame="rest")
     try:
         result = run(ds, model, seed=seed, z_target=z_target, cosmology=cosmology)

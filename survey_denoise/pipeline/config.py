@@ -109,11 +109,16 @@ class Degrade(_Strict):
     sigma: float | None = Field(None, gt=0, description="uniform noise, normalised units")
     seed: int = 0
     z_target: float | None = Field(None, gt=0, description="move galaxies to this redshift")
+    exptime: float | None = Field(None, gt=0, description=(
+        "DESI noise: exposure time to simulate, seconds (BGS nominal 180); default the "
+        "noise curve's own depth"))
 
     @model_validator(mode="after")
     def _sigma(self) -> Degrade:
         if self.noise == "uniform" and self.sigma is None:
             raise ValueError("uniform noise needs sigma")
+        if self.noise == "uniform" and self.exptime is not None:
+            raise ValueError("exptime applies to desi noise only")
         return self
 
 

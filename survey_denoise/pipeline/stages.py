@@ -63,7 +63,7 @@ def preprocess(ds: xr.Dataset, cfg: Preprocess) -> xr.Dataset:
 def degrade(ds: xr.Dataset, cfg: Degrade) -> xr.Dataset:
     from .. import noise
 
-    model = noise.UniformNoise(cfg.sigma) if cfg.noise == "uniform" else noise.DesiNoise()
+    model = noise.UniformNoise(cfg.sigma) if cfg.noise == "uniform" else noise.DesiNoise(exptime=cfg.exptime)
     return noise.degrade(ds, model, seed=cfg.seed, z_target=cfg.z_target)
 
 
