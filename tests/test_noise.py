@@ -142,7 +142,7 @@ def test_desi_noise_at_an_exposure_time_scales_as_one_over_sqrt_time():
     undated = DesiNoise.from_coadds(COADDS)
     undated.table.meta.pop("exptime")
     with pytest.raises(ValueError, match="records no exposure time"):
-        DesiNoise(curve="<memory>", _table=undated.table, exptime=180.0).depth_factor
+        DesiNoise(curve="<memory>", _table=undated.table, exptime=180.0).sigma_rest(GRID.edges, np.array([0.1]))
 
 
 def test_desi_noise_per_grid_pixel_is_the_average_of_desi_pixels():
