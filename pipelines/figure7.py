@@ -109,6 +109,18 @@ def run(cfg: dict, retrain: bool = False) -> pd.DataFrame:
     return table
 
 
+def read_config(args: argparse.Namespace) -> dict:
+    """The experiment config of ``args.config`` with ``--n``, ``--n-train`` and ``--epochs`` applied."""
+    cfg = yaml.safe_load(args.config.read_text())
+    if args.n:
+        cfg["n"], cfg["n_train"] = args.n, args.n_train or int(0.8 * args.n)
+    elif args.n_train:
+        cfg["n_train"] = args.n_train
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path)
@@ -120,14 +132,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--retrain", action="store_true", help="train every model even if saved")
     args = ap.parse_args(argv)
-    cfg = yaml.safe_load(args.config.read_text())
-    if args.n:
-        cfg["n"], cfg["n_train"] = args.n, args.n_train or int(0.8 * args.n)
-    elif args.n_train:
-        cfg["n_train"] = args.n_train
-    for key in ("epochs", "out"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+    cfg = read_config(args)
+    if args.out is not None:
+        cfg["out"] = args.out
     if args.models:
         cfg["models"] = args.models.split(",")
     if args.latent:

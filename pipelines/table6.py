@@ -41,10 +41,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from figure7 import make_data  # noqa: E402
+from figure7 import make_data, read_config  # noqa: E402
 
 from survey_denoise.fitting import fit_lines  # noqa: E402
 from survey_denoise.fitting.catalogue import to_frame, write_catalogue  # noqa: E402
@@ -194,13 +193,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--work", type=Path, default=Path("runs/table6"))
     args = ap.parse_args(argv)
-    cfg = yaml.safe_load(args.config.read_text())
-    if args.n:
-        cfg["n"], cfg["n_train"] = args.n, args.n_train or int(0.8 * args.n)
-    elif args.n_train:
-        cfg["n_train"] = args.n_train
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
+    cfg = read_config(args)
     command = "python pipelines/table6.py " + " ".join(argv if argv is not None else sys.argv[1:])
     return run(cfg, args.method, args.out, args.work, args.models_from, command.strip())
 

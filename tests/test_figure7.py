@@ -25,3 +25,9 @@ def test_figure7_pipeline_writes_table_and_figures(tmp_path):
     assert (table["mse"] < baseline).all()
     for name in ("figure7.png", "figure6.png", "models/pca-2/card.json", "models/pca-4/model.npz"):
         assert (tmp_path / name).stat().st_size > 0
+    # Started again, it scores the saved models instead of training new ones.
+    first_saved = (tmp_path / "models/pca-2/model.npz").stat().st_mtime_ns
+    again = figure7.main([str(ROOT / "pipelines" / "experiments" / "models.yaml"), "--n", "50", "--models", "pca",
+                          "--latent", "2,4", "--out", str(tmp_path)])
+    assert (tmp_path / "models/pca-2/model.npz").stat().st_mtime_ns == first_saved
+    pd.testing.assert_series_equal(again["mse"], table["mse"])
