@@ -23,6 +23,9 @@ def test_figure7_pipeline_writes_table_and_figures(tmp_path):
     baseline = float((tmp_path / "figure7.md").read_text().split("Noisy input MSE (no de-noising): ")[1]
                      .split(";")[0])
     assert (table["mse"] < baseline).all()
+    # PCA, fitted on the re-normalised noisy spectra, reproduces their ~0.66 amplitude:
+    # at unit norm, like the clean spectra, its error is far smaller.
+    assert (table["mse_unit_norm"] < 0.5 * table["mse"]).all()
     for name in ("figure7.png", "figure6.png", "models/pca-2/card.json", "models/pca-4/model.npz"):
         assert (tmp_path / name).stat().st_size > 0
     # Started again, it scores the saved models instead of training new ones.
