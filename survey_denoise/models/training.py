@@ -228,6 +228,37 @@ class KerasDenoiser(Denoiser):
     def _decode(self, Z: np.ndarray) -> np.ndarray:
         return self._batched(lambda b: self.model_.decoder(b, training=False), Z)[0].astype(np.float32)
 
+    def _denoise(self, X: np.ndarray) -> np.ndarray:
+        whole = self._traced(X.shape[1])
+        return self._batched(lambda b: whole(b), X)[0].astype(np.float32)
+
+    def __getstate__(self) -> dict:
+        # A traced graph cannot be pickled; it is traced again on first use.
+        return {k: v for k, v in self.__dict__.items() if k != "_traced_fn"}
+
+    def _traced(self, npix: int):
+        """Encoder (posterior mean) -> decoder as one traced TensorFlow graph.
+
+        Two eager Keras calls with a NumPy round trip between them reached
+        55-72 % of the float32 matmul limit at batches >= 1024 and 13 % at 64;
+        one graph reaches 72-122 % and 58 % (``benchmarks/inference.py``).
+        Traced once per network and spectrum length, for any batch size.
+        """
+        cached = getattr(self, "_traced_fn", None)
+        if cached is not None and cached[0] is self.model_ and cached[1] == npix:
+            return cached[2]
+        import tensorflow as tf
+
+        net = self.model_
+
+        @tf.function(input_signature=[tf.TensorSpec([None, npix], tf.float32)])
+        def whole(x):
+            z = net.encoder(x, training=False)
+            return net.decoder(z[0] if isinstance(z, (list, tuple)) else z, training=False)
+
+        self._traced_fn = (net, npix, whole)
+        return whole
+
     # -- persistence -----------------------------------------------------------------
     def _save_artefact(self, path: Path) -> None:
         self.model_.save(path)

@@ -60,7 +60,7 @@ class VAEDenoiser(KerasDenoiser):
         self._require_fitted()
         X = self._input(X)
         if n_samples <= 0:
-            return self._decode(self._encode(X))
+            return self._denoise(X)
         mean, logvar = self._encode_both(X)
         if eps is None:
             rng = np.random.default_rng(self.seed if seed is None else seed)
