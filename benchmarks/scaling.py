@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import cloudpickle  # noqa: E402
 import end_to_end  # noqa: E402
-from end_to_end import _cpu_s, config_for, run_one, worker_cpu  # noqa: E402
+from end_to_end import config_for, run_one, worker_cpu  # noqa: E402
 
 # Batch-system workers cannot import this folder: ship its functions by value.
 cloudpickle.register_pickle_by_value(end_to_end)
@@ -127,7 +127,7 @@ def ppxf_run(client, store: Path, out: Path, workers: int) -> dict:
     ds = open_store(store, frame="rest")
     n = int(ds.sizes["galaxy"])
     cpu0 = worker_cpu(client)
-    driver0 = _cpu_s()
+    driver0 = time.process_time()
     with get_task_stream(client) as ts:
         t = time.perf_counter()
         write_store(fit_lines(ds, "ppxf"), out, client=client, progress=False, label="ppxf",
@@ -136,13 +136,10 @@ def ppxf_run(client, store: Path, out: Path, workers: int) -> dict:
     cpu = worker_cpu(client) - cpu0
     # The driver (graph building, the scheduler of a LocalCluster or of the
     # SLURM jobs) shares the 2 cores with the workers.
-    driver = _cpu_s() - driver0
+    driver = time.process_time() - driver0
     totals = client.run(_ppxf_totals)
     ppxf_s = sum(v[0] for v in totals.values())
     calls = sum(v[1] for v in totals.values())
-    task_s = sum(stop - start for task in ts.data for action, start, stop in
-                 ((s["action"], s["start"], s["stop"]) for s in task["startstops"])
-                 if action == "compute")
     # Per worker: an idle worker while the other computes is load imbalance,
     # not overhead of the fits.
     busy: dict = {}
@@ -150,6 +147,7 @@ def ppxf_run(client, store: Path, out: Path, workers: int) -> dict:
         for s in task["startstops"]:
             if s["action"] == "compute":
                 busy[task["worker"]] = busy.get(task["worker"], 0.0) + s["stop"] - s["start"]
+    task_s = sum(busy.values())
     return {"workers": workers, "n": n, "seconds": round(wall, 2),
             "compute_seconds_per_worker": sorted(round(v, 2) for v in busy.values()),
             "fits_per_s": round(n / wall, 3), "fits_per_s_per_worker": round(n / wall / workers, 3),

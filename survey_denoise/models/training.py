@@ -230,7 +230,7 @@ class KerasDenoiser(Denoiser):
 
     def _denoise(self, X: np.ndarray) -> np.ndarray:
         whole = self._traced(X.shape[1])
-        return self._batched(lambda b: whole(b), X)[0].astype(np.float32)
+        return self._batched(whole, X)[0].astype(np.float32)
 
     def __getstate__(self) -> dict:
         # A traced graph cannot be pickled; it is traced again on first use.
