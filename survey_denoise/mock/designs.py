@@ -7,23 +7,48 @@ so the selected ids, and hence the whole survey, depend only on the seed.
 ``natural``
     The population as drawn: ids 0 .. n-1 (survey-scale runs).
 ``uniform-halpha``
-    Scourfield et al. (2023): 10 log bins of true Halpha flux from 10^0.2 to
-    10^3.4 x 1e-17 erg/s/cm2, equal numbers per bin.
+    Scourfield et al. (2023): 10 log bins of Halpha flux from 10^0.2 to
+    10^3.4 x 1e-17 erg/s/cm2, equal numbers per bin.  The paper binned
+    MPA-JHU fluxes, measured on the noisy spectra, so the design bins the
+    Halpha flux measured on each candidate's SDSS-like original spectrum
+    (:func:`measured_halpha`): noise scatters faint galaxies between bins
+    and into the faintest ones, as it did in the paper's sample.
 ``mzr``
-    The star-forming MZR sample: emission-line class, Halpha 10^1.4-10^3.2,
-    equal numbers in 9 log bins of 0.2 dex.
+    The star-forming MZR sample: emission-line class, Halpha 10^1.4-10^3.2
+    (true flux; S/N > 10 there, so noise barely moves a galaxy), equal
+    numbers in 9 log bins of 0.2 dex.
+
+Measuring the selection flux with the science fitter (``fitting.fast``)
+would make the mock depend on the code it is used to test (and ``fitting``
+already imports ``mock``), and fitting every scanned candidate costs more
+than making it.  :func:`measured_halpha` instead fits Halpha and the [NII]
+doublet, with the galaxy's true line width, on the original spectrum minus its
+noise-free stellar continuum, in a window around Halpha: the flux an ideal
+continuum model would give, with exactly the noise of the spectrum that
+:func:`~survey_denoise.mock.generate.synthesize` makes (same random stream).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import lines as L
+from ..grid import GRID, Grid
+from ..rng import standard_normal
 from . import nebular, population
+from .instrument import INSTRUMENTS
 from .priors import CLASSES
 
 DESIGNS = ("uniform-halpha", "mzr", "natural")
 BLOCK = 20_000
 MAX_CANDIDATES_PER_GALAXY = 500
+SELECTION_SURVEY = "sdss"
+"""Instrument whose noise the uniform-Halpha selection flux is measured with (the paper's)."""
+MEASURE_MARGIN = 15.0
+"""Halpha flux (1e-17 erg/s/cm2) beyond a factor 2 of the open bins that a candidate's
+true flux may lie and still be measured: > 5 sigma of the SDSS-like noise at these fluxes."""
+HALPHA_WINDOW = (6480.0, 6650.0)
+"""Rest range (A) of the selection-flux fit: Halpha and [NII]6548,6583."""
 
 
 def _bins(design: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
@@ -71,7 +96,16 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
                              f"(have {counts}, want {want.tolist()}); widen z_range or lower n")
         ids = np.arange(start, start + BLOCK, dtype=np.int64)
         props = population.draw(seed, ids, z_range=z_range)
-        ha = nebular.line_fluxes(props)["halpha"]
+        fluxes = nebular.line_fluxes(props)
+        ha = fluxes["halpha"]
+        if design == "uniform-halpha":
+            # Only candidates that noise could carry into a bin still open are measured.
+            open_ = np.flatnonzero([c.size < w for c, w in zip(chosen, want, strict=True)])
+            lo, hi = edges[open_[0]] / 2 - MEASURE_MARGIN, 2 * edges[open_[-1] + 1] + MEASURE_MARGIN
+            near = (ha >= lo) & (ha <= hi)
+            ha = np.full(ids.size, -np.inf)
+            sub = {k: v[near] for k, v in props.items()}
+            ha[near] = _measure(seed, ids[near], sub, {k: v[near] for k, v in fluxes.items()})
         ok = np.ones(ids.size, bool)
         if classes is not None:
             ok &= np.isin(props["class"], [CLASSES.index(c) for c in classes])
@@ -83,3 +117,63 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
                 chosen[b] = np.concatenate([chosen[b], hit])
         start += BLOCK
     return np.sort(np.concatenate(chosen))
+
+
+def measured_halpha(seed: int, ids: np.ndarray, *, z_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Halpha flux measured on the SDSS-like original rest-frame spectra of galaxies ``ids``.
+
+    The flux the uniform-Halpha design bins on (see the module notes):
+    Halpha and the [NII] doublet fitted by weighted least squares, with each
+    galaxy's true line width, to the noisy rest-frame spectrum minus its
+    noise-free stellar continuum, over :data:`HALPHA_WINDOW`.
+
+    Parameters
+    ----------
+    seed : int
+        Population seed.
+    ids : ndarray of int
+        Galaxy ids.
+    z_range : (float, float), optional
+        Redshift range of the population.
+
+    Returns
+    -------
+    ndarray (n,)
+        Measured Halpha flux, 1e-17 erg/s/cm2 (can be negative).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    props = population.draw(seed, ids, z_range=z_range)
+    return _measure(seed, ids, props, nebular.line_fluxes(props))
+
+
+def _measure(seed, ids, props, fluxes):
+    from .generate import REST_MARGIN, _add_lines, _continuum_rest
+    from .synth import add_gaussians
+
+    inst = INSTRUMENTS[SELECTION_SURVEY]
+    wave = GRID.wavelength
+    i0, i1 = np.searchsorted(wave, HALPHA_WINDOW)
+    win = Grid(float(wave[i0]), float(wave[i1 - 1]), int(i1 - i0))
+    wmin = win.wave_min * np.exp(-REST_MARGIN * win.dlnlam)
+    cont = _continuum_rest(props, fluxes, wmin, win.dlnlam, win.npix + 2 * REST_MARGIN)
+    cont = np.ascontiguousarray(cont[:, REST_MARGIN:-REST_MARGIN])
+    flux = cont.copy()
+    one = np.ones_like(props["z"])
+    _add_lines(flux, win.edges, props, fluxes, one, inst.sigma_inst_kms)
+    sigma = inst.sigma_rest(flux, inst.exposure(props["u"][:, population.U["exposure"]]), win, props["z"])
+    # The generator's own noise stream, so the measurement sees the spectrum's noise.
+    noise = standard_normal(seed, f"mock-noise-{inst.name}-rest", ids, GRID.npix)[:, i0:i1]
+    resid = (flux + sigma * noise.astype(np.float64)) - cont
+    sig = np.sqrt(props["sigma_gas"] ** 2 + inst.sigma_inst_kms**2)
+    cols = []
+    for members in (("halpha",), ("nii_6583", "nii_6548")):
+        col = np.zeros_like(flux)
+        for k in members:
+            share = 1.0 if k != "nii_6548" else L.all_lines()["nii_6548"].doublet_ratio
+            add_gaussians(col, win.edges, one * L.wavelength(k), one * share, sig)
+        cols.append(col)
+    a = np.stack(cols, axis=2)                                   # (n, npix, 2)
+    w = 1.0 / sigma**2
+    ata = np.einsum("npi,np,npj->nij", a, w, a)
+    atb = np.einsum("npi,np,np->ni", a, w, resid)
+    return np.linalg.solve(ata, atb[:, :, None])[:, 0, 0]

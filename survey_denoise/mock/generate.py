@@ -44,6 +44,7 @@ TRUTH_UNITS = {
     "true_class": "index into " + ",".join(CLASSES),
     "true_logmass": "log10 M_sun (living stars and remnants, whole galaxy)",
     "true_logsfr": "log10 M_sun/yr (last 100 Myr, whole galaxy)",
+    "true_logsfr10": "log10 M_sun/yr (last ~10 Myr, whole galaxy: what the lines trace)",
     "true_oh": "12 + log10(O/H)",
     "true_logzstar": "log10 Z/Z_sun (stars)",
     "true_ebv_star": "mag", "true_ebv_gas": "mag", "true_ebv_lines": "mag",
@@ -101,7 +102,7 @@ class MockConfig:
 
 def _truth(props: dict, fluxes: dict) -> dict[str, np.ndarray]:
     out = {"true_class": props["class"].astype(np.int8)}
-    for k in ("logmass", "logsfr", "oh", "logzstar", "ebv_star", "ebv_gas", "sigma_star",
+    for k in ("logmass", "logsfr", "logsfr10", "oh", "logzstar", "ebv_star", "ebv_gas", "sigma_star",
               "sigma_gas", "fibre_frac", "age_gyr", "tau_gyr", "mass_weighted_age_gyr",
               "burst_frac", "dl_mpc"):
         out[f"true_{k}"] = props[k].astype(np.float64)

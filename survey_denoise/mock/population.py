@@ -12,7 +12,8 @@ metallicity from the fundamental metallicity relation of Curti et al.
 (2020); stellar metallicity after Gallazzi et al. (2005); Halpha
 attenuation vs mass of Garn & Best (2010) with E(B-V)_star = 0.44
 E(B-V)_gas (Calzetti et al. 2000); delayed-tau star-formation histories plus
-a constant last-100-Myr component that sets today's SFR and optional bursts.
+a constant last-100-Myr component that sets today's SFR and optional bursts;
+the ~10-Myr SFR that the lines see scatters log-normally about it.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ U_COLUMNS = (
     "o3n2", "n2", "r2", "s2", "oi", "neiii", "hei", "sii_ratio",
     "agn_lum", "agn_n2", "agn_o3", "agn_s2", "agn_oi", "agn_r2", "agn_heii", "agn_av",
     "broad_fwhm", "broad_ratio", "exposure",
+    "sfr10", "logu", "floor",
 )
 U = {name: i for i, name in enumerate(U_COLUMNS)}
 PURPOSE = "mock-population"
 YOUNG_BINS = int(np.searchsorted(ssp.AGE_BIN_EDGES_YR, 1.0e8))
 """Age bins making up the 'current' constant star formation (0 to ~100 Myr)."""
+HALPHA_WINDOW = (6480.0, 6650.0)
+"""Rest range (A) whose mean stellar continuum is the reference of the line-floor EW."""
 
 
 def uniforms(seed: int, ids: Sequence[int]) -> np.ndarray:
@@ -166,6 +170,9 @@ def draw(seed: int, ids: Sequence[int], *, priors: Priors | None = None,
     dict of ndarray
         Keys: ``class`` (int8 index into :data:`CLASSES`), ``z``, ``logmass``
         (log M*/M_sun, living), ``logsfr`` (log M_sun/yr, last 100 Myr),
+        ``logsfr10`` (log M_sun/yr, last ~10 Myr: what the lines see),
+        ``lum_halpha_old`` (L_sun/A, intrinsic continuum near Halpha of the
+        stars older than 100 Myr, whole galaxy),
         ``oh`` (12+log O/H), ``logzstar`` (log Z*/Z_sun), ``ebv_star``,
         ``ebv_gas`` (mag), ``sigma_star``, ``sigma_gas`` (km/s), ``fibre_frac``,
         ``age_gyr``, ``tau_gyr``, ``burst_frac``, ``burst_age_gyr``,
@@ -234,6 +241,14 @@ def draw(seed: int, ids: Sequence[int], *, priors: Priors | None = None,
     ages_mid = np.sqrt(np.maximum(ssp.AGE_BIN_EDGES_YR[:-1], 1e6) * ssp.AGE_BIN_EDGES_YR[1:])
     mwa = (sfh * live_g * ages_mid).sum(1) / (sfh * live_g).sum(1) / 1e9
 
+    # Lines see the last ~10 Myr, which scatter about the 100-Myr SFR of the SFH.
+    logsfr10 = logsfr + _normal(u[:, U["sfr10"]], p.stochastic_sfr["log_sfr10_over_sfr100"])
+    # Old stars (> 100 Myr) power the retired-galaxy line floor (HOLMES).
+    old = sfh.copy()
+    old[:, :YOUNG_BINS] = 0.0
+    lum_old = ((zw[:, :, None] * old[:, None, :]).reshape(n, -1)
+               @ ssp.templates_on(*HALPHA_WINDOW, 16)).mean(1)
+
     fp = p.fmr
     oh = np.clip(fmr_oh(logmass, logsfr, p) + fp["scatter"] * ndtri(u[:, U["oh"]]), fp["min"], fp["max"])
 
@@ -261,7 +276,8 @@ def draw(seed: int, ids: Sequence[int], *, priors: Priors | None = None,
     fibre = np.clip(10 ** _normal(u[:, U["fibre"]], (ff["log_mean"], ff["scatter"])), ff["min"], ff["max"])
 
     return {
-        "class": cls, "z": z, "logmass": logmass, "logsfr": logsfr, "oh": oh,
+        "class": cls, "z": z, "logmass": logmass, "logsfr": logsfr, "logsfr10": logsfr10,
+        "lum_halpha_old": lum_old, "oh": oh,
         "logzstar": logzstar, "ebv_star": ebv_star, "ebv_gas": ebv_gas,
         "sigma_star": sigma_star, "sigma_gas": sigma_gas, "fibre_frac": fibre,
         "age_gyr": age, "tau_gyr": tau, "burst_frac": bfrac, "burst_age_gyr": bage,

@@ -52,6 +52,8 @@ class Priors(_Strict):
     star_forming_lines: dict[str, float | list[float]]
     agn_lines: dict[str, Pair]
     retired_lines: dict[str, Pair]
+    stochastic_sfr: dict[str, Pair]
+    ionisation: dict[str, float]
     broad_lines: dict[str, float | Pair]
 
     @field_validator("classes")
