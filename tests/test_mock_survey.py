@@ -8,6 +8,7 @@ import pytest
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.mock import (
     MockConfig,
+    designs,
     generate,
     nebular,
     population,
@@ -73,7 +74,7 @@ def test_zarr_round_trip_on_a_cluster_matches_local_threads(tmp_path):
 
 def test_uniform_halpha_design_fills_equal_log_bins():
     ids = select("uniform-halpha", 50, 1)
-    ha = nebular.line_fluxes(population.draw(1, ids))["halpha"]
+    ha = designs.measured_halpha(1, ids)
     counts, _ = np.histogram(np.log10(ha), bins=np.linspace(0.2, 3.4, 11))
     assert counts.tolist() == [5] * 10
     assert np.array_equal(ids, select("uniform-halpha", 50, 1))
