@@ -9,8 +9,13 @@
   young (< 100 Myr) mass fraction.
 
 EW is the true line flux over the noise-free stellar continuum at 6550-6575 A
-(rest frame).  Writes ``benchmarks/results/mock_realism.json``.
-Usage: ``python benchmarks/mock_realism.py [--n 10000] [--natural 8000] [--seed 0]``
+(rest frame).  ``--without`` switches ingredients off (``floor``: the
+retired-galaxy line floor; ``sfr10``: the 10-Myr SFR scatter; ``ionisation``:
+the ionisation-parameter scatter) to measure each one's effect.
+Writes ``benchmarks/results/mock_realism.json`` (with ``--without``: nothing
+unless ``--out`` is given).
+Usage: ``python benchmarks/mock_realism.py [--n 10000] [--natural 8000] [--seed 0]
+[--without floor,sfr10,ionisation]``
 """
 
 from __future__ import annotations
@@ -52,14 +57,41 @@ def scatter_at_fixed(y: np.ndarray, x: np.ndarray, nbin: int = 12) -> float:
     return robust_sd(resid)
 
 
+def without(names: list[str]) -> None:
+    """Use the packaged priors with the named ingredients switched off (this process only)."""
+    from survey_denoise.mock import generate
+    from survey_denoise.mock.priors import default_priors
+
+    base = default_priors()
+    rt, st, ion = dict(base.retired_lines), dict(base.stochastic_sfr), dict(base.ionisation)
+    unknown = set(names) - {"floor", "sfr10", "ionisation"}
+    if unknown:
+        raise SystemExit(f"--without: unknown ingredient(s) {sorted(unknown)}; use floor, sfr10, ionisation")
+    if "floor" in names:
+        rt["log_ew_halpha"] = (-30.0, 0.0)
+    if "sfr10" in names:
+        st["log_sfr10_over_sfr100"] = (0.0, 0.0)
+    if "ionisation" in names:
+        ion["logu_scatter"] = 0.0
+    priors = base.model_copy(update={"retired_lines": rt, "stochastic_sfr": st, "ionisation": ion})
+    for module in (population, nebular, generate):
+        module.default_priors = lambda: priors
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--natural", type=int, default=8_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mock_realism.json")
+    ap.add_argument("--without", default="", help="comma-separated: floor, sfr10, ionisation")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     seed = args.seed
+    off = [w for w in args.without.split(",") if w]
+    if off:
+        without(off)
+    if args.out is None and not off:
+        args.out = Path(__file__).parent / "results" / "mock_realism.json"
 
     # Uniform-Halpha design: EW per selection bin.
     ids = select("uniform-halpha", args.n, seed)
@@ -98,9 +130,11 @@ def main() -> None:
                 "n_star_forming": int(sf.sum())})
     for k, v in out.items():
         print(f"{k:40s} {np.round(v, 3).tolist() if isinstance(v, list) else round(v, 3)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"n": args.n, "natural": args.natural, "seed": seed, **out}, indent=2))
-    print(f"wrote {args.out}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"n": args.n, "natural": args.natural, "seed": seed,
+                                        "without": off, **out}, indent=2))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
