@@ -171,17 +171,19 @@ def test_painted_rate_and_bins_through_the_catalogues():
     ids, truth, original, keeper, dropper, noisy = _survey()
     painter = keeper.copy()
     painter["halpha_flux"] = np.r_[np.full(20, 100.0), np.full(20, 5.0)]   # faint lines at S/N 50
+    truth.loc[39, "true_halpha_flux"] = 0.0                                # absent from the mock
     sc = metrics.score_catalogues({"painter": painter, "dropper": dropper, "noisy": noisy}, original,
                                   truth, noisy="noisy", n_bins=2)
     s = sc.summary.set_index(["method", "line"])
     assert s.loc[("painter", "halpha"), "painted_rate"] == 1.0
-    assert s.loc[("painter", "halpha"), "n_faint"] == 20
+    # the absent line has no log (not in the scatter) but its painting counts
+    assert s.loc[("painter", "halpha"), "n"] == 39 and s.loc[("painter", "halpha"), "n_faint"] == 20
     assert s.loc[("dropper", "halpha"), "painted_rate"] == 0.0
     assert s.loc[("noisy", "halpha"), "painted_rate"] == 0.0          # S/N 1.5 and 0.5
     assert np.isnan(s.loc[("original", "halpha"), "painted_rate"])
     assert s.loc[("original", "halpha"), "sigma_truth"] == pytest.approx(0.0)
     b = sc.bins[(sc.bins["line"] == "halpha") & (sc.bins["method"] == "painter")]
-    assert list(b["count"]) == [20, 20] and b["offset_truth"].iloc[0] == pytest.approx(np.log10(5))
+    assert list(b["count"]) == [19, 20] and b["offset_truth"].iloc[0] == pytest.approx(np.log10(5))
     table = metrics.table6(sc)
     assert list(table.index) == ["painter", "dropper", "noisy"]
     assert table.columns[0] == ("Hα", "σ") and table.columns[1] == ("Hα", "σ_fill")

@@ -35,7 +35,9 @@ method that loses lines to failed fits shrinks the common set for all
 methods and shows it in its ``n_missing``, and one that fits them at zero is
 scored at its limits.
 
-Against a mock's truth table the same statistics are computed with the true
+A true flux of 0 (a line absent from the mock) has no logarithm either:
+such galaxies are outside the common set of the scatter statistics but
+count in the painted-line rate.  Against a mock's truth table the same statistics are computed with the true
 flux as the reference (bins in true flux), and two numbers say whether a
 de-noiser invents lines (:func:`painted_rate`) or inflates the faint end
 (:func:`faint_offset`).
@@ -384,8 +386,12 @@ class Scores:
         original spectra's fluxes, bins in the original flux: the paper's
         measure), ``sigma_truth``/``sigma_fill_truth``/``offset_truth``
         (against the true flux, bins in true flux), ``painted_rate``,
-        ``n_painted``, ``n_faint``, ``faint_offset`` (dex) and
-        ``n_faint_bin``.  Truth columns are NaN without a truth table.
+        ``n_painted``, ``n_faint`` (:func:`painted_rate`, over every galaxy
+        with a true flux and a noisy error, so lines absent from the mock
+        count too; the same galaxies for every method), ``faint_offset`` (dex)
+        and ``n_faint_bin`` (:func:`faint_offset`).  Truth columns are NaN
+        without a truth table; ``original`` has no painted rate (its faint
+        detections are real).
     bins : DataFrame
         Per (line, method) and bin of true flux: :func:`binned_offsets`.
     vs_original : dict
@@ -491,8 +497,10 @@ def score_catalogues(judged: Mapping[str, pd.DataFrame], original: pd.DataFrame,
                 bins.append(tab.assign(line=k, method=m))
             if floor is not None and m != "original":  # the originals' faint detections are real
                 c = cats[m]
-                rate, n_p, n_f = painted_rate(t[common], floor[common], c[f"{k}_flux"].to_numpy(float)[common],
-                                              c[f"{k}_flux_err"].to_numpy(float)[common], snr=snr)
+                # over every galaxy with a truth and a floor, not the common set: a line
+                # absent from the mock (true flux 0) is the plainest case of painting
+                rate, n_p, n_f = painted_rate(t, floor, c[f"{k}_flux"].to_numpy(float),
+                                              c[f"{k}_flux_err"].to_numpy(float), snr=snr)
                 row.update(painted_rate=rate, n_painted=n_p, n_faint=n_f)
             summary.append(row)
         values[k] = vals
