@@ -12,13 +12,14 @@ The paper's measure (Scourfield et al. 2023, Sect. 4.3): for one line, with
 * per bin: the count, whether it is filled, and the 16th/50th/84th
   percentiles of the judged log flux (Figure 9's error bars) and of ``d``.
 
-The paper does not say what happens to a line fitted at zero flux.  A line
-whose flux is zero or negative has no logarithm, and dropping it scores a
-method on fewer, brighter galaxies the more faint lines it loses.  Here
-(:func:`censor`):
+The paper does not say how a line fitted at zero flux enters sigma (its
+Figure 9 only shows, per bin of the original flux, how many lines "were
+successfully fit").  A line whose flux is zero or negative has no logarithm,
+and dropping it scores a method on fewer, brighter galaxies the more faint
+lines it loses.  Here (:func:`censor`):
 
 * a finite flux > 0 is used as it is, however low its S/N (the paper's rule);
-* a finite flux <= 0 with a finite error > 0 is an **upper limit**, placed at
+* a flux <= 0 (or NaN) with a finite error > 0 is an **upper limit**, placed at
   ``LIMIT_SIGMA`` (1) times its error: a positive flux of a line below the
   noise is a noise draw of about that size, so a limit and a faint positive
   fit stand on the same footing (a 3-sigma limit would put every
@@ -35,12 +36,12 @@ method that loses lines to failed fits shrinks the common set for all
 methods and shows it in its ``n_missing``, and one that fits them at zero is
 scored at its limits.
 
-A true flux of 0 (a line absent from the mock) has no logarithm either:
-such galaxies are outside the common set of the scatter statistics but
-count in the painted-line rate.  Against a mock's truth table the same statistics are computed with the true
-flux as the reference (bins in true flux), and two numbers say whether a
-de-noiser invents lines (:func:`painted_rate`) or inflates the faint end
-(:func:`faint_offset`).
+Against a mock's truth table the same statistics are computed with the
+true flux as the reference (bins in true flux), and two numbers say whether
+a de-noiser invents lines (:func:`painted_rate`) or inflates the faint end
+(:func:`faint_offset`).  A true flux of 0 (a line absent from the mock) has
+no logarithm either: such galaxies are outside the common set of the
+scatter statistics but count in the painted-line rate.
 """
 
 from __future__ import annotations
