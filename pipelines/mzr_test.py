@@ -5,7 +5,9 @@ original spectra, the same made DESI-like at z = 0.1, and those de-noised by a
 6-d VAE; fast line fits; PP04 O3N2 metallicities with Hα S/N > 15), then
 the science stage writes the full MZR-test results of the galaxies held out of
 the VAE's training to ``RUN/science/mzr_test/``; this prints the
-paper-vs-ours table and writes ``RUN/report.html``.
+paper-vs-ours table (each case on its own measurable galaxies, then every
+case on the galaxies measurable in all of them, and how many the DESI-like
+spectra alone make measurable) and writes ``RUN/report.html``.
 
     python pipelines/mzr_test.py                       # paper scale
     python pipelines/mzr_test.py --n 1000 --out runs/mzr_small

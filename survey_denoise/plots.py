@@ -5,7 +5,7 @@ pyplot (so nothing depends on a display or a global figure manager; PNGs are
 drawn with Agg) and writes it to ``save`` as PNG when a path is given.
 
 * :func:`mzr_panels` — Figure 10, the MZR from several catalogues;
-* :func:`line_flux_comparison` — Figure 9, predicted vs original line fluxes;
+* :func:`line_flux_comparison` and :func:`figure9` — Figure 9, predicted vs original line fluxes;
 * :func:`mse_vs_latent` — Figure 7, reconstruction MSE vs latent size;
 * :func:`example_spectra` — Figure 8, spectra, reconstructions and residuals;
 * :func:`latent_space` — Figure 6, the latent space coloured by class.
@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from . import lines
+from .science.metrics import Scores
 from .science.mzr import SCHOLTE24, ReferenceMZR, binned_mzr, scatter
 
 CASE_LABELS = {"original": "Original spectra", "desi": "DESI-like (z = 0.1)",
@@ -109,6 +111,8 @@ def line_flux_comparison(
     original: Mapping[str, np.ndarray],
     predicted: Mapping[str, np.ndarray],
     *,
+    upper: Mapping[str, np.ndarray] | None = None,
+    bins: Mapping[str, pd.DataFrame] | None = None,
     sigma: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     ncols: int = 3,
@@ -119,7 +123,14 @@ def line_flux_comparison(
     Parameters
     ----------
     original, predicted : mapping of line key to array
-        Fluxes (any one unit per line, e.g. 1e-17 erg/s/cm²) of the same galaxies.
+        Fluxes (any one unit per line, e.g. 1e-17 erg/s/cm²) of the same galaxies;
+        values that are not finite and > 0 are not drawn (and counted in the panel's N).
+    upper : mapping of line key to bool array, optional
+        Which predicted values are upper limits (drawn as downward triangles).
+    bins : mapping of line key to DataFrame, optional
+        Per-bin ``centre``, ``filled``, ``p16``/``p50``/``p84`` (log10 flux), as in
+        :attr:`survey_denoise.science.metrics.LineScatter.bins`: the paper's error
+        bars, black for filled bins and orange for the others.
     sigma : mapping of line key to str, optional
         Text to print in each panel, e.g. the scatter in dex from
         :mod:`survey_denoise.science.metrics`; nothing is computed here.
@@ -135,12 +146,23 @@ def line_flux_comparison(
         ax = fig.add_subplot(nr, nc, i + 1)
         x = np.asarray(original[key], float)
         y = np.asarray(predicted[key], float)
+        lim = (np.asarray(upper[key], bool) if upper is not None and key in upper
+               else np.zeros(x.shape, bool))
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
         lx, ly = np.log10(x[ok]), np.log10(y[ok])
-        if ok.sum() > 50:
-            ax.hexbin(lx, ly, gridsize=40, mincnt=1, bins="log", cmap="Blues")
+        det = ~lim[ok]
+        if det.sum() > 50:
+            ax.hexbin(lx[det], ly[det], gridsize=40, mincnt=1, bins="log", cmap="Blues")
         else:
-            ax.scatter(lx, ly, s=6, color="tab:blue")
+            ax.scatter(lx[det], ly[det], s=6, color="tab:blue")
+        if (~det).any():
+            ax.scatter(lx[~det], ly[~det], s=8, marker="v", color="0.5", linewidths=0,
+                       label="upper limit", rasterized=True)
+        if bins is not None and key in bins:
+            for filled, colour in ((True, "k"), (False, "tab:orange")):
+                b = bins[key][(bins[key]["filled"] == filled) & (bins[key]["count"] > 0)]
+                ax.errorbar(b["centre"], b["p50"], yerr=[b["p50"] - b["p16"], b["p84"] - b["p50"]],
+                            fmt="o", ms=3, capsize=2, color=colour)
         if ok.any():
             lo, hi = np.percentile(np.r_[lx, ly], [0.5, 99.5])
             ax.plot([lo, hi], [lo, hi], color="crimson", lw=1)
@@ -149,9 +171,42 @@ def line_flux_comparison(
         ax.set_title((labels or {}).get(key, key), fontsize=10)
         ax.set_xlabel("log flux, original")
         ax.set_ylabel("log flux, predicted")
-        note = f"N = {ok.sum()}" + (f"\n{sigma[key]}" if sigma and key in sigma else "")
+        note = f"N = {ok.sum()}" + (f" ({int((~det).sum())} limits)" if (~det).any() else "")
+        note += f"\n{sigma[key]}" if sigma and key in sigma else ""
         ax.text(0.04, 0.96, note, transform=ax.transAxes, va="top", fontsize=8)
     return _finish(fig, save)
+
+
+def figure9(scores: Scores, method: str, *, save: str | Path | None = None) -> Figure:
+    """Figure 9 of one method from :func:`~survey_denoise.science.metrics.score_catalogues`.
+
+    The galaxies are the common set; upper limits are drawn at their value;
+    each panel quotes sigma and sigma_fill against the original spectra
+    (the paper's) and, when a truth table was given, sigma against the truth.
+
+    Parameters
+    ----------
+    scores : Scores
+        Scored catalogues.
+    method : str
+        One of the judged methods.
+    """
+    if method not in scores.vs_original:
+        raise KeyError(f"no scores for method {method!r} (have {list(scores.vs_original)})")
+    per_line = scores.vs_original[method]
+    summary = scores.summary.set_index(["method", "line"])
+    table = lines.all_lines()
+    text = {}
+    for k, s in per_line.items():
+        text[k] = f"σ = {s.sigma:.2f} dex\nσ_fill = {s.sigma_fill:.2f} dex"
+        truth_sigma = summary.loc[(method, k), "sigma_truth"]
+        if np.isfinite(truth_sigma):
+            text[k] += f"\nσ vs truth = {truth_sigma:.2f} dex"
+    return line_flux_comparison({k: scores.values[k]["original"] for k in per_line},
+                                {k: scores.values[k][method] for k in per_line},
+                                upper={k: scores.values[k][f"upper_{method}"] for k in per_line},
+                                bins={k: s.bins for k, s in per_line.items()}, sigma=text,
+                                labels={k: table[k].label for k in per_line if k in table}, save=save)
 
 
 def mse_vs_latent(table: pd.DataFrame, *, save: str | Path | None = None) -> Figure:

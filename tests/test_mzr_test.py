@@ -53,6 +53,29 @@ def test_scatter_matches_truth_and_noise(sample, result):
     assert s.loc["vae", "median_oh_err"] == pytest.approx(s.loc["vae", "std_vs_true"], rel=0.3)
 
 
+def test_every_case_is_also_compared_on_the_same_galaxies(sample, result):
+    truth, _ = sample
+    s = result.summary
+    common = np.logical_and.reduce([g["has_oh"].to_numpy(bool) for g in result.galaxies.values()])
+    assert 0 < common.sum() <= s["n_measured"].min()
+    assert (s["n_common"] == common.sum()).all()
+    for case, g in result.galaxies.items():
+        by_hand = np.std(g["oh"][common] - SCHOLTE24(g["logmass"][common]), ddof=1)
+        assert s.loc[case, "scatter_std_common"] == pytest.approx(by_hand)
+        d = (g["oh"] - g["true_oh"])[common]
+        assert s.loc[case, "std_vs_true_common"] == pytest.approx(np.std(d, ddof=1))
+    # the noisy case's own sample is not the others': on its galaxies the original is tighter
+    assert s.loc["original", "scatter_std_common"] < s.loc["desi", "scatter_std_common"]
+    assert s.loc["desi", "std_vs_true_common"] > s.loc["vae", "std_vs_true_common"]
+    assert result.settings["n_common"] == common.sum()
+    assert result.settings["n_measurable_noisy"] == s.loc["desi", "n_measured"]
+    text = format_comparison(result)
+    assert f"on the same {common.sum()} galaxies" in text
+    assert f"spectra alone (no de-noising): {s.loc['desi', 'n_measured']} of {len(truth)}" in text
+    c = result.comparison()
+    assert (c["ours_n_common"] == common.sum()).all()
+
+
 def test_sfr_trend_survives_in_good_data(result):
     s = result.summary
     assert s.loc["original", "sfr_spearman_r"] > 0.5

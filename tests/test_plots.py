@@ -43,6 +43,31 @@ def test_line_flux_comparison(tmp_path):
     _png_ok(tmp_path / "fig9.png")
 
 
+def test_figure9_draws_limits_error_bars_and_both_scatters(tmp_path):
+    from survey_denoise.science import metrics
+
+    rng = np.random.default_rng(3)
+    ids = [f"g{i}" for i in range(200)]
+    true = 10 ** rng.uniform(0, 3, 200)
+
+    def cat(flux, err):
+        return pd.DataFrame({"galaxy": ids, **{c: v for k in metrics.TABLE6_LINES
+                                                for c, v in ((f"{k}_flux", flux), (f"{k}_flux_err", err))}})
+
+    noisy_flux = np.where(true > 10, true * 10 ** rng.normal(0, 0.1, 200), 0.0)
+    scores = metrics.score_catalogues(
+        {"vae": cat(noisy_flux, np.full(200, 5.0))}, cat(true, np.full(200, 0.1)),
+        pd.DataFrame({"galaxy": ids, **{f"true_{k}_flux": true for k in metrics.TABLE6_LINES}}))
+    fig = plots.figure9(scores, "vae", save=tmp_path / "fig9.png")
+    _png_ok(tmp_path / "fig9.png")
+    assert len(fig.axes) == 6 and fig.axes[0].get_title() == "Hα"
+    note = fig.axes[0].texts[0].get_text()
+    n_upper = int((noisy_flux == 0).sum())
+    assert f"N = 200 ({n_upper} limits)" in note and "σ_fill" in note and "σ vs truth" in note
+    with pytest.raises(KeyError, match="no scores for method 'pca'"):
+        plots.figure9(scores, "pca")
+
+
 def test_mse_vs_latent(tmp_path):
     tab = pd.DataFrame({"model": ["pca"] * 4 + ["ae"] * 4 + ["vae"] * 4,
                         "latent_dim": [2, 4, 6, 10] * 3,

@@ -97,6 +97,9 @@ class MZRTest:
                 "ours_n_measured": int(row["n_measured"]),
                 "paper_sfr_trend": paper.get("sfr_trend"),
                 "ours_sfr_spearman_r": round(float(row["sfr_spearman_r"]), 3),
+                "ours_n_common": int(row["n_common"]) if "n_common" in row else None,
+                "ours_scatter_common_dex": (round(float(row["scatter_std_common"]), 3)
+                                            if "scatter_std_common" in row else None),
             })
         return pd.DataFrame(rows).set_index("case")
 
@@ -151,6 +154,7 @@ def mzr_test(
     mass_column: str = "true_logmass",
     sfr_column: str | None = None,
     sfr_is_log: bool | None = None,
+    noisy_case: str | None = "desi",
 ) -> MZRTest:
     """Run the three-way MZR test on line catalogues of the same galaxies.
 
@@ -174,6 +178,10 @@ def mzr_test(
         log10 M_sun/yr), else ``true_sfr`` (linear M_sun/yr).
     sfr_is_log : bool, optional
         Whether ``sfr_column`` is already log10; default: only if its name says ``log``.
+    noisy_case : str, optional
+        The case measured on the noisy spectra without de-noising (default
+        ``"desi"``; ignored when not among ``catalogues``): its measurable count
+        is recorded as ``settings["n_measurable_noisy"]``.
 
     Returns
     -------
@@ -183,8 +191,11 @@ def mzr_test(
         statistic, measured vs all), ``scatter_std``, ``scatter_rms``,
         ``scatter_offset``, ``scatter_nmad``, ``median_oh_err``,
         ``bias_vs_true``/``std_vs_true`` (if ``true_oh`` is known),
-        ``sfr_spearman_r``, ``sfr_p_value``, ``sfr_slope``, and one
-        ``flag_<reason>`` count per :class:`OHFlag` bit.
+        ``sfr_spearman_r``, ``sfr_p_value``, ``sfr_slope``, one
+        ``flag_<reason>`` count per :class:`OHFlag` bit, and on the galaxies
+        measurable in every case: ``n_common``, ``scatter_std_common``,
+        ``scatter_offset_common``, ``median_oh_err_common`` and (with
+        ``true_oh``) ``bias_vs_true_common``/``std_vs_true_common``.
     """
     for col in ("galaxy", mass_column):
         if col not in truth.columns:
@@ -240,12 +251,37 @@ def mzr_test(
         rows[case] = row
         binned[case] = binned_mzr(logmass[sel], g["oh"].to_numpy()[sel], edges)
 
+    common = np.ones(len(truth), bool)
+    for g in galaxies.values():
+        common &= g["has_oh"].to_numpy(bool)
+    n_common = int(common.sum())
+    for case, g in galaxies.items():
+        rows[case].update(_on_common(g, logmass, common, reference, true_oh is not None))
+
     summary = pd.DataFrame.from_dict(rows, orient="index")
     summary.index.name = "case"
+    noisy = noisy_case if noisy_case in catalogues else None
     settings = {"calibration": calibration, "min_halpha_snr": min_halpha_snr,
                 "reference": reference.to_dict(), "bins": edges.tolist(),
-                "mass_column": mass_column, "sfr_column": sfr_column, "cases": list(catalogues)}
+                "mass_column": mass_column, "sfr_column": sfr_column, "cases": list(catalogues),
+                "n_common": n_common, "noisy_case": noisy,
+                "n_measurable_noisy": int(rows[noisy]["n_measured"]) if noisy else None}
     return MZRTest(galaxies=galaxies, summary=summary, binned=binned, settings=settings)
+
+
+def _on_common(g: pd.DataFrame, logmass: np.ndarray, common: np.ndarray, reference: ReferenceMZR,
+               with_truth: bool) -> dict[str, float]:
+    """One case's scatter, errors and bias on the galaxies measurable in every case."""
+    oh = g["oh"].to_numpy(float)[common]
+    n = int(common.sum())
+    sc = scatter(logmass[common], oh, reference)
+    out = {"n_common": n, "scatter_std_common": sc["std"], "scatter_offset_common": sc["offset"],
+           "median_oh_err_common": float(np.median(g["oh_err"].to_numpy(float)[common])) if n else np.nan}
+    if with_truth:
+        d = oh - g["true_oh"].to_numpy(float)[common]
+        out["bias_vs_true_common"] = float(np.median(d)) if n else np.nan
+        out["std_vs_true_common"] = float(np.std(d, ddof=1)) if n > 1 else np.nan
+    return out
 
 
 def format_comparison(result: MZRTest) -> str:
@@ -257,4 +293,13 @@ def format_comparison(result: MZRTest) -> str:
         ps = "-" if r["paper_scatter_dex"] is None or pd.isna(r["paper_scatter_dex"]) else f"{r['paper_scatter_dex']:.2f}"
         lines.append(f"{r['label']:<24} {ps:>13} {r['ours_scatter_dex']:>12.3f} {r['ours_fraction']:>13.3f} "
                      f"{r['ours_n_measured']:>6d} {r['ours_sfr_spearman_r']:>10.3f}  {r['paper_fraction']}")
+    if "ours_n_common" in tab and tab["ours_n_common"].notna().all():
+        n_common = int(tab["ours_n_common"].iloc[0])
+        same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
+        lines.append(f"on the same {n_common} galaxies (measurable in every case), scatter (dex): {same}")
+    noisy = result.settings.get("noisy_case")
+    if noisy and result.settings.get("n_measurable_noisy") is not None and noisy in result.summary.index:
+        total = int(result.summary.loc[noisy, "n_total"])
+        lines.append(f"measurable from the {LABELS.get(noisy, noisy)} spectra alone (no de-noising): "
+                     f"{result.settings['n_measurable_noisy']} of {total}")
     return "\n".join(lines)
