@@ -94,7 +94,8 @@ def quiet_native_logs() -> Iterator[bool]:
     cluster's workers) inherit the filtered descriptor.
     """
     try:
-        real = sys.stderr.fileno() == 2
+        # select() on pipes is POSIX-only.
+        real = os.name == "posix" and sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):
         real = False
     if not real:
@@ -104,7 +105,10 @@ def quiet_native_logs() -> Iterator[bool]:
     original = os.dup(2)
     if os.isatty(original) and "TQDM_NCOLS" not in os.environ:
         # Progress bars size themselves from descriptor 2, which is now a pipe.
-        os.environ["TQDM_NCOLS"] = str(os.get_terminal_size(original).columns - 1)
+        with contextlib.suppress(OSError):
+            columns = os.get_terminal_size(original).columns
+            if columns > 1:
+                os.environ["TQDM_NCOLS"] = str(columns - 1)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
