@@ -42,7 +42,7 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
     code, text, err = _run(["train", "vae", "--noisy", stores / "noisy.zarr", "--clean",
                             stores / "clean.zarr", "--latent", 2, "--epochs", 2, "--out", out], capsys)
     assert code == 0, err
-    assert "Epoch 2/2" in text + err and "saved" in text
+    assert "| 2/2 [" in err and "epoch" in err and "saved" in text
     card = json.loads((out / "card.json").read_text())
     assert card["kind"] == "vae" and card["architecture"]["units"] == [1000, 900, 600, 200]
     assert len(card["history"]["loss"]) == 2

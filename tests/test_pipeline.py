@@ -19,6 +19,7 @@ from survey_denoise.io.store import completed_chunks, missing_chunks, n_chunks, 
 from survey_denoise.pipeline import ConfigError, load_config, redone_chunks, run_pipeline
 
 CLI = str(Path(sys.executable).parent / "survey-denoise")
+REPO = Path(__file__).resolve().parent.parent
 
 def small_config(out: Path, *, n: int = 48, chunk: int = 6, model: str | None = None) -> dict:
     """mock -> preprocess -> degrade -> (train PCA on half) -> denoise -> fit (fast) -> science."""
@@ -112,7 +113,11 @@ def test_model_made_for_another_grid_or_normalisation_is_refused(tmp_path):
 
 
 def test_shipped_pipelines_are_valid():
-    for path in sorted(Path("pipelines").glob("*.yaml")):
+    # Anchored to the repository: a glob relative to the working directory
+    # finds nothing when pytest runs from elsewhere, and the test would pass.
+    shipped = sorted((REPO / "pipelines").glob("*.yaml"))
+    assert shipped, f"no pipelines/*.yaml under {REPO}"
+    for path in shipped:
         try:
             load_config(path)
         except ConfigError as err:

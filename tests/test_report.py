@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _mzr_sample import synthetic_catalogues, synthetic_truth
+from _services import require
 
 from survey_denoise.cli import main
 from survey_denoise.grid import GRID
@@ -123,9 +124,9 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(_chromium() is None,
-                    reason="Debian's chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
+    require(None if _chromium() else
+            "Debian's chromium is not installed (apt-get install -y chromium)")
     run = make_run(tmp_path / "run")
     out = build_report(run, tmp_path / "site" / "report.html")
     shot = tmp_path / "screenshot.png"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _services import require
 from test_pipeline import _wait_for_partial, assert_same_outputs, small_config, write_config
 
 from survey_denoise.io.store import missing_chunks
@@ -26,8 +27,13 @@ def _slurm_state() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_slurm_state() is not None,
-                                                     reason=str(_slurm_state()))]
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _slurm_is_up():
+    # Module scope, so that it runs before the module's local reference run.
+    require(_slurm_state())
 
 
 def cluster_file(tmp_path: Path, name: str, jobs: int = 2) -> Path:

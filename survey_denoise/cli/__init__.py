@@ -51,8 +51,15 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="survey_denoise")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show TensorFlow's start-up messages (hidden otherwise), workers' included.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """De-noise galaxy spectra and build emission-line and MZR catalogues."""
+    if not verbose:
+        from .quiet import quiet_native_logs
+
+        ctx.with_resource(quiet_native_logs())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,9 @@ cluster_option = click.option(
     help="Where to compute: 'local' (a Dask LocalCluster), 'slurm' "
          "(dask-jobqueue, configured in cluster/slurm.yaml) or a scheduler address.",
 )
+no_progress_option = click.option(
+    "--no-progress", "no_progress", is_flag=True,
+    help="No progress bars (for logs and batch jobs).")
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
     help="Number of local worker processes (default: one per core).",

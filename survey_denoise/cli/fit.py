@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, client_for, cluster_option, workers_option
+from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
 
 def _stem(out: Path) -> Path:
@@ -25,7 +25,8 @@ def _stem(out: Path) -> Path:
 @workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalogue.")
 @click.option("--resume", is_flag=True, help="Fit only the galaxy chunks an interrupted run left.")
-def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> None:
+@no_progress_option
+def fit(store, out, method, templates, cluster, workers, overwrite, resume, no_progress) -> None:
     """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
     from ..fitting import fit_lines
     from ..fitting.catalogue import write_catalogue
@@ -43,7 +44,7 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> N
     cat = fit_lines(ds, method=method, templates=str(templates) if templates else None)
     with client_for(cluster, workers) as client:
         report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
-                             progress=True, label=f"fit ({method})", spectra=False)
+                             progress=not no_progress, label=f"fit ({method})", spectra=False)
     pq_path, fits_path = write_catalogue(open_store(table, spectra=False), stem)
     click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, client_for, cluster_option, workers_option
+from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
 
 def _common_options(command):
@@ -21,6 +21,7 @@ def _common_options(command):
         click.option("--overwrite", is_flag=True, help="Replace an existing store."),
         click.option("--resume", is_flag=True,
                      help="Finish an interrupted write of the same files into STORE."),
+        no_progress_option,
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -68,7 +69,7 @@ def auto(files, **kwargs) -> None:
 
 
 def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
-         chunk_size: int | None, overwrite: bool, resume: bool) -> None:
+         chunk_size: int | None, overwrite: bool, resume: bool, no_progress: bool) -> None:
     from ..io.ingest import DEFAULT_CHUNK_SIZE, NothingRead, summarise
     from ..io.ingest import ingest as ingest_files
     from ..io.store import write_store
@@ -79,12 +80,12 @@ def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
         raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
     with client_for(cluster, workers) as client:
         try:
-            ds, skipped = ingest_files(files, fmt, client=client, progress=True,
+            ds, skipped = ingest_files(files, fmt, client=client, progress=not no_progress,
                                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, options=options)
         except NothingRead as err:
             raise UserError(str(err)) from None
         report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
-                             progress=True, label="write")
+                             progress=not no_progress, label="write")
     wave = ds["wavelength"].values
     click.echo(f"ingested {ds.sizes['galaxy']} galaxies from {len(files) - _n_files(skipped)} of "
                f"{len(files)} file(s) into {out} ({report.n_chunks} chunk(s), "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, client_for, cluster_option, workers_option
+from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
 
 @click.command("mock")
@@ -30,8 +30,9 @@ from .common import UserError, client_for, cluster_option, workers_option
 @workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted write of the same survey.")
+@no_progress_option
 def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chunk_size,
-         cluster, workers, overwrite, resume) -> None:
+         cluster, workers, overwrite, resume, no_progress) -> None:
     """Generate a mock survey (spectra + truth) in the raw schema."""
     from ..io.store import open_store, write_store
     from ..mock import MockConfig, generate, select, write_truth
@@ -54,7 +55,7 @@ def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chun
     ds = generate(ids, cfg, chunk_size=chunk_size, design=design)
     with client_for(cluster, workers) as client:
         report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
-                             progress=True, label="mock")
+                             progress=not no_progress, label="mock")
     if truth is not None:
         write_truth(open_store(out), truth)
     click.echo(f"mock: {n} galaxies ({design}, {survey}, seed {seed}) into {out} "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, cluster_option, workers_option
+from .common import UserError, cluster_option, no_progress_option, workers_option
 
 
 @click.command()
@@ -20,7 +20,7 @@ from .common import UserError, cluster_option, workers_option
               help="Write the run here instead of the config's outputs.dir.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check the config (and print the plan); run nothing.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@no_progress_option
 def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path | None,
         check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, client_for, cluster_option, workers_option
+from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
 
 def _store_options(command):
@@ -29,6 +29,7 @@ def _store_options(command):
         workers_option,
         click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
         click.option("--resume", is_flag=True, help="Finish an interrupted write of the same output."),
+        no_progress_option,
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -42,7 +43,7 @@ def _store_options(command):
 @click.option("--min-coverage", type=click.FloatRange(0, 1), default=None,
               help="Least fraction of grid pixels a spectrum must cover.  [default: 0.9]")
 def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
-               resume: bool, norm: str, min_coverage: float | None) -> None:
+               resume: bool, no_progress: bool, norm: str, min_coverage: float | None) -> None:
     """Shift the spectra of raw store IN to the rest frame, resample onto the grid, normalise."""
     from ..io.store import open_store
     from ..preprocess import DEFAULT_MIN_COVERAGE
@@ -52,7 +53,7 @@ def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, ove
     ds = open_store(store_in, frame="observed")
     coverage = DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage
     result = run(ds, norm=norm, min_coverage=coverage)
-    _write(result, out, cluster, workers, overwrite, resume, "preprocess")
+    _write(result, out, cluster, workers, overwrite, resume, "preprocess", not no_progress)
 
 
 @click.command()
@@ -69,8 +70,8 @@ def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, ove
 @click.option("--cosmology", default="Planck18", show_default=True,
               help="astropy cosmology for luminosity distances (with --z-target).")
 def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
-            noise_spec: str, z_target: float | None, exptime: float | None, seed: int,
-            cosmology: str) -> None:
+            no_progress: bool, noise_spec: str, z_target: float | None, exptime: float | None,
+            seed: int, cosmology: str) -> None:
     """Add noise to the rest-frame spectra of store IN."""
     from ..io.store import open_store
     from ..noise import degrade as run
@@ -90,7 +91,7 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
         result = run(ds, model, seed=seed, z_target=z_target, cosmology=cosmology)
     except ValueError as err:
         raise UserError(f"{store_in}: {err}") from None
-    _write(result, out, cluster, workers, overwrite, resume, "degrade")
+    _write(result, out, cluster, workers, overwrite, resume, "degrade", not no_progress)
 
 
 @click.command()
@@ -103,7 +104,8 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
               help="VAE only: posterior decodes per spectrum; their spread gives flux_std and ivar.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior draws.")
 def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
-            resume: bool, model_dir: Path, batch_size: int, samples: int, seed: int) -> None:
+            resume: bool, no_progress: bool, model_dir: Path, batch_size: int, samples: int,
+            seed: int) -> None:
     """De-noise the rest-frame spectra of store IN with the model MODEL_DIR."""
     from ..inference import denoise as run
     from ..io.store import open_store
@@ -114,7 +116,7 @@ def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
         result = run(ds, model_dir, batch_size=batch_size, n_samples=samples, seed=seed)
     except ValueError as err:  # SchemaError included: a model made for other data
         raise UserError(str(err)) from None
-    _write(result, out, cluster, workers, overwrite, resume, "denoise")
+    _write(result, out, cluster, workers, overwrite, resume, "denoise", not no_progress)
 
 
 def parse_noise(spec: str):
@@ -147,13 +149,13 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def _write(ds, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
-           label: str) -> None:
+           label: str, progress: bool = True) -> None:
     from .. import flags as flagbits
     from ..io.store import open_store, write_store
 
     with client_for(cluster, workers) as client:
         report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
-                             progress=True, label=label)
+                             progress=progress, label=label)
     written = open_store(out)
     counts = flagbits.count(written["flags"].values)
     dropped = int(flagbits.dropped(written["flags"].values).sum())

@@ -2,7 +2,7 @@
 
 ``train pca|ae|vae --noisy STORE --clean STORE --latent K --out MODEL_DIR``
 fits a model on a noise-added store and its clean twin (batches streamed
-from Zarr), prints one line per epoch, saves the model folder (artefact +
+from Zarr), shows a bar over epochs with the loss, saves the model folder (artefact +
 card) and the loss curves (``loss.png``).  ``--search N`` first runs the
 paper's random search (N trials of at most 25 epochs; table
 ``search.csv``) and trains the best architecture for ``--epochs``.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, client_for, cluster_option, workers_option
+from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
 
 def _open(path: Path):
@@ -45,8 +45,9 @@ def _open(path: Path):
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 @cluster_option
 @workers_option
+@no_progress_option
 def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, seed, validation_split,
-          overwrite, cluster, workers) -> None:
+          overwrite, cluster, workers, no_progress) -> None:
     """Train a PCA, AE or VAE de-noiser on the stores NOISY -> CLEAN."""
     from ..models import model_class
     from ..models.figures import loss_curves
@@ -56,7 +57,7 @@ def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, seed
     ds_noisy, ds_clean = _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
     params = {"seed": seed}
     if kind != "pca":
-        params.update(epochs=epochs, verbose=2)
+        params.update(epochs=epochs, verbose=0 if no_progress else 1)
     if n_search:
         if kind == "pca":
             raise UserError("--search is for ae and vae (PCA has only --latent)")

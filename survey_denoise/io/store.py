@@ -159,7 +159,8 @@ def write_store(
         Cluster to compute on (default: the current client if there is one,
         else Dask's local threads).
     progress : bool or callable
-        Show a progress bar, or call ``progress(done, total)`` per chunk.
+        Show a progress bar counting galaxies, or call ``progress(done, total)``
+        (galaxies written, galaxies in the store) as each chunk finishes.
     label : str
         Name shown on the progress bar.
     spectra : bool
@@ -195,13 +196,16 @@ def write_store(
     todo = missing_chunks(path)
     starts = np.concatenate([[0], np.cumsum(plan["chunks"])]).astype(int)
     report = WriteReport(path=path, n_chunks=len(plan["chunks"]))
-    on_done = _progress_callback(progress, len(plan["chunks"]), label, initial=report.n_chunks - len(todo))
+    sizes = np.diff(starts)
+    # Counted in galaxies, the unit a user sizes a run in; "0/1 chunk" said nothing.
+    on_done = _progress_callback(progress, int(sizes.sum()), label,
+                                 initial=int(sizes.sum() - sizes[todo].sum()))
     fixed = [v for v in ds.variables if "galaxy" not in ds[v].dims]
     try:
         for i in _run_regions(ds.drop_vars(fixed), path, todo, starts, client):
             (path / PROGRESS_DIR / f"chunk-{i:06d}").touch()
             report.written.append(i)
-            on_done(1)
+            on_done(int(sizes[i]))
     finally:
         on_done(None)
     report.seconds = time.perf_counter() - t0
@@ -278,7 +282,7 @@ def _progress_callback(progress, total: int, label: str, initial: int):
         return lambda n: None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=initial, desc=label, unit="chunk", leave=True)
+    bar = tqdm(total=total, initial=initial, desc=label, unit="galaxy", leave=True)
 
     def cb(n):
         if n is None:

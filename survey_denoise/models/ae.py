@@ -29,7 +29,8 @@ class AEDenoiser(KerasDenoiser):
     seed : int, optional
         Seed of initial weights, dropout, shuffling and the validation split.
     verbose : int
-        Keras' progress display (0 silent, 1 bar, 2 one line per epoch).
+        Progress display while training: 0 nothing, 1 a bar over epochs with
+        the latest losses, 2 Keras' one line per epoch.
     standardise : bool
         Wrap the network in a fixed standardisation of its input and output
         computed from the training set (mean spectra, overall spreads; see

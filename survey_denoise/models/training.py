@@ -84,6 +84,35 @@ def plateau_callback(rule: PlateauRule, monitor: str = "val_loss"):
     return PlateauCallback()
 
 
+def epoch_bar(epochs: int, desc: str = "train"):
+    """A Keras callback showing a progress bar over epochs with the latest losses.
+
+    Parameters
+    ----------
+    epochs : int
+        Most epochs of the run (the bar's total; the plateau rule may stop earlier).
+    desc : str
+        Label of the bar.
+    """
+    import keras
+    from tqdm.auto import tqdm
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "val_loss") if k in logs}
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
+
+
 def standardisation(pairs, rows: np.ndarray) -> dict:
     """Fixed input/output transformation of the network from the training rows.
 
@@ -194,8 +223,11 @@ class KerasDenoiser(Denoiser):
                if parts.validation.size else None)
         rule = PlateauRule(self.patience, self.min_delta)
         monitor = "val_loss" if val is not None else "loss"
+        callbacks = [plateau_callback(rule, monitor)]
+        if self.verbose == 1:  # Keras' own bar counts batches; ours counts epochs
+            callbacks.append(epoch_bar(self.epochs, desc=self.kind))
         history = self.model_.fit(train, validation_data=val, epochs=self.epochs,
-                                  callbacks=[plateau_callback(rule, monitor)], verbose=self.verbose)
+                                  callbacks=callbacks, verbose=2 if self.verbose == 2 else 0)
         self.epochs_run_ = len(history.history.get("loss", []))
         return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
