@@ -213,7 +213,8 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     kwargs["worker_extra_args"] = extra
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
         + list(settings.get("job-script-prologue") or [])
-    kwargs["scheduler_options"] = {"dashboard_address": settings.get("dashboard-address", ":0")}
+    kwargs["scheduler_options"] = {
+        "dashboard_address": settings.get("dashboard-address", "127.0.0.1:0")}
     if security is not None:
         kwargs["security"] = security
         directory = Path(os.path.expandvars(settings["shared-temp-directory"])).expanduser()
@@ -328,11 +329,11 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
             echo(f"local cluster: {len(cluster.workers)} workers, dashboard {client.dashboard_link}")
             yield client
     elif "://" in spec:
-        with Client(spec) as client:
+        with _remote_client(spec, address=spec) as client:
             echo(f"scheduler {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec.endswith(".json") and Path(spec).is_file():
-        with Client(scheduler_file=spec) as client:
+        with _remote_client(spec, scheduler_file=spec) as client:
             echo(f"scheduler from {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec in SYSTEMS or spec.endswith((".yaml", ".yml")):
@@ -350,3 +351,31 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
     else:
         raise UnknownCluster(f"unknown cluster {spec!r}: use 'local', one of {', '.join(SYSTEMS)}, "
                              "a cluster YAML file or a scheduler address")
+
+
+def _remote_client(spec: str, **where):
+    """A Client of a scheduler started elsewhere, or an UnknownCluster saying why not.
+
+    Connecting waits ``scheduler.connect-timeout`` seconds (Dask's own
+    default is 30 s of silence); a ``tls://`` address needs the TLS files in
+    Dask's configuration, without which ``distributed`` fails deep inside
+    with an unrelated TypeError.
+    """
+    from distributed import Client
+    from distributed.security import Security
+
+    security = Security()
+    address = where.get("address", "")
+    if address.startswith("tls://") and not (security.tls_ca_file and security.tls_client_cert):
+        raise UnknownCluster(
+            f"--cluster {spec}: a tls:// scheduler needs TLS credentials; set "
+            "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert/key in Dask's "
+            "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=...)")
+    timeout = float(setting("scheduler.connect-timeout"))
+    try:
+        return Client(**where, timeout=f"{timeout}s")
+    except OSError as err:  # connect() puts back the scheduler setting a failed Client leaves
+        raise UnknownCluster(
+            f"--cluster {spec}: no scheduler answered within {timeout:g} s ({err}); check the "
+            "address, or wait longer with DASK_SURVEY_DENOISE__SCHEDULER__CONNECT_TIMEOUT="
+            "SECONDS") from None

@@ -1,0 +1,34 @@
+"""User errors of the command line that used to end in tracebacks: one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import _data
+from _cli import assert_user_error, run
+
+NGC3073 = str(_data.NGC3073)
+
+
+def test_unknown_cluster_is_one_line(tmp_path):
+    result = run("ingest", "sdss", NGC3073, "--out", tmp_path / "a.zarr", "--cluster", "foo")
+    assert_user_error(result, "unknown cluster 'foo'")
+    result = run("preprocess", tmp_path / "a.zarr", "--out", tmp_path / "b.zarr", "--cluster", "foo")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_tls_scheduler_without_credentials_is_one_line(tmp_path):
+    result = run("ingest", "sdss", NGC3073, "--out", tmp_path / "a.zarr",
+                 "--cluster", "tls://127.0.0.1:1")
+    assert_user_error(result, "tls://127.0.0.1:1", "TLS credentials")
+
+
+def test_unreachable_scheduler_gives_up_after_the_configured_timeout(tmp_path):
+    env = {**os.environ, "DASK_SURVEY_DENOISE__SCHEDULER__CONNECT_TIMEOUT": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from survey_denoise.cli import main; main()", "ingest", "sdss",
+         NGC3073, "--out", str(tmp_path / "a.zarr"), "--cluster", "tcp://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert_user_error(result, "tcp://127.0.0.1:1", "within 2 s", "CONNECT_TIMEOUT")
