@@ -32,3 +32,40 @@ def test_unreachable_scheduler_gives_up_after_the_configured_timeout(tmp_path):
          NGC3073, "--out", str(tmp_path / "a.zarr"), "--cluster", "tcp://127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, env=env)
     assert_user_error(result, "tcp://127.0.0.1:1", "within 2 s", "CONNECT_TIMEOUT")
+
+
+def _files_config(tmp_path, paths, fmt=None, out="run"):
+    import yaml
+
+    files = {"paths": [str(p) for p in paths]}
+    if fmt is not None:
+        files["format"] = fmt
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump({"name": "files", "input": {"files": files}, "chunk": 2,
+                                    "outputs": {"dir": str(tmp_path / out)}}))
+    return path
+
+
+def test_unknown_file_format_fails_the_check(tmp_path):
+    config = _files_config(tmp_path, [NGC3073], fmt="sdsss")
+    assert_user_error(run("run", config, "--check"), "input.files.format", "'sdsss'", "sdss")
+    assert not (tmp_path / "run").exists()
+
+
+def _junk(tmp_path, name="junk.fits"):
+    path = tmp_path / name
+    path.write_text("not a FITS file")
+    return path
+
+
+def test_pipeline_with_no_readable_file_is_one_line(tmp_path):
+    config = _files_config(tmp_path, [_junk(tmp_path), _junk(tmp_path, "junk2.fits")])
+    result = run("run", config, "--workers", "1", "--no-progress")
+    assert_user_error(result, "none of the 2 files could be read", "junk.fits")
+
+
+def test_files_skipped_by_a_pipeline_are_in_the_summary(tmp_path):
+    config = _files_config(tmp_path, [NGC3073, _junk(tmp_path)])
+    result = run("run", config, "--workers", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 file(s)" in result.stdout and "junk.fits" in result.stdout, result.stdout

@@ -25,6 +25,7 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path
         check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
     from ..cluster import UnknownCluster
+    from ..io.ingest import NothingRead
     from ..pipeline import ConfigError, load_config, run_pipeline
 
     try:
@@ -36,5 +37,5 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path
             return
         run_pipeline(cfg, cluster=cluster, workers=workers, resume=resume,
                      progress=not no_progress, echo=click.echo)
-    except (ConfigError, UnknownCluster) as err:
+    except (ConfigError, UnknownCluster, NothingRead) as err:
         raise UserError(str(err)) from None

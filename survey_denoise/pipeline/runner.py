@@ -45,6 +45,7 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # io.ingest.Skipped: files the ingest left out
 
     @property
     def throughput(self) -> float:
@@ -55,7 +56,8 @@ class RunSummary:
         return {"galaxies": self.galaxies, "flagged": self.flagged, "failed": self.failed,
                 "seconds": round(self.seconds, 3),
                 "galaxies_per_second": round(self.throughput, 3),
-                "chunks_written": {k: len(v.written) for k, v in self.stages.items()}}
+                "chunks_written": {k: len(v.written) for k, v in self.stages.items()},
+                "skipped": [str(s) for s in self.skipped]}
 
     def __str__(self) -> str:
         lines = [f"{'stage':<24}{'chunks':>8}{'written':>9}{'seconds':>10}"]
@@ -64,6 +66,10 @@ class RunSummary:
         lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
                      f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
                      f"outputs in {self.folder}")
+        if self.skipped:
+            from ..io.ingest import summarise
+
+            lines.append(summarise(self.skipped))
         return "\n".join(lines)
 
 
@@ -153,6 +159,7 @@ class Runner:
             ds, skipped = stages.ingest(cfg, self.client)
             for item in skipped:
                 self.log.info(f"ingest skipped: {item}")
+            self.summary.skipped = list(skipped)
             stores["raw"] = self._write("ingest", ds, "raw.zarr")
         if st.preprocess is not None and "preprocessed" not in stores:
             stores["preprocessed"] = self._stage(
