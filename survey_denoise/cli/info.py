@@ -165,7 +165,9 @@ def _short(value) -> str:
             return f"[{len(value)} items: {', '.join(_short(v) for v in value[:2])}, ...]"
         return "[" + ", ".join(_short(v) for v in value) + "]"
     text = str(value)
-    if isinstance(value, str) and os.sep in text:
+    # Paths shrink to their last part; a sentence with a slash in it
+    # ("constant 1/val_mse = ... per pixel") is not a path.
+    if isinstance(value, str) and os.sep in text and not any(c.isspace() for c in text):
         text = Path(text).name
     return text if len(text) <= 60 else text[:57] + "..."
 

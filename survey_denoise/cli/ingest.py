@@ -20,7 +20,7 @@ def _common_options(command):
                      help="Galaxies per chunk of the store.  [default: 1000]"),
         click.option("--overwrite", is_flag=True, help="Replace an existing store."),
         click.option("--resume", is_flag=True,
-                     help="Finish an interrupted write of the same files into STORE."),
+                     help="Finish an interrupted write of the same files into the --out store."),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)

@@ -104,7 +104,7 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior draws.")
 def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
             resume: bool, model_dir: Path, batch_size: int, samples: int, seed: int) -> None:
-    """De-noise the rest-frame spectra of store IN with the model MODEL_DIR."""
+    """De-noise the rest-frame spectra of store IN with the saved model given by --model."""
     from ..inference import denoise as run
     from ..io.store import open_store
 
