@@ -69,3 +69,24 @@ def test_files_skipped_by_a_pipeline_are_in_the_summary(tmp_path):
     result = run("run", config, "--workers", "1", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "skipped 1 file(s)" in result.stdout and "junk.fits" in result.stdout, result.stdout
+
+
+def test_rerun_says_how_to_proceed_and_overwrite_replaces_the_run(tmp_path):
+    config = _files_config(tmp_path, [NGC3073])
+    first = run("run", config, "--workers", "1", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "run" / "stale.txt").write_text("left from the first run")
+
+    again = run("run", config, "--workers", "1", "--no-progress")
+    assert_user_error(again, "holds a run already", "--resume", "--overwrite", "--out")
+    assert_user_error(run("run", config, "--overwrite", "--resume"), "exclude")
+
+    replaced = run("run", config, "--workers", "1", "--no-progress", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (tmp_path / "run" / "stale.txt").exists()
+    assert "spectra/s" in replaced.stdout
+
+    # A resume of the finished run computes nothing and claims no throughput.
+    resumed = run("run", config, "--workers", "1", "--no-progress", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "spectra/s" not in resumed.stdout and "nothing to compute" in resumed.stdout

@@ -16,13 +16,15 @@ from .common import UserError, cluster_option, workers_option
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted run in the config's output folder: only missing "
                    "chunks are computed.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (it is deleted).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the run here instead of the config's outputs.dir.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check the config (and print the plan); run nothing.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path | None,
-        check_only: bool, no_progress: bool) -> None:
+def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite: bool,
+        out: Path | None, check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
     from ..cluster import UnknownCluster
     from ..io.ingest import NothingRead
@@ -36,6 +38,6 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path
                        f"{', '.join(cfg.fit_targets()) or 'none'}, outputs in {cfg.outputs.dir}")
             return
         run_pipeline(cfg, cluster=cluster, workers=workers, resume=resume,
-                     progress=not no_progress, echo=click.echo)
+                     progress=not no_progress, echo=click.echo, overwrite=overwrite)
     except (ConfigError, UnknownCluster, NothingRead) as err:
         raise UserError(str(err)) from None
