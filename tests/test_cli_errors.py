@@ -90,3 +90,36 @@ def test_rerun_says_how_to_proceed_and_overwrite_replaces_the_run(tmp_path):
     resumed = run("run", config, "--workers", "1", "--no-progress", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "spectra/s" not in resumed.stdout and "nothing to compute" in resumed.stdout
+
+
+def _truncated_pca(tmp_path):
+    from _denoise_data import datasets
+
+    from survey_denoise.io.store import write_store
+    from survey_denoise.models import PCADenoiser
+
+    noisy, clean = datasets(40, seed=3)
+    store = tmp_path / "noisy.zarr"
+    write_store(noisy.chunk({"galaxy": 10}), store, progress=False)
+    model = PCADenoiser(latent=2).fit(noisy, clean).save(tmp_path / "pca")
+    artefact = model / "model.npz"
+    artefact.write_bytes(artefact.read_bytes()[: artefact.stat().st_size // 2])
+    return store, model
+
+
+def test_truncated_model_is_one_line_before_any_task(tmp_path):
+    store, model = _truncated_pca(tmp_path)
+    result = run("denoise", store, "--model", model, "--out", tmp_path / "d.zarr", "--workers", "1")
+    assert_user_error(result, "model.npz", "truncated")
+    assert not (tmp_path / "d.zarr").exists()
+
+    import yaml
+
+    config = tmp_path / "denoise.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "d", "input": {"store": {"path": str(store), "frame": "rest"}},
+        "stages": {"denoise": {"model": str(model), "input": "preprocessed"}},
+        "outputs": {"dir": str(tmp_path / "run")}}))
+    result = run("run", config, "--workers", "1", "--no-progress")
+    assert_user_error(result, "stages.denoise.model", "model.npz", "truncated")
+    assert not (tmp_path / "run").exists()

@@ -367,6 +367,13 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
     if resume and overwrite:
         raise ConfigError("--overwrite and --resume exclude each other")
     check_folder(config, resume, overwrite)  # before a cluster starts
+    if config.stages.denoise is not None and config.stages.denoise.model != "train":
+        from ..models import UnreadableModel, check_loadable
+
+        try:
+            check_loadable(config.stages.denoise.model)  # once, not once per task
+        except UnreadableModel as err:
+            raise ConfigError(f"stages.denoise.model: {err}") from None
     with connect(cluster, n_workers=workers, echo=echo) as client:
         if overwrite:
             _clear_run(Path(config.outputs.dir))
