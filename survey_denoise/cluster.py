@@ -23,6 +23,7 @@ mode 0600, removed when the cluster closes).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -310,10 +311,44 @@ def connect(spec: str = "local", n_workers: int | None = None, *, tls: bool | No
     # behind, and every later compute in this process would then ask for a
     # client that does not exist; put the caller's setting back whatever happens.
     scheduler = dask.config.get("scheduler", None)
+    logger = logging.getLogger("distributed.scheduler")
+    logger.addFilter(_EXPLAINED)
     try:
         yield from _connect(spec, n_workers, tls, echo or (lambda message: None))
     finally:
+        logger.removeFilter(_EXPLAINED)
         dask.config.set(scheduler=scheduler)
+
+
+class _ExplainedByCaller(logging.Filter):
+    # The scheduler logs a task whose workers died as an ERROR line; the
+    # caller receives the KilledWorker and explains it (explain_killed_worker),
+    # so that line would only be a second, less useful error message.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task %s marked as failed because %d workers died")
+
+
+_EXPLAINED = _ExplainedByCaller()
+
+
+def explain_killed_worker(err: BaseException) -> str:
+    """One line for a :class:`distributed.KilledWorker`: what ran out, what to change.
+
+    Workers that die while running the same task are, for this package's
+    tasks, nearly always killed by their nanny for passing their memory limit.
+    """
+    from dask.utils import format_bytes, key_split
+
+    worker = getattr(err, "last_worker", None)
+    limit = getattr(worker, "memory_limit", None)
+    name = key_split(getattr(err, "task", "?"))
+    per_worker = f" of {format_bytes(limit)}" if limit else ""
+    tries = getattr(err, "allowed_failures", 0) + 1
+    return (f"{tries} worker(s) died running task {name!r}, most likely out of memory (limit"
+            f"{per_worker} per worker); use smaller chunks (--chunk-size, or chunk: in a pipeline "
+            "config), a smaller --batch-size (stages.denoise.batch_size) when de-noising, or more "
+            "memory per worker (fewer --workers; DASK_SURVEY_DENOISE__LOCAL__MEMORY_LIMIT, or "
+            "memory: in the cluster file)")
 
 
 def _connect(spec: str, n_workers: int | None, tls: bool | None,

@@ -123,3 +123,32 @@ def test_truncated_model_is_one_line_before_any_task(tmp_path):
     result = run("run", config, "--workers", "1", "--no-progress")
     assert_user_error(result, "stages.denoise.model", "model.npz", "truncated")
     assert not (tmp_path / "run").exists()
+
+
+def _hog():
+    import time
+
+    import numpy as np
+
+    held = np.ones(int(1.5e8))  # 1.2 GB, three times the worker's limit
+    time.sleep(5)
+    return float(held[0])
+
+
+def test_workers_out_of_memory_say_what_ran_out_and_what_to_change(capfd):
+    import dask.config
+    import pytest
+
+    from survey_denoise.cli.common import UserError, client_for
+
+    settings = {"survey-denoise.local.memory-limit": "400MB",
+                "distributed.scheduler.allowed-failures": 0}
+    with dask.config.set(settings), pytest.raises(UserError) as err:
+        with client_for("local", 1) as client:
+            client.submit(_hog).result()
+    message = str(err.value)
+    for fragment in ("task 'hog'", "out of memory", "381.47 MiB per worker", "--chunk-size",
+                     "--batch-size",
+                     "MEMORY_LIMIT"):
+        assert fragment in message, message
+    assert "marked as failed" not in capfd.readouterr().err

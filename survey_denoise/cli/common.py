@@ -34,10 +34,14 @@ workers_option = click.option(
 @contextlib.contextmanager
 def client_for(cluster: str, workers: int | None = None) -> Iterator[object]:
     """A connected ``distributed.Client`` for ``--cluster``, closed on exit."""
-    from ..cluster import UnknownCluster, connect
+    from distributed import KilledWorker
+
+    from ..cluster import UnknownCluster, connect, explain_killed_worker
 
     try:
         with connect(cluster, n_workers=workers) as client:
             yield client
     except UnknownCluster as err:
         raise UserError(str(err)) from None
+    except KilledWorker as err:
+        raise UserError(explain_killed_worker(err)) from None

@@ -26,7 +26,9 @@ from .common import UserError, cluster_option, workers_option
 def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite: bool,
         out: Path | None, check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
-    from ..cluster import UnknownCluster
+    from distributed import KilledWorker
+
+    from ..cluster import UnknownCluster, explain_killed_worker
     from ..io.ingest import NothingRead
     from ..pipeline import ConfigError, load_config, run_pipeline
 
@@ -41,3 +43,5 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite
                      progress=not no_progress, echo=click.echo, overwrite=overwrite)
     except (ConfigError, UnknownCluster, NothingRead) as err:
         raise UserError(str(err)) from None
+    except KilledWorker as err:
+        raise UserError(explain_killed_worker(err)) from None
