@@ -360,15 +360,16 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
         security = temporary_security() if use_tls else None
         threads = int(setting("local.threads-per-worker"))
         with local_cluster(n_workers, threads, security=security) as cluster, \
-                Client(cluster, security=security) as client:
+                Client(cluster, security=security) as client, _lost_workers_reported(client, echo):
             echo(f"local cluster: {len(cluster.workers)} workers, dashboard {client.dashboard_link}")
             yield client
     elif "://" in spec:
-        with _remote_client(spec, address=spec) as client:
+        with _remote_client(spec, address=spec) as client, _lost_workers_reported(client, echo):
             echo(f"scheduler {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec.endswith(".json") and Path(spec).is_file():
-        with _remote_client(spec, scheduler_file=spec) as client:
+        with _remote_client(spec, scheduler_file=spec) as client, \
+                _lost_workers_reported(client, echo):
             echo(f"scheduler from {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec in SYSTEMS or spec.endswith((".yaml", ".yml")):
@@ -379,13 +380,42 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
             else:
                 cluster.adapt(minimum_jobs=settings["adapt"]["minimum-jobs"],
                               maximum_jobs=settings["adapt"]["maximum-jobs"])
-            with Client(cluster, security=cluster.security) as client:
+            with Client(cluster, security=cluster.security) as client, \
+                    _lost_workers_reported(client, echo):
                 echo(f"{settings['system']} cluster: dashboard {client.dashboard_link}")
                 client.wait_for_workers(1, timeout=setting("scheduler.worker-start-timeout"))
                 yield client
     else:
         raise UnknownCluster(f"unknown cluster {spec!r}: use 'local', one of {', '.join(SYSTEMS)}, "
                              "a cluster YAML file or a scheduler address")
+
+
+@contextlib.contextmanager
+def _lost_workers_reported(client, echo: Callable[[str], None]) -> Iterator[None]:
+    """Report each worker the scheduler loses unexpectedly, while ``client`` is in use.
+
+    Dask recomputes a lost worker's tasks elsewhere without a word; a
+    worker that keeps dying (memory, walltime, a failing node) should be
+    seen before it costs the run.
+    """
+    def report(event: tuple) -> None:
+        message = event[1]
+        if not (isinstance(message, dict) and message.get("action") == "remove-worker"
+                and not message.get("expected")):
+            return
+        tasks = len(message.get("processing-tasks") or ()) + len(message.get("lost-computed-tasks")
+                                                                   or ())
+        echo(f"warning: worker {message.get('worker')} was lost (killed for memory, past its "
+             f"walltime, or its node failed); {tasks} of its task(s) will run on other workers")
+
+    client.subscribe_topic("all", report)
+    try:
+        yield
+    finally:
+        # Unsubscribe before the client closes, or the scheduler writes its
+        # last events to a closed connection and logs a traceback.
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic("all")
 
 
 def _remote_client(spec: str, **where):

@@ -165,3 +165,27 @@ def test_unreachable_or_credential_less_scheduler_is_named_quickly():
             with connect("tcp://127.0.0.1:1", echo=None):
                 pass
     assert time.perf_counter() - t0 < 10
+
+
+def _slow(i):
+    import time
+
+    time.sleep(3)
+    return i
+
+
+def test_a_lost_worker_is_reported_by_name(capfd):
+    import signal
+    import time
+
+    lines = []
+    with connect("local", n_workers=2, echo=lines.append) as client:
+        futures = client.map(_slow, range(4))
+        time.sleep(1.5)
+        address, pid = next(iter(client.run(os.getpid).items()))
+        os.kill(pid, signal.SIGKILL)  # the nanny starts a new worker; Dask recomputes
+        assert client.gather(futures) == [0, 1, 2, 3]
+        time.sleep(0.5)
+    lost = [line for line in lines if "was lost" in line]
+    assert len(lost) == 1 and address in lost[0] and "task(s)" in lost[0], lines
+    assert "Traceback" not in capfd.readouterr().err
