@@ -152,3 +152,22 @@ def test_workers_out_of_memory_say_what_ran_out_and_what_to_change(capfd):
                      "MEMORY_LIMIT"):
         assert fragment in message, message
     assert "marked as failed" not in capfd.readouterr().err
+
+
+def test_ingest_desi_of_an_sdss_file_says_it_is_not_a_desi_coadd(tmp_path):
+    result = run("ingest", "desi", NGC3073, "--out", tmp_path / "a.zarr", "--workers", "1")
+    assert_user_error(result, "NGC3073_SDSS_DR18.fits", "not a DESI coadd")
+    assert "redrock" not in result.stderr
+
+
+def test_redrock_of_another_coadd_is_warned_with_counts(tmp_path):
+    coadd, other = _data.DESI_COADDS
+    result = run("ingest", "desi", coadd, "--redrock", _data.DESI_DIR / ("redrock-" + other.name[6:]),
+                 "--out", tmp_path / "a.zarr", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, result.stderr
+    assert coadd.name in warning[0] and "0 of its 1 target(s)" in warning[0]
+    assert "redrock-special-dark-27247.fits" in warning[0]
+    right = run("ingest", "desi", coadd, "--out", tmp_path / "b.zarr", "--workers", "1")
+    assert right.returncode == 0 and "warning:" not in right.stderr, right.stderr

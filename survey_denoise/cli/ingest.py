@@ -56,7 +56,30 @@ def desi(coadds, redrock, **kwargs) -> None:
         raise UserError(f"--redrock was given {len(redrock)} time(s) for {len(coadds)} coadd(s); "
                         "give it once per coadd, or not at all")
     options = [{"redrock": str(r)} for r in redrock] if redrock else None
-    _run(coadds, "desi", options, **kwargs)
+    ds = _run(coadds, "desi", options, **kwargs)
+    _warn_unmatched(ds, coadds, redrock)
+
+
+def _warn_unmatched(ds, coadds, redrock) -> None:
+    """Warn, with counts, for each coadd whose targets its redrock file does not all hold.
+
+    A redrock file of another coadd matches no target: every galaxy is kept,
+    flagged NO_REDSHIFT, and would silently drop out at preprocessing.
+    """
+    from ..flags import Flag
+    from ..io.desi import redrock_path
+
+    files = ds["source_file"].values
+    missing = (ds["flags"].values & int(Flag.NO_REDSHIFT)) != 0
+    for i, coadd in enumerate(coadds):
+        mine = files == Path(coadd).name
+        n_missing = int(missing[mine].sum())
+        if n_missing:
+            rr = Path(redrock[i]) if redrock else redrock_path(coadd)
+            n = int(mine.sum())
+            click.echo(f"warning: {Path(coadd).name}: {n - n_missing} of its {n} target(s) found "
+                       f"in {rr.name}; the other {n_missing} are kept without a redshift "
+                       "(NO_REDSHIFT): is it this coadd's redrock file?", err=True)
 
 
 @ingest.command("auto")
@@ -68,7 +91,7 @@ def auto(files, **kwargs) -> None:
 
 
 def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
-         chunk_size: int | None, overwrite: bool, resume: bool) -> None:
+         chunk_size: int | None, overwrite: bool, resume: bool):
     from ..io.ingest import DEFAULT_CHUNK_SIZE, NothingRead, summarise
     from ..io.ingest import ingest as ingest_files
     from ..io.store import write_store
@@ -91,6 +114,7 @@ def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
                f"{wave.size} pixels {wave[0]:.1f}-{wave[-1]:.1f} A observed)")
     if skipped:
         click.echo(summarise(skipped, len(files)), err=True)
+    return ds
 
 
 def _n_files(skipped) -> int:
