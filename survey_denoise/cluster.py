@@ -17,7 +17,14 @@ Scheduler and workers talk TLS with temporary self-signed credentials
 off: on a shared machine anyone can reach a scheduler's port, and a Dask
 scheduler runs whatever code its clients send.  Batch-system workers get the
 credentials as files in ``shared-temp-directory`` (written by dask-jobqueue,
-mode 0600, removed when the cluster closes).
+mode 0600, removed when the cluster closes).  For the same reason the
+dashboard, which has no login and shows every worker's address, listens on
+127.0.0.1 only (``dashboard-address``; reach it through an SSH tunnel).
+
+While a client is open, each worker the scheduler loses unexpectedly is
+reported by name (Dask itself recomputes its tasks silently), and a scheduler
+address that does not answer within ``scheduler.connect-timeout`` seconds is
+an :class:`UnknownCluster`.
 """
 
 from __future__ import annotations
