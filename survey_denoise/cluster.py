@@ -17,12 +17,20 @@ Scheduler and workers talk TLS with temporary self-signed credentials
 off: on a shared machine anyone can reach a scheduler's port, and a Dask
 scheduler runs whatever code its clients send.  Batch-system workers get the
 credentials as files in ``shared-temp-directory`` (written by dask-jobqueue,
-mode 0600, removed when the cluster closes).
+mode 0600, removed when the cluster closes).  For the same reason the
+dashboard, which has no login and shows every worker's address, listens on
+127.0.0.1 only (``dashboard-address``; reach it through an SSH tunnel).
+
+While a client is open, each worker the scheduler loses unexpectedly is
+reported by name (Dask itself recomputes its tasks silently), and a scheduler
+address that does not answer within ``scheduler.connect-timeout`` seconds is
+an :class:`UnknownCluster`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -213,7 +221,8 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     kwargs["worker_extra_args"] = extra
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
         + list(settings.get("job-script-prologue") or [])
-    kwargs["scheduler_options"] = {"dashboard_address": settings.get("dashboard-address", ":0")}
+    kwargs["scheduler_options"] = {
+        "dashboard_address": settings.get("dashboard-address", "127.0.0.1:0")}
     if security is not None:
         kwargs["security"] = security
         directory = Path(os.path.expandvars(settings["shared-temp-directory"])).expanduser()
@@ -309,10 +318,44 @@ def connect(spec: str = "local", n_workers: int | None = None, *, tls: bool | No
     # behind, and every later compute in this process would then ask for a
     # client that does not exist; put the caller's setting back whatever happens.
     scheduler = dask.config.get("scheduler", None)
+    logger = logging.getLogger("distributed.scheduler")
+    logger.addFilter(_EXPLAINED)
     try:
         yield from _connect(spec, n_workers, tls, echo or (lambda message: None))
     finally:
+        logger.removeFilter(_EXPLAINED)
         dask.config.set(scheduler=scheduler)
+
+
+class _ExplainedByCaller(logging.Filter):
+    # The scheduler logs a task whose workers died as an ERROR line; the
+    # caller receives the KilledWorker and explains it (explain_killed_worker),
+    # so that line would only be a second, less useful error message.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task %s marked as failed because %d workers died")
+
+
+_EXPLAINED = _ExplainedByCaller()
+
+
+def explain_killed_worker(err: BaseException) -> str:
+    """One line for a :class:`distributed.KilledWorker`: what ran out, what to change.
+
+    Workers that die while running the same task are, for this package's
+    tasks, nearly always killed by their nanny for passing their memory limit.
+    """
+    from dask.utils import format_bytes, key_split
+
+    worker = getattr(err, "last_worker", None)
+    limit = getattr(worker, "memory_limit", None)
+    name = key_split(getattr(err, "task", "?"))
+    per_worker = f" of {format_bytes(limit)}" if limit else ""
+    tries = getattr(err, "allowed_failures", 0) + 1
+    return (f"{tries} worker(s) died running task {name!r}, most likely out of memory (limit"
+            f"{per_worker} per worker); use smaller chunks (--chunk-size, or chunk: in a pipeline "
+            "config), a smaller --batch-size (stages.denoise.batch_size) when de-noising, or more "
+            "memory per worker (fewer --workers; DASK_SURVEY_DENOISE__LOCAL__MEMORY_LIMIT, or "
+            "memory: in the cluster file)")
 
 
 def _connect(spec: str, n_workers: int | None, tls: bool | None,
@@ -324,15 +367,16 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
         security = temporary_security() if use_tls else None
         threads = int(setting("local.threads-per-worker"))
         with local_cluster(n_workers, threads, security=security) as cluster, \
-                Client(cluster, security=security) as client:
+                Client(cluster, security=security) as client, _lost_workers_reported(client, echo):
             echo(f"local cluster: {len(cluster.workers)} workers, dashboard {client.dashboard_link}")
             yield client
     elif "://" in spec:
-        with Client(spec) as client:
+        with _remote_client(spec, address=spec) as client, _lost_workers_reported(client, echo):
             echo(f"scheduler {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec.endswith(".json") and Path(spec).is_file():
-        with Client(scheduler_file=spec) as client:
+        with _remote_client(spec, scheduler_file=spec) as client, \
+                _lost_workers_reported(client, echo):
             echo(f"scheduler from {spec}: dashboard {client.dashboard_link}")
             yield client
     elif spec in SYSTEMS or spec.endswith((".yaml", ".yml")):
@@ -343,10 +387,67 @@ def _connect(spec: str, n_workers: int | None, tls: bool | None,
             else:
                 cluster.adapt(minimum_jobs=settings["adapt"]["minimum-jobs"],
                               maximum_jobs=settings["adapt"]["maximum-jobs"])
-            with Client(cluster, security=cluster.security) as client:
+            with Client(cluster, security=cluster.security) as client, \
+                    _lost_workers_reported(client, echo):
                 echo(f"{settings['system']} cluster: dashboard {client.dashboard_link}")
                 client.wait_for_workers(1, timeout=setting("scheduler.worker-start-timeout"))
                 yield client
     else:
         raise UnknownCluster(f"unknown cluster {spec!r}: use 'local', one of {', '.join(SYSTEMS)}, "
                              "a cluster YAML file or a scheduler address")
+
+
+@contextlib.contextmanager
+def _lost_workers_reported(client, echo: Callable[[str], None]) -> Iterator[None]:
+    """Report each worker the scheduler loses unexpectedly, while ``client`` is in use.
+
+    Dask recomputes a lost worker's tasks elsewhere without a word; a
+    worker that keeps dying (memory, walltime, a failing node) should be
+    seen before it costs the run.
+    """
+    def report(event: tuple) -> None:
+        message = event[1]
+        if not (isinstance(message, dict) and message.get("action") == "remove-worker"
+                and not message.get("expected")):
+            return
+        tasks = len(message.get("processing-tasks") or ()) + len(message.get("lost-computed-tasks")
+                                                                   or ())
+        echo(f"warning: worker {message.get('worker')} was lost (killed for memory, past its "
+             f"walltime, or its node failed); {tasks} of its task(s) will run on other workers")
+
+    client.subscribe_topic("all", report)
+    try:
+        yield
+    finally:
+        # Unsubscribe before the client closes, or the scheduler writes its
+        # last events to a closed connection and logs a traceback.
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic("all")
+
+
+def _remote_client(spec: str, **where):
+    """A Client of a scheduler started elsewhere, or an UnknownCluster saying why not.
+
+    Connecting waits ``scheduler.connect-timeout`` seconds (Dask's own
+    default is 30 s of silence); a ``tls://`` address needs the TLS files in
+    Dask's configuration, without which ``distributed`` fails deep inside
+    with an unrelated TypeError.
+    """
+    from distributed import Client
+    from distributed.security import Security
+
+    security = Security()
+    address = where.get("address", "")
+    if address.startswith("tls://") and not (security.tls_ca_file and security.tls_client_cert):
+        raise UnknownCluster(
+            f"--cluster {spec}: a tls:// scheduler needs TLS credentials; set "
+            "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert/key in Dask's "
+            "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=...)")
+    timeout = float(setting("scheduler.connect-timeout"))
+    try:
+        return Client(**where, timeout=f"{timeout}s")
+    except OSError as err:  # connect() puts back the scheduler setting a failed Client leaves
+        raise UnknownCluster(
+            f"--cluster {spec}: no scheduler answered within {timeout:g} s ({err}); check the "
+            "address, or wait longer with DASK_SURVEY_DENOISE__SCHEDULER__CONNECT_TIMEOUT="
+            "SECONDS") from None

@@ -88,6 +88,7 @@ class UniformNoise:
     combine: bool = False
     renormalise: bool = True
     purpose = "noise-uniform"
+    survey = None  # simulates no survey's observations: the store keeps its own
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -128,6 +129,7 @@ class DesiNoise:
     combine: bool = False
     renormalise: bool = True
     purpose = "noise-desi"
+    survey = "desi"  # the store now stands for DESI observations
     _table: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -400,7 +402,9 @@ def degrade(ds: xr.Dataset, noise: UniformNoise | DesiNoise, *, seed: int,
     xarray.Dataset
         Same galaxies, chunks and per-galaxy variables; ``attrs["noise"]``,
         ``attrs["cosmology"]`` (with ``z_target``) and provenance record
-        what was done.  The clean input is not kept (it is ``ds``).
+        what was done.  The clean input is not kept (it is ``ds``).  A
+        noise model that simulates a survey (DesiNoise) makes it the store's
+        ``attrs["survey"]``; the input's is kept in ``survey_simulated_from``.
     """
     validate(ds, frame="rest", where="degrade")
     method = ds.attrs.get("norm_convention", "none")
@@ -415,6 +419,9 @@ def degrade(ds: xr.Dataset, noise: UniformNoise | DesiNoise, *, seed: int,
     if z_target is not None and not (np.isfinite(z_target) and z_target > 0):
         raise ValueError(f"z_target must be positive, got {z_target}")
     attrs = dict(ds.attrs)
+    if noise.survey is not None:
+        attrs["survey_simulated_from"] = attrs.get("survey", "unknown")
+        attrs["survey"] = noise.survey
     params = {"noise": noise.describe(), "seed": int(seed), "z_target": z_target}
     if z_target is not None:
         cosmo = _cosmology(cosmology)

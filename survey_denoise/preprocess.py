@@ -55,6 +55,9 @@ from .grid import GRID, Grid
 from .resample import DEFAULT_MIN_FRACTION, edges_from_centres, good_pixels, rebin
 from .schema import FLUX_UNIT, NORMS, add_provenance, validate
 
+NORMALISED_UNIT = "1"
+"""Units of a normalised flux and its ivar: dimensionless (CF and astropy spelling)."""
+
 DEFAULT_MIN_COVERAGE = 0.9
 """Least fraction of grid pixels a spectrum must cover to be kept."""
 
@@ -286,7 +289,13 @@ def normalise(ds: xr.Dataset, method: str = "l2") -> xr.Dataset:
     out = ds.copy()
     for name, values in (("flux", flux), ("ivar", ivar), ("mask", mask), ("norm", norm), ("flags", flags)):
         out[name] = values.transpose(*ds[name].dims).assign_attrs(ds[name].attrs)
-    out.attrs = add_provenance({**ds.attrs, "norm_convention": method}, "normalise", method=method)
+    # A normalised flux is dimensionless; the physical unit moves to `norm`.
+    described = f"normalised ({method}); flux * norm is in {FLUX_UNIT}"
+    out["flux"].attrs.update(units=NORMALISED_UNIT, normalisation=described)
+    out["ivar"].attrs.update(units=NORMALISED_UNIT)
+    out["norm"].attrs.update(units=FLUX_UNIT)
+    out.attrs = add_provenance({**ds.attrs, "norm_convention": method, "flux_unit": NORMALISED_UNIT},
+                               "normalise", method=method)
     return out
 
 
@@ -344,7 +353,7 @@ def _rebin_stage(ds: xr.Dataset, grid: Grid, *, shift: bool, min_coverage: float
     # Per-galaxy variables ride along; other spectral variables cannot be rebinned blindly.
     keep = {n: v for n, v in ds.data_vars.items()
             if v.dims == ("galaxy",) and n not in ("flags",)}
-    unit = FLUX_UNIT if ds.attrs.get("norm_convention", "none") == "none" else "normalised"
+    unit = FLUX_UNIT if ds.attrs.get("norm_convention", "none") == "none" else NORMALISED_UNIT
     out = xr.Dataset(
         {**keep,
          "flux": flux.transpose("galaxy", "wavelength").assign_attrs(

@@ -324,6 +324,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
     out : path, optional
         HTML file to write (default ``RUN_DIR/report.html``); figures and
         tables go to ``<stem>_files/`` beside it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If RUN_DIR does not exist.
+    ValueError
+        If RUN_DIR holds no run (neither ``run.json`` nor any output), or
+        ``run.json`` is not valid JSON.
     """
     import jinja2
     from matplotlib.figure import Figure  # noqa: F401  (fail early if matplotlib is missing)
@@ -342,6 +350,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
             name = build.__name__.strip("_")
             sections.append(Section(name.replace("_", " ").title(), name,
                                     missing=f"Could not build this section: {type(err).__name__}: {err}"))
+    if not run and all(s.missing for s in sections):
+        # A page of "missing" notices reads as a report of a run that made nothing.
+        raise ValueError(f"{d}: no pipeline run here (no run.json and none of a run's outputs); "
+                         "give the run's outputs.dir")
     template = resources.files("survey_denoise").joinpath("data", "report.html.j2").read_text()
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(template).render(

@@ -122,3 +122,70 @@ def test_log_directory_is_expanded_before_it_reaches_the_job_script(tmp_path, mo
     assert kwargs["log_directory"] == str(tmp_path / "scratch" / "logs")
     # The node-local directory is the node's own $TMPDIR, expanded there.
     assert kwargs["local_directory"] == "$TMPDIR"
+
+
+def _listening(port):
+    import psutil
+
+    return {c.laddr.ip for c in psutil.Process().net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def test_dashboard_listens_on_loopback_only_and_serves_its_pages():
+    import urllib.request
+
+    with connect("local", n_workers=1, echo=None) as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+        assert _listening(port) == {"127.0.0.1"}  # not 0.0.0.0: no login, shows addresses
+        page = urllib.request.urlopen(client.dashboard_link, timeout=30).read().decode()
+    assert "needs bokeh" not in page and "Dask" in page
+
+
+def test_batch_scheduler_dashboard_is_loopback_by_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no cluster/slurm.yaml here: the package defaults
+    for system in ("slurm", "pbs", "lsf"):
+        kwargs = jobqueue_kwargs(jobqueue_settings(system))
+        assert kwargs["scheduler_options"]["dashboard_address"] == "127.0.0.1:8787"
+    from pathlib import Path
+
+    shipped = Path(__file__).parents[1] / "cluster" / "slurm.yaml"
+    kwargs = jobqueue_kwargs(jobqueue_settings(str(shipped)))
+    assert kwargs["scheduler_options"]["dashboard_address"] == "127.0.0.1:8787"
+
+
+def test_unreachable_or_credential_less_scheduler_is_named_quickly():
+    import time
+
+    with pytest.raises(UnknownCluster, match="TLS credentials"):
+        with connect("tls://127.0.0.1:1", echo=None):
+            pass
+    t0 = time.perf_counter()
+    with dask.config.set({"survey-denoise.scheduler.connect-timeout": 1}):
+        with pytest.raises(UnknownCluster, match="no scheduler answered within 1 s"):
+            with connect("tcp://127.0.0.1:1", echo=None):
+                pass
+    assert time.perf_counter() - t0 < 10
+
+
+def _slow(i):
+    import time
+
+    time.sleep(3)
+    return i
+
+
+def test_a_lost_worker_is_reported_by_name(capfd):
+    import signal
+    import time
+
+    lines = []
+    with connect("local", n_workers=2, echo=lines.append) as client:
+        futures = client.map(_slow, range(4))
+        time.sleep(1.5)
+        address, pid = next(iter(client.run(os.getpid).items()))
+        os.kill(pid, signal.SIGKILL)  # the nanny starts a new worker; Dask recomputes
+        assert client.gather(futures) == [0, 1, 2, 3]
+        time.sleep(0.5)
+    lost = [line for line in lines if "was lost" in line]
+    assert len(lost) == 1 and address in lost[0] and "task(s)" in lost[0], lines
+    assert "Traceback" not in capfd.readouterr().err

@@ -59,6 +59,15 @@ def test_uniform_noise_statistics_and_ivar():
     np.testing.assert_allclose(resid[good], 0.04 * eps[good], atol=1e-6)
 
 
+def test_desi_noise_makes_a_desi_store_and_uniform_noise_keeps_the_survey():
+    clean = clean_rest(n=4)
+    clean.attrs["survey"] = "sdss"
+    desi = degrade(clean, DesiNoise(), seed=1)
+    assert desi.attrs["survey"] == "desi" and desi.attrs["survey_simulated_from"] == "sdss"
+    uniform = degrade(clean, UniformNoise(0.04), seed=1)
+    assert uniform.attrs["survey"] == "sdss" and "survey_simulated_from" not in uniform.attrs
+
+
 def test_uniform_noise_is_renormalised_and_physical_units_kept():
     clean = clean_rest()
     noisy = degrade(clean, UniformNoise(0.04), seed=1).compute()

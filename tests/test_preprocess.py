@@ -186,6 +186,20 @@ def test_normalise_refuses_unknown_conventions_and_renormalises():
         normalise(out, "max")
 
 
+@pytest.mark.parametrize("method", ["l2", "median"])
+def test_normalised_flux_is_dimensionless_and_norm_carries_the_unit(method):
+    import astropy.units as u
+
+    from survey_denoise.schema import FLUX_UNIT
+
+    out = preprocess(raw_batch().isel(galaxy=[0, 9]), norm=method)
+    for name in ("flux", "ivar"):
+        assert u.Unit(out[name].attrs["units"]) == u.dimensionless_unscaled, out[name].attrs
+    assert out.attrs["flux_unit"] == out["flux"].attrs["units"]
+    assert out["norm"].attrs["units"] == FLUX_UNIT
+    assert method in out["flux"].attrs["normalisation"]
+
+
 def test_all_zero_spectrum_gets_bad_norm():
     flux = np.zeros((2, OBS.size))
     flux[1] = 3.0

@@ -82,13 +82,25 @@ def test_mzr_computed_from_catalogues_when_no_results_folder(tmp_path):
     assert (run / "report_files" / "fig10_mzr.png").exists()
 
 
-def test_empty_run_dir_says_what_is_missing(tmp_path):
-    (tmp_path / "empty").mkdir()
-    out = build_report(tmp_path / "empty")
+def test_run_without_outputs_says_what_is_missing(tmp_path):
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "run.json").write_text('{"name": "bare"}')
+    out = build_report(tmp_path / "bare")
     html = out.read_text()
-    assert html.count('class="missing"') == 6
-    assert "No run log (run.json)" in html
+    assert html.count('class="missing"') == 5
     assert "No MZR test results" in html
+
+
+def test_folder_without_a_run_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no pipeline run here"):
+        build_report(tmp_path / "empty")
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path / "empty")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no pipeline run here" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "empty" / "report.html").exists()
 
 
 def test_damaged_input_spoils_only_its_section(tmp_path):

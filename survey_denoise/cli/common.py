@@ -22,7 +22,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 cluster_option = click.option(
     "--cluster", "cluster", default="local", show_default=True,
     help="Where to compute: 'local' (a Dask LocalCluster), 'slurm' "
-         "(dask-jobqueue, configured in cluster/slurm.yaml) or a scheduler address.",
+         "(dask-jobqueue, configured in cluster/slurm.yaml), a cluster YAML file or a "
+         "scheduler address (tcp://host:port, tls://host:port with TLS files in Dask's config).",
 )
 no_progress_option = click.option(
     "--no-progress", "no_progress", is_flag=True,
@@ -36,7 +37,14 @@ workers_option = click.option(
 @contextlib.contextmanager
 def client_for(cluster: str, workers: int | None = None) -> Iterator[object]:
     """A connected ``distributed.Client`` for ``--cluster``, closed on exit."""
-    from ..cluster import connect
+    from distributed import KilledWorker
 
-    with connect(cluster, n_workers=workers) as client:
-        yield client
+    from ..cluster import UnknownCluster, connect, explain_killed_worker
+
+    try:
+        with connect(cluster, n_workers=workers) as client:
+            yield client
+    except UnknownCluster as err:
+        raise UserError(str(err)) from None
+    except KilledWorker as err:
+        raise UserError(explain_killed_worker(err)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import click
@@ -159,14 +160,20 @@ def _step(i: int, step: dict) -> str:
     return f"{i}. {step.get('step', '?')} (v{step.get('version', '?')})" + (f": {shown}" if shown else "")
 
 
+_PATH = re.compile(r"(?<!\S)(?:~|\.{1,2})?/(?:[^\s/]*/)*([^\s/]+)")  # absolute or ./ paths
+
+
 def _short(value) -> str:
     if isinstance(value, list | tuple):
         if len(value) > 3:
             return f"[{len(value)} items: {', '.join(_short(v) for v in value[:2])}, ...]"
         return "[" + ", ".join(_short(v) for v in value) + "]"
     text = str(value)
+    # Paths shrink to their last part, also inside a sentence ("/data/x.fits:
+    # no such file"); a ratio in a sentence ("constant 1/val_mse = ...") is
+    # not a path.
     if isinstance(value, str) and os.sep in text:
-        text = Path(text).name
+        text = Path(text).name if not any(c.isspace() for c in text) else _PATH.sub(r"\1", text)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -20,7 +20,7 @@ def _common_options(command):
                      help="Galaxies per chunk of the store.  [default: 1000]"),
         click.option("--overwrite", is_flag=True, help="Replace an existing store."),
         click.option("--resume", is_flag=True,
-                     help="Finish an interrupted write of the same files into STORE."),
+                     help="Finish an interrupted write of the same files into the --out store."),
         no_progress_option,
     ]
     for decorate in reversed(decorators):
@@ -57,7 +57,30 @@ def desi(coadds, redrock, **kwargs) -> None:
         raise UserError(f"--redrock was given {len(redrock)} time(s) for {len(coadds)} coadd(s); "
                         "give it once per coadd, or not at all")
     options = [{"redrock": str(r)} for r in redrock] if redrock else None
-    _run(coadds, "desi", options, **kwargs)
+    ds = _run(coadds, "desi", options, **kwargs)
+    _warn_unmatched(ds, coadds, redrock)
+
+
+def _warn_unmatched(ds, coadds, redrock) -> None:
+    """Warn, with counts, for each coadd whose targets its redrock file does not all hold.
+
+    A redrock file of another coadd matches no target: every galaxy is kept,
+    flagged NO_REDSHIFT, and would silently drop out at preprocessing.
+    """
+    from ..flags import Flag
+    from ..io.desi import redrock_path
+
+    files = ds["source_file"].values
+    missing = (ds["flags"].values & int(Flag.NO_REDSHIFT)) != 0
+    for i, coadd in enumerate(coadds):
+        mine = files == Path(coadd).name
+        n_missing = int(missing[mine].sum())
+        if n_missing:
+            rr = Path(redrock[i]) if redrock else redrock_path(coadd)
+            n = int(mine.sum())
+            click.echo(f"warning: {Path(coadd).name}: {n - n_missing} of its {n} target(s) found "
+                       f"in {rr.name}; the other {n_missing} are kept without a redshift "
+                       "(NO_REDSHIFT): is it this coadd's redrock file?", err=True)
 
 
 @ingest.command("auto")
@@ -92,6 +115,7 @@ def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
                f"{wave.size} pixels {wave[0]:.1f}-{wave[-1]:.1f} A observed)")
     if skipped:
         click.echo(summarise(skipped, len(files)), err=True)
+    return ds
 
 
 def _n_files(skipped) -> int:

@@ -16,15 +16,20 @@ from .common import UserError, cluster_option, no_progress_option, workers_optio
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted run in the config's output folder: only missing "
                    "chunks are computed.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (it is deleted).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the run here instead of the config's outputs.dir.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check the config (and print the plan); run nothing.")
 @no_progress_option
-def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path | None,
-        check_only: bool, no_progress: bool) -> None:
+def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite: bool,
+        out: Path | None, check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
-    from ..cluster import UnknownCluster
+    from distributed import KilledWorker
+
+    from ..cluster import UnknownCluster, explain_killed_worker
+    from ..io.ingest import NothingRead
     from ..pipeline import ConfigError, load_config, run_pipeline
 
     try:
@@ -35,6 +40,8 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, out: Path
                        f"{', '.join(cfg.fit_targets()) or 'none'}, outputs in {cfg.outputs.dir}")
             return
         run_pipeline(cfg, cluster=cluster, workers=workers, resume=resume,
-                     progress=not no_progress, echo=click.echo)
-    except (ConfigError, UnknownCluster) as err:
+                     progress=not no_progress, echo=click.echo, overwrite=overwrite)
+    except (ConfigError, UnknownCluster, NothingRead) as err:
         raise UserError(str(err)) from None
+    except KilledWorker as err:
+        raise UserError(explain_killed_worker(err)) from None

@@ -106,14 +106,16 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
 def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
             resume: bool, no_progress: bool, model_dir: Path, batch_size: int, samples: int,
             seed: int) -> None:
-    """De-noise the rest-frame spectra of store IN with the model MODEL_DIR."""
+    """De-noise the rest-frame spectra of store IN with the saved model given by --model."""
     from ..inference import denoise as run
     from ..io.store import open_store
+    from ..models import check_loadable
 
     _check_out(out, overwrite, resume)
     ds = open_store(store_in, frame="rest")
     try:
         result = run(ds, model_dir, batch_size=batch_size, n_samples=samples, seed=seed)
+        check_loadable(model_dir)  # once here, not once per task on the cluster
     except ValueError as err:  # SchemaError included: a model made for other data
         raise UserError(str(err)) from None
     _write(result, out, cluster, workers, overwrite, resume, "denoise", not no_progress)

@@ -100,15 +100,17 @@ def read_desi(coadd: str | Path, redrock: str | Path | None = None) -> xr.Datase
         If either file is not what it should be (names the file and the HDU).
     """
     coadd = Path(coadd)
-    redrock = redrock_path(coadd) if redrock is None else Path(redrock)
-    if not redrock.exists():
-        raise FileNotFoundError(f"{coadd}: its redrock file {redrock} does not exist; "
-                                "give the right one with --redrock")
     with open_fits(coadd) as hdul:
         names = {h.name for h in hdul}
+        # What the file is comes first: an SDSS file is "not a DESI coadd",
+        # not a coadd whose redrock file cannot be guessed.
         if not identify_desi(hdul):
             raise ReadError(f"{coadd}: not a DESI coadd (needs FIBERMAP and B/R/Z_WAVELENGTH, "
                             f"_FLUX, _IVAR; found {sorted(names)})")
+        redrock = redrock_path(coadd) if redrock is None else Path(redrock)
+        if not redrock.exists():
+            raise FileNotFoundError(f"{coadd}: its redrock file {redrock} does not exist; "
+                                    "give the right one with --redrock")
         fibermap = _table(hdul["FIBERMAP"].data)
         arms = {a: _read_arm(hdul, a, names, coadd) for a in _arms(names)}
     targetid = fibermap.pop("TARGETID", None)

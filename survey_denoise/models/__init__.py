@@ -18,8 +18,8 @@ from .pca import PCADenoiser
 # TensorFlow's C++ start-up chatter is noise for a command-line tool.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["AEDenoiser", "Denoiser", "NotFittedError", "PCADenoiser", "VAEDenoiser", "check",
-           "load_model", "read_card"]
+__all__ = ["AEDenoiser", "Denoiser", "NotFittedError", "PCADenoiser", "UnreadableModel",
+           "VAEDenoiser", "check", "check_loadable", "load_model", "read_card"]
 
 
 def __getattr__(name: str):
@@ -54,3 +54,40 @@ def load_model(path: str | Path, expect=None) -> Denoiser:
         If the card is unreadable, or ``expect`` is on another grid or normalisation.
     """
     return model_class(read_card(path)["kind"]).load(path, expect=expect)
+
+
+class UnreadableModel(ValueError):
+    """A model folder whose card reads but whose artefact does not load (truncated, damaged)."""
+
+
+def check_loadable(path: str | Path) -> None:
+    """Load a saved model once, here, and say in one line which file is broken if it fails.
+
+    Call it on the driver before a cluster starts: a damaged artefact would
+    otherwise fail every task of a de-noising run, each with its own
+    traceback, and leave an empty output store behind.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a model folder, or its artefact is missing.
+    SchemaError
+        If the card is unreadable.
+    UnreadableModel
+        If the artefact (``model.npz``, ``model.keras``) cannot be loaded.
+    """
+    from ..schema import SchemaError
+
+    card = read_card(path)
+    artefact = Path(path) / str(card.get("artefact", "?"))
+    if not artefact.is_file():
+        raise FileNotFoundError(f"{artefact}: the model's {card.get('artefact')} is missing")
+    try:
+        load_model(path)
+    except (FileNotFoundError, SchemaError):
+        raise
+    except Exception as err:  # whatever numpy, zipfile or Keras says about a damaged file
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UnreadableModel(
+            f"{artefact}: cannot load the model ({type(err).__name__}: {reason}); the file is "
+            "damaged or truncated: copy it again or train the model again") from None

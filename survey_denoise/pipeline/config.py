@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..schema import NORMS
 
@@ -67,6 +67,16 @@ class FilesInput(_Strict):
 
     paths: list[str] = Field(min_length=1, description="files or glob patterns")
     format: str | None = Field(None, description="sdss, desi...; found per file if not given")
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        # The registry's own names, so a survey module added later is accepted here too.
+        from ..io.registry import formats
+
+        if value is not None and value not in formats():
+            raise ValueError(f"unknown format '{value}' (known: {', '.join(formats())})")
+        return value
 
 
 class StoreInput(_Strict):
@@ -265,7 +275,8 @@ def _describe(error: dict) -> str:
         return f"unknown key '{where}'"
     if error["type"] == "missing":
         return f"missing key '{where}'"
-    return f"{where or 'config'}: {error['msg']}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where or 'config'}: {message}"
 
 
 def check(config: PipelineConfig) -> list[str]:

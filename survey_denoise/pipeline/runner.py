@@ -45,25 +45,42 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # io.ingest.Skipped: files the ingest left out
+
+    @property
+    def computed(self) -> bool:
+        """Whether this invocation wrote any chunk (a resume of a finished run writes none)."""
+        return any(rec.written for rec in self.stages.values())
 
     @property
     def throughput(self) -> float:
-        """Galaxies per second through the whole chain."""
-        return self.galaxies / self.seconds if self.seconds > 0 else float("nan")
+        """Galaxies per second through the whole chain (NaN when nothing was computed)."""
+        return self.galaxies / self.seconds if self.seconds > 0 and self.computed else float("nan")
 
     def as_dict(self) -> dict:
+        rate = round(self.throughput, 3) if self.computed else None
         return {"galaxies": self.galaxies, "flagged": self.flagged, "failed": self.failed,
                 "seconds": round(self.seconds, 3),
-                "galaxies_per_second": round(self.throughput, 3),
-                "chunks_written": {k: len(v.written) for k, v in self.stages.items()}}
+                "galaxies_per_second": rate,
+                "chunks_written": {k: len(v.written) for k, v in self.stages.items()},
+                "skipped": [str(s) for s in self.skipped]}
 
     def __str__(self) -> str:
         lines = [f"{'stage':<24}{'chunks':>8}{'written':>9}{'seconds':>10}"]
         for name, rec in self.stages.items():
             lines.append(f"{name:<24}{rec.n_chunks:>8}{len(rec.written):>9}{rec.seconds:>10.1f}")
-        lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
-                     f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
-                     f"outputs in {self.folder}")
+        if self.computed:
+            lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
+                         f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
+                         f"outputs in {self.folder}")
+        else:
+            lines.append(f"nothing to compute: every chunk was already complete ({self.galaxies} "
+                         f"spectra, {self.flagged} flagged, {self.failed} failed); "
+                         f"outputs in {self.folder}")
+        if self.skipped:
+            from ..io.ingest import summarise
+
+            lines.append(summarise(self.skipped))
         return "\n".join(lines)
 
 
@@ -153,6 +170,7 @@ class Runner:
             ds, skipped = stages.ingest(cfg, self.client)
             for item in skipped:
                 self.log.info(f"ingest skipped: {item}")
+            self.summary.skipped = list(skipped)
             stores["raw"] = self._write("ingest", ds, "raw.zarr")
         if st.preprocess is not None and "preprocessed" not in stores:
             stores["preprocessed"] = self._stage(
@@ -275,27 +293,46 @@ class Runner:
         self.summary.failed = int(np.count_nonzero(flags & np.uint32(FAILED)))
 
 
-def check_folder(config: PipelineConfig, resume: bool) -> dict:
+def check_folder(config: PipelineConfig, resume: bool, overwrite: bool = False) -> dict:
     """Refuse to start over a finished or different run; return the config as JSON data.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        The run's config.
+    resume : bool
+        Finish the run in ``outputs.dir``.
+    overwrite : bool
+        The run in ``outputs.dir`` will be replaced: nothing to refuse.
 
     Raises
     ------
     FileExistsError
-        If the outputs folder holds a run and ``resume`` is False.
+        If the outputs folder holds a run and neither ``resume`` nor ``overwrite`` is set.
     ConfigError
         If resuming a run that was started with another config.
     """
     folder = Path(config.outputs.dir)
     recorded = RunLog.recorded_config(folder) if folder.exists() else None
     mine = json.loads(config.model_dump_json())
+    if overwrite:
+        return mine
     if recorded is not None and not resume:
-        raise FileExistsError(f"{folder} holds a run already; pass --resume to finish "
-                              "it, or choose another outputs.dir")
+        raise FileExistsError(f"{folder} holds a run already; pass --resume to finish it, "
+                              "--overwrite to replace it, or --out DIR to write elsewhere")
     if recorded is not None and recorded != mine:
         changed = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
         raise ConfigError(f"{folder}: cannot resume, the config changed since the run "
-                          f"started ({', '.join(changed)}); use another outputs.dir")
+                          f"started ({', '.join(changed)}); pass --overwrite to replace the "
+                          "run, or --out DIR to write elsewhere")
     return mine
+
+
+def _clear_run(folder: Path) -> None:
+    # Only a folder holding a run log is removed: outputs.dir could name a
+    # folder that holds something else.
+    if RunLog.recorded_config(folder) is not None:
+        shutil.rmtree(folder)
 
 
 def _needs_rechunk(ds: xr.Dataset, chunk: int) -> bool:
@@ -305,7 +342,7 @@ def _needs_rechunk(ds: xr.Dataset, chunk: int) -> bool:
 
 def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int | None = None,
                  resume: bool = False, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> RunSummary:
+                 echo: Callable[[str], None] = print, overwrite: bool = False) -> RunSummary:
     """Run ``config`` on a cluster it starts (and closes).
 
     Parameters
@@ -318,6 +355,8 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
         Local worker processes, or a fixed number of batch jobs.
     resume : bool
         Finish the run in ``config.outputs.dir``: only missing chunks are computed.
+    overwrite : bool
+        Replace the run in ``config.outputs.dir`` (removed once the cluster is up).
 
     Returns
     -------
@@ -325,8 +364,19 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
     """
     from ..cluster import connect
 
-    check_folder(config, resume)  # before a cluster starts
+    if resume and overwrite:
+        raise ConfigError("--overwrite and --resume exclude each other")
+    check_folder(config, resume, overwrite)  # before a cluster starts
+    if config.stages.denoise is not None and config.stages.denoise.model != "train":
+        from ..models import UnreadableModel, check_loadable
+
+        try:
+            check_loadable(config.stages.denoise.model)  # once, not once per task
+        except UnreadableModel as err:
+            raise ConfigError(f"stages.denoise.model: {err}") from None
     with connect(cluster, n_workers=workers, echo=echo) as client:
+        if overwrite:
+            _clear_run(Path(config.outputs.dir))
         summary = Runner(config, client, resume=resume, progress=progress, echo=echo,
                          cluster=cluster).run()
     echo(str(summary))
