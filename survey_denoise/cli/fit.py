@@ -29,6 +29,7 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> N
     """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
     from ..fitting import fit_lines
     from ..fitting.catalogue import write_catalogue
+    from ..io.outputs import check_outputs, replacing
     from ..io.store import open_store, write_store
 
     if overwrite and resume:
@@ -39,12 +40,17 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> N
         raise UserError("--templates is used by --method ppxf only")
     stem = _stem(out)
     table = stem.with_suffix(".zarr")
+    files = [stem.with_suffix(".parquet"), stem.with_suffix(".fits")]
+    check_outputs([table, *files], [store, templates], overwrite=overwrite, resume=resume,
+                  resumable=[table])
     ds = open_store(store, frame="rest")
     cat = fit_lines(ds, method=method, templates=str(templates) if templates else None)
     with client_for(cluster, workers) as client:
         report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
                              progress=True, label=f"fit ({method})", spectra=False)
-    pq_path, fits_path = write_catalogue(open_store(table, spectra=False), stem)
+    with replacing(*files) as staged:
+        write_catalogue(open_store(table, spectra=False), staged[0])
+    pq_path, fits_path = files
     click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")
 
@@ -58,11 +64,16 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume) -> N
               help="Figure 9 (PNG): CAT_B against CAT_A per line.")
 @click.option("--units", type=click.Choice(["physical", "normalised"]), default="physical",
               show_default=True, help="Compare physical or normalised fluxes.")
-def compare(cat_a, cat_b, out, plot, units) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def compare(cat_a, cat_b, out, plot, units, overwrite) -> None:
     """Scatter in dex of CAT_B's line fluxes about CAT_A's (sigma, sigma_fill, per bin)."""
     from ..fitting.catalogue import read_catalogue
+    from ..io.outputs import check_outputs, replacing
     from ..science import metrics
 
+    outputs = [out, out.with_name(out.stem + "_bins.csv"), plot]
+    inputs = [p for cat in (cat_a, cat_b) for p in (cat, cat.with_suffix(".parquet"))]
+    check_outputs(outputs, inputs, overwrite=overwrite)
     try:
         a, b = read_catalogue(cat_a), read_catalogue(cat_b)
     except ValueError as err:
@@ -70,9 +81,12 @@ def compare(cat_a, cat_b, out, plot, units) -> None:
     column = "flux" if units == "physical" else "flux_norm"
     res = metrics.compare_catalogues(a, b, column=column)
     table = metrics.summary(res)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    metrics.bin_table(res).to_csv(out.with_name(out.stem + "_bins.csv"), index=False)
-    if plot is not None:
-        metrics.figure9(a, b, column=column, save=plot)
+    outputs = [p for p in outputs if p is not None]
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(*outputs) as staged:
+        table.to_csv(staged[0], index=False)
+        metrics.bin_table(res).to_csv(staged[1], index=False)
+        if plot is not None:
+            metrics.figure9(a, b, column=column, save=staged[2])
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

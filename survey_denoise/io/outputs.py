@@ -60,8 +60,27 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
         Naming the path and what to do.
     """
     outputs = [Path(p) for p in outputs if p is not None]
-    inputs = [Path(p) for p in inputs if p is not None]
+    check_overlap(outputs, inputs)
     resumable = {_key(p) for p in resumable}
+    resuming = resume and any(_exists(p) for p in outputs if _key(p) in resumable)
+    for out in outputs:
+        if not _exists(out) or overwrite or resuming:
+            continue
+        if _key(out) in resumable:
+            raise OutputError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+        raise OutputError(f"{out} exists; pass --overwrite to replace it")
+
+
+def check_overlap(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, contains or sits inside an input, or another output.
+
+    Raises
+    ------
+    OutputError
+        Naming both paths.
+    """
+    outputs = [Path(p) for p in outputs if p is not None]
+    inputs = [Path(p) for p in inputs if p is not None]
     for out in outputs:
         for src in inputs:
             relation = _overlap(out, src)
@@ -74,13 +93,6 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
             if relation:
                 raise OutputError(f"{out}: the output {relation} the output {other}; "
                                   "give them separate paths")
-    resuming = resume and any(_exists(p) for p in outputs if _key(p) in resumable)
-    for out in outputs:
-        if not _exists(out) or overwrite or resuming:
-            continue
-        if _key(out) in resumable:
-            raise OutputError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
-        raise OutputError(f"{out} exists; pass --overwrite to replace it")
 
 
 @contextlib.contextmanager
