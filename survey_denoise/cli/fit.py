@@ -72,7 +72,7 @@ def compare(cat_a, cat_b, out, plot, units, overwrite) -> None:
     from ..science import metrics
 
     outputs = [out, out.with_name(out.stem + "_bins.csv"), plot]
-    inputs = [p for cat in (cat_a, cat_b) for p in (cat, cat.with_suffix(".parquet"))]
+    inputs = [cat.with_suffix(".parquet") if cat.suffix == "" else cat for cat in (cat_a, cat_b)]
     check_outputs(outputs, inputs, overwrite=overwrite)
     try:
         a, b = read_catalogue(cat_a), read_catalogue(cat_b)
