@@ -81,10 +81,7 @@ def compare(cat_a, cat_b, out, plot, units, overwrite) -> None:
     column = "flux" if units == "physical" else "flux_norm"
     res = metrics.compare_catalogues(a, b, column=column)
     table = metrics.summary(res)
-    outputs = [p for p in outputs if p is not None]
-    for path in outputs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(*outputs) as staged:
+    with replacing(*(p for p in outputs if p is not None)) as staged:  # makes missing folders
         table.to_csv(staged[0], index=False)
         metrics.bin_table(res).to_csv(staged[1], index=False)
         if plot is not None:

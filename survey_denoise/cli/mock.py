@@ -56,7 +56,6 @@ def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chun
         report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
                              progress=True, label="mock")
     if truth is not None:
-        truth.parent.mkdir(parents=True, exist_ok=True)
         with replacing(truth) as (staged,):
             write_truth(open_store(out), staged)
     click.echo(f"mock: {n} galaxies ({design}, {survey}, seed {seed}) into {out} "

@@ -60,7 +60,6 @@ def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, seed
     if n_search and kind == "pca":
         raise UserError("--search is for ae and vae (PCA has only --latent)")
     final = out
-    final.parent.mkdir(parents=True, exist_ok=True)
     with replacing(final) as (out,):  # an old model stays until the new one is saved
         if n_search:
             from ..models.search import random_search

@@ -99,6 +99,8 @@ def check_overlap(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -
 def replacing(*paths: str | Path) -> Iterator[list[Path]]:
     """Write new versions of ``paths`` under staging names; install them all on success.
 
+    Missing parent folders are created.
+
     Yields one staging path per output (same file name, inside
     :func:`staging` of the first output in that folder).  When the block
     ends normally, each staged path that exists is renamed over its final

@@ -124,6 +124,17 @@ def parameters(attrs: dict) -> dict[str, str]:
     those of every step that made its inputs) gives ``STEP.NAME`` keys
     (``STEP#2.NAME`` for a repeated step); every other attribute gives
     ``attrs.NAME``.  Values are JSON text, so they compare exactly.
+
+    Parameters
+    ----------
+    attrs : dict
+        Dataset attributes, with ``provenance`` as written by
+        :func:`survey_denoise.schema.add_provenance`.
+
+    Returns
+    -------
+    dict of str to str
+        Parameter name -> JSON value, as recorded in ``.progress/plan.json``.
     """
     flat: dict[str, str] = {}
     attrs = dict(attrs)
