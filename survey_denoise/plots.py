@@ -115,6 +115,7 @@ def line_flux_comparison(
     bins: Mapping[str, pd.DataFrame] | None = None,
     sigma: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
+    units: str = "1e-17 erg/s/cm²",
     ncols: int = 3,
     save: str | Path | None = None,
 ) -> Figure:
@@ -136,6 +137,11 @@ def line_flux_comparison(
         :mod:`survey_denoise.science.metrics`; nothing is computed here.
     labels : mapping of line key to str, optional
         Panel titles (default: the keys).
+    units : str
+        Flux unit written on both axes.
+
+    A line with no galaxy to draw gets a panel that says so (no axes, no
+    scatter quoted), rather than empty axes with a scatter of NaN.
     """
     keys = [k for k in original if k in predicted]
     n = max(len(keys), 1)
@@ -149,6 +155,12 @@ def line_flux_comparison(
         lim = (np.asarray(upper[key], bool) if upper is not None and key in upper
                else np.zeros(x.shape, bool))
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+        ax.set_title((labels or {}).get(key, key), fontsize=10)
+        if not ok.any():
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"no fluxes to compare\n(N = 0 of {x.size})", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=9)
+            continue
         lx, ly = np.log10(x[ok]), np.log10(y[ok])
         det = ~lim[ok]
         if det.sum() > 50:
@@ -163,21 +175,20 @@ def line_flux_comparison(
                 b = bins[key][(bins[key]["filled"] == filled) & (bins[key]["count"] > 0)]
                 ax.errorbar(b["centre"], b["p50"], yerr=[b["p50"] - b["p16"], b["p84"] - b["p50"]],
                             fmt="o", ms=3, capsize=2, color=colour)
-        if ok.any():
-            lo, hi = np.percentile(np.r_[lx, ly], [0.5, 99.5])
-            ax.plot([lo, hi], [lo, hi], color="crimson", lw=1)
-            ax.set_xlim(lo, hi)
-            ax.set_ylim(lo, hi)
-        ax.set_title((labels or {}).get(key, key), fontsize=10)
-        ax.set_xlabel("log flux, original")
-        ax.set_ylabel("log flux, predicted")
+        lo, hi = np.percentile(np.r_[lx, ly], [0.5, 99.5])
+        ax.plot([lo, hi], [lo, hi], color="crimson", lw=1)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(f"log$_{{10}}$ flux, original [{units}]")
+        ax.set_ylabel(f"log$_{{10}}$ flux, predicted [{units}]")
         note = f"N = {ok.sum()}" + (f" ({int((~det).sum())} limits)" if (~det).any() else "")
         note += f"\n{sigma[key]}" if sigma and key in sigma else ""
         ax.text(0.04, 0.96, note, transform=ax.transAxes, va="top", fontsize=8)
     return _finish(fig, save)
 
 
-def figure9(scores: Scores, method: str, *, save: str | Path | None = None) -> Figure:
+def figure9(scores: Scores, method: str, *, units: str = "1e-17 erg/s/cm²",
+            save: str | Path | None = None) -> Figure:
     """Figure 9 of one method from :func:`~survey_denoise.science.metrics.score_catalogues`.
 
     The galaxies are the common set; upper limits are drawn at their value;
@@ -190,6 +201,8 @@ def figure9(scores: Scores, method: str, *, save: str | Path | None = None) -> F
         Scored catalogues.
     method : str
         One of the judged methods.
+    units : str
+        Flux unit of the catalogues, written on the axes.
     """
     if method not in scores.vs_original:
         raise KeyError(f"no scores for method {method!r} (have {list(scores.vs_original)})")
@@ -198,6 +211,8 @@ def figure9(scores: Scores, method: str, *, save: str | Path | None = None) -> F
     table = lines.all_lines()
     text = {}
     for k, s in per_line.items():
+        if not np.isfinite(s.sigma):
+            continue  # no galaxies: the panel says so instead of quoting a NaN
         text[k] = f"σ = {s.sigma:.2f} dex\nσ_fill = {s.sigma_fill:.2f} dex"
         truth_sigma = summary.loc[(method, k), "sigma_truth"]
         if np.isfinite(truth_sigma):
@@ -206,7 +221,8 @@ def figure9(scores: Scores, method: str, *, save: str | Path | None = None) -> F
                                 {k: scores.values[k][method] for k in per_line},
                                 upper={k: scores.values[k][f"upper_{method}"] for k in per_line},
                                 bins={k: s.bins for k, s in per_line.items()}, sigma=text,
-                                labels={k: table[k].label for k in per_line if k in table}, save=save)
+                                labels={k: table[k].label for k in per_line if k in table},
+                                units=units, save=save)
 
 
 def mse_vs_latent(table: pd.DataFrame, *, save: str | Path | None = None) -> Figure:

@@ -75,4 +75,4 @@ def test_user_errors_are_one_line(raw_store, tmp_path):
                       "uniform[:SIGMA]")
     assert_user_error(run("degrade", raw_store, "--out", tmp_path / "o.zarr", "--noise", "uniform:-1"),
                       "sigma")
-    assert_user_error(run("preprocess", raw_store, "--out", raw_store), "exists")
+    assert_user_error(run("preprocess", raw_store, "--out", raw_store), "the output is the input")

@@ -100,3 +100,17 @@ def test_latent_space(tmp_path):
     _png_ok(tmp_path / "fig6.png")
     with pytest.raises(ValueError, match="d >= 2"):
         plots.latent_space(z[:, :1], cls)
+
+
+def test_line_without_data_says_so_and_axes_carry_units():
+    rng = np.random.default_rng(0)
+    x = 10 ** rng.uniform(0, 2, 40)
+    fig = plots.line_flux_comparison({"halpha": x, "hdelta": np.full(40, np.nan)},
+                                     {"halpha": x * 1.1, "hdelta": np.full(40, np.nan)},
+                                     sigma={"halpha": "σ = 0.04 dex"})
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert not any("nan" in t for t in texts)
+    assert any("no fluxes to compare" in t for t in texts)
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == 1
+    assert "erg/s/cm²" in drawn[0].get_xlabel() and "erg/s/cm²" in drawn[0].get_ylabel()

@@ -103,3 +103,89 @@ def test_tables_are_written_and_resumed(tmp_path):
     np.testing.assert_array_equal(back.halpha_flux.values, np.arange(30.0))
     plan = json.loads((path / PROGRESS_DIR / "plan.json").read_text())
     assert plan["chunks"] == [7, 7, 7, 7, 2]
+
+
+def test_resume_with_other_parameters_is_refused_naming_them(tmp_path):
+    from survey_denoise.schema import add_provenance
+
+    path = tmp_path / "s.zarr"
+    ds = _spectra()
+    ds.attrs = add_provenance(ds.attrs, "degrade", noise={"model": "uniform", "sigma": 0.04}, seed=2)
+    write_store(ds, path, progress=False)
+    (path / PROGRESS_DIR / "chunk-000003").unlink()
+    other = ds.copy()
+    other.attrs = add_provenance(_spectra().attrs, "degrade", noise={"model": "uniform", "sigma": 0.2},
+                                 seed=9)
+    with pytest.raises(SchemaError, match=r"other parameters \(degrade.noise.sigma: store 0.04, "
+                                          r"now 0.2; degrade.seed: store 2, now 9\)"):
+        write_store(other, path, resume=True, progress=False)
+    assert missing_chunks(path) == [3]  # nothing was written
+    plan = json.loads((path / PROGRESS_DIR / "plan.json").read_text())
+    assert plan["parameters"]["degrade.seed"] == "2" and len(plan["parameters_sha256"]) == 64
+    # A plan from before parameters were recorded: the store's own attributes are compared.
+    del plan["parameters"], plan["parameters_sha256"]
+    (path / PROGRESS_DIR / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(SchemaError, match="degrade.seed: store 2, now 9"):
+        write_store(other, path, resume=True, progress=False)
+    report = write_store(ds, path, resume=True, progress=False)
+    assert report.written == [3]
+
+
+KILL_IN_INIT = """
+import os, pathlib, sys
+import numpy as np
+from survey_denoise import GRID, make_spectra
+from survey_denoise.io.store import write_store
+
+real = pathlib.Path.write_text
+def write_text(self, *args, **kwargs):
+    if self.name == "plan.json":  # the Zarr metadata is on disk, the plan is not
+        os._exit(9)
+    return real(self, *args, **kwargs)
+pathlib.Path.write_text = write_text
+n = 60
+rng = np.random.default_rng(0)
+ds = make_spectra(rng.normal(1, 0.1, (n, GRID.npix)), np.full((n, GRID.npix), 25.0), GRID.wavelength,
+                  np.arange(1000, 1000 + n), rng.uniform(0.02, 0.05, n), frame="rest",
+                  extra={"true_class": np.array(["sf", "agn"] * (n // 2))}).chunk(galaxy=10)
+write_store(ds, sys.argv[1], progress=False)
+"""
+
+
+def test_driver_killed_during_initialisation_can_resume(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.zarr"
+    res = subprocess.run([sys.executable, "-c", KILL_IN_INIT, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 9, res.stderr
+    assert list(tmp_path.rglob("zarr.json")), "the kill came before any metadata was written"
+    report = write_store(_spectra(), path, resume=True, progress=False)
+    assert sorted(report.written) == list(range(6))
+    np.testing.assert_array_equal(open_store(path).flux.values, _spectra().flux.values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no staging left
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(tmp_path):
+    import dask.array as da
+
+    path = tmp_path / "s.zarr"
+    write_store(_spectra(n=40), path, progress=False)
+
+    def fail_in_chunk_3(block, block_info=None):
+        if block_info is not None and block_info[0]["chunk-location"][0] == 3:
+            raise RuntimeError("worker lost")
+        return block
+
+    bad = _spectra()
+    bad["flux"] = bad["flux"].copy(data=da.map_blocks(fail_in_chunk_3, bad["flux"].data,
+                                                           dtype=bad["flux"].dtype))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        write_store(bad, path, overwrite=True, progress=False)
+    old = open_store(path)  # whole, complete and still the old one
+    np.testing.assert_array_equal(old.flux.values, _spectra(n=40).flux.values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    write_store(_spectra(), path, overwrite=True, progress=False)
+    np.testing.assert_array_equal(open_store(path).flux.values, _spectra().flux.values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

@@ -30,6 +30,7 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume, no_p
     """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
     from ..fitting import fit_lines
     from ..fitting.catalogue import write_catalogue
+    from ..io.outputs import check_outputs, replacing
     from ..io.store import open_store, write_store
 
     if overwrite and resume:
@@ -40,12 +41,17 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume, no_p
         raise UserError("--templates is used by --method ppxf only")
     stem = _stem(out)
     table = stem.with_suffix(".zarr")
+    files = [stem.with_suffix(".parquet"), stem.with_suffix(".fits")]
+    check_outputs([table, *files], [store, templates], overwrite=overwrite, resume=resume,
+                  resumable=[table])
     ds = open_store(store, frame="rest")
     cat = fit_lines(ds, method=method, templates=str(templates) if templates else None)
     with client_for(cluster, workers) as client:
         report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
                              progress=not no_progress, label=f"fit ({method})", spectra=False)
-    pq_path, fits_path = write_catalogue(open_store(table, spectra=False), stem)
+    with replacing(*files) as staged:
+        write_catalogue(open_store(table, spectra=False), staged[0])
+    pq_path, fits_path = files
     click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")
 
@@ -59,21 +65,49 @@ def fit(store, out, method, templates, cluster, workers, overwrite, resume, no_p
               help="Figure 9 (PNG): CAT_B against CAT_A per line.")
 @click.option("--units", type=click.Choice(["physical", "normalised"]), default="physical",
               show_default=True, help="Compare physical or normalised fluxes.")
-def compare(cat_a, cat_b, out, plot, units) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def compare(cat_a, cat_b, out, plot, units, overwrite) -> None:
     """Scatter in dex of CAT_B's line fluxes about CAT_A's (sigma, sigma_fill, per bin)."""
+    import pandas as pd
+
     from ..fitting.catalogue import read_catalogue
+    from ..io.outputs import check_outputs, replacing
     from ..science import metrics
 
+    outputs = [out, out.with_name(out.stem + "_bins.csv"), plot]
+    inputs = [cat.with_suffix(".parquet") if cat.suffix == "" else cat for cat in (cat_a, cat_b)]
+    check_outputs(outputs, inputs, overwrite=overwrite)
     try:
         a, b = read_catalogue(cat_a), read_catalogue(cat_b)
     except ValueError as err:
         raise UserError(str(err)) from None
-    column = "flux" if units == "physical" else "flux_norm"
-    res = metrics.compare_catalogues(a, b, column=column)
-    table = metrics.summary(res)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    metrics.bin_table(res).to_csv(out.with_name(out.stem + "_bins.csv"), index=False)
-    if plot is not None:
-        metrics.figure9(a, b, column=column, save=plot)
+    if units == "normalised":  # score the normalised columns under the names the scorer reads
+        a, b = (_normalised(cat) for cat in (a, b))
+    try:
+        scores = metrics.score_catalogues({"b": b}, a)
+    except (KeyError, ValueError) as err:
+        raise UserError(f"cannot compare {cat_a} with {cat_b}: {err}") from None
+    table = (scores.summary.query("method == 'b'")
+             .merge(scores.counts.query("method == 'b'")[["line", "n_measured", "n_missing"]], on="line")
+             [["line", "n", "n_upper", "n_missing", "sigma_orig", "sigma_fill_orig", "offset_orig"]]
+             .rename(columns={"sigma_orig": "sigma", "sigma_fill_orig": "sigma_fill",
+                              "offset_orig": "median_offset"}))
+    bins = pd.concat([s.bins.assign(line=k)[["line", *s.bins.columns]]
+                      for k, s in scores.vs_original["b"].items()], ignore_index=True)
+    with replacing(*(p for p in outputs if p is not None)) as staged:  # makes missing folders
+        table.to_csv(staged[0], index=False)
+        bins.to_csv(staged[1], index=False)
+        if plot is not None:
+            from ..plots import figure9
+
+            figure9(scores, "b", save=staged[2],
+                    units="normalised" if units == "normalised" else "1e-17 erg/s/cm²")
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _normalised(cat):
+    """A catalogue whose ``<key>_flux[_err]`` columns hold the normalised fluxes."""
+    norm = [c for c in cat.columns if c.endswith("_flux_norm") or c.endswith("_flux_norm_err")]
+    physical = [c.replace("_flux_norm", "_flux") for c in norm]
+    return cat.drop(columns=[c for c in physical if c in cat.columns]).rename(
+        columns=dict(zip(norm, physical, strict=True)))

@@ -95,12 +95,13 @@ def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
          chunk_size: int | None, overwrite: bool, resume: bool, no_progress: bool) -> None:
     from ..io.ingest import DEFAULT_CHUNK_SIZE, NothingRead, summarise
     from ..io.ingest import ingest as ingest_files
+    from ..io.outputs import check_outputs
     from ..io.store import write_store
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
-    if out.exists() and not (overwrite or resume):
-        raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    inputs = [*files, *(o["redrock"] for o in options or [])]
+    check_outputs([out], inputs, overwrite=overwrite, resume=resume, resumable=[out])
     with client_for(cluster, workers) as client:
         try:
             ds, skipped = ingest_files(files, fmt, client=client, progress=not no_progress,

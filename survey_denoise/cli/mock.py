@@ -34,14 +34,14 @@ from .common import UserError, client_for, cluster_option, no_progress_option, w
 def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chunk_size,
          cluster, workers, overwrite, resume, no_progress) -> None:
     """Generate a mock survey (spectra + truth) in the raw schema."""
+    from ..io.outputs import check_outputs, replacing
     from ..io.store import open_store, write_store
     from ..mock import MockConfig, generate, select, write_truth
     from ..mock.priors import default_priors
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
-    if out.exists() and not (overwrite or resume):
-        raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    check_outputs([out, truth], overwrite=overwrite, resume=resume, resumable=[out])
     p = default_priors()
     z_range = (z_min if z_min is not None else p.redshift["min"],
                z_max if z_max is not None else p.redshift["max"])
@@ -57,7 +57,8 @@ def mock(n, design, survey, seed, out, truth, rest, no_noise, z_min, z_max, chun
         report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
                              progress=not no_progress, label="mock")
     if truth is not None:
-        write_truth(open_store(out), truth)
+        with replacing(truth) as (staged,):
+            write_truth(open_store(out), staged)
     click.echo(f"mock: {n} galaxies ({design}, {survey}, seed {seed}) into {out} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)"
                + (f"; truth table {truth}" if truth is not None else ""))

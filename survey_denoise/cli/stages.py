@@ -49,7 +49,7 @@ def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, ove
     from ..preprocess import DEFAULT_MIN_COVERAGE
     from ..preprocess import preprocess as run
 
-    _check_out(out, overwrite, resume)
+    _check_out(out, overwrite, resume, store_in)
     ds = open_store(store_in, frame="observed")
     coverage = DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage
     result = run(ds, norm=norm, min_coverage=coverage)
@@ -76,7 +76,7 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
     from ..io.store import open_store
     from ..noise import degrade as run
 
-    _check_out(out, overwrite, resume)
+    _check_out(out, overwrite, resume, store_in)
     model = parse_noise(noise_spec)
     if exptime is not None:
         from dataclasses import replace
@@ -111,7 +111,7 @@ def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
     from ..io.store import open_store
     from ..models import check_loadable
 
-    _check_out(out, overwrite, resume)
+    _check_out(out, overwrite, resume, store_in, model_dir)
     ds = open_store(store_in, frame="rest")
     try:
         result = run(ds, model_dir, batch_size=batch_size, n_samples=samples, seed=seed)
@@ -143,11 +143,12 @@ def parse_noise(spec: str):
     raise UserError(f"--noise {spec!r}: use uniform[:SIGMA] (e.g. uniform:0.04) or desi[:SCALE]")
 
 
-def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
+def _check_out(out: Path, overwrite: bool, resume: bool, *inputs: Path) -> None:
+    from ..io.outputs import check_outputs
+
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
-    if out.exists() and not (overwrite or resume):
-        raise FileExistsError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    check_outputs([out], inputs, overwrite=overwrite, resume=resume, resumable=[out])
 
 
 def _write(ds, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,

@@ -49,43 +49,45 @@ def _open(path: Path):
 def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, seed, validation_split,
           overwrite, cluster, workers, no_progress) -> None:
     """Train a PCA, AE or VAE de-noiser on the stores NOISY -> CLEAN."""
+    from ..io.outputs import check_outputs, replacing
     from ..models import model_class
     from ..models.figures import loss_curves
 
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_outputs([out], [noisy, clean], overwrite=overwrite)
     ds_noisy, ds_clean = _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
     params = {"seed": seed}
     if kind != "pca":
         params.update(epochs=epochs, verbose=0 if no_progress else 1)
-    if n_search:
-        if kind == "pca":
-            raise UserError("--search is for ae and vae (PCA has only --latent)")
-        from ..models.search import random_search
+    if n_search and kind == "pca":
+        raise UserError("--search is for ae and vae (PCA has only --latent)")
+    final = out
+    with replacing(final) as (out,):  # an old model stays until the new one is saved
+        if n_search:
+            from ..models.search import random_search
 
-        out.mkdir(parents=True, exist_ok=True)
-        click.echo(f"search: {n_search} trials x <= {search_epochs} epochs on the cluster")
-        with client_for(cluster, workers) as client:
-            best, _ = random_search(kind, latent, str(noisy), str(clean), n_trials=n_search,
-                                    epochs=search_epochs, seed=seed, client=client,
-                                    table=out / "search.csv")
-        click.echo(f"search: best trial {best['trial']}: dropout {best['dropout']}, units "
-                   f"{best['units']}, final validation loss {best['score']:.4g} "
-                   f"(all trials in {out / 'search.csv'})")
-        params.update(units=best["units"], dropout=best["dropout"])
-    model = model_class(kind)(latent, **params)
-    click.echo(f"train: {model!r} on {ds_noisy.sizes['galaxy']} galaxies")
-    try:
-        model.fit(ds_noisy, ds_clean, validation_split=validation_split)
-    except ValueError as err:
-        raise UserError(f"{noisy}: {err}") from None
-    model.save(out)
-    metrics = model.card_["metrics"]
-    if kind != "pca":
-        loss_curves(model.card_["history"], title=f"{kind.upper()}, latent {latent}",
-                    save=out / "loss.png")
+            out.mkdir(parents=True, exist_ok=True)
+            click.echo(f"search: {n_search} trials x <= {search_epochs} epochs on the cluster")
+            with client_for(cluster, workers) as client:
+                best, _ = random_search(kind, latent, str(noisy), str(clean), n_trials=n_search,
+                                        epochs=search_epochs, seed=seed, client=client,
+                                        table=out / "search.csv")
+            click.echo(f"search: best trial {best['trial']}: dropout {best['dropout']}, units "
+                       f"{best['units']}, final validation loss {best['score']:.4g} "
+                       f"(all trials in {final / 'search.csv'})")
+            params.update(units=best["units"], dropout=best["dropout"])
+        model = model_class(kind)(latent, **params)
+        click.echo(f"train: {model!r} on {ds_noisy.sizes['galaxy']} galaxies")
+        try:
+            model.fit(ds_noisy, ds_clean, validation_split=validation_split)
+        except ValueError as err:
+            raise UserError(f"{noisy}: {err}") from None
+        model.save(out)
+        metrics = model.card_["metrics"]
+        if kind != "pca":
+            loss_curves(model.card_["history"], title=f"{kind.upper()}, latent {latent}",
+                        save=out / "loss.png")
     mse = metrics.get("val_mse", metrics.get("train_mse"))
-    click.echo(f"train: saved {out} (validation MSE {mse:.4g}, {metrics['train_seconds']:.1f} s)")
+    click.echo(f"train: saved {final} (validation MSE {mse:.4g}, {metrics['train_seconds']:.1f} s)")
 
 
 @click.command()

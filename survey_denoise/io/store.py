@@ -5,6 +5,17 @@ chunk's write has finished, the driver drops a marker file into the store's
 ``.progress/`` folder; a later call with ``resume=True`` writes only the
 chunks without a marker.  A chunk whose write was cut short by a crash has
 no marker, so it is simply written again: region writes are idempotent.
+
+``.progress/plan.json`` records what the store is for: its galaxy chunks, a
+digest of the galaxy ids, its variables and the parameters of every step
+that made it (flattened from ``attrs["provenance"]`` and the other
+attributes, with their SHA-256).  A resume with other galaxies, chunks,
+variables or parameters is refused, naming what differs, so a store never
+mixes chunks made two ways.  A store appears under its name only once its
+metadata and plan are written (it is initialised under a staging name and
+renamed), so a crash during initialisation leaves nothing to resume; and
+``overwrite`` writes the new store beside the old one and swaps them only
+when it is complete (:mod:`survey_denoise.io.outputs`).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from ..schema import SchemaError, validate
+from .outputs import install, replacing, staging
 
 PROGRESS_DIR = ".progress"
 
@@ -98,8 +110,77 @@ def _plan(ds: xr.Dataset) -> dict:
     chunks = _galaxy_chunks(ds)
     ids = np.asarray(ds["galaxy"].values)
     digest = hashlib.sha256("\n".join(map(str, ids)).encode() if ids.dtype.kind in "OUT" else ids.tobytes())
+    params = parameters(ds.attrs)
     return {"chunks": list(chunks), "galaxy_sha256": digest.hexdigest(),
-            "variables": sorted(map(str, ds.data_vars))}
+            "variables": sorted(map(str, ds.data_vars)),
+            "parameters_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+            "parameters": params}
+
+
+def parameters(attrs: dict) -> dict[str, str]:
+    """The parameters a dataset was made with, flat: ``{"degrade.seed": "2", ...}``.
+
+    Every step of ``attrs["provenance"]`` (the stage's own parameters and
+    those of every step that made its inputs) gives ``STEP.NAME`` keys
+    (``STEP#2.NAME`` for a repeated step); every other attribute gives
+    ``attrs.NAME``.  Values are JSON text, so they compare exactly.
+
+    Parameters
+    ----------
+    attrs : dict
+        Dataset attributes, with ``provenance`` as written by
+        :func:`survey_denoise.schema.add_provenance`.
+
+    Returns
+    -------
+    dict of str to str
+        Parameter name -> JSON value, as recorded in ``.progress/plan.json``.
+    """
+    flat: dict[str, str] = {}
+    attrs = dict(attrs)
+    try:
+        steps = json.loads(attrs.pop("provenance", "[]"))
+    except (TypeError, json.JSONDecodeError):
+        steps = []
+    seen: dict[str, int] = {}
+    for step in steps if isinstance(steps, list) else []:
+        step = dict(step) if isinstance(step, dict) else {"value": step}
+        name = str(step.pop("step", "step"))
+        seen[name] = seen.get(name, 0) + 1
+        prefix = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        _flatten(prefix, step, flat)
+    for key, value in attrs.items():
+        _flatten(f"attrs.{key}", value, flat)
+    return flat
+
+
+def _flatten(prefix: str, value, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, out)
+    else:
+        out[prefix] = json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_resume(path: Path, old: dict, new: dict) -> None:
+    """Refuse to resume ``path`` (planned as ``old``) with a dataset planned as ``new``."""
+    hint = ("; delete it, write elsewhere, or pass --overwrite (an interrupted --overwrite "
+            "leaves the old store in place)")
+    what = [k for k in ("galaxy_sha256", "chunks", "variables") if old.get(k) != new[k]]
+    if what:
+        names = {"galaxy_sha256": "galaxies", "chunks": "chunks", "variables": "variables"}
+        raise SchemaError(f"{path}: cannot resume, the store was planned for other "
+                          f"{', '.join(names[k] for k in what)}" + hint)
+    if "parameters" not in old:  # planned before parameters were recorded: ask its metadata
+        old = {"parameters": parameters(xr.open_zarr(path, zarr_format=3, consolidated=False).attrs)}
+    was, now = old["parameters"], new["parameters"]
+    differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: store {was.get(k, '(none)')}, now {now.get(k, '(none)')}"
+                          for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise SchemaError(f"{path}: cannot resume, the store was made with other parameters "
+                          f"({shown}{more})" + hint)
 
 
 def _galaxy_chunks(ds: xr.Dataset) -> tuple[int, ...]:
@@ -151,10 +232,13 @@ def write_store(
     path : str or Path
         Output store.
     resume : bool
-        If the store exists and was planned for the same galaxies and chunks,
-        write only the chunks not yet complete.
+        If the store exists and was planned for the same galaxies, chunks,
+        variables and parameters, write only the chunks not yet complete;
+        any difference is refused (:class:`~survey_denoise.schema.SchemaError`
+        naming it).
     overwrite : bool
-        Replace an existing store.
+        Replace an existing store: the new one is written beside it (under
+        :func:`~survey_denoise.io.outputs.staging`) and swapped in when complete.
     client : distributed.Client, optional
         Cluster to compute on (default: the current client if there is one,
         else Dask's local threads).
@@ -178,24 +262,27 @@ def write_store(
         raise SchemaError(f"{label}: a table needs a 'galaxy' coordinate")
     path = Path(path)
     plan = _plan(ds)
+    final = path
     if path.exists():
         if resume:
-            old = _read_plan(path)
-            if old != plan:
-                raise SchemaError(
-                    f"{path}: cannot resume, the store was planned for other galaxies, chunks or "
-                    "variables; delete it or write elsewhere")
+            _check_resume(path, _read_plan(path), plan)
         elif overwrite:
-            shutil.rmtree(path)
+            # The old store stays whole until the new one is complete.
+            path = staging(final) / final.name
         else:
             raise FileExistsError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
     ds = _variable_length_strings(ds)
-    if not path.exists():
+    if path != final:
+        shutil.rmtree(path.parent, ignore_errors=True)  # left by a killed overwrite
+        path.parent.mkdir()
         _initialise(ds, path, plan)
+    elif not path.exists():
+        with replacing(path) as (tmp,):  # the store appears only with its plan
+            _initialise(ds, tmp, plan)
 
     todo = missing_chunks(path)
     starts = np.concatenate([[0], np.cumsum(plan["chunks"])]).astype(int)
-    report = WriteReport(path=path, n_chunks=len(plan["chunks"]))
+    report = WriteReport(path=final, n_chunks=len(plan["chunks"]))
     sizes = np.diff(starts)
     # Counted in galaxies, the unit a user sizes a run in; "0/1 chunk" said nothing.
     on_done = _progress_callback(progress, int(sizes.sum()), label,
@@ -206,8 +293,15 @@ def write_store(
             (path / PROGRESS_DIR / f"chunk-{i:06d}").touch()
             report.written.append(i)
             on_done(int(sizes[i]))
+    except BaseException:
+        if path != final:  # an overwrite cannot be resumed: keep the old store only
+            shutil.rmtree(path.parent, ignore_errors=True)
+        raise
     finally:
         on_done(None)
+    if path != final:
+        install(path, final)
+        path.parent.rmdir()
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -9,7 +9,11 @@ output as an uninterrupted run: every random draw is keyed by galaxy id, and
 a region write of a chunk is idempotent, so a chunk written twice (a worker
 lost mid-write, a driver killed after the write but before its marker) is
 simply the same bytes again.  ``run.json`` counts the chunks each
-invocation wrote.
+invocation wrote.  A store is resumed only if it was planned with the same
+parameters (every provenance step, so also those of an input store that was
+remade meanwhile); tables, catalogue files, the model and the science folder
+are written under staging names and renamed into place when complete
+(:mod:`survey_denoise.io.outputs`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from glob import glob
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from ..flags import Flag
+from ..io.outputs import check_overlap, replacing
 from ..io.store import open_store, write_store
 from . import stages
 from .config import ConfigError, PipelineConfig
@@ -196,14 +202,12 @@ class Runner:
     def _truth(self, raw: xr.Dataset) -> None:
         path = self.path("truth.parquet")
         if not path.exists():
-            tmp = path.with_suffix(".parquet.tmp")
-            stages.write_truth(raw, tmp)
-            tmp.replace(path)  # a killed run never leaves half a table
+            with replacing(path) as (tmp,):  # a killed run never leaves half a table
+                stages.write_truth(raw, tmp)
 
     def _table(self, frame: pd.DataFrame, name: str) -> None:
-        tmp = self.path(name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(self.path(name))
+        with replacing(self.path(name)) as (tmp,):
+            frame.to_parquet(tmp, index=False)
 
     def _model(self, stores: dict[str, xr.Dataset]) -> Path:
         st = self.config.stages
@@ -245,13 +249,8 @@ class Runner:
         final = [self.path(f"{stem}.parquet"), self.path(f"{stem}.fits")]
         if all(p.exists() for p in final):
             return
-        partial = self.path(f".partial-{stem}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        stages.write_catalogue(cat, partial / f"{stem}.parquet")
-        for path in final:
-            (partial / path.name).replace(path)
-        partial.rmdir()
+        with replacing(*final) as staged:
+            stages.write_catalogue(cat, staged[0])
 
     def _science(self, catalogues: dict[str, xr.Dataset]) -> None:
         sc = self.config.stages.science
@@ -272,10 +271,10 @@ class Runner:
         sfr = "true_logsfr" if "true_logsfr" in truth else "true_sfr"
         result = mzr_test(frames, truth, calibration=sc.calibration,
                           min_halpha_snr=sc.min_halpha_snr, sfr_column=sfr)
-        out = self.path("science")
-        out.mkdir(exist_ok=True)
-        result.save(out / "mzr_test")
-        (out / "mzr_comparison.txt").write_text(format_comparison(result) + "\n")
+        with replacing(self.path("science")) as (out,):
+            out.mkdir()
+            result.save(out / "mzr_test")
+            (out / "mzr_comparison.txt").write_text(format_comparison(result) + "\n")
         self.echo(format_comparison(result))
         self._record("science", StageRecord("science", 0, [], 0, time.perf_counter() - t0,
                                             len(truth)))
@@ -313,6 +312,7 @@ def check_folder(config: PipelineConfig, resume: bool, overwrite: bool = False) 
         If resuming a run that was started with another config.
     """
     folder = Path(config.outputs.dir)
+    check_overlap([folder], _inputs(config))
     recorded = RunLog.recorded_config(folder) if folder.exists() else None
     mine = json.loads(config.model_dump_json())
     if overwrite:
@@ -333,6 +333,21 @@ def _clear_run(folder: Path) -> None:
     # folder that holds something else.
     if RunLog.recorded_config(folder) is not None:
         shutil.rmtree(folder)
+
+
+def _inputs(config: PipelineConfig) -> list[Path]:
+    """Every file or folder a run reads that it did not make itself."""
+    found: list[Path] = []
+    if config.input.kind == "store":
+        found += [config.input.store.path, config.input.store.truth]
+    elif config.input.kind == "files":
+        found += [Path(p) for pattern in config.input.files.paths for p in glob(pattern)]
+    st = config.stages
+    if st.denoise is not None and st.denoise.model != "train":
+        found.append(Path(st.denoise.model))
+    if st.fit is not None and st.fit.templates is not None:
+        found.append(Path(st.fit.templates))
+    return [p for p in found if p is not None]
 
 
 def _needs_rechunk(ds: xr.Dataset, chunk: int) -> bool:
