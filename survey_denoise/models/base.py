@@ -4,8 +4,22 @@
 returns ``self`` (learned state ends in ``_``); :meth:`Denoiser.encode`
 gives the latent mean, :meth:`Denoiser.decode` maps it back to a spectrum
 and :meth:`Denoiser.denoise` does both.  :meth:`Denoiser.save` writes one
-folder (artefact + ``card.json``) and :meth:`Denoiser.load` reads it back,
-checking the card against the data it will be applied to.
+folder (artefact + ``card.json`` + ``uncertainty.npz``) and
+:meth:`Denoiser.load` reads it back, checking the card against the data it
+will be applied to.
+
+Uncertainty: ``denoise(X, return_var=True)`` also gives, per galaxy and
+pixel, the variance of the de-noised flux about the *true* spectrum.  After
+training, :func:`held_out_residuals` compares the de-noised validation
+galaxies with their targets and removes the targets' own flux variance
+(``1/w - 2e-6`` from the loss weights, paper eq. 3), since a noisy target
+inflates every residual.  A network trained with the Gaussian likelihood
+predicts its variance per galaxy and pixel; the held-out residuals fix one
+scale factor for it (``variance_scale``: the mean of (r^2 - t) / v, so a
+network that is over-confident on unseen galaxies is widened).  A model
+that predicts none (PCA, a ``paper``-preset AE/VAE) gets the held-out
+residual variance per pixel, the same for every galaxy.  The method is
+recorded in the card's ``uncertainty`` section.
 
 Inputs are float32 arrays (n_galaxy, n_pixel) of normalised flux, or
 rest-frame Datasets (then the grid and normalisation come from the
@@ -24,7 +38,65 @@ import numpy as np
 
 from ..grid import GRID
 from . import card as cards
-from .data import SpectraPairs, as_flux, iter_rows, split
+from .data import SOFTENING, SpectraPairs, as_flux, iter_rows, split
+
+UNCERTAINTY_FILE = "uncertainty.npz"
+"""Per-pixel held-out residual variance, saved next to the artefact (plain arrays)."""
+
+
+def target_variance(w: np.ndarray) -> np.ndarray:
+    """The target's own flux variance behind loss weights ``w = 1/(t + 2e-6)``; NaN where ``w = 0``.
+
+    Parameters
+    ----------
+    w : ndarray
+        Pixel weights, (normalised flux)^-2.
+
+    Returns
+    -------
+    ndarray
+        ``t`` in (normalised flux)^2, float64.
+    """
+    w = np.asarray(w, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(w > 0, np.maximum(1.0 / np.where(w > 0, w, 1.0) - SOFTENING, 0.0), np.nan)
+
+
+def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
+    """Per-pixel residual variance about the truth, and the predicted variance's scale.
+
+    Streams ``rows`` of ``pairs`` through ``model`` chunk by chunk.  Pixels
+    with zero weight (masked targets) are left out.
+
+    Returns
+    -------
+    dict
+        ``pixel_var`` (npix,) float64: mean of ``(d - y)^2 - t`` over the
+        galaxies, floored at 1e-3 of its median (a pixel cannot be known
+        exactly); ``variance_scale``: mean of ``((d - y)^2 - t) / v`` over
+        all pixels for a model that predicts ``v`` (else 1); ``n_galaxy``.
+    """
+    predicts = model.predicts_variance()
+    sq, count, ratio, n_ratio, n = np.zeros(pairs.npix), np.zeros(pairs.npix), 0.0, 0, 0
+    for x, y, w in iter_rows(pairs, rows):
+        d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
+        t = target_variance(w)
+        excess = (d.astype(np.float64) - y) ** 2 - t
+        good = np.isfinite(excess)
+        sq += np.where(good, excess, 0.0).sum(axis=0)
+        count += good.sum(axis=0)
+        if predicts:
+            ok = good & (v > 0)
+            ratio += float(np.sum(excess[ok] / v[ok]))
+            n_ratio += int(ok.sum())
+        n += x.shape[0]
+    pixel_var = np.where(count > 0, sq / np.maximum(count, 1), np.nan)
+    positive = pixel_var[np.isfinite(pixel_var) & (pixel_var > 0)]
+    floor = 1e-3 * float(np.median(positive)) if positive.size else 1e-12
+    pixel_var = np.where(np.isfinite(pixel_var), np.maximum(pixel_var, floor), np.nanmax(
+        np.r_[positive, floor]))
+    scale = max(ratio / n_ratio, 1e-3) if predicts and n_ratio else 1.0
+    return {"pixel_var": pixel_var, "variance_scale": float(scale), "n_galaxy": int(n)}
 
 
 class NotFittedError(RuntimeError):
@@ -112,6 +184,19 @@ class Denoiser(abc.ABC):
             metrics["val_mse"] = self.stream_mse(pairs, parts.validation)
         else:
             metrics["train_mse"] = self.stream_mse(pairs, parts.train)
+        held = parts.validation if parts.validation.size else parts.train
+        self.variance_scale_ = 1.0
+        resid = held_out_residuals(self, pairs, held)
+        self.pixel_var_ = resid["pixel_var"].astype(np.float32)
+        self.variance_scale_ = resid["variance_scale"]
+        uncertainty = {
+            "method": ("predicted per pixel (Gaussian likelihood), x variance_scale"
+                       if self.predicts_variance() else "held-out residual variance per pixel"),
+            "predicted": self.predicts_variance(), "variance_scale": self.variance_scale_,
+            "rows": "validation" if parts.validation.size else "training (no validation split)",
+            "n_galaxy": resid["n_galaxy"],
+            "target_noise": "subtracted: (d - y)^2 - t, t = 1/w - 2e-6 the target's flux variance",
+            "median_pixel_var": float(np.median(self.pixel_var_)), "file": UNCERTAINTY_FILE}
         self.card_ = {
             "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
             "grid": facts["grid"], "norm_convention": facts["norm_convention"],
@@ -122,8 +207,13 @@ class Denoiser(abc.ABC):
                          "source": getattr(noisy, "encoding", {}).get("source")},
             "hyperparameters": self.get_params(), "seed": self.seed,
             "history": history, "metrics": metrics, "versions": cards.package_versions(),
+            "uncertainty": uncertainty,
         }
         return self
+
+    def predicts_variance(self) -> bool:
+        """Whether the model predicts its own per-galaxy, per-pixel variance."""
+        return False
 
     @abc.abstractmethod
     def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
@@ -158,13 +248,28 @@ class Denoiser(abc.ABC):
         self._require_fitted()
         return self._decode(np.asarray(Z, np.float32))
 
-    def denoise(self, X) -> np.ndarray:
-        """De-noised spectra: encode the mean, decode it (float32, (n, npix))."""
+    def denoise(self, X, return_var: bool = False):
+        """De-noised spectra: encode the mean, decode it (float32, (n, npix)).
+
+        With ``return_var`` also their variance about the true spectrum,
+        (normalised flux)^2, (n, npix) float32 (see the module notes).
+        """
         self._require_fitted()
-        return self._denoise(self._input(X))
+        X = self._input(X)
+        return self._denoise_var(X) if return_var else self._denoise(X)
 
     def _denoise(self, X: np.ndarray) -> np.ndarray:
         return self._decode(self._encode(X))
+
+    def _denoise_var(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode_var(self._encode(X))
+
+    def _decode_var(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = self._decode(Z)
+        if getattr(self, "pixel_var_", None) is None:
+            raise NotFittedError(f"{type(self).__name__} has no uncertainty model (saved before "
+                                 f"card version {cards.CARD_VERSION}); retrain it")
+        return mean, np.broadcast_to(self.pixel_var_, mean.shape).astype(np.float32)
 
     def score(self, noisy, clean) -> float:
         """Mean squared error per pixel of the de-noised ``noisy`` against ``clean``."""
@@ -185,6 +290,8 @@ class Denoiser(abc.ABC):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._save_artefact(path / self.artefact)
+        with open(path / UNCERTAINTY_FILE, "wb") as fh:
+            np.savez(fh, pixel_var=self.pixel_var_)
         cards.write_card(self.card_, path)
         return path
 
@@ -210,6 +317,11 @@ class Denoiser(abc.ABC):
         model = cls(**params)
         model._load_artefact(Path(path) / card["artefact"])
         model.card_ = card
+        unc = card.get("uncertainty")
+        if unc is not None:
+            with np.load(Path(path) / unc.get("file", UNCERTAINTY_FILE), allow_pickle=False) as f:
+                model.pixel_var_ = f["pixel_var"]
+            model.variance_scale_ = float(unc["variance_scale"])
         return model
 
     @abc.abstractmethod

@@ -22,7 +22,8 @@ from ..grid import GRID, Grid
 from ..schema import SchemaError
 
 CARD_NAME = "card.json"
-CARD_VERSION = 1
+CARD_VERSION = 2
+"""2: adds the ``uncertainty`` section (and ``uncertainty.npz``); 1 had none."""
 
 
 def package_versions() -> dict[str, str]:
