@@ -83,6 +83,8 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     * ``pixel_var`` (npix,): per pixel, the 68.27 % quantile over galaxies of
       ``r^2 - t`` (for ``r ~ N(0, m + t)`` that is ``m``, the error about the
       truth), floored at 1e-3 of its median (no pixel is known exactly);
+    * the target is compared in the output's normalisation (for a PCA
+      model, the noisy input's: ``y x norm_clean / norm_noisy`` per galaxy);
     * ``variance_scale``: for a model predicting ``v``, the ``s`` with which
       68.27 % of held-out pixels have ``r^2 <= s v + t`` (bisection), else 1.
 
@@ -95,10 +97,19 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         ``pixel_var`` (float64), ``variance_scale`` (float), ``n_galaxy``.
     """
     predicts = model.predicts_variance()
+    rows = np.sort(rows)[:CALIBRATION_ROWS]
+    factor = np.ones(rows.size)
+    if model.output_in_input_norm and pairs.is_dataset:
+        # The output keeps the noisy input's normalisation; the target has its own.
+        nn = np.asarray(pairs.noisy["norm"].values, np.float64)[rows]
+        nc = np.asarray(pairs.clean["norm"].values, np.float64)[rows]
+        factor = np.where((nn > 0) & (nc > 0), nc / np.where(nn > 0, nn, 1.0), 1.0)
     r2, tv, vv, n = [], [], [], 0
-    for x, y, w in iter_rows(pairs, rows[:CALIBRATION_ROWS]):
+    for x, y, w in iter_rows(pairs, rows):
+        f = factor[n:n + x.shape[0], None]
         d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
-        r2.append((d.astype(np.float64) - y) ** 2)
+        r2.append((d.astype(np.float64) - y * f) ** 2)
+        w = w / f ** 2
         tv.append(target_variance(w))
         if predicts:
             vv.append(np.asarray(v, np.float64))
@@ -155,6 +166,8 @@ class Denoiser(abc.ABC):
 
     kind: ClassVar[str]
     artefact: ClassVar[str]
+    output_in_input_norm: ClassVar[bool] = False
+    """Whether de-noised spectra keep the noisy input's normalisation (PCA) or the target's (AE/VAE)."""
 
     def __init__(self, latent: int = 6, seed: int | None = 0) -> None:
         self.latent = latent
