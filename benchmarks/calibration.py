@@ -22,11 +22,13 @@ Pixel-level coverage of the clean (original) spectra by the de-noised ones,
 with the clean spectra's own variance added, is printed too.  With
 ``--dropout-sweep`` the default-preset VAE is also trained with dropout 0,
 0.1, 0.3 and the paper's rate, and its test MSE and Halpha scatter
-(std of log10 fitted / true over galaxies with both positive) recorded.
+(std of log10 fitted / true over galaxies with both positive) recorded;
+the default preset's own run then has the default rate.
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep]
 
-Writes ``benchmarks/results/calibration.json`` (or ``--out``).  One
+Writes ``benchmarks/results/calibration.json`` (or ``--out``; the dropout sweep of
+``--dropout-sweep`` is kept in ``results/calibration_dropout_sweep.json``).  One
 process, Dask's synchronous scheduler.
 """
 
