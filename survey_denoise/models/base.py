@@ -66,6 +66,9 @@ def target_variance(w: np.ndarray) -> np.ndarray:
 ONE_SIGMA = 0.6827
 """Fraction of a Gaussian within 1 sigma: the held-out coverage the variances are set to."""
 
+CORRELATION_WINDOW = 5
+"""Lags 1 ... 4 of the pixel-error correlation are measured (a line and its wings; ~276 km/s a pixel)."""
+
 CALIBRATION_ROWS = 20_000
 """Held-out galaxies kept in memory for the calibration (the first ones, if more)."""
 
@@ -91,10 +94,17 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     Pixels with zero weight (masked targets) are left out.  At most
     :data:`CALIBRATION_ROWS` galaxies are used.
 
+    * ``pixel_correlation``: the correlation of the errors of pixels ``L =
+      1 ... CORRELATION_WINDOW - 1`` apart, ``sum r_i r_(i+L) / sum (r_i^2 -
+      t_i)`` clipped to [-1, 1] (the targets' noise is independent between
+      pixels, so it enters the denominator only and is removed there).  The
+      line fitter uses it to turn pixel errors into line errors.
+
     Returns
     -------
     dict
-        ``pixel_var`` (float64), ``variance_scale`` (float), ``n_galaxy``.
+        ``pixel_var`` (float64), ``variance_scale`` (float),
+        ``pixel_correlation`` (list of float, by lag), ``n_galaxy``.
     """
     predicts = model.predicts_variance()
     rows = np.sort(rows)[:CALIBRATION_ROWS]
@@ -105,10 +115,15 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         nc = np.asarray(pairs.clean["norm"].values, np.float64)[rows]
         factor = np.where((nn > 0) & (nc > 0), nc / np.where(nn > 0, nn, 1.0), 1.0)
     r2, tv, vv, n = [], [], [], 0
+    lagged = np.zeros(CORRELATION_WINDOW)
     for x, y, w in iter_rows(pairs, rows):
         f = factor[n:n + x.shape[0], None]
         d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
-        r2.append((d.astype(np.float64) - y * f) ** 2)
+        r = d.astype(np.float64) - y * f
+        r = np.where(np.isfinite(r) & (w > 0), r, 0.0)
+        for lag in range(1, CORRELATION_WINDOW):
+            lagged[lag] += float(np.sum(r[:, lag:] * r[:, :-lag]))
+        r2.append(r ** 2)
         w = w / f ** 2
         tv.append(target_variance(w))
         if predicts:
@@ -116,6 +131,9 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         n += x.shape[0]
     r2, t = np.concatenate(r2), np.concatenate(tv)
     good = np.isfinite(r2) & np.isfinite(t)
+    model_sq = float(np.sum(np.where(good, r2 - np.where(good, t, 0.0), 0.0)))
+    rho = (np.clip(lagged[1:] / model_sq, -1.0, 1.0) if model_sq > 0
+           else np.ones(CORRELATION_WINDOW - 1)).tolist()
     excess = np.where(good, r2 - np.where(good, t, 0.0), np.nan)
     with np.errstate(all="ignore"):
         pixel_var = np.nanquantile(excess, ONE_SIGMA, axis=0) if excess.size else np.full(pairs.npix, np.nan)
@@ -136,7 +154,8 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
             else:
                 hi = mid
         scale = float(np.exp(0.5 * (lo + hi)))
-    return {"pixel_var": pixel_var, "variance_scale": scale, "n_galaxy": int(n)}
+    return {"pixel_var": pixel_var, "variance_scale": scale, "pixel_correlation": rho,
+            "n_galaxy": int(n)}
 
 
 class NotFittedError(RuntimeError):
@@ -236,6 +255,7 @@ class Denoiser(abc.ABC):
                        "coverage 68.27 %)" if self.predicts_variance() else
                        "held-out residual variance per pixel (68.27 % quantile of r^2 - t)"),
             "predicted": self.predicts_variance(), "variance_scale": self.variance_scale_,
+            "pixel_correlation": resid["pixel_correlation"],
             "rows": "validation" if parts.validation.size else "training (no validation split)",
             "n_galaxy": resid["n_galaxy"],
             "target_noise": "accounted for: r^2 = (d - y)^2 compared with var + t, "
