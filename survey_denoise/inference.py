@@ -16,12 +16,18 @@ Output, per galaxy:
   normalised on its own, so its output is multiplied by the card's
   ``output_norm.ratio`` (median clean/noisy norm of its training set,
   ≈ 0.66 for sigma = 0.04) and ``flux x norm`` is again physical;
-* ``ivar``: ``1 / flux_std^2`` when ``n_samples > 0``; otherwise the constant
-  ``1 / mse`` per pixel, with ``mse`` the model's mean squared reconstruction
-  error on its validation set (from the card; the value is recorded in
-  ``attrs["denoise_ivar"]``).  ``ivar = 0`` where the input pixel was masked
-  (the reconstruction there is a guess from the prior, not a measurement);
-* ``flux_std`` (only when ``n_samples > 0``): spread of the K decodes;
+* ``ivar``: per galaxy and pixel, ``1 / var`` with ``var`` the model's
+  variance of the de-noised flux about the true spectrum (predicted by a
+  network trained with the Gaussian likelihood, else the held-out residual
+  variance per pixel; see :mod:`survey_denoise.models.base` and the card's
+  ``uncertainty``), plus, when ``n_samples > 0``, the spread of the K
+  decodes squared; rescaled with the flux.  ``ivar = 0`` where the input
+  pixel was masked (the reconstruction there is a guess from the prior,
+  not a measurement).  The rule is recorded in ``attrs["denoise_ivar"]``,
+  and the correlation of pixel errors at lags 1-4 (measured on held-out
+  galaxies) in ``attrs["denoise_pixel_correlation"]``;
+* ``flux_std`` (only when ``n_samples > 0``): spread of the K decodes (a
+  part of the error only; the fitters use ``ivar``);
 * ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values
   (flux 0, ivar 0).  Spectra already dropped upstream pass through
   unchanged, with their flags.
@@ -88,14 +94,15 @@ def cached_model(model_dir: str, digest: str):
 
 def denoise_block(flux: np.ndarray, flags: np.ndarray, ids: np.ndarray, *, model_dir: str,
                   digest: str, batch_size: int, n_samples: int, seed: int) -> np.ndarray:
-    """De-noise one chunk: returns (2, n, npix) float32 — mean and spread (spread 0 if K = 0).
+    """De-noise one chunk: returns (3, n, npix) float32 — mean, total variance, spread.
 
-    Dropped spectra come back as they went in (spread 0); rows the model
-    turns non-finite stay non-finite so the caller can flag them.
+    Spread is 0 if K = 0.  Dropped spectra come back as they went in
+    (variance and spread 0); rows the model turns non-finite stay
+    non-finite so the caller can flag them.
     """
     model = cached_model(model_dir, digest)
     flags = np.asarray(flags).reshape(-1)
-    out = np.zeros((2, *flux.shape), np.float32)
+    out = np.zeros((3, *flux.shape), np.float32)
     out[0] = flux
     keep = np.flatnonzero((flags & int(DROP)) == 0)
     # Overflow to inf/NaN is a per-spectrum failure, flagged by the caller.
@@ -117,17 +124,19 @@ def _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed) -> No
             eps = standard_normal(seed, "vae-posterior", np.asarray(ids).reshape(-1)[rows],
                                   n_samples * latent)
             eps = eps.reshape(rows.size, n_samples, latent).transpose(1, 0, 2)
-            out[0, rows], out[1, rows] = model.denoise(x, n_samples=n_samples, eps=eps)
+            out[0, rows], out[1, rows], out[2, rows] = model.denoise(
+                x, n_samples=n_samples, eps=eps, return_var=True)
         else:
-            out[0, rows] = model._denoise(x)
+            out[0, rows], out[1, rows] = model._denoise_var(x)
 
 
-def _constant_ivar(card: dict) -> float:
-    mse = (card.get("metrics") or {}).get("val_mse") or (card.get("metrics") or {}).get("train_mse")
-    if not mse or not np.isfinite(mse) or mse <= 0:
-        raise ValueError("the model card records no reconstruction MSE (metrics.val_mse); "
-                         "retrain with a validation split, or use n_samples > 0 (VAE)")
-    return float(1.0 / mse)
+def _uncertainty(card: dict, model_dir: str) -> dict:
+    unc = card.get("uncertainty")
+    if not unc:
+        raise ValueError(f"model {model_dir} was saved without an uncertainty model (card version "
+                         f"{card.get('card_version', 1)}): its de-noised pixels would get no honest "
+                         "error; retrain it with this version of survey_denoise")
+    return unc
 
 
 def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_samples: int = 0,
@@ -168,7 +177,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     # AE/VAE output the clean spectrum in the clean spectrum's normalisation;
     # the output store keeps the input's norm, so rescale (see card "output_norm").
     ratio = float((card.get("output_norm") or {}).get("ratio", 1.0))
-    ivar_const = None if n_samples > 0 else _constant_ivar(card) / ratio ** 2
+    unc = _uncertainty(card, model_dir)
     digest = card_hash(model_dir)
 
     flux = ds["flux"].data
@@ -182,19 +191,17 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     stacked = da.map_blocks(
         denoise_block, flux, flags[:, None], ids[:, None], model_dir=model_dir, digest=digest,
         batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),
-        new_axis=0, chunks=((2,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
+        new_axis=0, chunks=((3,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
         meta=np.empty((0, 0, 0), np.float32))
-    mean, std = stacked[0] * np.float32(ratio), stacked[1] * np.float32(ratio)
+    mean, std = stacked[0] * np.float32(ratio), stacked[2] * np.float32(ratio)
+    var = stacked[1] * np.float32(ratio ** 2)
     dropped = (flags & int(DROP)) != 0
     failed = ~da.isfinite(mean).all(axis=1) & ~dropped
     mask = da.asarray(ds["mask"].data).astype(bool)
     bad = failed[:, None] | mask | dropped[:, None]
     new_flux = da.where(failed[:, None], np.float32(0), mean).astype(np.float32)
-    if n_samples > 0:
-        ivar = da.where(std > 0, 1.0 / da.maximum(std, np.float32(1e-30)) ** 2, 0)
-    else:
-        ivar = da.full_like(mean, ivar_const)
-    ivar = da.where(bad, np.float32(0), ivar).astype(np.float32)
+    ivar = da.where(var > 0, 1.0 / da.maximum(var, np.float32(1e-30)), 0)
+    ivar = da.where(bad | ~da.isfinite(ivar), np.float32(0), ivar).astype(np.float32)
     new_flags = da.where(failed, flags | np.uint32(Flag.DENOISE_FAILED), flags).astype(np.uint32)
 
     dims = ("galaxy", "wavelength")
@@ -205,10 +212,13 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     if n_samples > 0:
         out["flux_std"] = xr.Variable(dims, da.where(bad, np.float32(0), std).astype(np.float32),
                                       {**ds["flux"].attrs, "description": "spread of the VAE decodes"})
-    rule = (f"1/flux_std^2 from {n_samples} posterior decodes" if n_samples > 0
-            else f"constant 1/val_mse = {ivar_const:.6g} per pixel")
+    rule = f"1/var, var = {unc['method']}" + (
+        f" + spread^2 of {n_samples} posterior decodes" if n_samples > 0 else "")
     out.attrs = add_provenance(ds.attrs, "denoise", model=model_dir, kind=card["kind"],
                                card_sha256=digest, n_samples=int(n_samples), seed=int(seed),
                                batch_size=int(batch_size), ivar=rule)
     out.attrs["denoise_ivar"] = rule
+    # Pixel errors of a decoded spectrum are correlated; the line fitter reads this.
+    if "pixel_correlation" in unc:
+        out.attrs["denoise_pixel_correlation"] = [float(r) for r in unc["pixel_correlation"]]
     return out

@@ -88,6 +88,23 @@ def test_fast_errors_match_the_scatter():
     assert 0.8 < np.std(pull) < 1.3
 
 
+def test_fast_errors_allow_for_correlated_pixel_errors():
+    # Noise averaged over 5 pixels: correlation (5 - L) / 5 at lag L.
+    sigma = 0.05
+    flux, _, truth = _spectra(400, seed=5, noise=1e-9, width=120.0)
+    white = np.random.default_rng(6).normal(0.0, sigma * np.sqrt(5), (400, flux.shape[1] + 4))
+    flux = flux + np.lib.stride_tricks.sliding_window_view(white, 5, axis=1).mean(-1)
+    ivar = np.full_like(flux, sigma ** -2)
+    pulls = {}
+    for rho in ((), (0.8, 0.6, 0.4, 0.2), (1.0,) * 8):
+        out = fast.fit_batch(flux, ivar, correlation=rho)
+        pulls[rho] = (out["flux"]["halpha"] - truth["halpha"]) / out["flux_err"]["halpha"]
+        np.testing.assert_array_equal(out["flux"]["halpha"], fast.fit_batch(flux, ivar)["flux"]["halpha"])
+    assert np.std(pulls[()]) > 1.3  # independent errors: too small
+    assert 0.8 < np.std(pulls[(0.8, 0.6, 0.4, 0.2)]) < 1.2  # the true correlations by lag
+    assert np.std(pulls[(1.0,) * 8]) < np.std(pulls[()])
+
+
 def test_fast_marks_missing_coverage_and_keeps_rows():
     flux, ivar, _ = _spectra(3, seed=3)
     ivar[0] = 0.0                                   # nothing to fit

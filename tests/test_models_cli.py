@@ -97,3 +97,29 @@ def test_random_search_scores_trials_and_writes_the_table(tmp_path):
     saved = pd.read_csv(tmp_path / "search.csv")
     assert list(saved["trial"]) == [0, 1, 2] and saved["chosen"].sum() == 1
     assert saved.loc[saved["chosen"], "units"].item() == " ".join(map(str, best["units"]))
+
+
+def test_train_preset_paper_records_the_papers_choices_and_matches_the_yaml_default(stores, tmp_path,
+                                                                                   capsys):
+    import click
+
+    from survey_denoise.cli.train import train
+    from survey_denoise.pipeline.config import Train
+
+    out = tmp_path / "ae"
+    code, _, err = _run(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+                         "--latent", 4, "--epochs", 1, "--preset", "paper", "--out", out], capsys)
+    assert code == 0, err
+    card = json.loads((out / "card.json").read_text())
+    choices = card["training_choices"]
+    assert choices["preset"] == "paper" and choices["likelihood"] == "mse"
+    assert choices["dropout"] == card["architecture"]["dropout"] == 0.5  # Table 4, latent 4
+    assert (choices["min_delta"], choices["restore_best"]) == (0.1, False)
+    assert card["uncertainty"]["predicted"] is False
+    # One default, two entry points.
+    option = next(p for p in train.params if isinstance(p, click.Option) and p.name == "preset")
+    assert option.default == Train().preset == "default"
+    assert Train(preset="paper").preset == "paper"
+    code, _, err = _run(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+                         "--preset", "tuned", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "tuned" in err

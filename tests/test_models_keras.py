@@ -74,14 +74,25 @@ def test_rule_divides_a_real_learning_rate():
 @pytest.mark.parametrize("cls,latent,dropout,units", [
     (VAEDenoiser, 6, 0.5, [800, 800, 700, 600]), (VAEDenoiser, 2, 0.8, [1000, 900, 600, 200]),
     (AEDenoiser, 4, 0.5, [900, 900, 500, 400]), (AEDenoiser, 10, 0.9, [900, 800, 800, 600])])
-def test_default_hyperparameters_are_the_papers_tables(cls, latent, dropout, units):
-    assert cls(latent).architecture() == (dropout, units)
+def test_paper_preset_hyperparameters_are_the_papers_tables(cls, latent, dropout, units):
+    assert cls(latent, preset="paper").architecture() == (dropout, units)
+    assert cls(latent, preset="paper").settings()["likelihood"] == "mse"
+
+
+def test_default_preset_keeps_the_papers_widths_with_measured_choices():
+    model = VAEDenoiser(6)
+    assert model.architecture() == (0.0, [800, 800, 700, 600])
+    assert model.settings() == {"likelihood": "gaussian", "dropout": 0.0, "patience": 5,
+                                "min_delta": 0.002, "restore_best": True}
+    assert VAEDenoiser(6, dropout=0.2).architecture()[0] == 0.2
+    with pytest.raises(ValueError, match="unknown preset 'tuned'.*default.*paper"):
+        VAEDenoiser(6, preset="tuned")
 
 
 def test_network_is_the_papers_architecture():
     import keras
 
-    net = VAEDenoiser(6)._build(825)
+    net = VAEDenoiser(6, preset="paper")._build(825)
     enc = [ly for ly in net.encoder.layers if not isinstance(ly, keras.layers.InputLayer)]
     dense = [ly for ly in enc if isinstance(ly, keras.layers.Dense)]
     assert [d.units for d in dense] == [800, 800, 700, 600, 6, 6]

@@ -101,7 +101,7 @@ def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwr
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Spectra per forward pass.")
 @click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True,
-              help="VAE only: posterior decodes per spectrum; their spread gives flux_std and ivar.")
+              help="VAE only: posterior decodes per spectrum; their spread gives flux_std and widens ivar.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior draws.")
 def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
             resume: bool, no_progress: bool, model_dir: Path, batch_size: int, samples: int,

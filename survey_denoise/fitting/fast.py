@@ -161,10 +161,12 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, outer=None):
+def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=()):
     """Batched weighted least squares with non-negative line columns.
 
     Returns coefficients, their errors, chi^2 and a measurable mask (all (n, k)).
+    With ``correlation`` (by lag) the errors of the active columns allow for
+    correlated pixel errors (see :func:`fit_batch`).
     """
     n, k = y.shape[0], a.shape[1]
     a_dev = xp.asarray(a)
@@ -203,11 +205,42 @@ def _solve_one_width(a, n_lines, y, w, xp, outer=None):
             break
         rows, neg = rows[again], neg[again]
         active[rows, :n_lines] &= ~neg
-    err = xp.where(active, err, first_err)
+    if len(correlation):
+        err = xp.where(active, _correlated_err(a_dev, w, m, active, correlation, xp), first_err)
+    else:
+        err = xp.where(active, err, first_err)
     resid = y - x @ a_dev.T
     dof = xp.clip((w > 0).sum(1) - active.sum(1), 1, None)
     chi2 = (w * resid**2).sum(1) / dof
     return x, err, chi2, measurable
+
+
+CORRELATED_BATCH = 256
+"""Spectra per (n, k, npix) estimator-weight block (about 35 MB in float64)."""
+
+
+def _correlated_err(a, w, m, active, correlation, xp):
+    """Coefficient errors for pixel errors correlated by lag: ``corr(e_i, e_(i+L)) = rho_L``.
+
+    ``C = (A^T W A)^-1 A^T W`` is the estimator (active columns only) and
+    ``g_ki = C_ki sigma_i``; the variance is ``sum_i g_ki^2 + 2 sum_L rho_L
+    sum_i g_ki g_k(i+L)`` (lags beyond the given ones uncorrelated), floored
+    at 0.
+    """
+    n, k = m.shape[0], m.shape[1]
+    out = xp.zeros((n, k))
+    eye = xp.eye(k)[None]
+    root_w = xp.sqrt(w)  # C_ki sigma_i = G_ki w_i sigma_i = G_ki sqrt(w_i)
+    for s in range(0, n, CORRELATED_BATCH):
+        act = active[s:s + CORRELATED_BATCH]
+        mask = act[:, :, None] & act[:, None, :]
+        cov = xp.linalg.inv(xp.where(mask, m[s:s + CORRELATED_BATCH], 0.0) + eye * (~act)[:, :, None])
+        g = xp.einsum("nkj,ij->nki", cov * act[:, None, :], a) * root_w[s:s + CORRELATED_BATCH, None, :]
+        var = (g * g).sum(-1)
+        for lag, rho in enumerate(correlation, start=1):
+            var = var + 2.0 * float(rho) * (g[:, :, lag:] * g[:, :, :-lag]).sum(-1)
+        out[s:s + CORRELATED_BATCH] = xp.sqrt(xp.clip(var, 0.0, None))
+    return out
 
 
 @cache
@@ -222,7 +255,8 @@ def _outer(a: np.ndarray) -> np.ndarray:
 
 
 def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None, *,
-              grid: Grid = GRID, widths_kms: tuple[float, ...] = WIDTHS_KMS, xp=np) -> dict:
+              grid: Grid = GRID, widths_kms: tuple[float, ...] = WIDTHS_KMS, xp=np,
+              correlation: tuple[float, ...] = ()) -> dict:
     """Fit every spectrum of a batch on ``grid``.
 
     Parameters
@@ -237,6 +271,12 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         Line widths (sigma, km/s) tried per spectrum.
     xp : module
         Array namespace (numpy, or cupy for a GPU).
+    correlation : tuple of float
+        Correlation of pixel errors at lags 1, 2, ... pixels (beyond: 0).
+        A de-noiser's are correlated (a spectrum decoded from a few latent
+        numbers is off smoothly over a whole line, so its pixel errors do not
+        average out); treating them as independent (the default, ``()``)
+        then understates the line errors.  The fluxes are the same.
 
     Returns
     -------
@@ -262,7 +302,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         y = xp.asarray(np.where(ok[rows], flux[rows], 0.0))
         w = xp.asarray(np.where(ok[rows], ivar[rows], 0.0))
         fits = [[_to_numpy(v) for v in _solve_one_width(*_columns(width, grid), y, w, xp,
-                                                                   outer=_outer_matrix(float(width), grid))]
+                                                                   outer=_outer_matrix(float(width), grid),
+                                                                   correlation=tuple(correlation))]
                 for width in widths_kms]
         groups = design_matrix(float(widths_kms[0]), grid)[1]
         x, err, chi2, meas, width = _best_width(fits, np.log(np.asarray(widths_kms, float)))

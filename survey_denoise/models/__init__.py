@@ -2,7 +2,10 @@
 
 All three share :class:`~survey_denoise.models.base.Denoiser` (fit / encode /
 decode / denoise / save / load) and save to a folder with a JSON model card
-(:mod:`~survey_denoise.models.card`).  The Keras models are imported only
+(:mod:`~survey_denoise.models.card`).  ``denoise(X, return_var=True)`` also
+gives each de-noised pixel's variance about the true spectrum; the AE/VAE
+training presets are in :mod:`~survey_denoise.models.training`
+(docs/models.md).  The Keras models are imported only
 when used, so working with a PCA model never imports TensorFlow.
 """
 

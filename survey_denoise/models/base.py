@@ -4,8 +4,23 @@
 returns ``self`` (learned state ends in ``_``); :meth:`Denoiser.encode`
 gives the latent mean, :meth:`Denoiser.decode` maps it back to a spectrum
 and :meth:`Denoiser.denoise` does both.  :meth:`Denoiser.save` writes one
-folder (artefact + ``card.json``) and :meth:`Denoiser.load` reads it back,
-checking the card against the data it will be applied to.
+folder (artefact + ``card.json`` + ``uncertainty.npz``) and
+:meth:`Denoiser.load` reads it back, checking the card against the data it
+will be applied to.
+
+Uncertainty: ``denoise(X, return_var=True)`` also gives, per galaxy and
+pixel, the variance of the de-noised flux about the *true* spectrum.  After
+training, :func:`held_out_residuals` compares the de-noised validation
+galaxies with their targets and removes the targets' own flux variance
+(``1/w - 2e-6`` from the loss weights, paper eq. 3), since a noisy target
+inflates every residual.  A network trained with the Gaussian likelihood
+predicts its variance per galaxy and pixel; the held-out residuals fix one
+scale factor for it (``variance_scale``, set so that 68.27 % of held-out
+pixels lie within 1 sigma: a network over-confident on unseen galaxies
+is widened).  A model that predicts none (PCA, a ``paper``-preset AE/VAE)
+gets a held-out residual variance per pixel (its 68.27 % quantile over
+galaxies), the same for every galaxy.  The method is
+recorded in the card's ``uncertainty`` section.
 
 Inputs are float32 arrays (n_galaxy, n_pixel) of normalised flux, or
 rest-frame Datasets (then the grid and normalisation come from the
@@ -24,7 +39,123 @@ import numpy as np
 
 from ..grid import GRID
 from . import card as cards
-from .data import SpectraPairs, as_flux, iter_rows, split
+from .data import SOFTENING, SpectraPairs, as_flux, iter_rows, split
+
+UNCERTAINTY_FILE = "uncertainty.npz"
+"""Per-pixel held-out residual variance, saved next to the artefact (plain arrays)."""
+
+
+def target_variance(w: np.ndarray) -> np.ndarray:
+    """The target's own flux variance behind loss weights ``w = 1/(t + 2e-6)``; NaN where ``w = 0``.
+
+    Parameters
+    ----------
+    w : ndarray
+        Pixel weights, (normalised flux)^-2.
+
+    Returns
+    -------
+    ndarray
+        ``t`` in (normalised flux)^2, float64.
+    """
+    w = np.asarray(w, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(w > 0, np.maximum(1.0 / np.where(w > 0, w, 1.0) - SOFTENING, 0.0), np.nan)
+
+
+ONE_SIGMA = 0.6827
+"""Fraction of a Gaussian within 1 sigma: the held-out coverage the variances are set to."""
+
+CORRELATION_WINDOW = 5
+"""Lags 1 ... 4 of the pixel-error correlation are measured (a line and its wings; ~276 km/s a pixel)."""
+
+CALIBRATION_ROWS = 5_000
+"""Held-out galaxies kept in memory for the calibration (the first ones, if more; ~100 MB)."""
+
+
+def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
+    """Per-pixel residual variance about the truth, and the predicted variance's scale.
+
+    Both are set by 1-sigma coverage on held-out galaxies rather than by the
+    mean squared residual: pixel errors are far from Gaussian (most pixels
+    are reproduced closely, pixels on strong lines of a few galaxies are
+    not), and a mean dominated by those few would leave the rest covered
+    90 % of the time instead of 68 %.  With the target's own variance ``t``
+    (from the weights) and the residual ``r = d - y``:
+
+    * ``pixel_var`` (npix,): per pixel, the 68.27 % quantile over galaxies of
+      ``r^2 - t`` (for ``r ~ N(0, m + t)`` that is ``m``, the error about the
+      truth), floored at 1e-3 of its median (no pixel is known exactly);
+    * the target is compared in the output's normalisation (for a PCA
+      model, the noisy input's: ``y x norm_clean / norm_noisy`` per galaxy);
+    * ``variance_scale``: for a model predicting ``v``, the ``s`` with which
+      68.27 % of held-out pixels have ``r^2 <= s v + t`` (bisection), else 1.
+
+    Pixels with zero weight (masked targets) are left out.  At most
+    :data:`CALIBRATION_ROWS` galaxies are used.
+
+    * ``pixel_correlation``: the correlation of the errors of pixels ``L =
+      1 ... CORRELATION_WINDOW - 1`` apart, ``sum r_i r_(i+L) / sum (r_i^2 -
+      t_i)`` clipped to [-1, 1] (the targets' noise is independent between
+      pixels, so it enters the denominator only and is removed there).  The
+      line fitter uses it to turn pixel errors into line errors.
+
+    Returns
+    -------
+    dict
+        ``pixel_var`` (float64), ``variance_scale`` (float),
+        ``pixel_correlation`` (list of float, by lag), ``n_galaxy``.
+    """
+    predicts = model.predicts_variance()
+    rows = np.sort(rows)[:CALIBRATION_ROWS]
+    factor = np.ones(rows.size)
+    if model.output_in_input_norm and pairs.is_dataset:
+        # The output keeps the noisy input's normalisation; the target has its own.
+        nn = np.asarray(pairs.noisy["norm"].values, np.float64)[rows]
+        nc = np.asarray(pairs.clean["norm"].values, np.float64)[rows]
+        factor = np.where((nn > 0) & (nc > 0), nc / np.where(nn > 0, nn, 1.0), 1.0)
+    r2, tv, vv, n = [], [], [], 0
+    lagged = np.zeros(CORRELATION_WINDOW)
+    for x, y, w in iter_rows(pairs, rows):
+        f = factor[n:n + x.shape[0], None]
+        d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
+        r = d.astype(np.float64) - y * f
+        r = np.where(np.isfinite(r) & (w > 0), r, 0.0)
+        for lag in range(1, CORRELATION_WINDOW):
+            lagged[lag] += float(np.sum(r[:, lag:] * r[:, :-lag]))
+        r2.append(r ** 2)
+        w = w / f ** 2
+        tv.append(target_variance(w))
+        if predicts:
+            vv.append(np.asarray(v, np.float64))
+        n += x.shape[0]
+    r2, t = np.concatenate(r2), np.concatenate(tv)
+    good = np.isfinite(r2) & np.isfinite(t)
+    model_sq = float(np.sum(np.where(good, r2 - np.where(good, t, 0.0), 0.0)))
+    rho = (np.clip(lagged[1:] / model_sq, -1.0, 1.0) if model_sq > 0
+           else np.ones(CORRELATION_WINDOW - 1)).tolist()
+    excess = np.where(good, r2 - np.where(good, t, 0.0), np.nan)
+    with np.errstate(all="ignore"):
+        pixel_var = np.nanquantile(excess, ONE_SIGMA, axis=0) if excess.size else np.full(pairs.npix, np.nan)
+    positive = pixel_var[np.isfinite(pixel_var) & (pixel_var > 0)]
+    floor = 1e-3 * float(np.median(positive)) if positive.size else 1e-12
+    pixel_var = np.where(np.isfinite(pixel_var), np.maximum(pixel_var, floor),
+                         float(np.max(positive)) if positive.size else floor)
+    scale = 1.0
+    if predicts:
+        v = np.concatenate(vv)
+        ok = good & np.isfinite(v) & (v > 0)
+        r2o, to, vo = r2[ok], t[ok], v[ok]
+        lo, hi = -12.0, 12.0  # log(scale)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if np.mean(r2o <= np.exp(mid) * vo + to) < ONE_SIGMA:
+                lo = mid
+            else:
+                hi = mid
+        scale = float(np.exp(0.5 * (lo + hi)))
+    return {"pixel_var": pixel_var, "variance_scale": scale, "pixel_correlation": rho,
+            "n_galaxy": int(n)}
 
 
 class NotFittedError(RuntimeError):
@@ -54,6 +185,8 @@ class Denoiser(abc.ABC):
 
     kind: ClassVar[str]
     artefact: ClassVar[str]
+    output_in_input_norm: ClassVar[bool] = False
+    """Whether de-noised spectra keep the noisy input's normalisation (PCA) or the target's (AE/VAE)."""
 
     def __init__(self, latent: int = 6, seed: int | None = 0) -> None:
         self.latent = latent
@@ -112,6 +245,22 @@ class Denoiser(abc.ABC):
             metrics["val_mse"] = self.stream_mse(pairs, parts.validation)
         else:
             metrics["train_mse"] = self.stream_mse(pairs, parts.train)
+        held = parts.validation if parts.validation.size else parts.train
+        self.variance_scale_ = 1.0
+        resid = held_out_residuals(self, pairs, held)
+        self.pixel_var_ = resid["pixel_var"].astype(np.float32)
+        self.variance_scale_ = resid["variance_scale"]
+        uncertainty = {
+            "method": ("predicted per pixel (Gaussian likelihood) x variance_scale (held-out 1-sigma "
+                       "coverage 68.27 %)" if self.predicts_variance() else
+                       "held-out residual variance per pixel (68.27 % quantile of r^2 - t)"),
+            "predicted": self.predicts_variance(), "variance_scale": self.variance_scale_,
+            "pixel_correlation": resid["pixel_correlation"],
+            "rows": "validation" if parts.validation.size else "training (no validation split)",
+            "n_galaxy": resid["n_galaxy"],
+            "target_noise": "accounted for: r^2 = (d - y)^2 compared with var + t, "
+                            "t = 1/w - 2e-6 the target's flux variance",
+            "median_pixel_var": float(np.median(self.pixel_var_)), "file": UNCERTAINTY_FILE}
         self.card_ = {
             "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
             "grid": facts["grid"], "norm_convention": facts["norm_convention"],
@@ -122,8 +271,13 @@ class Denoiser(abc.ABC):
                          "source": getattr(noisy, "encoding", {}).get("source")},
             "hyperparameters": self.get_params(), "seed": self.seed,
             "history": history, "metrics": metrics, "versions": cards.package_versions(),
+            "uncertainty": uncertainty,
         }
         return self
+
+    def predicts_variance(self) -> bool:
+        """Whether the model predicts its own per-galaxy, per-pixel variance."""
+        return False
 
     @abc.abstractmethod
     def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
@@ -158,13 +312,28 @@ class Denoiser(abc.ABC):
         self._require_fitted()
         return self._decode(np.asarray(Z, np.float32))
 
-    def denoise(self, X) -> np.ndarray:
-        """De-noised spectra: encode the mean, decode it (float32, (n, npix))."""
+    def denoise(self, X, return_var: bool = False):
+        """De-noised spectra: encode the mean, decode it (float32, (n, npix)).
+
+        With ``return_var`` also their variance about the true spectrum,
+        (normalised flux)^2, (n, npix) float32 (see the module notes).
+        """
         self._require_fitted()
-        return self._denoise(self._input(X))
+        X = self._input(X)
+        return self._denoise_var(X) if return_var else self._denoise(X)
 
     def _denoise(self, X: np.ndarray) -> np.ndarray:
         return self._decode(self._encode(X))
+
+    def _denoise_var(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode_var(self._encode(X))
+
+    def _decode_var(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = self._decode(Z)
+        if getattr(self, "pixel_var_", None) is None:
+            raise NotFittedError(f"{type(self).__name__} has no uncertainty model (saved before "
+                                 f"card version {cards.CARD_VERSION}); retrain it")
+        return mean, np.broadcast_to(self.pixel_var_, mean.shape).astype(np.float32)
 
     def score(self, noisy, clean) -> float:
         """Mean squared error per pixel of the de-noised ``noisy`` against ``clean``."""
@@ -185,6 +354,8 @@ class Denoiser(abc.ABC):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._save_artefact(path / self.artefact)
+        with open(path / UNCERTAINTY_FILE, "wb") as fh:
+            np.savez(fh, pixel_var=self.pixel_var_)
         cards.write_card(self.card_, path)
         return path
 
@@ -210,6 +381,11 @@ class Denoiser(abc.ABC):
         model = cls(**params)
         model._load_artefact(Path(path) / card["artefact"])
         model.card_ = card
+        unc = card.get("uncertainty")
+        if unc is not None:
+            with np.load(Path(path) / unc.get("file", UNCERTAINTY_FILE), allow_pickle=False) as f:
+                model.pixel_var_ = f["pixel_var"]
+            model.variance_scale_ = float(unc["variance_scale"])
         return model
 
     @abc.abstractmethod

@@ -1,10 +1,12 @@
 """The model card: what a saved de-noiser was trained on, and the check against new data.
 
 A saved model is one folder holding the artefact (``model.keras`` or
-``model.npz``) and ``card.json``.  The card records the wavelength grid,
+``model.npz``), ``card.json`` and ``uncertainty.npz`` (the held-out
+residual variance per pixel; see :mod:`~survey_denoise.models.base`).  The card records the wavelength grid,
 the normalisation convention, the noise model, the training data (id and
 size), the hyper-parameters, the loss history, metrics, package versions,
-the seed and the seed of the validation split.  :func:`check` compares a
+the seed and the seed of the validation split, and (version 2) how the
+de-noised pixels' errors are made (``uncertainty``).  :func:`check` compares a
 card with a dataset's attrs and refuses a model made for other data.
 """
 
@@ -22,7 +24,8 @@ from ..grid import GRID, Grid
 from ..schema import SchemaError
 
 CARD_NAME = "card.json"
-CARD_VERSION = 1
+CARD_VERSION = 2
+"""2: adds the ``uncertainty`` section (and ``uncertainty.npz``); 1 had none."""
 
 
 def package_versions() -> dict[str, str]:

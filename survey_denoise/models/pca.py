@@ -37,6 +37,7 @@ class PCADenoiser(Denoiser):
 
     kind = "pca"
     artefact = "model.npz"
+    output_in_input_norm = True
 
     def __init__(self, latent: int = 6, seed: int | None = 0) -> None:
         super().__init__(latent=latent, seed=seed)

@@ -1,6 +1,7 @@
 """Random hyper-parameter search for the AE and VAE, as in the paper (§3.2).
 
-Each trial draws a dropout rate (0-0.9, step 0.1), a number of encoder
+Each trial draws a dropout rate (0-0.9, step 0.1: 0, no dropout, is in the
+space), a number of encoder
 layers (2-4) and their widths (100-1000, step 100, each no wider than the
 previous), trains for at most ``epochs`` (the paper: 25) and is scored by
 its final validation loss, averaged over ``executions`` repeats.  The best
@@ -39,7 +40,7 @@ def sample_trials(n: int, seed: int) -> list[dict]:
 
 
 def run_trial(kind: str, latent: int, trial: dict, noisy, clean, *, epochs: int, seed: int,
-              executions: int = 1, validation_split: float = 0.2) -> dict:
+              executions: int = 1, validation_split: float = 0.2, preset: str = "default") -> dict:
     """Train one architecture ``executions`` times; return the trial with its scores.
 
     ``noisy``/``clean`` may be store paths, so a Dask worker opens them itself.
@@ -49,11 +50,18 @@ def run_trial(kind: str, latent: int, trial: dict, noisy, clean, *, epochs: int,
     finals, epochs_run = [], []
     for k in range(executions):
         model = model_class(kind)(latent, units=trial["units"], dropout=trial["dropout"],
-                                  epochs=epochs, seed=seed + k)
+                                  epochs=epochs, seed=seed + k, preset=preset)
         # The same validation galaxies for every trial, so scores compare.
         model.fit(noisy, clean, validation_split=validation_split, seed=seed)
         hist = model.card_["history"]
-        finals.append(hist.get("val_loss", hist["loss"])[-1])
+        # The Gaussian likelihood's total holds sum(log v); trials compare on the
+        # reconstruction term, the paper's loss.
+        watched = "reconstruction" if "reconstruction" in hist and model.predicts_variance() else "loss"
+        losses = hist.get(f"val_{watched}", hist[watched])
+        # Scored at the epoch whose weights the model keeps.
+        best = model.card_.get("training_choices", {}).get("best_epoch")
+        kept = best if best is not None and model.settings()["restore_best"] else -1
+        finals.append(losses[kept])
         epochs_run.append(len(hist["loss"]))
     return {**trial, "score": float(np.mean(finals)), "final_val_losses": finals,
             "epochs_run": epochs_run}
@@ -61,7 +69,7 @@ def run_trial(kind: str, latent: int, trial: dict, noisy, clean, *, epochs: int,
 
 def random_search(kind: str, latent: int, noisy, clean, *, n_trials: int, epochs: int = 25,
                   seed: int = 0, executions: int = 1, client=None,
-                  table: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
+                  table: str | Path | None = None, preset: str = "default") -> tuple[dict, pd.DataFrame]:
     """Run ``n_trials`` random trials; return the best trial and the table of all.
 
     Parameters
@@ -82,11 +90,14 @@ def random_search(kind: str, latent: int, noisy, clean, *, n_trials: int, epochs
         Run trials as Dask tasks (one per trial); default: one after another here.
     table : path, optional
         CSV written with every trial and a ``chosen`` column.
+    preset : str
+        Training choices of every trial (see :data:`~.training.PRESETS`);
+        the trial's dropout and widths replace the preset's.
     """
     if kind not in ("ae", "vae"):
         raise ValueError(f"random search is for the ae and vae models, not {kind!r}")
     trials = sample_trials(n_trials, seed)
-    kwargs = {"epochs": epochs, "seed": seed, "executions": executions}
+    kwargs = {"epochs": epochs, "seed": seed, "executions": executions, "preset": preset}
     if client is not None:
         futures = client.map(run_trial, [kind] * n_trials, [latent] * n_trials, trials,
                              [noisy] * n_trials, [clean] * n_trials, pure=False, **kwargs)

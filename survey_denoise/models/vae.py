@@ -2,8 +2,11 @@
 
 Besides the de-noised spectrum decoded from the posterior mean, the VAE can
 decode ``K`` draws from its latent posterior ``N(mean, exp(logvar))`` and
-return their mean and standard deviation per pixel: an uncertainty for the
-de-noised flux that later stages turn into an inverse variance.
+return their mean and standard deviation per pixel.  The spread alone is
+not an error bar: a collapsed posterior gives a spread ten times smaller
+than the actual error.  With ``return_var`` the total variance is returned,
+the model's variance about the truth (averaged over the draws) plus the
+spread squared (the law of total variance).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class VAEDenoiser(KerasDenoiser):
         return (mean, logvar) if return_logvar else mean
 
     def denoise(self, X, n_samples: int = 0, *, eps: np.ndarray | None = None,
-                seed: int | None = None):
+                seed: int | None = None, return_var: bool = False):
         """De-noised spectra; with ``n_samples = K > 0`` also their spread.
 
         Parameters
@@ -56,11 +59,15 @@ class VAEDenoiser(KerasDenoiser):
             not depend on chunking); default drawn from ``seed``.
         seed : int, optional
             Seed of the draws when ``eps`` is not given (default: the model's seed).
+        return_var : bool
+            Also return the total variance about the true spectrum,
+            (normalised flux)^2: ``(mean, var)`` for K = 0, ``(mean, var,
+            std)`` for K > 0.
         """
         self._require_fitted()
         X = self._input(X)
         if n_samples <= 0:
-            return self._denoise(X)
+            return self._denoise_var(X) if return_var else self._denoise(X)
         mean, logvar = self._encode_both(X)
         if eps is None:
             rng = np.random.default_rng(self.seed if seed is None else seed)
@@ -72,10 +79,17 @@ class VAEDenoiser(KerasDenoiser):
         # Welford-free two-pass is fine: K decodes of (n, npix) are summed in float64.
         total = np.zeros((X.shape[0], self.model_.npix), np.float64)
         total_sq = np.zeros_like(total)
+        model_var = np.zeros_like(total)
         for k in range(n_samples):
-            d = self._decode(mean + scale * eps[k]).astype(np.float64)
+            d, v = self._decode_var(mean + scale * eps[k]) if return_var else \
+                (self._decode(mean + scale * eps[k]), 0.0)
+            d = d.astype(np.float64)
             total += d
             total_sq += d * d
+            model_var += v
         avg = total / n_samples
         var = np.maximum(total_sq / n_samples - avg * avg, 0.0)
-        return avg.astype(np.float32), np.sqrt(var).astype(np.float32)
+        std = np.sqrt(var).astype(np.float32)
+        if return_var:
+            return avg.astype(np.float32), (model_var / n_samples + var).astype(np.float32), std
+        return avg.astype(np.float32), std

@@ -135,6 +135,9 @@ class Degrade(_Strict):
 class Train(_Strict):
     kind: Literal["pca", "ae", "vae"] = "vae"
     latent: int = Field(6, gt=0)
+    preset: Literal["default", "paper"] = Field("default", description=(
+        "AE/VAE training choices: 'paper' (Scourfield et al. 2023 as published) or 'default' "
+        "(measured on the mock; docs/models.md); the same default as `train --preset`"))
     epochs: int = Field(20, gt=0)
     seed: int = 0
     noisy: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]

@@ -80,7 +80,7 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
     cls = {"pca": models.PCADenoiser, "ae": models.AEDenoiser, "vae": models.VAEDenoiser}[cfg.kind]
     kwargs = {"latent": cfg.latent, "seed": cfg.seed}
     if cfg.kind != "pca":
-        kwargs["epochs"] = cfg.epochs
+        kwargs.update(epochs=cfg.epochs, preset=cfg.preset)
     model = cls(**kwargs)
     model.fit(noisy, clean)
     model.save(out)
