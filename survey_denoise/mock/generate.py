@@ -28,9 +28,10 @@ import numpy as np
 import xarray as xr
 
 from .. import lines as L
+from .. import ssp
 from ..grid import C_KMS, GRID, Grid
 from ..schema import FLUX_UNIT, add_provenance, make_spectra
-from . import nebular, population, ssp
+from . import nebular, population
 from .dust import calzetti
 from .instrument import INSTRUMENTS, Instrument
 from .priors import CLASSES, default_priors
