@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .resample import rebin_samples
+
 GRID_FILE = "bc03_miles_stellar_grids.fits"
 L_SUN_ERG_S = 3.828e33
 """Nominal solar luminosity, erg/s (IAU 2015 B3)."""
@@ -182,26 +184,6 @@ def load_library() -> SSPLibrary:
     )
 
 
-def rebin(wave: np.ndarray, flux: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Flux-conserving resampling of ``flux`` (..., n_wave) onto bins with ``edges``.
-
-    The cumulative integral of the piecewise-linear input is interpolated at
-    the new edges, so the mean flux density in each output bin is exact for
-    piecewise-linear input.
-
-    Returns
-    -------
-    ndarray (..., len(edges) - 1)
-        Mean flux density per output bin (same units as ``flux``).
-    """
-    cum = np.concatenate(
-        [np.zeros(flux.shape[:-1] + (1,)),
-         np.cumsum(0.5 * (flux[..., 1:] + flux[..., :-1]) * np.diff(wave), axis=-1)], axis=-1)
-    flat = cum.reshape(-1, wave.size)
-    at = np.stack([np.interp(edges, wave, row) for row in flat]).reshape(flux.shape[:-1] + (edges.size,))
-    return np.diff(at, axis=-1) / np.diff(edges)
-
-
 @cache
 def templates_on(wave_min: float, wave_max: float, npix: int) -> np.ndarray:
     """Age-binned SSPs on a log-lambda grid, cached per grid and process.
@@ -225,6 +207,6 @@ def templates_on(wave_min: float, wave_max: float, npix: int) -> np.ndarray:
     ln = np.linspace(np.log(wave_min), np.log(wave_max), npix)
     d = ln[1] - ln[0]
     edges = np.exp(np.concatenate([ln - d / 2, [ln[-1] + d / 2]]))
-    out = rebin(lib.wavelength, lib.spectra, edges).reshape(-1, npix)
+    out = rebin_samples(lib.wavelength, lib.spectra, edges).reshape(-1, npix)
     out.flags.writeable = False
     return out

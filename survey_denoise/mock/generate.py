@@ -191,7 +191,7 @@ def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray
                               np.cumsum(cont * (w0 * np.exp(dln * np.arange(npw)) * dln), 1)], 1)
         obs_edges = np.exp(np.log(inst.wavelength[0]) + dln * (np.arange(inst.npix + 1) - 0.5))
         pos0 = (np.log(obs_edges[0]) - np.log(1 + z) - (np.log(w0) - dln / 2)) / dln
-        from .synth import shift_rebin
+        from ..resample import shift_rebin
         flux = shift_rebin(cum, pos0, inst.npix) / np.diff(obs_edges)[None, :]
         if cfg.emission:
             _add_lines(flux, obs_edges, props, fluxes, 1 + z, inst.sigma_inst_kms)
