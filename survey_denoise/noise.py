@@ -428,8 +428,7 @@ def degrade(ds: xr.Dataset, noise: UniformNoise | DesiNoise, *, seed: int,
         attrs["cosmology"] = json.dumps({"name": cosmology, "H0": cosmo.H0.value, "Om0": cosmo.Om0,
                                          "Tcmb0": cosmo.Tcmb0.value, "Ob0": cosmo.Ob0}, default=str)
         params["cosmology"] = cosmology
-    grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs \
-        else Grid.from_wavelength(ds["wavelength"].values)
+    grid = Grid.from_dataset(ds)
     chunks = ds["flux"].chunks
     per_gal = {n: ds[n] if chunks is None else ds[n].chunk({"galaxy": chunks[0]})
                for n in ("z", "norm", "flags")}
