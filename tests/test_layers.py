@@ -16,6 +16,7 @@ import survey_denoise
 PACKAGE = Path(survey_denoise.__file__).parent
 LIBRARIES = ("fitting", "science")
 FORBIDDEN = ("survey_denoise.mock", "survey_denoise.plots", "survey_denoise.report", "matplotlib")
+PLOTTING = {"plots.py", "report.py", "figures.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -45,6 +46,12 @@ def _breaks(name: str, forbidden: tuple[str, ...]) -> bool:
 def test_fitting_and_science_import_no_mock_plots_or_matplotlib(path):
     bad = sorted(n for n in imported_modules(path) if _breaks(n, FORBIDDEN))
     assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_only_plotting_modules_import_matplotlib():
+    bad = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if p.name not in PLOTTING and any(_breaks(n, ("matplotlib",)) for n in imported_modules(p)))
+    assert not bad, f"matplotlib imported outside plots.py, report.py and */figures.py: {bad}"
 
 
 def test_the_import_reader_resolves_relative_and_lazy_imports():
