@@ -28,7 +28,7 @@ from survey_denoise.fitting import fast  # noqa: E402
 from survey_denoise.fitting.ppxf import fit_many  # noqa: E402
 from survey_denoise.fitting.templates import stellar_templates  # noqa: E402
 from survey_denoise.grid import GRID  # noqa: E402
-from survey_denoise.mock.ssp import rebin  # noqa: E402
+from survey_denoise.resample import rebin_samples as rebin  # noqa: E402
 
 KEYS = ("halpha", "hbeta", "oiii_5007", "nii_6583", "sii_6716", "hdelta", "hgamma", "oiii_4363")
 SNR_BINS = (3, 10, 30, 100, 1e9)

@@ -23,7 +23,7 @@ workers.
 
 With a running SLURM (``sinfo`` answers; ``cluster/slurm-up.sh`` starts a
 single-node one) the pPXF path is repeated with 1 and 2 worker jobs through
-``survey_denoise.cluster.connect("slurm")`` (``cluster/slurm.yaml``).
+``survey_denoise.cluster.connect("cluster/slurm.yaml")`` (found beside this folder).
 
 Writes ``benchmarks/results/scaling.json``.
 Usage: ``python benchmarks/scaling.py [--ppxf-n 64] [--fast-n 20000] [--slurm auto|no]``
@@ -49,6 +49,7 @@ from end_to_end import config_for, run_one, worker_cpu  # noqa: E402
 cloudpickle.register_pickle_by_value(end_to_end)
 
 RESULTS = Path(__file__).parent / "results"
+SLURM_FILE = Path(__file__).resolve().parents[1] / "cluster" / "slurm.yaml"
 
 
 # ------------------------------------------------------------ on the workers
@@ -237,7 +238,7 @@ def main() -> None:
             runs = []
             try:
                 for jobs in (1, 2):
-                    with connect("slurm", n_workers=jobs, echo=None) as client:
+                    with connect(str(SLURM_FILE), n_workers=jobs, echo=None) as client:
                         runs.append(ppxf_run(client, store, work / "ppxf-cat-slurm.zarr", jobs))
                     print(f"ppxf slurm {jobs} job(s): {runs[-1]}", flush=True)
                 result["ppxf_slurm"] = {"runs": runs, "efficiency": efficiency(*runs),

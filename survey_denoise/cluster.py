@@ -7,8 +7,11 @@
   parallelism is the only parallelism);
 - ``"slurm"``, ``"pbs"``, ``"lsf"`` or a path to a cluster YAML file: a
   dask-jobqueue cluster whose jobs run the workers, scaled adaptively between
-  a minimum and a maximum number of jobs (settings: ``cluster/slurm.yaml``
-  and the defaults in ``survey_denoise/data/survey_denoise.yaml``);
+  a minimum and a maximum number of jobs (settings: dask-jobqueue's own
+  ``jobqueue.<system>`` configuration, with this package's defaults in
+  ``survey_denoise/data/jobqueue.yaml``, and ``survey-denoise.batch`` in
+  ``survey_denoise/data/survey_denoise.yaml``; a cluster file overrides
+  both);
 - ``tcp://host:port``, ``tls://host:port`` or a scheduler JSON file: a
   scheduler started elsewhere.
 
@@ -19,7 +22,8 @@ scheduler runs whatever code its clients send.  Batch-system workers get the
 credentials as files in ``shared-temp-directory`` (written by dask-jobqueue,
 mode 0600, removed when the cluster closes).  For the same reason the
 dashboard, which has no login and shows every worker's address, listens on
-127.0.0.1 only (``dashboard-address``; reach it through an SSH tunnel).
+127.0.0.1 only (``local.dashboard-address``, and the batch scheduler's
+``scheduler-options: {dashboard_address: ...}``; reach it through an SSH tunnel).
 
 While a client is open, each worker the scheduler loses unexpectedly is
 reported by name (Dask itself recomputes its tasks silently), and a scheduler
@@ -34,7 +38,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,12 @@ WORKER_ENV = {
 
 CONFIG_KEY = "survey-denoise"
 DEFAULTS_FILE = Path(__file__).parent / "data" / "survey_denoise.yaml"
-CLUSTER_DIR = Path("cluster")  # where `--cluster slurm` looks for slurm.yaml
+JOBQUEUE_DEFAULTS_FILE = Path(__file__).parent / "data" / "jobqueue.yaml"
 SYSTEMS = ("slurm", "pbs", "lsf")
+CLUSTER_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
+BATCH_KEYS = ("lifetime", "lifetime-stagger", "adapt", "tls")
+"""This package's own batch-cluster settings (``survey-denoise.batch``); every
+other key of a cluster file is dask-jobqueue's (``jobqueue.<system>``)."""
 
 
 def _register_defaults() -> dict:
@@ -73,101 +81,77 @@ def setting(key: str) -> Any:
 
 
 # --------------------------------------------------------------------------
-# Batch systems: one config shape, each system maps only what differs.
+# Batch systems: dask-jobqueue's own configuration, with this package's defaults.
 
 
 class UnknownCluster(ValueError):
     """A ``--cluster`` value or cluster file that cannot be used."""
 
 
-@dataclass(frozen=True)
-class JobSystem:
-    """How one batch system's settings become dask-jobqueue keywords.
+@cache
+def _register_jobqueue_defaults() -> None:
+    # After dask-jobqueue's own defaults (registered when it is imported), so
+    # that ours replace them; values a user set in Dask's config files or
+    # environment stay, as for any package's defaults (dask.config.update_defaults).
+    import dask_jobqueue  # noqa: F401
 
-    Attributes
-    ----------
-    name : str
-        ``slurm``, ``pbs`` or ``lsf``.
-    cluster_class : str
-        dask-jobqueue class name.
-    renames : dict
-        Our key -> the class's keyword, where the class names it differently.
-    own_keys : tuple of str
-        Keys only this system understands (passed through, hyphens -> underscores).
-    """
-
-    name: str
-    cluster_class: str
-    renames: dict[str, str] = field(default_factory=dict)
-    own_keys: tuple[str, ...] = ()
-
-
-JOB_SYSTEMS = {
-    "slurm": JobSystem("slurm", "SLURMCluster"),
-    "pbs": JobSystem("pbs", "PBSCluster", own_keys=("resource-spec",)),
-    # LSF has projects where SLURM and PBS have accounts.
-    "lsf": JobSystem("lsf", "LSFCluster", renames={"account": "project"}, own_keys=("use-stdin",)),
-}
-
-# Keys every system shares, and the dask-jobqueue keyword each becomes.
-_COMMON = {
-    "cores": "cores", "processes": "processes", "memory": "memory", "walltime": "walltime",
-    "queue": "queue", "account": "account", "job-directives": "job_extra_directives",
-    "job-directives-skip": "job_directives_skip", "interface": "interface",
-    "local-directory": "local_directory", "log-directory": "log_directory",
-    "python": "python", "death-timeout": "death_timeout", "job-name": "job_name",
-}
-_OURS = {"system", "lifetime", "lifetime-stagger", "adapt", "tls", "shared-temp-directory",
-         "dashboard-address", "job-script-prologue"}
-
-
-def _merge(*layers: dict) -> dict:
-    return dask.config.merge(*[layer or {} for layer in layers])
+    dask.config.update_defaults(yaml.safe_load(JOBQUEUE_DEFAULTS_FILE.read_text()))
 
 
 def jobqueue_settings(spec: str) -> dict:
-    """Effective settings of a batch-system cluster.
+    """Effective settings of a batch-system cluster, one flat mapping.
 
-    Layers, later wins: package defaults for the system, the cluster file
-    (``spec`` itself if it is a path, else ``cluster/<system>.yaml`` when it
-    exists), then whatever ``dask.config`` holds that differs from the
-    defaults (``dask.config.set``, the user's Dask config files,
-    ``DASK_SURVEY_DENOISE__*`` environment variables).
+    dask-jobqueue's ``jobqueue.<system>`` keys and this package's
+    :data:`BATCH_KEYS` (``survey-denoise.batch``).  Layers, later wins:
+    defaults (dask-jobqueue's, then ``data/jobqueue.yaml`` and
+    ``data/survey_denoise.yaml``), the cluster file when ``spec`` is a path,
+    then whatever Dask's configuration holds that differs from the defaults
+    (the user's Dask config files, ``DASK_JOBQUEUE__*`` and
+    ``DASK_SURVEY_DENOISE__BATCH__*`` environment variables,
+    ``dask.config.set``).
 
     Raises
     ------
     UnknownCluster
         For an unknown system, an unreadable file or unknown keys (named).
     """
-    path = Path(spec).expanduser()
+    _register_jobqueue_defaults()
     if spec in SYSTEMS:
-        system, path = spec, CLUSTER_DIR / f"{spec}.yaml"
-        from_file = _read_cluster_file(path) if path.exists() else {}
+        system, path, from_file = spec, spec, {}
     else:
-        from_file = _read_cluster_file(path)
-        system = from_file.get("system", "slurm")
-    if system not in JOB_SYSTEMS:
+        path = Path(spec).expanduser()
+        from_file = _hyphenated(_read_cluster_file(path))
+        system = from_file.pop("system", "slurm")
+    if system not in SYSTEMS:
         raise UnknownCluster(f"{path}: system {system!r} is not one of {', '.join(SYSTEMS)}")
-    default = _DEFAULTS[CONFIG_KEY]["jobqueue"][system]
-    live = _hyphenated(dask.config.get(f"{CONFIG_KEY}.jobqueue.{system}", default={}))
-    # Files and environment as they are now (dask.config read them at import).
-    now = _hyphenated(dask.config.get(f"{CONFIG_KEY}.jobqueue.{system}", default={},
-                                      config=dask.config.collect()))
-    settings = _merge(default, from_file, _changed(live, default), now)
-    settings["system"] = system
-    known = set(_COMMON) | _OURS | set(JOB_SYSTEMS[system].own_keys)
-    unknown = sorted(set(settings) - known)
+    defaults = dask.config.merge(*dask.config.defaults)
+    env = dask.config.collect_env()
+    layers = []
+    for section in (("jobqueue", system), (CONFIG_KEY, "batch")):
+        key = ".".join(section)
+        default = _hyphenated(dask.config.get(key, config=defaults))
+        live = _hyphenated(dask.config.get(key, default={}))
+        # Environment variables set after Dask read them at import.
+        now = _hyphenated(dask.config.get(key, default={}, config=env))
+        file_part = {k: v for k, v in from_file.items() if (k in BATCH_KEYS) == (section[0] == CONFIG_KEY)}
+        layers.append(dask.config.merge(default, file_part, _changed(live, default), now))
+    known = set(_hyphenated(dask.config.get(f"jobqueue.{system}", config=defaults))) | set(BATCH_KEYS)
+    unknown = sorted((set(from_file) | set(layers[0])) - known)
     if unknown:
-        raise UnknownCluster(f"{path}: unknown key(s) {', '.join(unknown)} for a {system} "
-                             f"cluster; known: {', '.join(sorted(known))}")
-    return settings
+        raise UnknownCluster(f"{path}: unknown key(s) {', '.join(unknown)} for a {system} cluster; "
+                             f"known: system, {', '.join(sorted(known))} (dask-jobqueue's "
+                             f"jobqueue.{system} keys and survey-denoise's {', '.join(BATCH_KEYS)})")
+    return {"system": system, **layers[0], **{k: layers[1][k] for k in BATCH_KEYS}}
 
 
-def _hyphenated(tree: Any) -> Any:
+def _hyphenated(tree: Any) -> dict:
     # Environment variables arrive as DASK_..._LIFETIME_STAGGER -> "lifetime_stagger".
-    if isinstance(tree, dict):
-        return {str(k).replace("_", "-"): _hyphenated(v) for k, v in tree.items()}
-    return tree
+    # Only our names are hyphenated: scheduler-options holds Scheduler keywords.
+    out = {}
+    for key, value in dict(tree or {}).items():
+        key = str(key).replace("_", "-")
+        out[key] = _hyphenated(value) if key == "adapt" else value
+    return out
 
 
 def _changed(live: dict, default: dict) -> dict:
@@ -198,22 +182,25 @@ def _read_cluster_file(path: Path) -> dict:
 
 
 def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
-    """dask-jobqueue constructor keywords for effective ``settings``."""
-    system = JOB_SYSTEMS[settings["system"]]
+    """dask-jobqueue constructor keywords for effective ``settings``.
+
+    Each ``jobqueue.<system>`` key becomes the keyword of the same name with
+    underscores (dask-jobqueue's own convention), except ``name``, which its
+    config uses for the job name (``job_name``); null values are left out,
+    so dask-jobqueue applies its own.
+    """
     kwargs: dict[str, Any] = {}
-    for key, kw in _COMMON.items():
-        if settings.get(key) is not None:
-            kwargs[system.renames.get(key, kw)] = settings[key]
+    for key, value in settings.items():
+        if key in BATCH_KEYS or key == "system" or value is None:
+            continue
+        kwargs["job_name" if key == "name" else key.replace("-", "_")] = value
     if kwargs.get("log_directory"):
         # Written into the job script's #SBATCH/#PBS lines, where no shell
         # expands "~" or "$VAR": expand here, on the submitting machine.
         kwargs["log_directory"] = os.path.expanduser(os.path.expandvars(kwargs["log_directory"]))
-    for key in system.own_keys:
-        if settings.get(key) is not None:
-            kwargs[key.replace("-", "_")] = settings[key]
     if kwargs.get("processes") is None:
         kwargs["processes"] = int(settings["cores"])  # single-threaded workers
-    extra = []
+    extra = list(kwargs.get("worker_extra_args") or [])
     if settings.get("lifetime"):
         extra += ["--lifetime", str(settings["lifetime"])]
         if settings.get("lifetime-stagger"):
@@ -221,8 +208,9 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     kwargs["worker_extra_args"] = extra
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
         + list(settings.get("job-script-prologue") or [])
-    kwargs["scheduler_options"] = {
-        "dashboard_address": settings.get("dashboard-address", "127.0.0.1:0")}
+    kwargs["scheduler_options"] = {"dashboard_address": "127.0.0.1:0",
+                                   **dict(settings.get("scheduler-options") or {})}
+    kwargs.pop("shared_temp_directory", None)
     if security is not None:
         kwargs["security"] = security
         directory = Path(os.path.expandvars(settings["shared-temp-directory"])).expanduser()
@@ -246,7 +234,7 @@ def jobqueue_cluster(spec: str, *, tls: bool | None = None):
 
     settings = jobqueue_settings(spec)
     security = temporary_security() if (settings["tls"] if tls is None else tls) else None
-    cls = getattr(dask_jobqueue, JOB_SYSTEMS[settings["system"]].cluster_class)
+    cls = getattr(dask_jobqueue, CLUSTER_CLASSES[settings["system"]])
     cluster = cls(**jobqueue_kwargs(settings, security))
     cluster.survey_denoise_settings = settings
     return cluster

@@ -8,6 +8,7 @@ else asks for :data:`GRID` or builds its own :class:`Grid`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -97,6 +98,44 @@ class Grid:
         grid = cls(float(wavelength[0]), float(wavelength[-1]), wavelength.size)
         if not np.allclose(grid.wavelength, wavelength, rtol=1e-9, atol=0):
             raise ValueError("wavelength axis is not uniform in log(lambda)")
+        return grid
+
+    @classmethod
+    def from_dataset(cls, ds) -> Grid:
+        """The rest-frame grid of a spectra dataset; the one place that reads it.
+
+        ``attrs["grid"]`` (written by pre-processing and the mock) when
+        present; without it the wavelength axis must be the paper's
+        :data:`GRID`.  Either way the axis must hold the grid's pixel centres.
+
+        Parameters
+        ----------
+        ds : xarray.Dataset
+            Rest-frame spectra, with a ``wavelength`` coordinate (Angstrom).
+
+        Raises
+        ------
+        ValueError
+            If ``attrs["grid"]`` is not a grid description, or the
+            wavelength axis is missing or does not match the grid.
+        """
+        if "grid" in ds.attrs:
+            try:
+                grid = cls.from_dict(json.loads(ds.attrs["grid"]))
+            except (TypeError, KeyError, ValueError) as err:
+                raise ValueError(f"attrs['grid'] = {ds.attrs['grid']!r} is not a grid description "
+                                 f"(wave_min, wave_max, npix): {err}") from None
+            source = f"attrs['grid'] {grid.to_dict()}"
+        else:
+            grid, source = GRID, "the paper grid (the dataset has no attrs['grid'])"
+        if "wavelength" not in ds.coords:
+            raise ValueError("the dataset has no 'wavelength' coordinate, so it has no grid")
+        wave = np.asarray(ds["wavelength"].values)
+        if not grid.matches(wave):
+            span = f"{wave[0]:.1f}-{wave[-1]:.1f} A" if wave.size else "empty"
+            raise ValueError(f"rest-frame wavelength axis ({wave.size} pixels, {span}) does not match "
+                             f"{source}; resample it with `survey-denoise preprocess`, which "
+                             "records the grid")
         return grid
 
     def matches(self, wavelength: np.ndarray, rtol: float = 1e-7) -> bool:

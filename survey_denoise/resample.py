@@ -31,6 +31,12 @@ in, the same out.  Converting observed-frame flux density to rest-frame
 flux density (a factor ``1 + z``) is the caller's job
 (:mod:`survey_denoise.preprocess`).
 
+Two noise-free variants serve the mock survey and the fitters' templates:
+:func:`rebin_samples` (a finely sampled spectrum, piecewise-linear between
+samples, onto any bins) and :func:`shift_rebin` (pixel integrals already
+summed into a cumulative integral, onto a grid of the same log step shifted
+by a fraction of a pixel per row: the redshift of a mock galaxy).
+
 Algorithm.  For every output edge the input pixel containing it is found by
 binary search; the output pixel then holds (at most) a partial pixel at each
 end and a run of whole pixels in between.  The whole-pixel runs are summed
@@ -296,3 +302,60 @@ def _count_le(edges_in: np.ndarray, edges_out: np.ndarray) -> np.ndarray:
     above = np.take_along_axis(edges_in, np.clip(c, 0, n_edges - 1), axis=1)
     c = np.where((c < n_edges) & (above <= edges_out[None, :]), c + 1, c)
     return c
+
+
+# ------------------------------------------------------- noise-free spectra
+
+
+def rebin_samples(wave: np.ndarray, flux: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Flux-conserving resampling of a noise-free, finely sampled ``flux`` (..., n_wave) onto bins.
+
+    ``wave`` holds sample points of a smooth spectrum (a template library),
+    not pixel edges: the input is piecewise-linear between samples, unlike
+    :func:`rebin`'s piecewise-constant pixels (on the BC03 templates the two
+    differ by 2e-4 per pixel in the median, 4 % at most).
+
+    The cumulative integral of the piecewise-linear input is interpolated at
+    the new edges, so the mean flux density in each output bin is exact for
+    piecewise-linear input.
+
+    Returns
+    -------
+    ndarray (..., len(edges) - 1)
+        Mean flux density per output bin (same units as ``flux``).
+    """
+    cum = np.concatenate(
+        [np.zeros(flux.shape[:-1] + (1,)),
+         np.cumsum(0.5 * (flux[..., 1:] + flux[..., :-1]) * np.diff(wave), axis=-1)], axis=-1)
+    flat = cum.reshape(-1, wave.size)
+    at = np.stack([np.interp(edges, wave, row) for row in flat]).reshape(flux.shape[:-1] + (edges.size,))
+    return np.diff(at, axis=-1) / np.diff(edges)
+
+
+def shift_rebin(cum: np.ndarray, pos0: np.ndarray, npix: int) -> np.ndarray:
+    """Integrals over output pixels from a cumulative integral on a grid of the same log step.
+
+    Parameters
+    ----------
+    cum : ndarray (n, m + 1)
+        Cumulative integral of the input at its m + 1 pixel edges.
+    pos0 : ndarray (n,)
+        Position of the first output edge in input-edge units (fractional).
+    npix : int
+        Output pixels; output edge j sits at ``pos0 + j``.
+
+    Returns
+    -------
+    ndarray (n, npix)
+        Integral of the input over each output pixel (linear interpolation of
+        ``cum``, exact flux conservation).
+    """
+    i0 = np.floor(pos0).astype(np.int64)
+    t = (pos0 - i0)[:, None]
+    idx = i0[:, None] + np.arange(npix + 1)[None, :]
+    if idx.min() < 0 or idx.max() + 1 >= cum.shape[1]:
+        raise ValueError("output pixels fall outside the working grid; widen it")
+    lo = np.take_along_axis(cum, idx, axis=1)
+    hi = np.take_along_axis(cum, idx + 1, axis=1)
+    at = (1 - t) * lo + t * hi
+    return np.diff(at, axis=1)

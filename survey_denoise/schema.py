@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .grid import GRID, Grid
+from .grid import Grid
 
 SCHEMA_VERSION = 1
 FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
@@ -65,7 +65,8 @@ def validate(ds: xr.Dataset, *, frame: str | None = None, grid: Grid | None = No
         Required wavelength frame.  A rest-frame dataset must sit on a grid.
     grid : Grid, optional
         Grid a rest-frame dataset must sit on (default: the one recorded in
-        ``ds.attrs["grid"]``, else :data:`~survey_denoise.grid.GRID`).
+        ``ds.attrs["grid"]``, else :data:`~survey_denoise.grid.GRID`; see
+        :meth:`~survey_denoise.grid.Grid.from_dataset`).
     where : str, optional
         Name of the file or stage, prefixed to error messages.
 
@@ -113,7 +114,12 @@ def validate(ds: xr.Dataset, *, frame: str | None = None, grid: Grid | None = No
     if frame is not None and got_frame != frame:
         _fail(f"wavelength frame is {got_frame!r}, this step needs {frame!r}", where)
     if got_frame == "rest":
-        want = grid or (Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID)
+        if grid is None:
+            try:
+                grid = Grid.from_dataset(ds)
+            except ValueError as err:
+                _fail(str(err), where)
+        want = grid
         if not want.matches(wave_values):
             _fail(f"rest-frame wavelength axis ({wave_values.size} pixels, "
                   f"{wave_values[0]:.1f}-{wave_values[-1]:.1f} A) does not match the grid "

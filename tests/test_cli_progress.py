@@ -98,10 +98,10 @@ def test_readme_names_the_commands_that_take_cluster():
     text = " ".join(README.read_text().split())
     claim = re.search(r"The commands that compute \((.*?)\) take `--cluster", text)
     assert claim, "README: which commands take --cluster"
-    listed = set(re.findall(r"`(\w+)`", claim.group(1)))
+    listed = set(re.findall(r"`([a-z][\w-]*)`", claim.group(1)))
     without = re.search(r"`--cluster[^;]*; (.*?) start no cluster", text)
     assert without, "README: which commands start no cluster"
-    not_listed = set(re.findall(r"`(\w+)`", without.group(1)))
+    not_listed = set(re.findall(r"`([a-z][\w-]*)`", without.group(1)))
     commands = _commands()
     takes = {name.split()[0] for name, c in commands.items() if "--cluster" in _options(c)}
     assert listed == takes and not_listed == set(COMMANDS) - takes

@@ -72,9 +72,9 @@ def test_settings_layers_defaults_file_then_environment(tmp_path, monkeypatch):
     assert settings["cores"] == 4 and settings["queue"] == "short"
     assert settings["adapt"] == {"minimum-jobs": 1, "maximum-jobs": 10}  # merged, not replaced
     assert settings["walltime"] == "01:00:00"  # package default
-    monkeypatch.setenv("DASK_SURVEY_DENOISE__JOBQUEUE__SLURM__QUEUE", "long")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__QUEUE", "long")
     assert jobqueue_settings(str(path))["queue"] == "long"
-    with dask.config.set({"survey-denoise.jobqueue.slurm.cores": 8}):
+    with dask.config.set({"jobqueue.slurm.cores": 8}):
         assert jobqueue_settings(str(path))["cores"] == 8
     path.write_text("system: slurm\npartition: short\n")
     with pytest.raises(UnknownCluster, match="unknown key.*partition"):
@@ -85,8 +85,8 @@ def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text(f"system: slurm\ncores: 2\nmemory: 3GiB\nqueue: debug\naccount: astro\n"
                     f"walltime: '00:20:00'\nlifetime: 15m\nlifetime-stagger: 2m\n"
-                    f"job-directives: ['--qos=low']\nshared-temp-directory: {tmp_path / 'tls'}\n")
-    with dask.config.set({"survey-denoise.jobqueue.slurm.dashboard-address": ":0"}):
+                    f"job-extra-directives: ['--qos=low']\nshared-temp-directory: {tmp_path / 'tls'}\n")
+    with dask.config.set({"jobqueue.slurm.scheduler-options.dashboard_address": ":0"}):
         with jobqueue_cluster(str(path)) as cluster:
             script = cluster.job_script()
             assert cluster.scheduler_address.startswith("tls://")
@@ -98,14 +98,15 @@ def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
     assert oct((tmp_path / "tls").stat().st_mode)[-3:] == "700"
 
 
-@pytest.mark.parametrize("system, header", [("pbs", "#PBS -A astro"), ("lsf", '#BSUB -P "astro"')])
-def test_pbs_and_lsf_use_the_same_shape(tmp_path, system, header):
+@pytest.mark.parametrize("system, account, header", [("pbs", "account", "#PBS -A astro"),
+                                                     ("lsf", "project", '#BSUB -P "astro"')])
+def test_pbs_and_lsf_use_the_same_shape(tmp_path, system, account, header):
     path = tmp_path / f"{system}.yaml"
-    path.write_text(f"system: {system}\ncores: 2\nmemory: 4GiB\naccount: astro\nqueue: q\n")
+    path.write_text(f"system: {system}\ncores: 2\nmemory: 4GiB\n{account}: astro\nqueue: q\n")
     settings = jobqueue_settings(str(path))
     kwargs = jobqueue_kwargs(settings)
     assert kwargs["processes"] == 2 and "security" not in kwargs
-    with dask.config.set({f"survey-denoise.jobqueue.{system}.dashboard-address": ":0"}):
+    with dask.config.set({f"jobqueue.{system}.scheduler-options.dashboard_address": ":0"}):
         with jobqueue_cluster(str(path), tls=False) as cluster:
             script = cluster.job_script()
     assert header in script and "--lifetime 55m" in script
@@ -142,7 +143,7 @@ def test_dashboard_listens_on_loopback_only_and_serves_its_pages():
 
 
 def test_batch_scheduler_dashboard_is_loopback_by_default(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # no cluster/slurm.yaml here: the package defaults
+    monkeypatch.chdir(tmp_path)  # the defaults are found beside the package, not here
     for system in ("slurm", "pbs", "lsf"):
         kwargs = jobqueue_kwargs(jobqueue_settings(system))
         assert kwargs["scheduler_options"]["dashboard_address"] == "127.0.0.1:8787"
@@ -189,3 +190,20 @@ def test_a_lost_worker_is_reported_by_name(capfd):
     lost = [line for line in lines if "was lost" in line]
     assert len(lost) == 1 and address in lost[0] and "task(s)" in lost[0], lines
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_users_jobqueue_yaml_and_environment_override_the_shipped_defaults(tmp_path):
+    import subprocess
+    import sys
+
+    # What dask-jobqueue copies into ~/.config/dask on first import (its own
+    # defaults) must not hide this package's; a value the user changed must win.
+    (tmp_path / "jobqueue.yaml").write_text(
+        "jobqueue:\n  slurm:\n    walltime: '00:30:00'\n    name: dask-worker\n    queue: mine\n")
+    code = ("from survey_denoise.cluster import jobqueue_settings as s; x = s('slurm'); "
+            "print(x['walltime'], x['name'], x['queue'], x['memory'], x['lifetime'])")
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path), "DASK_JOBQUEUE__SLURM__MEMORY": "9GiB",
+           "DASK_SURVEY_DENOISE__BATCH__LIFETIME": "20m"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split() == ["01:00:00", "survey-denoise", "mine", "9GiB", "20m"], out.stderr

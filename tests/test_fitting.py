@@ -28,7 +28,7 @@ def _spectra(n, seed, noise=0.02, width=100.0):
     rng = np.random.default_rng(seed)
     stars = stellar_templates(GRID.velscale, 4, (3500.0, 8300.0))
     wave = np.exp(stars.ln_lam)
-    from survey_denoise.mock.ssp import rebin
+    from survey_denoise.resample import rebin_samples as rebin
 
     cont = rebin(wave, stars.templates.T[rng.integers(0, stars.n_templates, n)], np.asarray(GRID.edges))
     cont /= np.median(cont, axis=1, keepdims=True)

@@ -19,7 +19,7 @@ from survey_denoise.schema import make_spectra
 
 def _store(path, n=8, chunk=2, seed=0):
     from survey_denoise.fitting.templates import stellar_templates
-    from survey_denoise.mock.ssp import rebin
+    from survey_denoise.resample import rebin_samples as rebin
 
     rng = np.random.default_rng(seed)
     stars = stellar_templates(GRID.velscale, 4, (3500.0, 8300.0))

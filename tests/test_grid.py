@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -43,3 +45,26 @@ def test_refuses_other_axes():
         Grid.from_wavelength(np.linspace(3700, 7900, 825))
     with pytest.raises(ValueError):
         Grid(7900, 3700, 825)
+
+
+def _spectra(wavelength, **attrs):
+    import xarray as xr
+
+    return xr.Dataset(coords={"wavelength": ("wavelength", wavelength, {"frame": "rest"})}, attrs=attrs)
+
+
+def test_from_dataset_reads_the_recorded_grid_else_the_paper_grid():
+    other = Grid(3800, 7000, 300)
+    assert Grid.from_dataset(_spectra(other.wavelength, grid=json.dumps(other.to_dict()))) == other
+    assert Grid.from_dataset(_spectra(np.array(GRID.wavelength))) == GRID
+
+
+@pytest.mark.parametrize("wavelength, attrs, message", [
+    (Grid(3800, 7000, 300).wavelength, {}, "does not match the paper grid"),
+    (GRID.wavelength, {"grid": '{"wave_min": 3700}'}, "not a grid description"),
+    (GRID.wavelength, {"grid": "not json"}, "not a grid description"),
+    (GRID.wavelength * 1.001, {}, "does not match"),
+])
+def test_from_dataset_refuses_what_it_cannot_read(wavelength, attrs, message):
+    with pytest.raises(ValueError, match=message):
+        Grid.from_dataset(_spectra(np.array(wavelength), **attrs))

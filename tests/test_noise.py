@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _cli import run
 from _data import DESI_COADDS
 from astropy.cosmology import Planck18
 from astropy.table import Table
@@ -22,7 +23,6 @@ from survey_denoise.noise import (
     build_desi_curve,
     degrade,
     dimming_factor,
-    main,
 )
 from survey_denoise.preprocess import preprocess
 from survey_denoise.rng import standard_normal
@@ -109,7 +109,8 @@ def test_shipped_desi_curve_is_reproducible_and_matches_the_real_coadds(tmp_path
     assert "fastspecfit" in " ".join(shipped.meta["sources"]) and shipped.meta["version"] == 1
     # Rebuilding from the coadds gives the file again (to its 5 stored digits).
     out = tmp_path / "curve.ecsv"
-    assert main(["build-desi", *map(str, COADDS), "--out", str(out)]) == 0
+    result = run("noise-curve", *COADDS, "--out", out)
+    assert result.returncode == 0 and f"wrote {out}" in result.stdout, result.stderr
     rebuilt = Table.read(out, format="ascii.ecsv")
     np.testing.assert_array_equal(rebuilt["wavelength"], shipped["wavelength"])
     np.testing.assert_allclose(rebuilt["sigma_median"], shipped["sigma_median"], rtol=1e-6)

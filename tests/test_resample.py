@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from survey_denoise.grid import GRID
-from survey_denoise.resample import edges_from_centres, rebin
+from survey_denoise.resample import edges_from_centres, rebin, rebin_samples, shift_rebin
 
 
 def brute_force(flux, ivar, mask, edges_in, edges_out, min_fraction):
@@ -172,3 +172,22 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="scale"):
         rebin(np.ones((2, 3)), np.ones((2, 3)), None, np.arange(4.0), np.arange(3.0),
               scale=np.array([1.0, np.nan]))
+
+
+def test_rebin_samples_is_exact_for_piecewise_linear_input():
+    wave = np.array([1.0, 2.0, 4.0, 5.0])
+    flux = np.array([[0.0, 2.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    got = rebin_samples(wave, flux, np.array([1.0, 2.0, 3.0, 5.0]))
+    # Means of the linear pieces over [1, 2], [2, 3] and [3, 5].
+    np.testing.assert_allclose(got, [[1.0, 2.0, 1.5], [1.0, 1.0, 1.0]])
+
+
+def test_shift_rebin_integrates_a_shifted_cumulative():
+    widths = np.ones(6)
+    flux = np.array([[1.0, 3.0, 5.0, 7.0, 9.0, 11.0]])
+    cum = np.concatenate([[[0.0]], np.cumsum(flux * widths, axis=1)], axis=1)
+    got = shift_rebin(cum, np.array([0.5]), 4)
+    # Each output pixel straddles two input pixels half and half.
+    np.testing.assert_allclose(got, [[2.0, 4.0, 6.0, 8.0]])
+    with pytest.raises(ValueError, match="outside the working grid"):
+        shift_rebin(cum, np.array([2.5]), 4)

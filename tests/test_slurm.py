@@ -40,9 +40,9 @@ def cluster_file(tmp_path: Path, name: str, jobs: int = 2) -> Path:
     """Two single-core worker jobs, logs and TLS credentials under tmp_path."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "system": "slurm", "job-name": name, "cores": 1, "memory": "2GiB", "walltime": "00:15:00",
+        "system": "slurm", "name": name, "cores": 1, "memory": "2GiB", "walltime": "00:15:00",
         "log-directory": str(tmp_path / "logs"), "local-directory": str(tmp_path / "scratch"),
-        "shared-temp-directory": str(tmp_path / "tls"), "dashboard-address": ":0",
+        "shared-temp-directory": str(tmp_path / "tls"), "scheduler-options": {"dashboard_address": ":0"},
         "lifetime": None, "adapt": {"minimum-jobs": jobs, "maximum-jobs": jobs}, "tls": True}))
     return path
 

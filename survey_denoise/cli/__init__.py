@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info:info", "Summarise a store: sizes, chunks, flags, provenance."),
     "preprocess": ("stages:preprocess", "Shift to the rest frame, resample onto the grid, normalise."),
     "degrade": ("stages:degrade", "Add uniform or DESI-like noise (optionally moved to a new z)."),
+    "noise-curve": ("noise:noise_curve", "Build the DESI noise curve from DESI coadd files."),
     "mock": ("mock:mock", "Generate a mock survey with known truth."),
     "train": ("train:train", "Train a PCA, AE or VAE de-noiser."),
     "evaluate": ("train:evaluate", "Test MSE of a saved de-noiser."),

@@ -22,7 +22,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 cluster_option = click.option(
     "--cluster", "cluster", default="local", show_default=True,
     help="Where to compute: 'local' (a Dask LocalCluster), 'slurm' "
-         "(dask-jobqueue, configured in cluster/slurm.yaml), a cluster YAML file or a "
+         "(dask-jobqueue's jobqueue.slurm config), a cluster YAML file (see cluster/slurm.yaml) or a "
          "scheduler address (tcp://host:port, tls://host:port with TLS files in Dask's config).",
 )
 no_progress_option = click.option(

@@ -36,6 +36,7 @@ def describe_store(path: str | Path) -> str:
         If ``path`` is not a readable Zarr store.
     """
     from .. import flags as flagbits
+    from ..grid import Grid
     from ..io.store import PROGRESS_DIR, completed_chunks, n_chunks, open_store
     from ..schema import SchemaError
 
@@ -58,8 +59,11 @@ def describe_store(path: str | Path) -> str:
         text = (f"{frame} frame, {values.size} pixels, {values[0]:.1f}-{values[-1]:.1f} "
                 f"{wave.attrs.get('units', 'Angstrom')} ({wave.attrs.get('medium', 'vacuum')})")
         if "grid" in ds.attrs:
-            grid = json.loads(ds.attrs["grid"])
-            text += f"; grid {', '.join(f'{k}={v}' for k, v in grid.items())}"
+            try:
+                grid = Grid.from_dataset(ds).to_dict()
+                text += f"; grid {', '.join(f'{k}={v}' for k, v in grid.items())}"
+            except ValueError as err:
+                text += f"; {err}"
         rows.append(("wavelength", text))
         conv = ds.attrs.get("norm_convention", "none")
         rows.append(("norm", f"{conv}" + (" (physical units: " + str(ds["flux"].attrs.get("units", "?"))

@@ -38,7 +38,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from ..grid import GRID, Grid
+from ..grid import Grid
 from ..schema import add_provenance, validate
 from . import catalogue
 
@@ -147,7 +147,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     if method not in METHODS:
         raise ValueError(f"unknown fitting method {method!r}; choose one of {METHODS}")
     validate(ds, frame="rest", where="fit_lines")
-    grid = Grid.from_dict(json.loads(ds.attrs["grid"])) if "grid" in ds.attrs else GRID
+    grid = Grid.from_dataset(ds)
     denoised = _is_denoised(ds.attrs)
     if correlation is None:
         correlation = ds.attrs.get("denoise_pixel_correlation", DENOISED_CORRELATION) if denoised else ()

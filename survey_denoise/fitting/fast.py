@@ -120,7 +120,7 @@ def continuum_basis(grid: Grid = GRID, n_pca: int = N_PCA, poly_degree: int = PO
     """
     from scipy.ndimage import gaussian_filter1d
 
-    from ..mock.ssp import rebin
+    from ..resample import rebin_samples as rebin
     from .templates import stellar_templates
 
     fine = 4  # template pixels per grid pixel before broadening

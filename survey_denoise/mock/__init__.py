@@ -1,7 +1,7 @@
 """A physically grounded mock survey: SDSS-like spectra with known truth.
 
-Modules, one idea each: :mod:`.ssp` (BC03 + MILES stellar populations),
-:mod:`.priors` (the versioned priors YAML), :mod:`.population` (galaxy
+Modules, one idea each (the stellar populations are
+:mod:`survey_denoise.ssp`, shared with the fitters): :mod:`.priors` (the versioned priors YAML), :mod:`.population` (galaxy
 properties), :mod:`.dust`, :mod:`.nebular` (emission lines), :mod:`.synth`
 (batched numerical kernels), :mod:`.instrument` (survey sampling and noise),
 :mod:`.designs` (sampling designs), :mod:`.generate` (lazy datasets),

@@ -28,9 +28,10 @@ import numpy as np
 import xarray as xr
 
 from .. import lines as L
+from .. import ssp
 from ..grid import C_KMS, GRID, Grid
 from ..schema import FLUX_UNIT, add_provenance, make_spectra
-from . import nebular, population, ssp
+from . import nebular, population
 from .dust import calzetti
 from .instrument import INSTRUMENTS, Instrument
 from .priors import CLASSES, default_priors
@@ -190,7 +191,7 @@ def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray
                               np.cumsum(cont * (w0 * np.exp(dln * np.arange(npw)) * dln), 1)], 1)
         obs_edges = np.exp(np.log(inst.wavelength[0]) + dln * (np.arange(inst.npix + 1) - 0.5))
         pos0 = (np.log(obs_edges[0]) - np.log(1 + z) - (np.log(w0) - dln / 2)) / dln
-        from .synth import shift_rebin
+        from ..resample import shift_rebin
         flux = shift_rebin(cum, pos0, inst.npix) / np.diff(obs_edges)[None, :]
         if cfg.emission:
             _add_lines(flux, obs_edges, props, fluxes, 1 + z, inst.sigma_inst_kms)

@@ -38,7 +38,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from .. import lines as L
-from . import ssp
+from .. import ssp
 from .dust import cardelli
 from .population import U
 from .priors import CLASSES, Priors, default_priors

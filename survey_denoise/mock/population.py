@@ -24,8 +24,8 @@ from functools import cache
 import numpy as np
 from scipy.special import ndtri
 
+from .. import ssp
 from ..rng import galaxy_rng
-from . import ssp
 from .priors import CLASSES, Priors, default_priors
 
 # Columns of the per-galaxy uniform row; adding a column at the end keeps

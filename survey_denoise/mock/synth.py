@@ -35,35 +35,6 @@ def broaden(flux: np.ndarray, sigma_pix: np.ndarray) -> np.ndarray:
     return np.fft.irfft(ft * kernel, n=nfft, axis=1)[:, :npix]
 
 
-def shift_rebin(cum: np.ndarray, pos0: np.ndarray, npix: int) -> np.ndarray:
-    """Integrals over output pixels from a cumulative integral on a grid of the same log step.
-
-    Parameters
-    ----------
-    cum : ndarray (n, m + 1)
-        Cumulative integral of the input at its m + 1 pixel edges.
-    pos0 : ndarray (n,)
-        Position of the first output edge in input-edge units (fractional).
-    npix : int
-        Output pixels; output edge j sits at ``pos0 + j``.
-
-    Returns
-    -------
-    ndarray (n, npix)
-        Integral of the input over each output pixel (linear interpolation of
-        ``cum``, exact flux conservation).
-    """
-    i0 = np.floor(pos0).astype(np.int64)
-    t = (pos0 - i0)[:, None]
-    idx = i0[:, None] + np.arange(npix + 1)[None, :]
-    if idx.min() < 0 or idx.max() + 1 >= cum.shape[1]:
-        raise ValueError("output pixels fall outside the working grid; widen it")
-    lo = np.take_along_axis(cum, idx, axis=1)
-    hi = np.take_along_axis(cum, idx + 1, axis=1)
-    at = (1 - t) * lo + t * hi
-    return np.diff(at, axis=1)
-
-
 def add_gaussians(flux: np.ndarray, edges: np.ndarray, centre: np.ndarray, total: np.ndarray,
                   sigma_kms: np.ndarray, nsigma: float = 7.0) -> None:
     """Add one Gaussian line per row, integrated exactly over pixels, in place.

@@ -49,8 +49,7 @@ def data_facts(ds) -> dict[str, Any]:
     ds : xarray.Dataset
         Rest-frame spectra dataset.
     """
-    grid = json.loads(ds.attrs["grid"]) if "grid" in ds.attrs else Grid.from_wavelength(
-        ds["wavelength"].values).to_dict()
+    grid = Grid.from_dataset(ds).to_dict()
     ids = np.asarray(ds["galaxy"].values)
     digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
     noise = None

