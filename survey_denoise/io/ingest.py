@@ -19,6 +19,7 @@ from and the reader that read it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -70,8 +71,11 @@ class NothingRead(registry.ReadError):
         Every file, with its reason.
     """
 
-    def __init__(self, skipped: list[Skipped]):
+    def __init__(self, skipped: list[Skipped], why: str | None = None):
         self.skipped = skipped
+        if why is not None:
+            super().__init__(why)
+            return
         shown = "; ".join(str(s) for s in skipped[:5])
         more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         super().__init__(f"none of the {len(skipped)} files could be read: {shown}{more}")
@@ -87,6 +91,21 @@ def summarise(skipped: Sequence[Skipped], n_files: int | None = None) -> str:
     if galaxies:
         head += f" and {galaxies} duplicate galaxy id(s)"
     return "\n".join([head + ":"] + [f"  {s}" for s in skipped])
+
+
+def selection_removed(ds: xr.Dataset) -> dict[str, int]:
+    """Targets each reader-side selection cut removed during the ingest that made ``ds``."""
+    for step in reversed(json.loads(ds.attrs.get("provenance", "[]"))):
+        if step.get("step") == "ingest":
+            return dict(step.get("selection_removed", {}))
+    return {}
+
+
+def selection_summary(removed: Mapping[str, int]) -> str:
+    """E.g. ``removed 120 target(s): target 80, spectype 30, zwarn 10, z 0``."""
+    total = sum(removed.values())
+    return (f"removed {total} target(s): "
+            + ", ".join(f"{cut} {n}" for cut, n in removed.items()))
 
 
 def _read_one(path: str, fmt: str | None, options: Mapping[str, Any]):
@@ -193,12 +212,18 @@ def ingest(
     skipped: list[Skipped] = []
     kept: list[tuple[str, xr.Dataset]] = []
     seen: dict[Any, str] = {}
+    removed: dict[str, int] = {}
     for path, (ds, reason) in zip(paths, _read_all(paths, fmt, options, client, progress),
                                   strict=True):
         if ds is None:
             skipped.append(Skipped(path, reason))
             continue
+        # A reader that selects targets says how many each cut removed.
+        for cut, n in ds.attrs.pop("selection_removed", {}).items():
+            removed[cut] = removed.get(cut, 0) + int(n)
         ids = ds["galaxy"].values
+        if ids.size == 0:
+            continue
         dup = np.array([g in seen for g in ids.tolist()], dtype=bool)
         for g in ids[dup].tolist():
             skipped.append(Skipped(path, f"duplicate galaxy id, already read from {seen[g]}",
@@ -209,14 +234,19 @@ def ingest(
         seen.update(dict.fromkeys(ds["galaxy"].values.tolist(), path))
         kept.append((path, ds))
     if not kept:
+        if removed and len(skipped) < len(paths):
+            raise NothingRead(skipped, f"the selection removed every target of the files read "
+                                       f"({selection_summary(removed)})")
         raise NothingRead(skipped)
 
     combined = _combine(kept)
     readers = sorted({ds.attrs.get("survey", "?") for _, ds in kept})
     attrs = {"schema_version": SCHEMA_VERSION, "norm_convention": "none", "flux_unit": FLUX_UNIT,
              "survey": ",".join(readers)}
+    selected = {"selection_removed": removed} if removed else {}
     attrs = add_provenance(attrs, "ingest", reader=",".join(readers),
-                           files=[p for p, _ in kept], skipped=[str(s) for s in skipped])
+                           files=[p for p, _ in kept], skipped=[str(s) for s in skipped],
+                           **selected)
     combined.attrs = attrs
     validate(combined, frame="observed", where="ingest")
     return combined.chunk({"galaxy": chunk_size, "wavelength": -1}), skipped
