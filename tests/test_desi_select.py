@@ -191,3 +191,40 @@ def test_selection_that_keeps_nothing_says_so(tmp_path):
     sel = TargetSelection(z_min=5.0)
     with pytest.raises(NothingRead, match=r"selection removed every target.*z 24"):
         ingest(list(made), "desi", progress=False, options=[{"selection": sel}] * len(made))
+
+
+def test_pipeline_files_input_selects_as_the_cli_does(tmp_path):
+    import yaml
+
+    from survey_denoise.cli.ingest import desi as desi_command
+    from survey_denoise.pipeline import stages
+    from survey_denoise.pipeline.config import ConfigError, DesiSelect, load_config
+
+    cli = {p.name: p.default for p in desi_command.params}
+    for name, field in DesiSelect.model_fields.items():
+        assert cli[name] == field.default is None, name  # same default: no selection
+
+    made, _ = _tree(tmp_path / "healpix")
+    config = {"name": "bgs", "outputs": {"dir": str(tmp_path / "run")},
+              "input": {"files": {"paths": [str(tmp_path / "healpix/main/bright/*/*/coadd-*.fits")],
+                                  "format": "desi",
+                                  "select": {"spectype": ["GALAXY"], "zwarn_max": 0,
+                                             "target": ["BGS_BRIGHT", "BGS_FAINT"]}}}}
+    path = tmp_path / "bgs.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ds, skipped = stages.ingest(load_config(path), None)
+    keep = _expected(lambda s, w, z, b: b & 3 and s == "GALAXY" and w == 0)
+    assert sorted(ds["galaxy"].values.tolist()) == sorted(
+        t + 1000 * k for k in range(3) for t in keep)
+    assert not skipped and selection_removed(ds) == {"target": 6, "spectype": 6, "zwarn": 6}
+
+    config["input"]["files"]["select"]["target"] = ["BGS_SHINY"]
+    config["input"]["files"]["format"] = None
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "BGS_SHINY" in str(err.value)
+    config["input"]["files"]["select"] = {"zwarn_max": 0}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="set format: desi"):
+        load_config(path)
