@@ -137,8 +137,13 @@ def auto(files, **kwargs) -> None:
 
 def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
          chunk_size: int | None, overwrite: bool, resume: bool, no_progress: bool) -> None:
-    from ..io.ingest import (DEFAULT_CHUNK_SIZE, NothingRead, selection_removed,
-                             selection_summary, summarise)
+    from ..io.ingest import (
+        DEFAULT_CHUNK_SIZE,
+        NothingRead,
+        selection_removed,
+        selection_summary,
+        summarise,
+    )
     from ..io.ingest import ingest as ingest_files
     from ..io.outputs import check_outputs
     from ..io.store import write_store

@@ -22,6 +22,12 @@ TARGET_RA/DEC); and every scalar FIBERMAP column as ``fibermap_<lowercase>``.
 Flags: REDSHIFT_WARNING (ZWARN != 0), NOT_GALAXY (SPECTYPE != GALAXY),
 NO_REDSHIFT (target missing from REDSHIFTS), BAD_FLUX (NaN/inf pixels, which
 are masked).
+
+At survey scale the coadds sit in a healpix tree (``healpix/main/bright/100/
+10016/coadd-main-bright-10016.fits`` with its redrock file beside it):
+:func:`find_coadds` walks folders and :func:`read_file_list` reads a list of
+paths; a :class:`~survey_denoise.io.desi_select.TargetSelection` given to
+:func:`read_desi` drops targets before their arms are merged.
 """
 
 from __future__ import annotations

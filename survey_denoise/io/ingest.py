@@ -15,6 +15,12 @@ between data releases) are filled for the others with NaN (floats), -1
 (signed integers), 0 (unsigned), False (booleans) or "" (strings).
 Variables ``source_file`` and ``survey`` record the file each galaxy came
 from and the reader that read it.
+
+A reader may select galaxies as it reads (DESI: ``options={"selection":
+...}``); it then returns ``attrs["selection_removed"]`` (cut -> number
+removed), which the ingest adds up over the files and records in its
+provenance step (:func:`selection_removed` reads it back).  A file whose
+galaxies were all removed is read, not skipped.
 """
 
 from __future__ import annotations
