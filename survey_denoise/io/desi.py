@@ -285,7 +285,9 @@ def merge_arms(arms: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     n_f = np.zeros(shape)
     bad_value = np.zeros(n_target, bool)
     for idx, (_, flux, ivar, mask) in zip(indices, arms, strict=True):
-        cols = idx - lo
+        # A slice (each arm is contiguous on the lattice): += works in place,
+        # where fancy indexing would copy out and back every accumulator.
+        cols = slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1)
         finite_f = np.isfinite(flux)
         finite = finite_f & np.isfinite(ivar)
         bad_value |= ~finite.all(axis=1)
