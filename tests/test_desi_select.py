@@ -228,3 +228,39 @@ def test_pipeline_files_input_selects_as_the_cli_does(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="set format: desi"):
         load_config(path)
+
+
+def _arrays_in_graph(array) -> int:
+    """Bytes of numpy data held in a dask array's graph (what the driver would ship)."""
+    total = 0
+    for value in dict(array.__dask_graph__()).values():
+        value = getattr(value, "value", value)  # dask's DataNode wraps literal data
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+    return total
+
+
+def test_on_a_cluster_the_spectra_stay_on_the_workers(tmp_path):
+    from survey_denoise.cluster import connect
+    from survey_denoise.io.store import open_store, write_store
+
+    made, lonely = _tree(tmp_path / "healpix")
+    sel = TargetSelection(zwarn_max=0, target="BGS_ANY")
+    coadds = find_coadds([tmp_path / "healpix"])
+    options = [{"selection": sel}] * len(coadds)
+    local, skipped_local = ingest(coadds, "desi", progress=False, chunk_size=5, options=options)
+    assert _arrays_in_graph(local["flux"].data) > 0  # threads: read into this process
+    with connect("local", 2, echo=None) as client:
+        ds, skipped = ingest(coadds, "desi", client=client, progress=False, chunk_size=5,
+                             options=options)
+        assert _arrays_in_graph(ds["flux"].data) == 0
+        assert skipped == skipped_local and selection_removed(ds) == selection_removed(local)
+        write_store(ds, tmp_path / "raw.zarr", client=client, progress=False)
+    back = open_store(tmp_path / "raw.zarr", frame="observed")
+    assert back["galaxy"].values.tolist() == local["galaxy"].values.tolist()
+    assert back.chunks["galaxy"] == local.chunks["galaxy"]
+    for name in ("flux", "ivar", "mask", "z", "flags", "fibermap_bgs_target", "source_file"):
+        np.testing.assert_array_equal(back[name].values, local[name].values)
+    for name in ("flux", "ivar", "mask"):
+        assert back[name].dtype == local[name].dtype
+        assert back[name].attrs == local[name].attrs
