@@ -115,3 +115,41 @@ def test_info_on_a_parquet_catalogue(tmp_path):
         assert fragment in result.stdout, result.stdout
     (tmp_path / "bad.parquet").write_text("not parquet")
     assert_user_error(run("info", tmp_path / "bad.parquet"), "bad.parquet")
+
+
+def test_ingest_a_desi_healpix_tree_and_a_file_list_with_selection(tmp_path):
+    from _desi_files import healpix_coadd, write_pair
+
+    root = tmp_path / "healpix"
+    for k, pixel in enumerate([10016, 10017]):
+        ids = [100 * k + i for i in range(6)]
+        write_pair(healpix_coadd(root, pixel), ids, spectype=["GALAXY"] * 5 + ["STAR"],
+                   zwarn=[0, 0, 0, 0, 4, 0], z=[0.1, 0.2, 0.3, 0.6, 0.1, 0.0],
+                   bgs_target=[2, 1, 4, 2, 2, 2])
+    write_pair(healpix_coadd(root, 2001), [7], redrock=False)
+    out = tmp_path / "bgs.zarr"
+    result = run("ingest", "desi", root, "--out", out, "--workers", "1", "--no-progress",
+                 "--spectype", "GALAXY", "--zwarn-max", "0", "--z-max", "0.5",
+                 "--target", "BGS_BRIGHT,BGS_FAINT")
+    assert result.returncode == 0, result.stderr
+    assert "ingested 4 galaxies from 2 of 3 file(s)" in result.stdout
+    assert ("removed 8 target(s): target 2, spectype 2, zwarn 2, z 2") in result.stdout
+    assert "skipped 1 file(s) of 3" in result.stderr
+    assert "redrock-main-bright-2001.fits" in result.stderr
+    assert sorted(open_store(out)["galaxy"].values.tolist()) == [0, 1, 100, 101]
+
+    listing = tmp_path / "files.txt"
+    listing.write_text("healpix/main/bright/100/10016/coadd-main-bright-10016.fits\n")
+    listed = run("ingest", "desi", "--from-list", listing, "--out", tmp_path / "one.zarr",
+                 "--workers", "1", "--no-progress")
+    assert listed.returncode == 0, listed.stderr
+    assert "ingested 6 galaxies from 1 of 1 file(s)" in listed.stdout
+    assert "selection" not in listed.stdout  # no cut asked for: every target
+
+    assert_user_error(run("ingest", "desi", root, "--out", tmp_path / "x.zarr",
+                          "--target", "BGS_SHINY"), "BGS_SHINY", "BGS_BRIGHT")
+    assert_user_error(run("ingest", "desi", root, "--out", tmp_path / "x.zarr",
+                          "--redrock", tmp_path / "rr.fits"), "--redrock", "folders")
+    assert_user_error(run("ingest", "desi", "--out", tmp_path / "x.zarr"), "--from-list")
+    assert_user_error(run("ingest", "desi", "--from-list", tmp_path / "none.txt",
+                          "--out", tmp_path / "x.zarr"), "none.txt")

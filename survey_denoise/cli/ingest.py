@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
@@ -46,17 +47,56 @@ def sdss(files, **kwargs) -> None:
 
 
 @ingest.command("desi")
-@click.argument("coadds", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--from-list", "from_list", type=click.Path(path_type=Path), default=None,
+              help="Text file of coadds or folders, one per line (relative to the list's "
+                   "folder; '#' starts a comment), read besides PATHS.")
 @click.option("--redrock", "redrock", multiple=True, type=click.Path(path_type=Path),
-              help="Redrock file of a coadd, once per coadd in the same order "
-                   "[default: redrock-*.fits beside each coadd-*.fits].")
+              help="Redrock file of a coadd, once per coadd in the same order (coadd files "
+                   "only) [default: redrock-*.fits beside each coadd-*.fits].")
+@click.option("--spectype", default=None, metavar="TYPES",
+              help="Keep only these redrock SPECTYPEs, comma-separated (e.g. GALAXY).  "
+                   "[default: any]")
+@click.option("--zwarn-max", type=int, default=None,
+              help="Keep only ZWARN <= this (0: no redshift warning).  [default: any]")
+@click.option("--z-min", type=float, default=None, help="Keep only Z >= this.  [default: none]")
+@click.option("--z-max", type=float, default=None, help="Keep only Z <= this.  [default: none]")
+@click.option("--target", default=None, metavar="BITS",
+              help="Keep only targets with any of these main-survey targeting bits, "
+                   "comma-separated names from DESI_TARGET or BGS_TARGET (e.g. "
+                   "BGS_BRIGHT,BGS_FAINT or BGS_ANY).  [default: any]")
 @_common_options
-def desi(coadds, redrock, **kwargs) -> None:
-    """DESI coadd-*.fits COADDS, with redshifts from their redrock files."""
+def desi(paths, from_list, redrock, spectype, zwarn_max, z_min, z_max, target, **kwargs) -> None:
+    """DESI coadds with redshifts from the redrock files beside them.
+
+    PATHS are coadd-*.fits files or folders walked for them at any depth, e.g.
+    a healpix tree healpix/main/bright/100/10016/coadd-main-bright-10016.fits.
+    Targets failing a selection option are dropped before their spectra are
+    read; the summary says how many each cut removed.
+    """
+    from ..io.desi import find_coadds, read_file_list
+    from ..io.desi_select import TargetSelection
+
+    listed = read_file_list(from_list) if from_list is not None else []
+    if not paths and not listed:
+        raise UserError("give coadd files or folders (PATHS), or --from-list FILE")
+    if redrock and (from_list is not None or any(Path(p).is_dir() for p in paths)):
+        raise UserError("--redrock pairs coadd files one by one; it cannot be used with folders "
+                        "or --from-list (their redrock files are found beside each coadd)")
+    coadds = find_coadds([*paths, *listed])
+    if not coadds:
+        raise UserError(f"no coadd-*.fits under {', '.join(map(str, [*paths, *listed]))}")
     if redrock and len(redrock) != len(coadds):
         raise UserError(f"--redrock was given {len(redrock)} time(s) for {len(coadds)} coadd(s); "
                         "give it once per coadd, or not at all")
-    options = [{"redrock": str(r)} for r in redrock] if redrock else None
+    try:
+        selection = TargetSelection.from_options(spectype=spectype, zwarn_max=zwarn_max,
+                                                 z_min=z_min, z_max=z_max, target=target)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    options = [{"redrock": str(r)} for r in redrock] if redrock else [{} for _ in coadds]
+    if selection is not None:
+        options = [{**o, "selection": selection} for o in options]
     ds = _run(coadds, "desi", options, **kwargs)
     _warn_unmatched(ds, coadds, redrock)
 
@@ -70,15 +110,19 @@ def _warn_unmatched(ds, coadds, redrock) -> None:
     from ..flags import Flag
     from ..io.desi import redrock_path
 
-    files = ds["source_file"].values
     missing = (ds["flags"].values & int(Flag.NO_REDSHIFT)) != 0
-    for i, coadd in enumerate(coadds):
-        mine = files == Path(coadd).name
-        n_missing = int(missing[mine].sum())
+    if not missing.any():
+        return
+    # Counted per file in one pass: a healpix tree has thousands of coadds.
+    names, inverse = np.unique(ds["source_file"].values, return_inverse=True)
+    totals = np.bincount(inverse, minlength=names.size)
+    misses = np.bincount(inverse, weights=missing, minlength=names.size).astype(int)
+    index = {Path(c).name: i for i, c in enumerate(coadds)}
+    for name, n, n_missing in zip(names.tolist(), totals.tolist(), misses.tolist(), strict=True):
         if n_missing:
-            rr = Path(redrock[i]) if redrock else redrock_path(coadd)
-            n = int(mine.sum())
-            click.echo(f"warning: {Path(coadd).name}: {n - n_missing} of its {n} target(s) found "
+            i = index[name]
+            rr = Path(redrock[i]) if redrock else redrock_path(coadds[i])
+            click.echo(f"warning: {name}: {n - n_missing} of its {n} target(s) found "
                        f"in {rr.name}; the other {n_missing} are kept without a redshift "
                        "(NO_REDSHIFT): is it this coadd's redrock file?", err=True)
 
@@ -93,14 +137,20 @@ def auto(files, **kwargs) -> None:
 
 def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
          chunk_size: int | None, overwrite: bool, resume: bool, no_progress: bool) -> None:
-    from ..io.ingest import DEFAULT_CHUNK_SIZE, NothingRead, summarise
+    from ..io.ingest import (
+        DEFAULT_CHUNK_SIZE,
+        NothingRead,
+        selection_removed,
+        selection_summary,
+        summarise,
+    )
     from ..io.ingest import ingest as ingest_files
     from ..io.outputs import check_outputs
     from ..io.store import write_store
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
-    inputs = [*files, *(o["redrock"] for o in options or [])]
+    inputs = [*files, *(o["redrock"] for o in options or [] if "redrock" in o)]
     check_outputs([out], inputs, overwrite=overwrite, resume=resume, resumable=[out])
     with client_for(cluster, workers) as client:
         try:
@@ -114,6 +164,10 @@ def _run(files, fmt, options, *, out: Path, cluster: str, workers: int | None,
     click.echo(f"ingested {ds.sizes['galaxy']} galaxies from {len(files) - _n_files(skipped)} of "
                f"{len(files)} file(s) into {out} ({report.n_chunks} chunk(s), "
                f"{wave.size} pixels {wave[0]:.1f}-{wave[-1]:.1f} A observed)")
+    removed = selection_removed(ds)
+    if removed:
+        click.echo(f"selection ({options[0]['selection'].describe()}) "
+                   f"{selection_summary(removed)}")
     if skipped:
         click.echo(summarise(skipped, len(files)), err=True)
     return ds

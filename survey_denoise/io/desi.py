@@ -22,6 +22,12 @@ TARGET_RA/DEC); and every scalar FIBERMAP column as ``fibermap_<lowercase>``.
 Flags: REDSHIFT_WARNING (ZWARN != 0), NOT_GALAXY (SPECTYPE != GALAXY),
 NO_REDSHIFT (target missing from REDSHIFTS), BAD_FLUX (NaN/inf pixels, which
 are masked).
+
+At survey scale the coadds sit in a healpix tree (``healpix/main/bright/100/
+10016/coadd-main-bright-10016.fits`` with its redrock file beside it):
+:func:`find_coadds` walks folders and :func:`read_file_list` reads a list of
+paths; a :class:`~survey_denoise.io.desi_select.TargetSelection` given to
+:func:`read_desi` drops targets before their arms are merged.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import xarray as xr
 
 from ..flags import Flag
 from ..schema import FLUX_UNIT, add_provenance, make_spectra
+from .desi_select import TargetSelection
 from .registry import ReadError, open_fits, register
 
 _LATTICE_TOLERANCE = 0.01  # Angstrom: how far a pixel may sit from the lattice
@@ -69,13 +76,61 @@ def redrock_path(coadd: str | Path) -> Path:
     return coadd.with_name("redrock-" + coadd.name[len("coadd-"):])
 
 
+def find_coadds(paths: Sequence[str | Path]) -> list[Path]:
+    """DESI coadds under ``paths``: a file is taken as given, a directory is walked for ``coadd-*.fits``.
+
+    Walks a healpix tree (``healpix/<survey>/<program>/<group>/<pixel>/
+    coadd-<survey>-<program>-<pixel>.fits``), a tile tree, or any folder, at any
+    depth.  Each coadd's redrock file is the one beside it (:func:`redrock_path`);
+    a coadd without one is found here and reported as skipped by the ingest.
+
+    Returns
+    -------
+    list of Path
+        Given files in order (missing ones too: the ingest reports them),
+        each directory's coadds sorted by path; a coadd reached twice is
+        listed once.
+    """
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.update(dict.fromkeys(sorted(path.rglob("coadd-*.fits"))))
+        else:  # a missing file is the ingest's to report, with the others read
+            found[path] = None
+    return list(found)
+
+
+def read_file_list(path: str | Path) -> list[Path]:
+    """Paths listed in a text file, one per line (blank lines and ``#`` comments ignored).
+
+    Relative paths are relative to the list file's folder, so a list written
+    beside a tree works from any directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the list file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file list")
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            entry = Path(line).expanduser()
+            out.append(entry if entry.is_absolute() else path.parent / entry)
+    return out
+
+
 def lattice_step(wavelength: np.ndarray) -> float:
     """Pixel step (Angstrom) of a linear DESI wavelength array, rounded to 1e-6 A."""
     return float(np.round(np.median(np.diff(np.asarray(wavelength, dtype=np.float64))), 6))
 
 
-def read_desi(coadd: str | Path, redrock: str | Path | None = None) -> xr.Dataset:
-    """Read every target of a DESI coadd, with redshifts from its redrock file.
+def read_desi(coadd: str | Path, redrock: str | Path | None = None,
+              selection: TargetSelection | None = None) -> xr.Dataset:
+    """Read the targets of a DESI coadd, with redshifts from its redrock file.
 
     Parameters
     ----------
@@ -84,13 +139,18 @@ def read_desi(coadd: str | Path, redrock: str | Path | None = None) -> xr.Datase
     redrock : str or Path, optional
         Matching redrock file (default: beside the coadd, ``coadd-`` replaced
         by ``redrock-``).
+    selection : TargetSelection, optional
+        Keep only the targets that pass it; the others' spectra are never
+        merged.  Default: every target.
 
     Returns
     -------
     xarray.Dataset
-        One row per FIBERMAP target (galaxy id = TARGETID, int64), arms merged
-        onto one observed-frame vacuum wavelength axis (see the module notes),
-        physical units, ``norm = 1``.
+        One row per FIBERMAP target kept (galaxy id = TARGETID, int64), arms
+        merged onto one observed-frame vacuum wavelength axis (see the module
+        notes), physical units, ``norm = 1``.  With a selection,
+        ``attrs["selection_removed"]`` holds the targets each cut removed
+        (a dict; it may remove them all, leaving zero galaxies).
 
     Raises
     ------
@@ -112,20 +172,27 @@ def read_desi(coadd: str | Path, redrock: str | Path | None = None) -> xr.Datase
             raise FileNotFoundError(f"{coadd}: its redrock file {redrock} does not exist; "
                                     "give the right one with --redrock")
         fibermap = _table(hdul["FIBERMAP"].data)
-        arms = {a: _read_arm(hdul, a, names, coadd) for a in _arms(names)}
-    targetid = fibermap.pop("TARGETID", None)
-    if targetid is None:
-        raise ReadError(f"{coadd}: FIBERMAP has no TARGETID column")
-    targetid = targetid.astype(np.int64)
-    unique, counts = np.unique(targetid, return_counts=True)
-    if np.any(counts > 1):
-        raise ReadError(f"{coadd}: FIBERMAP repeats TARGETIDs {unique[counts > 1][:5].tolist()}")
-    for arm, (_, flux, _, _) in arms.items():
-        if flux.shape[0] != targetid.size:
-            raise ReadError(f"{coadd}: {arm}_FLUX has {flux.shape[0]} rows, FIBERMAP {targetid.size}")
+        targetid = fibermap.pop("TARGETID", None)
+        if targetid is None:
+            raise ReadError(f"{coadd}: FIBERMAP has no TARGETID column")
+        targetid = targetid.astype(np.int64)
+        unique, counts = np.unique(targetid, return_counts=True)
+        if np.any(counts > 1):
+            raise ReadError(f"{coadd}: FIBERMAP repeats TARGETIDs {unique[counts > 1][:5].tolist()}")
+        zinfo = _redshifts(redrock, targetid)
+        removed = None
+        if selection is not None:
+            # Selected before the arms are touched: dropped targets cost no merge.
+            keep, removed = selection.apply({"TARGETID": targetid, **fibermap}, zinfo, str(coadd))
+            rows = np.flatnonzero(keep)
+            targetid = targetid[rows]
+            fibermap = {k: v[rows] for k, v in fibermap.items()}
+            zinfo = {k: v[rows] for k, v in zinfo.items()}
+        else:
+            rows = None
+        arms = {a: _read_arm(hdul, a, names, coadd, rows, unique.size) for a in _arms(names)}
 
     wavelength, flux, ivar, mask, bad_value = merge_arms(list(arms.values()), str(coadd))
-    zinfo = _redshifts(redrock, targetid)
 
     flags = np.zeros(targetid.size, np.uint32)
     flags[bad_value] |= np.uint32(Flag.BAD_FLUX)
@@ -137,23 +204,36 @@ def read_desi(coadd: str | Path, redrock: str | Path | None = None) -> xr.Datase
     extra["ra"] = fibermap.get("TARGET_RA", np.full(targetid.size, np.nan))
     extra["dec"] = fibermap.get("TARGET_DEC", np.full(targetid.size, np.nan))
     extra.update({f"fibermap_{name.lower()}": values for name, values in fibermap.items()})
+    extra_params = {} if selection is None else {"selection": selection.describe()}
     attrs = add_provenance({"survey": "desi", "flux_unit": FLUX_UNIT}, "read_desi",
-                           file=coadd.name, redrock=redrock.name)
+                           file=coadd.name, redrock=redrock.name, **extra_params)
+    if removed is not None:
+        attrs["selection_removed"] = removed
     ds = make_spectra(flux, ivar, wavelength, targetid, zinfo["z"], frame="observed", mask=mask,
                       flags=flags, extra=extra, attrs=attrs)
     ds["ra"].attrs["units"] = ds["dec"].attrs["units"] = "deg"
     return ds
 
 
-def _read_arm(hdul, arm: str, names: set[str], path: Path):
+def _read_arm(hdul, arm: str, names: set[str], path: Path, rows: np.ndarray | None,
+              n_target: int):
+    """One arm's (wavelength, flux, ivar, mask), of the FIBERMAP ``rows`` only (None: all)."""
     wave = np.asarray(hdul[f"{arm}_WAVELENGTH"].data, dtype=np.float64)
-    flux = np.atleast_2d(np.asarray(hdul[f"{arm}_FLUX"].data, dtype=np.float32))
-    ivar = np.atleast_2d(np.asarray(hdul[f"{arm}_IVAR"].data, dtype=np.float32))
     unit = str(hdul[f"{arm}_FLUX"].header.get("BUNIT", "10**-17"))
     if "-17" not in unit:
         raise ReadError(f"{path}: {arm}_FLUX is in {unit!r}, expected 1e-17 erg/(s cm2 Angstrom)")
+
+    def image(name, dtype=None):
+        data = np.atleast_2d(hdul[name].data)
+        if data.shape[0] != n_target:
+            raise ReadError(f"{path}: {name} has {data.shape[0]} rows, FIBERMAP {n_target}")
+        data = data if rows is None else data[rows]
+        return np.asarray(data, dtype=dtype)
+
+    flux = image(f"{arm}_FLUX", np.float32)
+    ivar = image(f"{arm}_IVAR", np.float32)
     if f"{arm}_MASK" in names:
-        mask = np.atleast_2d(np.asarray(hdul[f"{arm}_MASK"].data)) != 0
+        mask = image(f"{arm}_MASK") != 0
     else:
         mask = np.zeros(flux.shape, bool)
     if not (flux.shape == ivar.shape == mask.shape and flux.shape[1] == wave.size):
@@ -205,7 +285,9 @@ def merge_arms(arms: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     n_f = np.zeros(shape)
     bad_value = np.zeros(n_target, bool)
     for idx, (_, flux, ivar, mask) in zip(indices, arms, strict=True):
-        cols = idx - lo
+        # A slice (each arm is contiguous on the lattice): += works in place,
+        # where fancy indexing would copy out and back every accumulator.
+        cols = slice(int(idx[0]) - lo, int(idx[-1]) - lo + 1)
         finite_f = np.isfinite(flux)
         finite = finite_f & np.isfinite(ivar)
         bad_value |= ~finite.all(axis=1)

@@ -15,10 +15,17 @@ between data releases) are filled for the others with NaN (floats), -1
 (signed integers), 0 (unsigned), False (booleans) or "" (strings).
 Variables ``source_file`` and ``survey`` record the file each galaxy came
 from and the reader that read it.
+
+A reader may select galaxies as it reads (DESI: ``options={"selection":
+...}``); it then returns ``attrs["selection_removed"]`` (cut -> number
+removed), which the ingest adds up over the files and records in its
+provenance step (:func:`selection_removed` reads it back).  A file whose
+galaxies were all removed is read, not skipped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -36,6 +43,7 @@ DEFAULT_CHUNK_SIZE = 1000
 """Galaxies per Dask/Zarr chunk of an ingested store (about 70 MB of DESI spectra)."""
 
 _SPECTRAL_FILL = {"flux": np.float32(0), "ivar": np.float32(0), "mask": True}
+_SPECTRAL_DIMS = ("galaxy", "wavelength")
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,11 @@ class NothingRead(registry.ReadError):
         Every file, with its reason.
     """
 
-    def __init__(self, skipped: list[Skipped]):
+    def __init__(self, skipped: list[Skipped], why: str | None = None):
         self.skipped = skipped
+        if why is not None:
+            super().__init__(why)
+            return
         shown = "; ".join(str(s) for s in skipped[:5])
         more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         super().__init__(f"none of the {len(skipped)} files could be read: {shown}{more}")
@@ -89,6 +100,21 @@ def summarise(skipped: Sequence[Skipped], n_files: int | None = None) -> str:
     return "\n".join([head + ":"] + [f"  {s}" for s in skipped])
 
 
+def selection_removed(ds: xr.Dataset) -> dict[str, int]:
+    """Targets each reader-side selection cut removed during the ingest that made ``ds``."""
+    for step in reversed(json.loads(ds.attrs.get("provenance", "[]"))):
+        if step.get("step") == "ingest":
+            return dict(step.get("selection_removed", {}))
+    return {}
+
+
+def selection_summary(removed: Mapping[str, int]) -> str:
+    """E.g. ``removed 120 target(s): target 80, spectype 30, zwarn 10, z 0``."""
+    total = sum(removed.values())
+    return (f"removed {total} target(s): "
+            + ", ".join(f"{cut} {n}" for cut, n in removed.items()))
+
+
 def _read_one(path: str, fmt: str | None, options: Mapping[str, Any]):
     """Read a file; return (dataset, None) or (None, reason).  Runs on a worker."""
     try:
@@ -102,7 +128,33 @@ def _read_one(path: str, fmt: str | None, options: Mapping[str, Any]):
         return None, text
 
 
+def _light(result):
+    """A read result without its spectra (they stay on the worker): ``(dataset, reason)``.
+
+    The spectral variables' dtypes and attrs travel in ``attrs["_spectra"]``,
+    so the driver can describe them lazily (:func:`_lazy_spectra`).
+    """
+    ds, reason = result
+    if ds is None:
+        return result
+    names = [n for n, v in ds.data_vars.items() if v.dims == _SPECTRAL_DIMS]
+    light = ds.drop_vars(names)
+    light.attrs = {**ds.attrs, "_spectra": {n: (ds[n].dtype.str, dict(ds[n].attrs)) for n in names}}
+    return light, reason
+
+
+def _spectral_block(result, name: str, keep: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """One file's ``name`` array, galaxies ``keep``, on the common ``axis``.  Runs on a worker."""
+    var = result[0][name].isel(galaxy=keep)
+    return var.reindex(wavelength=axis, fill_value=_SPECTRAL_FILL[name]).values
+
+
 def _read_all(paths: list[str], fmt, options: list[Mapping[str, Any]], client, progress) -> list:
+    """Read every file; on a cluster each result keeps its spectra on the worker.
+
+    Returns (dataset, reason) per path; with a client, datasets are light
+    (see :func:`_light`) and ``results[i][2]`` is the future of the full read.
+    """
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -113,14 +165,21 @@ def _read_all(paths: list[str], fmt, options: list[Mapping[str, Any]], client, p
         if client is not None:
             from distributed import as_completed as dist_as_completed
 
-            futures = client.map(_read_one, paths, [fmt] * len(paths), options, pure=False)
+            reads = client.map(_read_one, paths, [fmt] * len(paths), options, pure=False)
+            # Only the per-galaxy variables come to the driver; the spectra are
+            # taken from the read futures by the tasks that write the store.
+            futures = client.map(_light, reads, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             for fut in dist_as_completed(futures):
+                i = index[fut.key]
                 try:
-                    results[index[fut.key]] = fut.result()
+                    ds, reason = fut.result()
+                    results[i] = (ds, reason, reads[i] if ds is not None else None)
                 except Exception as err:  # a worker lost while reading (memory, crash)
-                    results[index[fut.key]] = (None, f"worker failed: {type(err).__name__}: {err}")
+                    results[i] = (None, f"worker failed: {type(err).__name__}: {err}", None)
                 fut.release()
+                if results[i][2] is None:
+                    reads[i].release()
                 if bar is not None:
                     bar.update(1)
         else:
@@ -193,37 +252,58 @@ def ingest(
     skipped: list[Skipped] = []
     kept: list[tuple[str, xr.Dataset]] = []
     seen: dict[Any, str] = {}
-    for path, (ds, reason) in zip(paths, _read_all(paths, fmt, options, client, progress),
-                                  strict=True):
+    removed: dict[str, int] = {}
+    on_workers: dict[str, tuple[Any, np.ndarray]] = {}  # path -> (read future, galaxies kept)
+    for path, (ds, reason, *remote) in zip(paths, _read_all(paths, fmt, options, client, progress),
+                                           strict=True):
         if ds is None:
             skipped.append(Skipped(path, reason))
             continue
+        # A reader that selects targets says how many each cut removed.
+        for cut, n in ds.attrs.pop("selection_removed", {}).items():
+            removed[cut] = removed.get(cut, 0) + int(n)
         ids = ds["galaxy"].values
+        if ids.size == 0:
+            continue
         dup = np.array([g in seen for g in ids.tolist()], dtype=bool)
         for g in ids[dup].tolist():
             skipped.append(Skipped(path, f"duplicate galaxy id, already read from {seen[g]}",
                                    galaxy=str(g)))
         if dup.all():
             continue
-        ds = ds.isel(galaxy=np.flatnonzero(~dup)) if dup.any() else ds
+        keep = np.flatnonzero(~dup)
+        ds = ds.isel(galaxy=keep) if dup.any() else ds
         seen.update(dict.fromkeys(ds["galaxy"].values.tolist(), path))
+        if remote and remote[0] is not None:
+            on_workers[path] = (remote[0], keep)
         kept.append((path, ds))
     if not kept:
+        if removed and len(skipped) < len(paths):
+            raise NothingRead(skipped, f"the selection removed every target of the files read "
+                                       f"({selection_summary(removed)})")
         raise NothingRead(skipped)
 
-    combined = _combine(kept)
+    combined = _combine(kept, client, on_workers)
     readers = sorted({ds.attrs.get("survey", "?") for _, ds in kept})
     attrs = {"schema_version": SCHEMA_VERSION, "norm_convention": "none", "flux_unit": FLUX_UNIT,
              "survey": ",".join(readers)}
+    selected = {"selection_removed": removed} if removed else {}
     attrs = add_provenance(attrs, "ingest", reader=",".join(readers),
-                           files=[p for p, _ in kept], skipped=[str(s) for s in skipped])
+                           files=[p for p, _ in kept], skipped=[str(s) for s in skipped],
+                           **selected)
     combined.attrs = attrs
     validate(combined, frame="observed", where="ingest")
     return combined.chunk({"galaxy": chunk_size, "wavelength": -1}), skipped
 
 
-def _combine(kept: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
-    """Concatenate readers' datasets along galaxy on one common wavelength axis."""
+def _combine(kept: list[tuple[str, xr.Dataset]], client=None,
+             on_workers: Mapping[str, tuple[Any, np.ndarray]] | None = None) -> xr.Dataset:
+    """Concatenate readers' datasets along galaxy on one common wavelength axis.
+
+    A file in ``on_workers`` came as a light dataset; its spectra are made
+    lazily from its read future (on ``client``), see :func:`_lazy_spectra`.
+    """
+    on_workers = on_workers or {}
     surveys = {ds.attrs.get("survey") for _, ds in kept}
     fmt = surveys.pop() if len(surveys) == 1 else None
     axis = registry.common_axis(fmt, [ds["wavelength"].values for _, ds in kept])
@@ -239,6 +319,8 @@ def _combine(kept: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
         if not np.isin(ds["wavelength"].values, axis).all():
             raise registry.ReadError(f"{path}: its wavelengths do not lie on the common axis")
         ds = ds.reindex(wavelength=axis, fill_value=_SPECTRAL_FILL)
+        if path in on_workers:
+            ds = ds.assign(_lazy_spectra(ds, axis, client, *on_workers[path]))
         n = ds.sizes["galaxy"]
         ds = ds.assign(source_file=("galaxy", np.full(n, Path(path).name)),
                        survey=("galaxy", np.full(n, str(ds.attrs.get("survey", "")))))
@@ -255,6 +337,24 @@ def _combine(kept: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
     out["wavelength"].attrs = dict(kept[0][1]["wavelength"].attrs)
     for name in ("flux", "ivar", "mask"):
         out[name] = out[name].astype(parts[0][name].dtype)
+    return out
+
+
+def _lazy_spectra(light: xr.Dataset, axis: np.ndarray, client, future,
+                  keep: np.ndarray) -> dict[str, xr.DataArray]:
+    """Dask arrays of a light dataset's spectra, cut from its read future on the worker holding it.
+
+    Each array is backed by a future (which the array's graph keeps alive; a
+    delayed call on the read future would not), so the read result is freed
+    once its blocks are made.
+    """
+    import dask.array as da
+
+    out = {}
+    for name, (dtype, attrs) in light.attrs["_spectra"].items():
+        block = client.submit(_spectral_block, future, name, keep, axis, pure=False)
+        data = da.from_delayed(block, shape=(keep.size, axis.size), dtype=np.dtype(dtype))
+        out[name] = xr.DataArray(data, dims=_SPECTRAL_DIMS, attrs=attrs)
     return out
 
 

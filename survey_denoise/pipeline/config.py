@@ -62,11 +62,41 @@ class MockInput(_Strict):
                                 "stages.preprocess, are only normalised by it)")
 
 
+class DesiSelect(_Strict):
+    """DESI targets to keep, as ``ingest desi``'s options (same names, same defaults: keep all)."""
+
+    spectype: list[str] | None = Field(None, description="redrock SPECTYPEs, e.g. [GALAXY]")
+    zwarn_max: int | None = Field(None, description="keep ZWARN <= this")
+    z_min: float | None = None
+    z_max: float | None = None
+    target: list[str] | None = Field(None, description="main-survey targeting bits, any of "
+                                                       "them, e.g. [BGS_BRIGHT, BGS_FAINT]")
+
+    @model_validator(mode="after")
+    def _valid(self) -> DesiSelect:
+        self.selection()  # unknown bit names, z_min > z_max: refused before any work
+        return self
+
+    def selection(self):
+        """The :class:`~survey_denoise.io.desi_select.TargetSelection`, or None if no cut is set."""
+        from ..io.desi_select import TargetSelection
+
+        return TargetSelection.from_options(**self.model_dump())
+
+
 class FilesInput(_Strict):
     """Real survey files read by the reader registry."""
 
     paths: list[str] = Field(min_length=1, description="files or glob patterns")
     format: str | None = Field(None, description="sdss, desi...; found per file if not given")
+    select: DesiSelect | None = Field(None, description="DESI target selection (format: desi); "
+                                                        "default: every target")
+
+    @model_validator(mode="after")
+    def _select_needs_desi(self) -> FilesInput:
+        if self.select is not None and self.format != "desi":
+            raise ValueError("select applies to DESI coadds only; set format: desi")
+        return self
 
     @field_validator("format")
     @classmethod

@@ -42,9 +42,12 @@ def ingest(config: PipelineConfig, client) -> tuple[xr.Dataset, list]:
     """Real survey files, read on the cluster."""
     from ..io.ingest import ingest as ingest_files
 
-    paths = sorted({p for pattern in config.input.files.paths for p in glob(pattern)})
-    return ingest_files(paths, config.input.files.format, client=client, progress=False,
-                        chunk_size=config.chunk)
+    files = config.input.files
+    paths = sorted({p for pattern in files.paths for p in glob(pattern)})
+    selection = files.select.selection() if files.select is not None else None
+    options = None if selection is None else [{"selection": selection}] * len(paths)
+    return ingest_files(paths, files.format, client=client, progress=False,
+                        chunk_size=config.chunk, options=options)
 
 
 def preprocess(ds: xr.Dataset, cfg: Preprocess) -> xr.Dataset:
