@@ -171,6 +171,9 @@ def _check_run_report(folder: Path, tmp: Path) -> None:
         for col in ("sigma", "sigma_fill", "median_offset", "sigma_truth"):
             assert float(got[col]) == pytest.approx(want[col], rel=1e-3), (col, got, want)
 
+    latent = pd.read_parquet(folder / "latent.parquet")
+    assert (latent["class"] != "unknown").all(), "the mock's classes did not reach Figure 6"
+
     img = mpimg.imread(shot)
     assert img.shape[0] >= 3000 and img.shape[1] >= 1280
     assert img[..., :3].std() > 0.05, "screenshot is blank"
