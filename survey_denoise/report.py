@@ -3,36 +3,25 @@
 The report opens from disk without a server: ``report.html`` plus a folder
 ``report_files/`` beside it holding every figure (PNG) and table (CSV).
 
-What is read from RUN_DIR
--------------------------
-``run.json`` (written by the pipeline runner; every key optional):
+It reads only the run record, ``run.json`` (:mod:`survey_denoise.pipeline.record`):
+the config, versions and timings for the provenance, and the ``outputs``
+list for everything else.  Each science section is drawn from recorded
+outputs of the run:
 
-* ``name``, ``pipeline``, ``started``, ``finished``, ``version`` or
-  ``package_version``, ``git_commit``, ``cluster``, ``host`` — shown as provenance;
-* ``config`` — the pipeline configuration (shown verbatim);
-* ``stages`` — a list of objects (e.g. ``name``, ``output``, ``seconds``,
-  ``n_galaxies``, ``status``), shown as a table;
-* ``outputs`` — where the results are, paths relative to RUN_DIR (or absolute):
+=================================  ====================  ==========================
+section                            recorded output       made by the config key
+=================================  ====================  ==========================
+Figure 7, reconstruction MSE       table ``reconstruction_mse``  ``report.reconstruction``
+example spectra, fitted fluxes     table ``examples``    ``report.examples``
+Figure 9, Table 6                  table ``table6``,     ``report.scores``
+                                   figures ``figure9-*``
+Figure 10, mass-metallicity test   table ``mzr_test``    ``stages.science``
+Figure 6, latent space             table ``latent``      ``report.latent``
+=================================  ====================  ==========================
 
-  ============================  =================================================
-  ``reconstruction_mse``        CSV ``model, latent_dim, mse`` (Figure 7)
-  ``examples``                  NPZ ``wavelength, original, noisy, ids`` and one
-                                ``rec_<model>`` array per model (Figure 8)
-  ``latent``                    Parquet ``z0 … z<d-1>`` + ``class`` (Figure 6)
-  ``catalogues``                {case: Parquet line catalogue}; ``original`` is
-                                the reference for Figure 9 / Table 6
-  ``truth``                     Parquet truth table of the mock sample
-  ``mzr_test``                  folder written by :meth:`MZRTest.save` (Figure 10)
-  ============================  =================================================
-
-When ``outputs`` does not name an item, the default file name above is looked
-for directly in RUN_DIR (``reconstruction_mse.csv``, ``examples.npz``,
-``latent.parquet``, ``truth.parquet``, ``mzr_test/`` or ``science/mzr_test/``).
-Catalogues default to the pipeline runner's ``catalogue-<store>.parquet`` of
-each case in ``config.stages.science.cases``, else ``catalogues/<case>.parquet``.
-The runner's own layout (``config``, ``versions``, ``invocations`` with their
-``stages``) is understood as well.
-A section whose inputs are absent says so instead of failing.
+A section the run did not make is left out, with one line naming the
+config key that would make it; a recorded output that cannot be read
+spoils its own section only.
 """
 
 from __future__ import annotations
@@ -40,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,8 +39,7 @@ import pandas as pd
 
 from . import __version__, plots
 from .lines import all_lines
-from .science import metrics
-from .science.metrics import TABLE6_LINES
+from .pipeline.record import RunRecord
 
 PROVENANCE_KEYS = ("name", "pipeline", "started", "finished", "version", "package_version",
                    "git_commit", "cluster", "host", "seed")
@@ -83,6 +72,11 @@ class _Writer:
         fig.savefig(self.dir / f"{name}.png", dpi=110, format="png")
         return {"src": f"{self.rel}/{name}.png", "caption": caption}
 
+    def copy(self, src: Path, name: str, caption: str) -> dict:
+        """A figure the run already drew (PNG), copied beside the HTML."""
+        shutil.copyfile(src, self.dir / f"{name}.png")
+        return {"src": f"{self.rel}/{name}.png", "caption": caption}
+
     def table(self, df: pd.DataFrame, name: str, caption: str, index: bool = True) -> dict:
         df.to_csv(self.dir / f"{name}.csv", index=index)
         html = df.to_html(index=index, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0)
@@ -112,40 +106,6 @@ def read_run(run_dir: str | Path) -> dict:
     if not isinstance(out, dict):
         raise ValueError(f"{p}: expected a JSON object at the top level, found {type(out).__name__}")
     return out
-
-
-def _output(run_dir: Path, run: dict, key: str, default: str) -> Path | None:
-    outputs = run.get("outputs") or {}
-    value = outputs.get(key, default) if isinstance(outputs, dict) else default
-    if not isinstance(value, str):
-        return None
-    p = Path(value)
-    p = p if p.is_absolute() else run_dir / p
-    return p if p.exists() else None
-
-
-def catalogue_paths(run_dir: Path, run: dict) -> dict[str, Path]:
-    """Line catalogues by case: ``outputs.catalogues``, else the pipeline runner's
-    ``catalogue-<store>.parquet`` named by ``config.stages.science.cases``, else
-    ``catalogues/<case>.parquet``."""
-    outputs = run.get("outputs") or {}
-    named = outputs.get("catalogues") if isinstance(outputs, dict) else None
-    if not isinstance(named, dict):
-        cases = ((run.get("config") or {}).get("stages") or {}).get("science") or {}
-        cases = cases.get("cases") if isinstance(cases, dict) else None
-        if isinstance(cases, dict):
-            named = {case: f"catalogue-{store}.parquet" for case, store in cases.items()}
-    found: dict[str, Path] = {}
-    if isinstance(named, dict):
-        for case, value in named.items():
-            p = Path(value)
-            p = p if p.is_absolute() else run_dir / p
-            if p.exists():
-                found[str(case)] = p
-    elif (run_dir / "catalogues").is_dir():
-        for p in sorted((run_dir / "catalogues").glob("*.parquet")):
-            found[p.stem] = p
-    return found
 
 
 def _provenance(run_dir: Path, run: dict) -> Section:
@@ -188,97 +148,85 @@ def _provenance(run_dir: Path, run: dict) -> Section:
     return s
 
 
-def _reconstruction(run_dir: Path, run: dict, w: _Writer) -> Section:
-    s = Section("Reconstruction: test MSE vs latent size (Figure 7)", "reconstruction")
-    p = _output(run_dir, run, "reconstruction_mse", "reconstruction_mse.csv")
-    if p is None:
-        s.missing = "No reconstruction MSE table (outputs.reconstruction_mse / reconstruction_mse.csv)."
-        return s
-    tab = pd.read_csv(p)
-    s.figures.append(w.figure(plots.mse_vs_latent(tab), "fig7_mse_vs_latent",
-                              "Test-set reconstruction MSE of PCA, AE and VAE against latent size."))
-    wide = tab.pivot_table(index="model", columns="latent_dim", values="mse")
-    s.tables.append(w.table(wide, "table_mse", "Test MSE by model (rows) and latent size (columns)"))
+def _outputs(rec: RunRecord) -> Section:
+    s = Section("Outputs of the run", "outputs")
+    table = pd.DataFrame([o.__dict__ for o in rec.outputs()], columns=["kind", "name", "path", "step"])
+    s.tables.append({"caption": "Every output the run recorded (paths relative to the run folder)",
+                     "csv": None, "html": table.to_html(index=False, border=0)})
+    return s
+
+
+def _reconstruction(rec: RunRecord, w: _Writer) -> Section | None:
+    out = rec.get("table", "reconstruction_mse")
+    if out is None:
+        return None
+    s = Section("Reconstruction error per model (Figure 7)", "reconstruction")
+    tab = pd.read_csv(rec.path(out))
+    models = tab[tab["latent_dim"] > 0]
+    s.figures.append(w.figure(plots.mse_vs_latent(models), "fig7_mse_vs_latent",
+                              "Reconstruction MSE per pixel on the test galaxies against latent size."))
+    s.tables.append(w.table(tab, "table_mse", "MSE per pixel (normalised flux²) on the test galaxies; "
+                            "'noisy input': the error with no de-noising", index=False))
     s.paragraphs.append("Paper: VAE < AE < PCA at every size; PCA worsens with more components; "
                         "AE and VAE flatten after about 6 dimensions.")
     return s
 
 
-def _examples(run_dir: Path, run: dict, w: _Writer) -> Section:
-    s = Section("Example spectra and reconstructions (Figure 8)", "examples")
-    p = _output(run_dir, run, "examples", "examples.npz")
-    if p is None:
-        s.missing = "No example spectra (outputs.examples / examples.npz)."
-        return s
-    with np.load(p, allow_pickle=False) as z:
+def _examples(rec: RunRecord, w: _Writer) -> Section | None:
+    out = rec.get("table", "examples")
+    if out is None:
+        return None
+    s = Section("Example spectra: original, noisy, de-noised (Figure 8)", "examples")
+    labels = {k: line.label for k, line in all_lines().items()}
+    with np.load(rec.path(out), allow_pickle=False) as z:
         recs = {k[4:]: z[k] for k in z.files if k.startswith("rec_")}
         noisy = z["noisy"] if "noisy" in z.files else None
-        ids = [str(i) for i in z["ids"]] if "ids" in z.files else None
+        ids = [str(i) for i in z["ids"]]
         fig = plots.example_spectra(z["wavelength"], z["original"], noisy, recs, ids=ids)
+        keys = [str(k) for k in z["line_keys"]] if "line_keys" in z.files else []
+        fluxes = [pd.DataFrame(z[name], columns=[labels.get(k, k) for k in keys])
+                  .assign(galaxy=ids, case=name[6:])
+                  for name in z.files if name.startswith("lines_")]
     s.figures.append(w.figure(fig, "fig8_examples",
-                              "Original (black), noisy input (grey) and reconstructions; residuals below."))
+                              "Original (black), noisy input (grey) and de-noised spectra; residuals below."))
+    if fluxes:
+        table = pd.concat(fluxes).set_index(["galaxy", "case"]).sort_index()
+        s.tables.append(w.table(table, "table_example_fluxes",
+                                "Fitted line fluxes of these galaxies in each set of spectra "
+                                "(the catalogues' flux unit; – where not fitted)"))
     return s
 
 
-def _line_fluxes(run_dir: Path, run: dict, w: _Writer) -> Section:
+def _line_fluxes(rec: RunRecord, w: _Writer) -> Section | None:
+    out = rec.get("table", "table6")
+    if out is None:
+        return None
     s = Section("Line fluxes: predicted vs original (Figure 9, Table 6)", "lines")
-    cats = catalogue_paths(run_dir, run)
-    if "original" not in cats or len(cats) < 2:
-        s.missing = ("Needs the catalogue of the original spectra and at least one other "
-                     f"(outputs.catalogues); found: {sorted(cats) or 'none'}.")
-        return s
-    orig = pd.read_parquet(cats["original"])
-    judged = {case: pd.read_parquet(path) for case, path in cats.items() if case != "original"}
-    keys = [k for k in TABLE6_LINES
-            if all({f"{k}_flux", f"{k}_flux_err"} <= set(c.columns) for c in (orig, *judged.values()))]
-    if not keys:
-        s.missing = "The catalogues share none of the Table 6 lines with fluxes and errors."
-        return s
-    truth_path = _output(run_dir, run, "truth", "truth.parquet")
-    truth = pd.read_parquet(truth_path) if truth_path is not None else None
-    if truth is not None and not all(f"true_{k}_flux" in truth for k in keys):
-        truth = None  # a truth table without line fluxes scores nothing
-    noisy = "desi" if "desi" in judged and truth is not None else None
-    scores = metrics.score_catalogues(judged, orig, truth, noisy=noisy, keys=keys)
-    for case in judged:
-        s.figures.append(w.figure(plots.figure9(scores, case), f"fig9_{_slug(case)}",
-                                  f"Line fluxes measured on the {case} spectra vs the original spectra, "
-                                  "on the galaxies every case is scored on; triangles: upper limits."))
-    labels = {k: line.label for k, line in all_lines().items()}
-    table = (scores.summary[scores.summary["method"] != "original"]
-             .rename(columns={"method": "case", "sigma_orig": "sigma", "sigma_fill_orig": "sigma_fill",
-                              "offset_orig": "median_offset"})
-             .assign(line=lambda t: t["line"].map(lambda k: labels.get(k, k)))
-             .set_index(["case", "line"]))
-    s.tables.insert(0, w.table(table, "table6_line_scatter",
-                               "Scatter of log10(predicted/original) in dex (σ: all points; σ_fill: filled "
-                               "bins), every case on the same galaxies, zero fits as upper limits at "
-                               f"{scores.settings['limit_sigma']:g}x their error; against the truth when "
-                               "the run has a truth table with line fluxes"))
+    table = pd.read_csv(rec.path(out))
+    s.tables.append(w.table(table, "table6_line_scatter",
+                            "Scatter of log10(predicted/original) in dex (sigma: all points; sigma_fill: "
+                            "filled bins), every case on the same galaxies, zero fits as upper limits; "
+                            "sigma_truth against the true flux when the run has a truth table",
+                            index=False))
+    for fig in rec.outputs("figure"):
+        if fig.name.startswith("figure9-"):
+            case = fig.name.removeprefix("figure9-")
+            s.figures.append(w.copy(rec.path(fig), f"fig9_{_slug(case)}",
+                                    f"Line fluxes measured on the {case} spectra vs the original "
+                                    "spectra, on the galaxies every case is scored on; triangles: upper limits."))
     s.paragraphs.append("Paper Table 6 (4-d models, VAE σ / σ_fill): Hα 0.36/0.29, Hδ 0.45/0.37, "
                         "[OIII]4363 0.74/0.63, [SII]6716 0.52/0.38, [OIII]5007 0.55/0.44, [NII]6583 0.56/0.45.")
     return s
 
 
-def _mzr(run_dir: Path, run: dict, w: _Writer) -> Section:
-    from .science.mzr_test import MZRTest, mzr_test
+def _mzr(rec: RunRecord, w: _Writer) -> Section | None:
+    from .science.mzr_test import MZRTest
 
+    out = rec.get("table", "mzr_test")
+    if out is None:
+        return None
     s = Section("Mass–metallicity relation: the three-way test (Figure 10)", "mzr")
-    p = (_output(run_dir, run, "mzr_test", "mzr_test")
-         or _output(run_dir, run, "mzr_test", "science/mzr_test"))
-    result = None
-    if p is not None and (p / "summary.csv").exists():
-        result = MZRTest.load(p)
-    else:
-        cats = catalogue_paths(run_dir, run)
-        truth = _output(run_dir, run, "truth", "truth.parquet")
-        cases = [c for c in ("original", "desi", "vae") if c in cats]
-        if truth is not None and cases:
-            result = mzr_test({c: pd.read_parquet(cats[c]) for c in cases}, pd.read_parquet(truth))
-    if result is None:
-        s.missing = ("No MZR test results (outputs.mzr_test / mzr_test/) and no truth table with "
-                     "original/desi/vae catalogues to compute them from.")
-        return s
+    result = MZRTest.load(rec.path(out))
     s.figures.append(w.figure(plots.mzr_panels(result.galaxies), "fig10_mzr",
                               "MZR from each set of spectra, coloured by SFR; red: reference MZR; "
                               "error bars: 16/50/84th percentiles in filled mass bins; below: mass "
@@ -293,21 +241,32 @@ def _mzr(run_dir: Path, run: dict, w: _Writer) -> Section:
     return s
 
 
-def _latent(run_dir: Path, run: dict, w: _Writer) -> Section:
+def _latent(rec: RunRecord, w: _Writer) -> Section | None:
+    out = rec.get("table", "latent")
+    if out is None:
+        return None
     s = Section("Latent space (Figure 6)", "latent")
-    p = _output(run_dir, run, "latent", "latent.parquet")
-    if p is None:
-        s.missing = "No latent-space table (outputs.latent / latent.parquet)."
-        return s
-    tab = pd.read_parquet(p)
+    tab = pd.read_parquet(rec.path(out))
     zcols = sorted((c for c in tab.columns if re.fullmatch(r"z\d+", str(c))), key=lambda c: int(c[1:]))
-    cls_col = next((c for c in ("class", "true_class") if c in tab.columns), None)
-    if len(zcols) < 2 or cls_col is None:
-        s.missing = f"{p}: needs columns z0, z1, … and class (has {list(tab.columns)})."
+    if len(zcols) < 2 or "class" not in tab.columns:
+        s.missing = f"{out.path}: needs columns z0, z1, … and class (has {list(tab.columns)})."
         return s
-    fig = plots.latent_space(tab[zcols].to_numpy(), tab[cls_col].to_numpy())
-    s.figures.append(w.figure(fig, "fig6_latent", "Latent means of the test set, coloured by class."))
+    fig = plots.latent_space(tab[zcols].to_numpy(), tab["class"].to_numpy())
+    s.figures.append(w.figure(fig, "fig6_latent",
+                              f"Latent means of {len(tab)} test galaxies, coloured by spectral class."))
     return s
+
+
+# Each science section, and the config key that makes its output.
+SECTIONS = (
+    (_reconstruction, "Reconstruction error per model (Figure 7)",
+     "report.reconstruction (needs stages.denoise)"),
+    (_examples, "Example spectra (Figure 8)", "report.examples (needs stages.preprocess)"),
+    (_line_fluxes, "Line fluxes (Figure 9, Table 6)",
+     "report.scores (needs stages.fit of preprocessed and of another store)"),
+    (_mzr, "Mass–metallicity test (Figure 10)", "stages.science"),
+    (_latent, "Latent space (Figure 6)", "report.latent (needs stages.denoise)"),
+)
 
 
 def _slug(text: str) -> str:
@@ -315,12 +274,12 @@ def _slug(text: str) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
-    """Write the HTML report of RUN_DIR and return its path.
+    """Write the HTML report of RUN_DIR from its run record and return its path.
 
     Parameters
     ----------
     run_dir : path
-        The run's folder (see the module docstring for what is read).
+        The run's folder, holding ``run.json`` (see the module docstring).
     out : path, optional
         HTML file to write (default ``RUN_DIR/report.html``); figures and
         tables go to ``<stem>_files/`` beside it.
@@ -330,37 +289,39 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
     FileNotFoundError
         If RUN_DIR does not exist.
     ValueError
-        If RUN_DIR holds no run (neither ``run.json`` nor any output), or
-        ``run.json`` is not valid JSON.
+        If RUN_DIR holds no run record (``run.json``), or it is not valid JSON.
     """
     import jinja2
     from matplotlib.figure import Figure  # noqa: F401  (fail early if matplotlib is missing)
 
     d = Path(run_dir)
     run = read_run(d)
+    if not run:
+        raise ValueError(f"{d}: no pipeline run here (no run.json); give the run's outputs.dir")
+    rec = RunRecord.read(d)
     out_html = Path(out) if out is not None else d / "report.html"
     out_html.parent.mkdir(parents=True, exist_ok=True)
     w = _Writer(out_html)
-    sections = [_provenance(d, run)]
-    for build in (_reconstruction, _examples, _line_fluxes, _mzr, _latent):
+    sections, omitted = [_provenance(d, run), _outputs(rec)], []
+    for build, title_, key in SECTIONS:
         try:
-            sections.append(build(d, run, w))
+            section = build(rec, w)
         except (OSError, KeyError, ValueError) as err:
-            # a damaged input spoils its own section only
-            name = build.__name__.strip("_")
-            sections.append(Section(name.replace("_", " ").title(), name,
-                                    missing=f"Could not build this section: {type(err).__name__}: {err}"))
-    if not run and all(s.missing for s in sections):
-        # A page of "missing" notices reads as a report of a run that made nothing.
-        raise ValueError(f"{d}: no pipeline run here (no run.json and none of a run's outputs); "
-                         "give the run's outputs.dir")
+            # a damaged output spoils its own section only
+            section = Section(title_, build.__name__.strip("_"),
+                              missing=f"Could not build this section: {type(err).__name__}: {err}")
+        if section is None:
+            omitted.append(f"{title_}: not made by this run; set {key} in the config to make it.")
+        else:
+            sections.append(section)
     template = resources.files("survey_denoise").joinpath("data", "report.html.j2").read_text()
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
     html = env.from_string(template).render(
-        title=title or f"survey_denoise report: {run.get('name', d.name)}",
+        title=title or f"survey_denoise report: {run.get('name', config.get('name', d.name))}",
         run_dir=str(d.resolve()), version=__version__,
         written=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        sections=sections,
+        sections=sections, omitted=omitted,
     )
     out_html.write_text(html, encoding="utf-8")
     return out_html

@@ -24,35 +24,55 @@ from survey_denoise.science.mzr_test import mzr_test
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
-def make_run(d: Path, *, with_mzr_dir: bool = True) -> Path:
-    """A run folder with every input of the report, made from synthetic data."""
+def make_run(d: Path, *, with_mzr: bool = True) -> Path:
+    """A run folder with a run record naming every input of the report, from synthetic data."""
+    from survey_denoise.pipeline import products
+    from survey_denoise.pipeline.record import RunRecord
+    from survey_denoise.plots import figure9
+
     d.mkdir(parents=True, exist_ok=True)
+    rec = RunRecord(d)
     truth = synthetic_truth(800, seed=7)
     cats = synthetic_catalogues(truth)
-    (d / "catalogues").mkdir()
-    for case, cat in cats.items():
-        cat.to_parquet(d / "catalogues" / f"{case}.parquet")
+    cases = {"original": "original", "desi": "noisy", "vae": "denoised"}
+    frames = {cases[c]: cat for c, cat in cats.items()}
+    for case, cat in frames.items():
+        cat.to_parquet(d / f"catalogue-{case}.parquet")
+        rec.add_output("catalogue", f"catalogue-{case}.parquet", f"fit-{case}", name=case)
     truth.to_parquet(d / "truth.parquet")
-    if with_mzr_dir:
-        mzr_test(cats, truth).save(d / "mzr_test")
-    pd.DataFrame({"model": ["pca"] * 4 + ["ae"] * 4 + ["vae"] * 4, "latent_dim": [2, 4, 6, 10] * 3,
-                  "mse": [3.0, 3.1, 3.2, 3.4, 2.5, 2.2, 2.1, 2.1, 2.4, 2.0, 1.9, 1.9]}
-                 ).to_csv(d / "recon.csv", index=False)
+    rec.add_output("table", "truth.parquet", "mock", name="truth")
+    if with_mzr:
+        mzr_test(cats, truth).save(d / "science" / "mzr_test")
+        rec.add_output("table", "science/mzr_test", "science", name="mzr_test")
+    scores = products.scores(frames, truth, None)
+    products.table6(scores).to_csv(d / "table6.csv", index=False)
+    rec.add_output("table", "table6.csv", "products")
+    for case in scores.vs_original:
+        figure9(scores, case).savefig(d / f"figure9-{case}.png")
+        rec.add_output("figure", f"figure9-{case}.png", "products")
+    pd.DataFrame({"model": ["vae", "pca", "noisy input"], "latent_dim": [6, 6, 0],
+                  "mse": [1.9, 3.2, 8.0], "n_galaxies": 400}).to_csv(d / "recon.csv", index=False)
+    rec.add_output("table", "recon.csv", "products", name="reconstruction_mse")
     w = GRID.wavelength
     rng = np.random.default_rng(0)
     clean = 1 + np.exp(-0.5 * ((w - 6564.6) / 3) ** 2)[None, :] * np.array([[1.0], [3.0]])
     np.savez(d / "examples.npz", wavelength=w, original=clean, noisy=clean + rng.normal(0, 0.1, clean.shape),
-             rec_vae=clean * 1.02, rec_pca=clean * 0.97, ids=np.array(["mock-00001", "mock-00002"]))
+             rec_denoised=clean * 1.02, ids=np.array(["mock-00001", "mock-00002"]),
+             line_keys=np.array(["halpha"]), lines_original=np.array([[1.0], [3.0]]),
+             lines_denoised=np.array([[1.1], [np.nan]]))
+    rec.add_output("table", "examples.npz", "products")
     z = rng.normal(size=(400, 6))
     lat = pd.DataFrame(z, columns=[f"z{i}" for i in range(6)])
     lat["class"] = np.array(["emission", "absorption", "quiescent"])[rng.integers(0, 3, 400)]
     lat.to_parquet(d / "latent.parquet")
-    run = {"name": "mzr-test-small", "pipeline": "mzr_test", "started": "2025-01-01T00:00:00Z",
-           "finished": "2025-01-01T00:10:00Z", "version": "0.1.0", "cluster": "local",
-           "config": {"n_galaxies": 800, "seed": 7},
-           "stages": [{"name": "mock", "seconds": 1.5, "n_galaxies": 800},
-                      {"name": "fit", "seconds": 3.0, "n_galaxies": 800}],
-           "outputs": {"reconstruction_mse": "recon.csv"}}
+    rec.add_output("table", "latent.parquet", "products")
+    run = {"config": {"name": "mzr-test-small", "stages": {}},
+           "versions": {"python": "3.11", "numpy": "2.4"}, "status": "complete",
+           "invocations": [{"started": "2025-01-01T00:00:00+00:00", "finished": "2025-01-01T00:05:00+00:00",
+                            "cluster": "local", "host": "box", "resume": False, "status": "complete",
+                            "stages": {"mock": {"output": "raw.zarr", "n_chunks": 5, "written": [0, 1, 2, 3, 4],
+                                                "skipped": 0, "seconds": 2.0, "galaxies": 800, "notes": {}}}}],
+           "outputs": rec.to_list()}
     (d / "run.json").write_text(json.dumps(run))
     return d
 
@@ -62,33 +82,49 @@ def test_full_report(tmp_path):
     out = build_report(run, tmp_path / "site" / "report.html")
     html = out.read_text()
     files = tmp_path / "site" / "report_files"
-    for name in ("fig7_mse_vs_latent.png", "fig8_examples.png", "fig9_desi.png", "fig9_vae.png",
-                 "fig10_mzr.png", "fig6_latent.png", "table6_line_scatter.csv",
+    for name in ("fig7_mse_vs_latent.png", "fig8_examples.png", "fig9_noisy.png", "fig9_denoised.png",
+                 "fig10_mzr.png", "fig6_latent.png", "table6_line_scatter.csv", "table_example_fluxes.csv",
                  "table_mzr_comparison.csv", "table_mse.csv"):
         assert (files / name).stat().st_size > 0, name
         assert f"report_files/{name}" in html
-    assert 'class="missing"' not in html
-    assert "mzr-test-small" in html and "Stages" in html
+    assert 'class="missing"' not in html and "not made by this run" not in html
+    assert "mzr-test-small" in html and "Stages" in html and "last run: cluster" in html
+    assert "Package versions" in html and "Outputs of the run" in html
     comp = pd.read_csv(files / "table_mzr_comparison.csv", index_col=0)
     assert comp.loc["original", "paper_scatter_dex"] == 0.09
     t6 = pd.read_csv(files / "table6_line_scatter.csv")
-    assert set(t6["case"]) == {"desi", "vae"}
+    pd.testing.assert_frame_equal(t6, pd.read_csv(run / "table6.csv"))
+    assert set(t6["case"]) == {"noisy", "denoised"}
 
 
-def test_mzr_computed_from_catalogues_when_no_results_folder(tmp_path):
-    run = make_run(tmp_path / "run", with_mzr_dir=False)
+def test_sections_the_run_did_not_make_are_left_out_naming_the_config_key(tmp_path):
+    run = make_run(tmp_path / "run", with_mzr=False)
     html = build_report(run).read_text()
-    assert "fig10_mzr.png" in html
-    assert (run / "report_files" / "fig10_mzr.png").exists()
+    assert "fig10_mzr.png" not in html and 'class="missing"' not in html
+    assert html.count("not made by this run") == 1
+    assert "Mass–metallicity test (Figure 10): not made by this run; set stages.science" in html
 
 
-def test_run_without_outputs_says_what_is_missing(tmp_path):
+def test_only_the_record_is_read(tmp_path):
+    """Files the record does not name are not guessed from their names."""
+    run = make_run(tmp_path / "run")
+    data = json.loads((run / "run.json").read_text())
+    data["outputs"] = [o for o in data["outputs"] if o["name"] != "latent"]
+    (run / "run.json").write_text(json.dumps(data))
+    html = build_report(run).read_text()
+    assert "fig6_latent.png" not in html
+    assert "Latent space (Figure 6): not made by this run; set report.latent" in html
+
+
+def test_run_without_outputs_says_what_is_not_made(tmp_path):
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "run.json").write_text('{"name": "bare"}')
     out = build_report(tmp_path / "bare")
     html = out.read_text()
-    assert html.count('class="missing"') == 5
-    assert "No MZR test results" in html
+    assert html.count("not made by this run") == 5 and 'class="missing"' not in html
+    for key in ("report.reconstruction", "report.examples", "report.scores", "stages.science",
+                "report.latent"):
+        assert f"set {key}" in html
 
 
 def test_folder_without_a_run_is_refused(tmp_path, capsys):
@@ -109,7 +145,7 @@ def test_damaged_input_spoils_only_its_section(tmp_path):
     pd.DataFrame({"model": ["pca"], "mse": [1.0]}).to_csv(run / "recon.csv", index=False)
     html = build_report(run).read_text()
     assert html.count('class="missing"') == 2
-    assert "fig10_mzr.png" in html and "latent_dim" in html
+    assert "fig10_mzr.png" in html and "latent.parquet" in html
 
 
 def test_cli_report_and_user_errors(tmp_path, capsys):
@@ -164,26 +200,30 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shutil.copy(shot, ARTIFACTS / "report_screenshot.png")
 
 
-def test_pipeline_runner_layout(tmp_path):
-    """The runner's run.json (config, versions, invocations) and catalogue-<store>.parquet files."""
-    d = tmp_path / "run"
-    d.mkdir()
-    truth = synthetic_truth(500, seed=3)
-    truth["true_logsfr"] = np.log10(truth.pop("true_sfr"))
-    truth["galaxy"] = np.arange(len(truth))  # integer ids, as in the mock
-    truth.to_parquet(d / "truth.parquet")
-    stores = {"original": "preprocessed", "desi": "degraded", "vae": "denoised"}
-    for case, cat in synthetic_catalogues(synthetic_truth(500, seed=3)).items():
-        cat.assign(galaxy=np.arange(len(cat))).to_parquet(d / f"catalogue-{stores[case]}.parquet")
-    run = {"config": {"name": "mzr-desi", "stages": {"science": {"cases": stores}}},
-           "versions": {"python": "3.11", "numpy": "2.4"}, "status": "complete",
-           "invocations": [{"started": "2025-01-01T00:00:00+00:00", "finished": "2025-01-01T00:05:00+00:00",
-                            "cluster": "local", "host": "box", "resume": False, "status": "complete",
-                            "stages": {"mock": {"output": "raw.zarr", "n_chunks": 5, "written": [0, 1, 2, 3, 4],
-                                                "skipped": 0, "seconds": 2.0, "galaxies": 500, "notes": {}}}}]}
-    (d / "run.json").write_text(json.dumps(run))
-    html = build_report(d).read_text()
-    assert "mzr-desi" in html and "last run: cluster" in html and "Package versions" in html
-    assert "fig10_mzr.png" in html and "fig9_vae.png" in html
-    comp = pd.read_csv(d / "report_files" / "table_mzr_comparison.csv", index_col=0)
-    assert comp.loc["original", "ours_fraction"] > 0.9
+def test_run_record_round_trip(tmp_path):
+    from survey_denoise.pipeline.record import KINDS, Output, RunRecord
+
+    rec = RunRecord(tmp_path)
+    rec.add_output("store", "denoised.zarr", "denoise")
+    rec.add_output("catalogue", tmp_path / "catalogue-denoised.parquet", "fit-denoised", name="denoised")
+    rec.add_output("figure", "figure9-noisy.png", "products")
+    rec.add_output("store", "denoised.zarr", "denoise-again")  # same path: replaced, not doubled
+    (tmp_path / "run.json").write_text(json.dumps({"outputs": rec.to_list()}))
+    back = RunRecord.read(tmp_path)
+    assert back.outputs() == rec.outputs()
+    assert back.outputs("catalogue") == [Output("catalogue", "denoised", "catalogue-denoised.parquet",
+                                                "fit-denoised")]
+    assert [(o.kind, o.name, o.path, o.step) for o in back.outputs()] == [
+        ("catalogue", "denoised", "catalogue-denoised.parquet", "fit-denoised"),
+        ("figure", "figure9-noisy", "figure9-noisy.png", "products"),
+        ("store", "denoised", "denoised.zarr", "denoise-again")]
+    assert back.get("figure", "figure9-noisy").path == "figure9-noisy.png"
+    assert back.get("table", "table6") is None
+    assert set(KINDS) >= {"store", "catalogue", "model", "table", "figure"}
+    with pytest.raises(ValueError, match="unknown output kind 'plot'"):
+        rec.add_output("plot", "a.png", "x")
+    with pytest.raises(ValueError, match="not inside the run folder"):
+        rec.add_output("table", tmp_path.parent / "elsewhere.csv", "x")
+    (tmp_path / "run.json").write_text(json.dumps({"outputs": {"a": 1}}))
+    with pytest.raises(ValueError, match="'outputs' must be a list"):
+        RunRecord.read(tmp_path)

@@ -15,6 +15,7 @@ store), the stages to run and where their outputs go::
       fit: {method: fast, stores: [preprocessed, degraded, denoised]}
       science: {cases: {original: preprocessed, noisy: degraded, vae: denoised}}
     outputs: {dir: runs/quickstart}
+    report: {examples: 4, latent: true, reconstruction: true, scores: true, html: true}
 
 Everything is checked by :func:`load_config` before a cluster starts:
 unknown keys, missing files, stages whose inputs are not produced, a model
@@ -218,6 +219,28 @@ class Outputs(_Strict):
                           "stores (the input store and the train stage's stores are always written)")
 
 
+class Report(_Strict):
+    """Products the report draws, made by the run when their stages are there."""
+
+    examples: int = Field(4, ge=0, description=(
+        "galaxies whose original, noisy and de-noised spectra and fitted line fluxes are "
+        "saved (examples.npz); 0: none.  Needs stages.preprocess"))
+    latent: bool = Field(True, description=(
+        "latent coordinates of the test galaxies with their class (latent.parquet, "
+        "Figure 6); needs stages.denoise"))
+    reconstruction: bool = Field(True, description=(
+        "reconstruction MSE of the model, and of a PCA of the same latent size trained on "
+        "the same galaxies, on the test galaxies (reconstruction_mse.csv, Figure 7); "
+        "needs stages.denoise"))
+    scores: bool = Field(True, description=(
+        "every fitted case scored against the original spectra on the same galaxies "
+        "(table6.csv, Figure 9); needs stages.fit of preprocessed and another store"))
+    test_galaxies: int = Field(2000, gt=0, description=(
+        "at most this many test galaxies (the held-out ones when stages.train.holdout > 0) "
+        "for latent coordinates and MSE, so the products stay small"))
+    html: bool = Field(True, description="write report.html into the run folder at the end")
+
+
 class PipelineConfig(_Strict):
     """One pipeline run."""
 
@@ -227,6 +250,7 @@ class PipelineConfig(_Strict):
     chunk: int = Field(1000, gt=0, description="galaxies per chunk")
     stages: Stages = Stages()
     outputs: Outputs
+    report: Report = Report()
 
     def stores(self) -> list[str]:
         """Spectra stores this run makes, in order."""

@@ -3,7 +3,8 @@
 ``run.json`` holds the config, package versions, the machine, and one entry
 per invocation (a first run and each ``--resume``) with, per stage, the
 chunks written by that invocation, the chunks found complete, and the
-seconds spent.  It is rewritten atomically after every stage, so a run
+seconds spent, and the run record (:mod:`~survey_denoise.pipeline.record`):
+every output made, with its kind, path and step.  It is rewritten atomically after every stage, so a run
 killed at any point leaves a readable log of what had finished.
 """
 
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .record import Output, RunRecord
 
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
@@ -82,7 +85,10 @@ class RunLog:
             "versions": versions(),
             "invocations": old.get("invocations", []),
             "status": "running",
+            "outputs": [],
         }
+        # A resumed run keeps the outputs its earlier invocations recorded.
+        self.record = RunRecord(folder, old.get("outputs", []))
         self.current: dict[str, Any] = {
             "started": _now(), "resume": resume, "cluster": cluster,
             "host": platform.node(), "pid": os.getpid(), "argv": sys.argv,
@@ -112,6 +118,12 @@ class RunLog:
                   f"chunks ({record.skipped} already complete) in {record.seconds:.1f} s")
         self.save()
 
+    def output(self, kind: str, path: str | Path, step: str, *, name: str | None = None) -> Output:
+        """Record an output of the run (see :meth:`RunRecord.add_output`) and save ``run.json``."""
+        out = self.record.add_output(kind, path, step, name=name)
+        self.save()
+        return out
+
     def finish(self, status: str, summary: dict | None = None) -> None:
         self.current["finished"] = _now()
         self.current["status"] = status
@@ -125,6 +137,7 @@ class RunLog:
         self._handler.close()
 
     def save(self) -> None:
+        self.data["outputs"] = self.record.to_list()
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)  # a reader never sees a half-written log

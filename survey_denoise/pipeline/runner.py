@@ -33,7 +33,7 @@ import xarray as xr
 from ..flags import Flag
 from ..io.outputs import check_overlap, replacing
 from ..io.store import open_store, write_store
-from . import stages
+from . import products, stages
 from .config import ConfigError, PipelineConfig
 from .runlog import RunLog, StageRecord
 
@@ -134,6 +134,8 @@ class Runner:
         report = write_store(ds, path, resume=path.exists(), client=self.client,
                              progress=self.progress, label=name, spectra=spectra)
         out = open_store(path, spectra=spectra)
+        if spectra:
+            self.log.output("store", filename, name, name=filename.removesuffix(".zarr"))
         self._record(name, StageRecord(filename, report.n_chunks, sorted(report.written),
                                        report.skipped, time.perf_counter() - t0,
                                        int(out.sizes["galaxy"])))
@@ -150,6 +152,7 @@ class Runner:
         try:
             stores = self._spectra()
             catalogues = self._fit(stores)
+            self._products(stores, catalogues)
             self._science(catalogues)
             self._count(stores, catalogues)
         except BaseException as err:
@@ -158,7 +161,17 @@ class Runner:
             raise
         self.summary.seconds = time.perf_counter() - t0
         self.log.finish("complete", self.summary.as_dict())
+        if self.config.report.html:
+            self._report()
         return self.summary
+
+    def _report(self) -> None:
+        """``report.html`` of the finished run, recorded as its last output."""
+        from ..report import build_report
+
+        path = build_report(self.folder)
+        self.log.output("report", path.name, "report", name="report")
+        self.echo(f"report: {path}")
 
     def _spectra(self) -> dict[str, xr.Dataset]:
         cfg, st = self.config, self.config.stages
@@ -204,10 +217,15 @@ class Runner:
         if not path.exists():
             with replacing(path) as (tmp,):  # a killed run never leaves half a table
                 stages.write_truth(raw, tmp)
+        self.log.output("table", path.name, "mock", name="truth")
 
-    def _table(self, frame: pd.DataFrame, name: str) -> None:
+    def _table(self, frame: pd.DataFrame, name: str, step: str) -> None:
         with replacing(self.path(name)) as (tmp,):
-            frame.to_parquet(tmp, index=False)
+            if name.endswith(".csv"):
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+        self.log.output("table", name, step, name=name.split(".")[0])
 
     def _model(self, stores: dict[str, xr.Dataset]) -> Path:
         st = self.config.stages
@@ -221,7 +239,7 @@ class Runner:
             noisy, clean = stores[st.train.noisy], stores[st.train.clean]
             if st.train.holdout > 0:
                 held = stages.holdout(int(noisy.sizes["galaxy"]), st.train)
-                self._table(pd.DataFrame({"galaxy": noisy["galaxy"].values[held]}), HELDOUT)
+                self._table(pd.DataFrame({"galaxy": noisy["galaxy"].values[held]}), HELDOUT, "train")
                 keep = np.setdiff1d(np.arange(noisy.sizes["galaxy"]), held)
                 noisy, clean = noisy.isel(galaxy=keep), clean.isel(galaxy=keep)
             stages.train(noisy, clean, st.train, out)
@@ -229,6 +247,9 @@ class Runner:
             written = [0]
         else:
             written = []
+        self.log.output("model", "model", "train", name="model")
+        if self.path(HELDOUT).exists():
+            self.log.output("table", HELDOUT, "train", name="heldout")
         self._record("train", StageRecord("model", 1, written, 1 - len(written),
                                           time.perf_counter() - t0))
         return out
@@ -241,6 +262,9 @@ class Runner:
             cat = self._write(name, stages.fit(stores[target], st.fit), f"catalogue-{target}.zarr",
                               spectra=False)
             self._catalogue_files(cat, f"catalogue-{target}")
+            case = products.CASES[target]
+            for suffix, label in ((".zarr", "-zarr"), (".parquet", ""), (".fits", "-fits")):
+                self.log.output("catalogue", f"catalogue-{target}{suffix}", name, name=case + label)
             catalogues[target] = cat
         return catalogues
 
@@ -251,6 +275,66 @@ class Runner:
             return
         with replacing(*final) as staged:
             stages.write_catalogue(cat, staged[0])
+
+    def _truth_table(self) -> pd.DataFrame | None:
+        cfg = self.config
+        path = (cfg.input.store.truth if cfg.input.kind == "store" else self.path("truth.parquet"))
+        return pd.read_parquet(path) if path is not None and Path(path).exists() else None
+
+    def _products(self, stores: dict[str, xr.Dataset], catalogues: dict[str, xr.Dataset]) -> None:
+        """The report's small products (``config.report``), each written whole and recorded."""
+        rep, st = self.config.report, self.config.stages
+        t0 = time.perf_counter()
+        truth = self._truth_table()
+        held = pd.read_parquet(self.path(HELDOUT))["galaxy"].to_numpy() if self.path(HELDOUT).exists() else None
+        frames = {products.CASES[t]: stages.catalogue_frame(c) for t, c in catalogues.items()}
+        made = []
+        if "preprocessed" in stores:
+            test = products.test_positions(stores["preprocessed"], held, rep.test_galaxies)
+        if rep.examples and "preprocessed" in stores:
+            from ..science.metrics import TABLE6_LINES
+
+            arrays = products.examples(stores, frames, test, rep.examples, list(TABLE6_LINES))
+            with replacing(self.path("examples.npz")) as (tmp,):
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+            self.log.output("table", "examples.npz", "products", name="examples")
+            made.append("examples")
+        if st.denoise is not None and (rep.latent or rep.reconstruction):
+            model = self._model_dir()
+            noisy = stores[st.denoise.input]
+            if rep.latent:
+                self._table(products.latent(model, noisy, test, truth), "latent.parquet", "products")
+                made.append("latent")
+            if rep.reconstruction:
+                clean = stores[st.train.clean if st.train is not None else "preprocessed"]
+                train = None
+                if st.train is not None and st.denoise.model == "train":
+                    train = products.test_positions(noisy, held, rep.test_galaxies, trained=True)
+                table = products.reconstruction(model, noisy, clean, test, train,
+                                                seed=st.train.seed if st.train is not None else 0)
+                self._table(table, "reconstruction_mse.csv", "products")
+                made.append("reconstruction_mse")
+        if rep.scores:
+            scores = products.scores(frames, truth, held)
+            if scores is not None:
+                from .. import plots
+
+                self._table(products.table6(scores), "table6.csv", "products")
+                for case in scores.vs_original:
+                    name = f"figure9-{case}.png"
+                    with replacing(self.path(name)) as (tmp,):
+                        with open(tmp, "wb") as fh:
+                            plots.figure9(scores, case).savefig(fh, dpi=110, format="png")
+                    self.log.output("figure", name, "products", name=f"figure9-{case}")
+                made.append("table6")
+        if made:
+            self._record("products", StageRecord(", ".join(made), 0, [], 0,
+                                                 time.perf_counter() - t0))
+
+    def _model_dir(self) -> Path:
+        model = self.config.stages.denoise.model
+        return self.path("model") if model == "train" else Path(model)
 
     def _science(self, catalogues: dict[str, xr.Dataset]) -> None:
         sc = self.config.stages.science
@@ -275,6 +359,8 @@ class Runner:
             out.mkdir()
             result.save(out / "mzr_test")
             (out / "mzr_comparison.txt").write_text(format_comparison(result) + "\n")
+        self.log.output("table", "science/mzr_test", "science", name="mzr_test")
+        self.log.output("table", "science/mzr_comparison.txt", "science", name="mzr_comparison")
         self.echo(format_comparison(result))
         self._record("science", StageRecord("science", 0, [], 0, time.perf_counter() - t0,
                                             len(truth)))

@@ -1,0 +1,173 @@
+"""The small products a report draws, computed from a run's stores, model and catalogues.
+
+Each function returns in-memory data (arrays, frames, scores) for a bounded
+number of galaxies; the runner writes and records them.  The "test"
+galaxies are those the train stage held out, or every galaxy when nothing
+was held out, capped at ``report.test_galaxies``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+# Catalogue case names by the store they measure: the names the report and Table 6 use.
+CASES = {"preprocessed": "original", "degraded": "noisy", "denoised": "denoised", "raw": "raw"}
+
+
+def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
+                   trained: bool = False) -> np.ndarray:
+    """Positions (sorted, at most ``limit``) of the test galaxies of ``ds``.
+
+    With ``trained``, those of the galaxies the model was trained on instead
+    (every galaxy when nothing was held out).
+
+    Parameters
+    ----------
+    ds : Dataset
+        A store with a ``galaxy`` coordinate.
+    held : array, optional
+        Galaxy ids never shown to the model (None: every galaxy is a test galaxy).
+    limit : int
+        Most positions returned, spread evenly over the test galaxies.
+    """
+    ids = ds["galaxy"].values
+    if held is None:
+        pos = np.arange(ids.size)
+    else:
+        pos = np.flatnonzero(np.isin(ids, held) != trained)
+    if pos.size > limit:
+        pos = pos[np.linspace(0, pos.size - 1, limit).round().astype(int)]
+    return pos
+
+
+def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:
+    return ds.isel(galaxy=pos).compute()
+
+
+def examples(stores: Mapping[str, xr.Dataset], catalogues: Mapping[str, pd.DataFrame],
+             pos: np.ndarray, n: int, keys: list[str]) -> dict[str, np.ndarray]:
+    """Spectra of ``n`` test galaxies in every store, with their fitted line fluxes.
+
+    Returns
+    -------
+    dict
+        ``wavelength`` (Angstrom, rest frame), ``ids``, ``original`` (the
+        preprocessed flux), ``noisy`` (degraded) and ``rec_denoised`` when
+        made, each (n, npix) in the store's normalised flux; ``line_keys``;
+        ``lines_<case>`` (n, lines) fitted fluxes of each catalogue, in the
+        catalogue's flux unit (NaN where not fitted).
+    """
+    pick = pos[np.linspace(0, pos.size - 1, min(n, pos.size)).round().astype(int)]
+    clean = _flux(stores["preprocessed"], pick)
+    ids = clean["galaxy"].values
+    out = {"wavelength": clean["wavelength"].values.astype(float), "ids": ids.astype(str),
+           "original": clean["flux"].values, "line_keys": np.array(keys)}
+    for store, name in (("degraded", "noisy"), ("denoised", "rec_denoised")):
+        if store in stores:
+            out[name] = _flux(stores[store], pick)["flux"].values
+    for case, cat in catalogues.items():
+        frame = cat.set_index(cat["galaxy"].astype(str))
+        cols = [f"{k}_flux" for k in keys]
+        out[f"lines_{case}"] = frame.reindex(ids.astype(str)).reindex(columns=cols).to_numpy(float)
+    return out
+
+
+def latent(model_dir: Path, noisy: xr.Dataset, pos: np.ndarray,
+           truth: pd.DataFrame | None) -> pd.DataFrame:
+    """Latent means ``z0 … z<d-1>`` of the test galaxies, with ``galaxy`` and ``class``.
+
+    The class is the mock's spectral class from ``truth`` ("unknown" without one).
+    """
+    from ..models import load_model
+
+    sub = _flux(noisy, pos)
+    z = np.asarray(load_model(model_dir).encode(sub))
+    table = pd.DataFrame(z, columns=[f"z{i}" for i in range(z.shape[1])])
+    table.insert(0, "galaxy", sub["galaxy"].values)
+    cls = "unknown"
+    if truth is not None and "class" in truth:
+        cls = (truth.set_index(truth["galaxy"].astype(str))["class"]
+               .reindex(table["galaxy"].astype(str)).fillna("unknown").to_numpy())
+    table["class"] = cls
+    return table
+
+
+def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: np.ndarray,
+                   train: np.ndarray | None, seed: int = 0) -> pd.DataFrame:
+    """Mean squared error per pixel (normalised flux²) on the test galaxies, per model.
+
+    Rows: the run's model; a PCA of the same latent size trained on the
+    ``train`` positions (when given and the model is not itself a PCA); and the
+    noisy input itself (``latent_dim`` 0), the error without any de-noising.
+    """
+    from ..models import PCADenoiser, load_model
+
+    model = load_model(model_dir)
+    kind = str(model.card_["kind"])
+    d = int(model.get_params()["latent"])
+    x, y = _flux(noisy, test), _flux(clean, test)
+    rows = [{"model": kind, "latent_dim": d, "mse": model.score(x, y), "n_galaxies": test.size}]
+    if train is not None and kind != "pca":
+        pca = PCADenoiser(latent=d, seed=seed).fit(_flux(noisy, train), _flux(clean, train))
+        rows.append({"model": "pca", "latent_dim": d, "mse": pca.score(x, y), "n_galaxies": test.size})
+    resid = x["flux"].values.astype(np.float64) - y["flux"].values
+    rows.append({"model": "noisy input", "latent_dim": 0, "mse": float(np.mean(resid ** 2)),
+                 "n_galaxies": test.size})
+    return pd.DataFrame(rows)
+
+
+def scores(catalogues: Mapping[str, pd.DataFrame], truth: pd.DataFrame | None,
+           galaxies: np.ndarray | None):
+    """Every case scored against the original spectra on the same galaxies (Table 6, Figure 9).
+
+    Parameters
+    ----------
+    catalogues : mapping of case to DataFrame
+        Must hold ``original`` and at least one other case.
+    truth : DataFrame, optional
+        The mock's truth table; used when it has every Table 6 line's true flux.
+    galaxies : array, optional
+        Score only these galaxy ids (the held-out ones).
+
+    Returns
+    -------
+    Scores or None
+        None when there is nothing to compare (no ``original`` or no other case,
+        or no Table 6 line in every catalogue).
+    """
+    from ..science.metrics import TABLE6_LINES, score_catalogues
+
+    if "original" not in catalogues or len(catalogues) < 2:
+        return None
+    cats = dict(catalogues)
+    if galaxies is not None:
+        keep = set(np.asarray(galaxies).astype(str))
+        cats = {c: f[f["galaxy"].astype(str).isin(keep)].reset_index(drop=True) for c, f in cats.items()}
+    keys = [k for k in TABLE6_LINES
+            if all({f"{k}_flux", f"{k}_flux_err"} <= set(c.columns) for c in cats.values())]
+    if not keys:
+        return None
+    if truth is not None and not all(f"true_{k}_flux" in truth for k in keys):
+        truth = None  # a truth table without line fluxes scores nothing
+    judged = {c: f for c, f in cats.items() if c != "original"}
+    noisy = "noisy" if "noisy" in judged and truth is not None else None
+    return score_catalogues(judged, cats["original"], truth, noisy=noisy, keys=keys)
+
+
+def table6(scores) -> pd.DataFrame:
+    """The scores as the run's Table 6 CSV: one row per (case, line), scatter in dex."""
+    from ..lines import all_lines
+
+    labels = {k: line.label for k, line in all_lines().items()}
+    return (scores.summary[scores.summary["method"] != "original"]
+            .rename(columns={"method": "case", "sigma_orig": "sigma", "sigma_fill_orig": "sigma_fill",
+                             "offset_orig": "median_offset"})
+            .assign(label=lambda t: t["line"].map(lambda k: labels.get(k, k)))
+            [["case", "line", "label", "n", "n_upper", "sigma", "sigma_fill", "median_offset",
+              "sigma_truth", "sigma_fill_truth", "painted_rate"]]
+            .reset_index(drop=True))
