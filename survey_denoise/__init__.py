@@ -34,6 +34,8 @@ _LAZY = {
     # readers
     "read_sdss": "survey_denoise.io.sdss",
     "read_desi": "survey_denoise.io.desi",
+    "find_coadds": "survey_denoise.io.desi",
+    "TargetSelection": "survey_denoise.io.desi_select",
     "ingest": "survey_denoise.io.ingest",
     "Skipped": "survey_denoise.io.ingest",
     "read": "survey_denoise.io.registry",
@@ -64,8 +66,13 @@ _LAZY = {
     "VAEDenoiser": "survey_denoise.models",
     "load_model": "survey_denoise.models",
     # science
-    "compare_catalogues": "survey_denoise.science.metrics",
+    "score_catalogues": "survey_denoise.science.metrics",
+    "Scores": "survey_denoise.science.metrics",
     "scatter_dex": "survey_denoise.science.metrics",
+    "painted_rate": "survey_denoise.science.metrics",
+    "coverage": "survey_denoise.science.calibration",
+    "line_coverage": "survey_denoise.science.calibration",
+    "pixel_coverage": "survey_denoise.science.calibration",
     "table6": "survey_denoise.science.metrics",
     "metallicity": "survey_denoise.science.metallicity",
     "OHFlag": "survey_denoise.science.metallicity",
@@ -82,6 +89,7 @@ _LAZY = {
     "PipelineConfig": "survey_denoise.pipeline",
     "ConfigError": "survey_denoise.pipeline",
     "RunSummary": "survey_denoise.pipeline",
+    "RunRecord": "survey_denoise.pipeline.record",
 }
 
 __all__ = sorted(["DROP", "Flag", "GRID", "Grid", "SchemaError", "__version__", "make_spectra",
