@@ -42,7 +42,15 @@ def test_table6_pipeline_writes_table_markdown_and_figures(tmp_path):
     per = bins.groupby(["line", "method"])["count"].sum().unstack()
     assert (per.nunique(axis=1) == 1).all()                    # the same galaxies in every method's bins
 
+    calib = pd.read_csv(out / "table6_coverage.csv")
+    overall = calib[calib["bin"] == "all"]
+    assert set(overall["method"]) == {"original", "pca", "ae", "vae", "noise-added"}
+    assert len(overall) == 5 * overall["line"].nunique()
+    assert overall[["within_1sigma", "within_2sigma"]].stack().between(0, 1).all()
+    assert (overall["within_2sigma"] >= overall["within_1sigma"]).all()
+
     md = (out / "table6.md").read_text()
+    assert "Are the errors honest?" in md
     assert '"train": 64' in md and '"fit_method": "fast"' in md and "vae (paper) | 0.36 | 0.29" in md
     assert "Against the mock's true fluxes" in md and "Painted" in md and "N common" in md
     for name in ("figure9-pca.png", "figure9-ae.png", "figure9-vae.png", "figure9-noise-added.png"):
