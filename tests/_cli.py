@@ -19,3 +19,16 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0]
+
+
+def run_in_process(argv, capsys) -> tuple[int, str, str]:
+    """``survey-denoise ARGV`` in this process: (exit code, stdout, stderr) from pytest's capsys."""
+    from survey_denoise.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as err:
+        code = err.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

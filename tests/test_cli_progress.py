@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 import pytest
-from _cli import run
+from _cli import run, run_in_process
 from _denoise_data import datasets
 
-from survey_denoise.cli import COMMANDS, LazyGroup, main
+from survey_denoise.cli import COMMANDS, LazyGroup
 from survey_denoise.cli.quiet import strip_noise
 from survey_denoise.io.store import PROGRESS_DIR, write_store
 
@@ -120,23 +120,14 @@ def stores(tmp_path_factory):
     return root
 
 
-def _main(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as err:
-        code = err.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_train_shows_epochs_with_the_loss(stores, tmp_path, capsys):
     args = ["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
             "--latent", 2, "--epochs", 3]
-    code, out, err = _main([*args, "--out", tmp_path / "a"], capsys)
+    code, out, err = run_in_process([*args, "--out", tmp_path / "a"], capsys)
     assert code == 0, err
     assert re.search(r"ae: 100%.*\| 3/3 \[.*epoch.*loss=[\d.e+-]+, val_loss=[\d.e+-]+\]", err), err
-    code, out, err = _main([*args, "--out", tmp_path / "b", "--no-progress"], capsys)
+    code, out, err = run_in_process([*args, "--out", tmp_path / "b", "--no-progress"], capsys)
     assert code == 0, err
     assert "epoch" not in err and "%|" not in err
     assert "saved" in out

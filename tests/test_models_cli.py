@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from _cli import run_in_process
 from _denoise_data import datasets, spectra
 
-from survey_denoise.cli import main
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.models import load_model
 from survey_denoise.models.search import random_search, sample_trials
@@ -27,19 +27,10 @@ def stores(tmp_path_factory):
     return root
 
 
-def _run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as err:
-        code = err.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, capsys):
     out = tmp_path / "vae"
-    code, text, err = _run(["train", "vae", "--noisy", stores / "noisy.zarr", "--clean",
+    code, text, err = run_in_process(["train", "vae", "--noisy", stores / "noisy.zarr", "--clean",
                             stores / "clean.zarr", "--latent", 2, "--epochs", 2, "--out", out], capsys)
     assert code == 0, err
     assert "| 2/2 [" in err and "epoch" in err and "saved" in text
@@ -47,7 +38,7 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
     assert card["kind"] == "vae" and card["architecture"]["units"] == [1000, 900, 600, 200]
     assert len(card["history"]["loss"]) == 2
     assert (out / "loss.png").stat().st_size > 1000
-    code, text, err = _run(["evaluate", out, "--noisy", stores / "test_noisy.zarr",
+    code, text, err = run_in_process(["evaluate", out, "--noisy", stores / "test_noisy.zarr",
                             "--clean", stores / "test_clean.zarr"], capsys)
     assert code == 0, err
     mse = float(text.split("test MSE: ")[1].split()[0])
@@ -58,10 +49,10 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
 
 def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
     model = tmp_path / "pca"
-    code, _, err = _run(["train", "pca", "--noisy", stores / "noisy.zarr", "--clean",
+    code, _, err = run_in_process(["train", "pca", "--noisy", stores / "noisy.zarr", "--clean",
                          stores / "clean.zarr", "--latent", 4, "--out", model], capsys)
     assert code == 0, err
-    code, _, err = _run(["denoise", stores / "test_noisy.zarr", "--model", model, "--out",
+    code, _, err = run_in_process(["denoise", stores / "test_noisy.zarr", "--model", model, "--out",
                          tmp_path / "den.zarr", "--workers", 1], capsys)
     assert code == 0, err
     den, noisy = open_store(tmp_path / "den.zarr"), open_store(stores / "test_noisy.zarr")
@@ -69,10 +60,10 @@ def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
     # Same model against a store of another normalisation: one line, exit 2.
     other, _ = datasets(10, norm="sum")
     write_store(other.chunk({"galaxy": 10}), tmp_path / "sum.zarr", progress=False)
-    code, _, err = _run(["denoise", tmp_path / "sum.zarr", "--model", model, "--out",
+    code, _, err = run_in_process(["denoise", tmp_path / "sum.zarr", "--model", model, "--out",
                          tmp_path / "x.zarr"], capsys)
     assert code == 2 and "'l2'-normalised" in err and "Traceback" not in err
-    code, _, err = _run(["evaluate", tmp_path / "nowhere", "--noisy", stores / "test_noisy.zarr",
+    code, _, err = run_in_process(["evaluate", tmp_path / "nowhere", "--noisy", stores / "test_noisy.zarr",
                          "--clean", stores / "test_clean.zarr"], capsys)
     assert code == 2 and "no such model folder" in err
 
@@ -107,7 +98,7 @@ def test_train_preset_paper_records_the_papers_choices_and_matches_the_yaml_defa
     from survey_denoise.pipeline.config import Train
 
     out = tmp_path / "ae"
-    code, _, err = _run(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+    code, _, err = run_in_process(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
                          "--latent", 4, "--epochs", 1, "--preset", "paper", "--out", out], capsys)
     assert code == 0, err
     card = json.loads((out / "card.json").read_text())
@@ -120,6 +111,6 @@ def test_train_preset_paper_records_the_papers_choices_and_matches_the_yaml_defa
     option = next(p for p in train.params if isinstance(p, click.Option) and p.name == "preset")
     assert option.default == Train().preset == "default"
     assert Train(preset="paper").preset == "paper"
-    code, _, err = _run(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+    code, _, err = run_in_process(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
                          "--preset", "tuned", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "tuned" in err
