@@ -21,8 +21,8 @@ from .pca import PCADenoiser
 # TensorFlow's C++ start-up chatter is noise for a command-line tool.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["AEDenoiser", "Denoiser", "NotFittedError", "PCADenoiser", "UnreadableModel",
-           "VAEDenoiser", "check", "check_loadable", "load_model", "read_card"]
+__all__ = ["KINDS", "AEDenoiser", "Denoiser", "NotFittedError", "PCADenoiser", "UnreadableModel",
+           "VAEDenoiser", "build_model", "check", "check_loadable", "load_model", "read_card"]
 
 
 def __getattr__(name: str):
@@ -35,6 +35,23 @@ def __getattr__(name: str):
 
         return VAEDenoiser
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+KINDS = ("pca", "ae", "vae")
+"""De-noiser kinds, as a card's ``kind``, ``train KIND`` and ``stages.train.kind`` name them."""
+
+
+def build_model(kind: str, latent: int, **options) -> Denoiser:
+    """A new de-noiser of ``kind``, given the options its class takes.
+
+    Options the class has no parameter for (``epochs`` for PCA) are left out,
+    so one set of training options serves every kind.
+    """
+    import inspect
+
+    cls = model_class(kind)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(latent, **{k: v for k, v in options.items() if k in accepted})
 
 
 def model_class(kind: str) -> type[Denoiser]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .degrade import degrade, degrade_kernel, dimming_factor
 from .desi_curve import build_desi_curve, write_curve
-from .models import DESI_CURVE, DesiNoise, UniformNoise
+from .models import DESI_CURVE, NOISE_MODELS, DesiNoise, UniformNoise, make_noise
 
-__all__ = ["DESI_CURVE", "DesiNoise", "UniformNoise", "build_desi_curve", "degrade", "degrade_kernel",
-           "dimming_factor", "write_curve"]
+__all__ = ["DESI_CURVE", "NOISE_MODELS", "DesiNoise", "UniformNoise", "build_desi_curve", "degrade", "degrade_kernel",
+           "dimming_factor", "make_noise", "write_curve"]

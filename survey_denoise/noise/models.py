@@ -47,6 +47,7 @@ class UniformNoise:
     renormalise: bool = True
     purpose = "noise-uniform"
     survey = None  # simulates no survey's observations: the store keeps its own
+    OPTIONS = ("sigma",)  # what a config or the command line may set
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -88,6 +89,7 @@ class DesiNoise:
     renormalise: bool = True
     purpose = "noise-desi"
     survey = "desi"  # the store now stands for DESI observations
+    OPTIONS = ("scale", "exptime")  # what a config or the command line may set
     _table: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -178,3 +180,39 @@ class DesiNoise:
                 "units": FLUX_UNIT + " (observed frame)", "curve_version": meta.get("version"),
                 "curve_sources": meta.get("sources"), "combine": self.combine,
                 "renormalise": self.renormalise}
+
+
+NOISE_MODELS: dict[str, type[UniformNoise] | type[DesiNoise]] = {"uniform": UniformNoise, "desi": DesiNoise}
+"""Noise models by the name a config or ``degrade --noise`` gives.  A new model
+is a class with ``OPTIONS`` (its settable fields; the first is what
+``NAME:VALUE`` sets), ``purpose``, ``survey`` and ``describe()``, added here
+and to :func:`~survey_denoise.noise.degrade.degrade_kernel`."""
+
+
+def make_noise(name: str, **options: float | None) -> UniformNoise | DesiNoise:
+    """The noise model registered as ``name``, with the options that are not None.
+
+    ``name`` may carry its first option as ``NAME:VALUE`` (``uniform:0.04``
+    is sigma 0.04, ``desi:2`` is scale 2).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a bad value, or an option the model does not take
+        (e.g. ``exptime`` for uniform noise).
+    """
+    name, _, value = name.partition(":")
+    if name not in NOISE_MODELS:
+        raise ValueError(f"unknown noise '{name}' (known: {', '.join(NOISE_MODELS)})")
+    cls = NOISE_MODELS[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    if value:
+        try:
+            given[cls.OPTIONS[0]] = float(value)
+        except ValueError:
+            raise ValueError(f"'{name}:{value}': {value!r} is not a number") from None
+    for key in given:
+        if key not in cls.OPTIONS:
+            takers = [n for n, c in NOISE_MODELS.items() if key in c.OPTIONS]
+            raise ValueError(f"{key} applies to {' or '.join(takers) or 'no'} noise only")
+    return cls(**given)
