@@ -95,7 +95,7 @@ def test_train_preset_paper_records_the_papers_choices_and_matches_the_yaml_defa
     import click
 
     from survey_denoise.cli.train import train
-    from survey_denoise.pipeline.config import Train
+    from survey_denoise.pipeline.params import Train
 
     out = tmp_path / "ae"
     code, _, err = run_in_process(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",

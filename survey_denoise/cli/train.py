@@ -19,8 +19,10 @@ from pathlib import Path
 
 import click
 
-from ..models.training import PRESETS
+from ..models import KINDS
+from ..pipeline.params import Train
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
+from .params import declared
 
 
 def _open(path: Path):
@@ -30,41 +32,30 @@ def _open(path: Path):
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["pca", "ae", "vae"]))
+@click.argument("kind", type=click.Choice(KINDS))
 @click.option("--noisy", required=True, type=click.Path(path_type=Path), help="Noise-added rest-frame store.")
 @click.option("--clean", required=True, type=click.Path(path_type=Path), help="Clean store (same galaxies).")
-@click.option("--latent", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Latent dimensions (PCA: components).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
 @click.option("--search", "n_search", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random-search trials before the final training (AE/VAE; the paper: 100).")
 @click.option("--search-epochs", type=click.IntRange(min=1), default=25, show_default=True,
               help="Most epochs per search trial.")
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Most epochs of the final training (the plateau rule may stop earlier).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True,
-              help="AE/VAE training choices: 'paper' (Scourfield et al. 2023 as published) or "
-                   "'default' (measured on the mock; docs/models.md).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of weights, dropout, shuffling and the validation split.")
-@click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.2,
-              show_default=True, help="Fraction of galaxies held out for validation.")
+@declared(Train, skip=("kind",))
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 @cluster_option
 @workers_option
 @no_progress_option
-def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, preset, seed,
-          validation_split, overwrite, cluster, workers, no_progress) -> None:
+def train(kind, noisy, clean, out, n_search, search_epochs, params: Train, overwrite, cluster,
+          workers, no_progress) -> None:
     """Train a PCA, AE or VAE de-noiser on the stores NOISY -> CLEAN."""
     from ..io.outputs import check_outputs, replacing
-    from ..models import model_class
+    from ..models import build_model
     from ..models.figures import loss_curves
 
     check_outputs([out], [noisy, clean], overwrite=overwrite)
     ds_noisy, ds_clean = _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
-    params = {"seed": seed}
-    if kind != "pca":
-        params.update(epochs=epochs, verbose=0 if no_progress else 1, preset=preset)
+    latent, seed, preset = params.latent, params.seed, params.preset
+    options = {**params.options(), "verbose": 0 if no_progress else 1}
     if n_search and kind == "pca":
         raise UserError("--search is for ae and vae (PCA has only --latent)")
     final = out
@@ -81,11 +72,11 @@ def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, pres
             click.echo(f"search: best trial {best['trial']}: dropout {best['dropout']}, units "
                        f"{best['units']}, final validation loss {best['score']:.4g} "
                        f"(all trials in {final / 'search.csv'})")
-            params.update(units=best["units"], dropout=best["dropout"])
-        model = model_class(kind)(latent, **params)
+            options.update(units=best["units"], dropout=best["dropout"])
+        model = build_model(kind, latent, **options)
         click.echo(f"train: {model!r} on {ds_noisy.sizes['galaxy']} galaxies")
         try:
-            model.fit(ds_noisy, ds_clean, validation_split=validation_split)
+            model.fit(ds_noisy, ds_clean, validation_split=params.validation_split)
         except ValueError as err:
             raise UserError(f"{noisy}: {err}") from None
         model.save(out)

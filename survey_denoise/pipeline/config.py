@@ -30,20 +30,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..schema import NORMS
-
-# Spectra stores a stage can read, in the order the pipeline makes them.
-SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
+from .params import SPECTRA, Preprocess
+from .params import Strict as _Strict
+from .registry import Stages
 
 
 class ConfigError(ValueError):
     """A pipeline config cannot run; the message lists every problem found."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------- input
@@ -137,79 +132,6 @@ class Input(_Strict):
         return next(k for k in ("mock", "files", "store") if getattr(self, k) is not None)
 
 
-# ---------------------------------------------------------------- stages
-
-
-class Preprocess(_Strict):
-    norm: Literal[NORMS] = "l2"  # type: ignore[valid-type]
-    min_coverage: float | None = Field(None, ge=0, le=1)
-
-
-class Degrade(_Strict):
-    noise: Literal["uniform", "desi"] = "uniform"
-    sigma: float | None = Field(None, gt=0, description="uniform noise, normalised units")
-    seed: int = 0
-    z_target: float | None = Field(None, gt=0, description="move galaxies to this redshift")
-    exptime: float | None = Field(None, gt=0, description=(
-        "DESI noise: exposure time to simulate, seconds (BGS nominal 180); default the "
-        "noise curve's own depth"))
-
-    @model_validator(mode="after")
-    def _sigma(self) -> Degrade:
-        if self.noise == "uniform" and self.sigma is None:
-            raise ValueError("uniform noise needs sigma")
-        if self.noise == "uniform" and self.exptime is not None:
-            raise ValueError("exptime applies to desi noise only")
-        return self
-
-
-class Train(_Strict):
-    kind: Literal["pca", "ae", "vae"] = "vae"
-    latent: int = Field(6, gt=0)
-    preset: Literal["default", "paper"] = Field("default", description=(
-        "AE/VAE training choices: 'paper' (Scourfield et al. 2023 as published) or 'default' "
-        "(measured on the mock; docs/models.md); the same default as `train --preset`"))
-    epochs: int = Field(20, gt=0)
-    seed: int = 0
-    noisy: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
-    clean: Literal[SPECTRA] = "preprocessed"  # type: ignore[valid-type]
-    holdout: float = Field(0.0, ge=0.0, lt=1.0, description=(
-        "fraction of galaxies (drawn with seed) never shown to the model; when > 0 the "
-        "science stage measures only these, as the paper applies its re-trained VAE to "
-        "the spectra it was not trained on"))
-
-
-class Denoise(_Strict):
-    model: str = Field(description="MODEL_DIR, or 'train' for the model of the train stage")
-    batch_size: int = Field(1024, gt=0)
-    input: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
-
-
-class Fit(_Strict):
-    method: Literal["fast", "ppxf"] = "fast"
-    stores: list[Literal[SPECTRA]] = Field(default_factory=list,  # type: ignore[valid-type]
-                                       description="stores to fit (default: the last one made)")
-    templates: Path | None = None
-
-
-class Science(_Strict):
-    cases: dict[str, Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
-        description="case name -> the fitted store it uses, e.g. {original: preprocessed}")
-    calibration: Literal["o3n2", "n2"] = "o3n2"
-    min_halpha_snr: float = 15.0
-
-
-class Stages(_Strict):
-    """Stages run in this order; leave one out to skip it."""
-
-    preprocess: Preprocess | None = None
-    degrade: Degrade | None = None
-    train: Train | None = None
-    denoise: Denoise | None = None
-    fit: Fit | None = None
-    science: Science | None = None
-
-
 class Outputs(_Strict):
     dir: Path = Field(description="run folder: stores, catalogues, model, run.json, run.log")
     keep: list[Literal[SPECTRA]] | None = Field(  # type: ignore[valid-type]
@@ -251,6 +173,9 @@ class PipelineConfig(_Strict):
     stages: Stages = Stages()
     outputs: Outputs
     report: Report = Report()
+    sweep: dict[str, list] | None = Field(None, description=(
+        "dotted config key -> values; one run per combination, each in outputs.dir/<values>, "
+        "their report tables gathered (survey_denoise.pipeline.sweep)"))
 
     def stores(self) -> list[str]:
         """Spectra stores this run makes, in order."""
@@ -321,8 +246,15 @@ def load_config(path: str | Path, *, out: str | Path | None = None) -> PipelineC
     except ValidationError as err:
         raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in err.errors())) from None
     problems = check(config)
+    if config.sweep:
+        from .sweep import variants
+
+        try:
+            problems += [f"sweep {label}: {p}" for label, v in variants(config) for p in check(v)]
+        except ConfigError as err:
+            problems.append(str(err))
     if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+        raise ConfigError(f"{path}: " + "; ".join(dict.fromkeys(problems)))
     return config
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from glob import glob
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .config import Degrade, Denoise, Fit, MockInput, PipelineConfig, Preprocess, Train
+from .params import Degrade, Denoise, Fit, Preprocess, Train
+
+if TYPE_CHECKING:
+    from .config import MockInput, PipelineConfig
 
 
 def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
@@ -64,10 +68,9 @@ def preprocess(ds: xr.Dataset, cfg: Preprocess) -> xr.Dataset:
 
 
 def degrade(ds: xr.Dataset, cfg: Degrade) -> xr.Dataset:
-    from .. import noise
+    from ..noise import degrade as run
 
-    model = noise.UniformNoise(cfg.sigma) if cfg.noise == "uniform" else noise.DesiNoise(exptime=cfg.exptime)
-    return noise.degrade(ds, model, seed=cfg.seed, z_target=cfg.z_target)
+    return run(ds, cfg.noise_model(), seed=cfg.seed, z_target=cfg.z_target, cosmology=cfg.cosmology)
 
 
 def holdout(n: int, cfg: Train) -> np.ndarray:
@@ -78,22 +81,18 @@ def holdout(n: int, cfg: Train) -> np.ndarray:
 
 def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
     """Train a de-noiser on two stores and save it to ``out``."""
-    from .. import models
+    from ..models import build_model
 
-    cls = {"pca": models.PCADenoiser, "ae": models.AEDenoiser, "vae": models.VAEDenoiser}[cfg.kind]
-    kwargs = {"latent": cfg.latent, "seed": cfg.seed}
-    if cfg.kind != "pca":
-        kwargs.update(epochs=cfg.epochs, preset=cfg.preset)
-    model = cls(**kwargs)
-    model.fit(noisy, clean)
+    model = build_model(cfg.kind, cfg.latent, **cfg.options())
+    model.fit(noisy, clean, validation_split=cfg.validation_split)
     model.save(out)
     return out
 
 
-def denoise(ds: xr.Dataset, cfg: Denoise, model_dir: Path) -> xr.Dataset:
+def denoise(ds: xr.Dataset, model_dir: Path, cfg: Denoise) -> xr.Dataset:
     from ..inference import denoise as run
 
-    return run(ds, model_dir, batch_size=cfg.batch_size)
+    return run(ds, model_dir, batch_size=cfg.batch_size, n_samples=cfg.samples, seed=cfg.seed)
 
 
 def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:

