@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from glob import glob
 from pathlib import Path
 
@@ -35,10 +35,12 @@ from ..io.outputs import check_overlap, replacing
 from ..io.store import open_store, write_store
 from . import products, stages
 from .config import ConfigError, PipelineConfig
+from .plan import HELDOUT, MODEL, TRUTH, Plan, Step, catalogue_stem, store_file
+from .plan import plan as make_plan
+from .registry import STAGES
 from .runlog import RunLog, StageRecord
 
 FAILED = Flag.DENOISE_FAILED | Flag.FIT_FAILED
-HELDOUT = "heldout.parquet"  # galaxies the train stage never saw
 
 
 @dataclass
@@ -91,12 +93,16 @@ class RunSummary:
 
 
 class Runner:
-    """One invocation of a pipeline on a connected client.
+    """One invocation of a plan on a connected client: its thin executor.
+
+    Each step of the :class:`~.plan.Plan` is carried out in order by the
+    method its ``stage`` names; the stages' own work is their registered
+    kernels' (:data:`~.registry.STAGES`).
 
     Parameters
     ----------
-    config : PipelineConfig
-        Checked config.
+    plan : Plan or PipelineConfig
+        What to run (a config is planned first).
     client : distributed.Client
         Where chunks are computed.
     resume : bool
@@ -106,20 +112,26 @@ class Runner:
     echo : callable
         Where one-line messages go.
     cluster : str
-        Recorded in the run log.
+        Recorded in the run log (default: the plan's).
     """
 
-    def __init__(self, config: PipelineConfig, client, *, resume: bool = False,
+    def __init__(self, plan: Plan | PipelineConfig, client, *, resume: bool = False,
                  progress: bool = True, echo: Callable[[str], None] = print,
-                 cluster: str = "local") -> None:
+                 cluster: str | None = None) -> None:
+        self.plan = plan if isinstance(plan, Plan) else make_plan(plan, cluster or "local")
+        config = self.plan.config
         self.config, self.client, self.resume = config, client, resume
         self.progress, self.echo = progress, echo
         self.folder = Path(config.outputs.dir)
         mine = check_folder(config, resume)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(self.folder, mine, cluster=cluster, resume=resume)
+        self.log = RunLog(self.folder, mine, cluster=cluster or self.plan.cluster, resume=resume)
+        self.log.current["plan"] = [asdict(step) for step in self.plan.steps]
+        self.log.save()
         self.summary = RunSummary(self.folder)
         self.fused: set[str] = set()  # stores passed on lazily, never written
+        self.stores: dict[str, xr.Dataset] = {}
+        self.catalogues: dict[str, xr.Dataset] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -150,19 +162,18 @@ class Runner:
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
         try:
-            stores = self._spectra()
-            catalogues = self._fit(stores)
-            self._products(stores, catalogues)
-            self._science(catalogues)
-            self._count(stores, catalogues)
+            for step in self.plan.steps:
+                if step.stage != "report":
+                    getattr(self, f"_do_{step.stage}")(step)
+            self._count(self.stores, self.catalogues)
         except BaseException as err:
             self.log.info(f"failed: {type(err).__name__}: {err}")
             self.log.finish("failed")
             raise
         self.summary.seconds = time.perf_counter() - t0
         self.log.finish("complete", self.summary.as_dict())
-        if self.config.report.html:
-            self._report()
+        if any(step.stage == "report" for step in self.plan.steps):
+            self._report()  # last: it reads the finished run record
         return self.summary
 
     def _report(self) -> None:
@@ -173,35 +184,38 @@ class Runner:
         self.log.output("report", path.name, "report", name="report")
         self.echo(f"report: {path}")
 
-    def _spectra(self) -> dict[str, xr.Dataset]:
-        cfg, st = self.config, self.config.stages
-        stores: dict[str, xr.Dataset] = {}
-        if cfg.input.kind == "store":
-            src = cfg.input.store
-            key = "preprocessed" if src.frame == "rest" and st.preprocess is None else "raw"
-            stores[key] = open_store(src.path, frame=src.frame)
-        elif cfg.input.kind == "mock":
-            key = "preprocessed" if cfg.input.mock.frame == "rest" and st.preprocess is None else "raw"
-            stores[key] = self._write("mock", stages.mock(cfg.input.mock, cfg.chunk),
-                                      f"{key}.zarr")
-            self._truth(stores[key])
-        else:
-            ds, skipped = stages.ingest(cfg, self.client)
-            for item in skipped:
-                self.log.info(f"ingest skipped: {item}")
-            self.summary.skipped = list(skipped)
-            stores["raw"] = self._write("ingest", ds, "raw.zarr")
-        if st.preprocess is not None and "preprocessed" not in stores:
-            stores["preprocessed"] = self._stage(
-                "preprocess", "preprocessed", stages.preprocess(stores["raw"], st.preprocess))
-        if st.degrade is not None:
-            stores["degraded"] = self._stage(
-                "degrade", "degraded", stages.degrade(stores["preprocessed"], st.degrade))
-        if st.denoise is not None:
-            model = self._model(stores)
-            stores["denoised"] = self._stage(
-                "denoise", "denoised", stages.denoise(stores[st.denoise.input], st.denoise, model))
-        return stores
+    # ------------------------------------------------------------ steps
+
+    def _do_open(self, step: Step) -> None:
+        src = self.config.input.store
+        self.stores[step.store] = open_store(src.path, frame=src.frame)
+
+    def _do_mock(self, step: Step) -> None:
+        ds = stages.mock(self.config.input.mock, self.config.chunk)
+        self.stores[step.store] = self._write("mock", ds, store_file(step.store))
+        self._truth(self.stores[step.store])
+
+    def _do_ingest(self, step: Step) -> None:
+        ds, skipped = stages.ingest(self.config, self.client)
+        for item in skipped:
+            self.log.info(f"ingest skipped: {item}")
+        self.summary.skipped = list(skipped)
+        self.stores[step.store] = self._write("ingest", ds, store_file(step.store))
+
+    def _do_spectra(self, step: Step) -> None:
+        """A registered stage that maps stores to a new store: its kernel, written or fused."""
+        spec = STAGES[step.stage]
+        inputs = [self._resolve(name) for name in step.inputs]
+        ds = spec.kernel(*inputs, self.plan.params(step))
+        self.stores[step.store] = self._stage(step.name, step.store, ds)
+
+    _do_preprocess = _do_degrade = _do_denoise = _do_spectra
+
+    def _resolve(self, name: str):
+        """A step input: a store made earlier, the trained model, or a path."""
+        if name in self.stores:
+            return self.stores[name]
+        return self._do_model() if name == MODEL else Path(name)
 
     def _stage(self, name: str, key: str, ds: xr.Dataset) -> xr.Dataset:
         """Write the stage's store, or (not kept) pass its lazy output on, fused into the next."""
@@ -213,7 +227,7 @@ class Runner:
         return ds
 
     def _truth(self, raw: xr.Dataset) -> None:
-        path = self.path("truth.parquet")
+        path = self.path(TRUTH)
         if not path.exists():
             with replacing(path) as (tmp,):  # a killed run never leaves half a table
                 stages.write_truth(raw, tmp)
@@ -227,16 +241,20 @@ class Runner:
                 frame.to_parquet(tmp, index=False)
         self.log.output("table", name, step, name=name.split(".")[0])
 
-    def _model(self, stores: dict[str, xr.Dataset]) -> Path:
+    def _do_train(self, step: Step) -> None:
+        self._do_model()
+
+    def _do_model(self) -> Path:
+        """The trained model's folder, training it first unless a complete one is there."""
         st = self.config.stages
-        if st.denoise.model != "train":
-            return Path(st.denoise.model)
-        out = self.path("model")
+        out = self.path(MODEL)
+        if "train" in self.summary.stages:
+            return out
         t0 = time.perf_counter()
         if not (out / ".complete").exists():
             # A half-saved model from a killed run is trained again from scratch.
             shutil.rmtree(out, ignore_errors=True)
-            noisy, clean = stores[st.train.noisy], stores[st.train.clean]
+            noisy, clean = self.stores[st.train.noisy], self.stores[st.train.clean]
             if st.train.holdout > 0:
                 held = stages.holdout(int(noisy.sizes["galaxy"]), st.train)
                 self._table(pd.DataFrame({"galaxy": noisy["galaxy"].values[held]}), HELDOUT, "train")
@@ -254,19 +272,15 @@ class Runner:
                                           time.perf_counter() - t0))
         return out
 
-    def _fit(self, stores: dict[str, xr.Dataset]) -> dict[str, xr.Dataset]:
-        st = self.config.stages
-        catalogues = {}
-        for target in self.config.fit_targets():
-            name = f"fit-{target}"
-            cat = self._write(name, stages.fit(stores[target], st.fit), f"catalogue-{target}.zarr",
-                              spectra=False)
-            self._catalogue_files(cat, f"catalogue-{target}")
-            case = products.CASES[target]
-            for suffix, label in ((".zarr", "-zarr"), (".parquet", ""), (".fits", "-fits")):
-                self.log.output("catalogue", f"catalogue-{target}{suffix}", name, name=case + label)
-            catalogues[target] = cat
-        return catalogues
+    def _do_fit(self, step: Step) -> None:
+        target = step.store
+        cat = self._write(step.name, stages.fit(self.stores[target], self.config.stages.fit),
+                          step.outputs[0], spectra=False)
+        self._catalogue_files(cat, catalogue_stem(target))
+        case = products.CASES[target]
+        for path, label in zip(step.outputs, ("-zarr", "", "-fits"), strict=True):
+            self.log.output("catalogue", path, step.name, name=case + label)
+        self.catalogues[target] = cat
 
     def _catalogue_files(self, cat: xr.Dataset, stem: str) -> None:
         """Parquet + FITS of a complete catalogue store, written whole or not at all."""
@@ -281,9 +295,10 @@ class Runner:
         path = (cfg.input.store.truth if cfg.input.kind == "store" else self.path("truth.parquet"))
         return pd.read_parquet(path) if path is not None and Path(path).exists() else None
 
-    def _products(self, stores: dict[str, xr.Dataset], catalogues: dict[str, xr.Dataset]) -> None:
+    def _do_products(self, step: Step) -> None:
         """The report's small products (``config.report``), each written whole and recorded."""
         rep, st = self.config.report, self.config.stages
+        stores, catalogues = self.stores, self.catalogues
         t0 = time.perf_counter()
         truth = self._truth_table()
         held = pd.read_parquet(self.path(HELDOUT))["galaxy"].to_numpy() if self.path(HELDOUT).exists() else None
@@ -334,12 +349,10 @@ class Runner:
 
     def _model_dir(self) -> Path:
         model = self.config.stages.denoise.model
-        return self.path("model") if model == "train" else Path(model)
+        return self.path(MODEL) if model == "train" else Path(model)
 
-    def _science(self, catalogues: dict[str, xr.Dataset]) -> None:
-        sc = self.config.stages.science
-        if sc is None:
-            return
+    def _do_science(self, step: Step) -> None:
+        sc, catalogues = self.config.stages.science, self.catalogues
         from ..science.mzr_test import format_comparison, mzr_test
 
         t0 = time.perf_counter()
@@ -467,6 +480,12 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
 
     if resume and overwrite:
         raise ConfigError("--overwrite and --resume exclude each other")
+    if config.sweep:
+        from .sweep import run_sweep
+
+        summaries = run_sweep(config, cluster=cluster, workers=workers, resume=resume,
+                              progress=progress, overwrite=overwrite, echo=echo)
+        return summaries[-1]
     check_folder(config, resume, overwrite)  # before a cluster starts
     if config.stages.denoise is not None and config.stages.denoise.model != "train":
         from ..models import UnreadableModel, check_loadable
@@ -478,7 +497,7 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
     with connect(cluster, n_workers=workers, echo=echo) as client:
         if overwrite:
             _clear_run(Path(config.outputs.dir))
-        summary = Runner(config, client, resume=resume, progress=progress, echo=echo,
-                         cluster=cluster).run()
+        summary = make_plan(config, cluster).execute(client, resume=resume, progress=progress,
+                                                     echo=echo)
     echo(str(summary))
     return summary

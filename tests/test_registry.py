@@ -1,0 +1,142 @@
+"""One declaration per stage: the YAML sections, the sub-commands and the plan all come from it."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+
+from survey_denoise.cli import COMMANDS, cli
+from survey_denoise.pipeline import STAGES, ConfigError, PipelineConfig, load_config, plan
+from survey_denoise.pipeline.params import cli_fields
+from survey_denoise.pipeline.registry import Stages
+
+# Options every store-to-store command has for its own plumbing, not the stage's.
+PLUMBING = {"store_in", "store", "out", "cluster", "workers", "overwrite", "resume", "no_progress",
+            "noisy", "clean", "kind", "n_search", "search_epochs"}
+
+
+def _command(name: str) -> click.Command:
+    return cli.get_command(click.Context(cli), name)
+
+
+@pytest.mark.parametrize("name", [n for n in STAGES if n in COMMANDS])
+def test_every_command_option_is_the_stage_field_with_the_same_default(name):
+    spec, command = STAGES[name], _command(name)
+    options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    for field in cli_fields(spec.params):
+        if field == "kind":  # train KIND: an argument
+            continue
+        assert field in options, f"{name}: stages.{name}.{field} has no --{field.replace('_', '-')}"
+        info = spec.params.model_fields[field]
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        assert options[field].default == default, (name, field)
+        assert options[field].required == info.is_required(), (name, field)
+    extra = set(options) - set(cli_fields(spec.params)) - PLUMBING
+    assert not extra, f"{name}: options {sorted(extra)} are not declared in stages.{name}"
+
+
+def test_the_config_sections_are_the_registry_in_run_order():
+    assert list(Stages.model_fields) == list(STAGES) == [
+        "preprocess", "degrade", "train", "denoise", "fit", "science"]
+    for name, spec in STAGES.items():
+        assert Stages.model_fields[name].annotation == (spec.params | None)
+
+
+def test_a_rule_is_written_once_and_refused_the_same_way_by_both(tmp_path):
+    from survey_denoise.cli.params import build
+    from survey_denoise.cli.common import UserError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\ninput: {mock: {n: 10}}\noutputs: {dir: out}\n"
+                      "stages: {preprocess: {}, degrade: {noise: uniform, exptime: 180}}\n")
+    with pytest.raises(ConfigError, match="exptime applies to desi noise only"):
+        load_config(config)
+    with pytest.raises(UserError, match="exptime applies to desi noise only"):
+        build(STAGES["degrade"].params, {"noise": "uniform", "exptime": 180})
+    with pytest.raises(UserError, match="--latent: Input should be greater than 0"):
+        build(STAGES["train"].params, {"latent": 0})
+
+
+def test_noise_shorthand_and_registry():
+    from survey_denoise.noise import DesiNoise, UniformNoise, make_noise
+
+    degrade = STAGES["degrade"].params
+    assert degrade(noise="uniform:0.02").noise_model() == UniformNoise(0.02)
+    assert degrade().noise_model() == UniformNoise(0.04)
+    assert degrade(noise="desi", exptime=180).noise_model() == DesiNoise(exptime=180)
+    assert make_noise("desi:2").scale == 2
+    with pytest.raises(ValueError, match="unknown noise 'pink'"):
+        make_noise("pink")
+
+
+def _config(tmp_path) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": "t", "input": {"mock": {"n": 250}}, "chunk": 100,
+        "outputs": {"dir": str(tmp_path / "run"), "keep": ["preprocessed"]},
+        "stages": {"preprocess": {}, "degrade": {"sigma": 0.04}, "denoise": {"model": "m"},
+                   "fit": {"stores": ["preprocessed", "denoised"]}},
+        "report": {"html": False, "latent": False, "reconstruction": False}})
+
+
+def test_the_plan_names_every_step_its_inputs_outputs_mode_and_chunks(tmp_path):
+    p = plan(_config(tmp_path), cluster="slurm")
+    assert [s.name for s in p.steps] == ["mock", "preprocess", "degrade", "denoise", "fit-preprocessed",
+                                         "fit-denoised", "products"]
+    degrade, denoise = p.step("degrade"), p.step("denoise")
+    assert degrade.inputs == ("preprocessed",) and degrade.outputs == ("degraded.zarr",)
+    assert not degrade.written and not denoise.written and p.step("preprocess").written
+    assert denoise.inputs == ("degraded", "m") and denoise.chunks == 3 and degrade.where == "cluster"
+    assert p.step("products").where == "driver"
+    text = repr(p)
+    lines = text.splitlines()
+    assert lines[0] == f"plan 't': 250 galaxies in chunks of 100, cluster slurm, outputs in {tmp_path / 'run'}"
+    assert re.split(r"\s{2,}", lines[1].strip()) == ["step", "where", "reads", "writes", "mode", "chunks"]
+    row = next(line for line in lines if line.strip().startswith("degrade"))
+    assert re.split(r"\s{2,}", row.strip()) == ["degrade", "cluster", "preprocessed", "degraded.zarr",
+                                               "fused", "3"]
+
+
+def test_run_check_prints_the_plan_and_starts_nothing(tmp_path):
+    from tests._cli import run
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\ninput: {{mock: {{n: 30}}}}\nchunk: 10\noutputs: {{dir: {tmp_path / 'out'}}}\n"
+                      "stages: {preprocess: {}, degrade: {sigma: 0.04}, fit: {}}\nreport: {html: false}\n")
+    result = run("run", config, "--check")
+    assert result.returncode == 0, result.stderr
+    assert "plan 'c': 30 galaxies in chunks of 10, cluster local" in result.stdout
+    assert re.search(r"fit-degraded\s+cluster\s+degraded\s+catalogue-degraded.zarr", result.stdout)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_every_variant_and_gathers_figure7(tmp_path):
+    import pandas as pd
+
+    from tests._cli import run
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: s\ninput: {mock: {n: 60, design: uniform-halpha, frame: rest, seed: 1}}\nchunk: 30\n"
+        "stages: {preprocess: {norm: l2}, degrade: {sigma: 0.04, seed: 2},\n"
+        "         train: {kind: pca, latent: 2, holdout: 0.3}, denoise: {model: train}}\n"
+        "sweep: {stages.train.latent: [2, 3]}\n"
+        f"outputs: {{dir: {tmp_path / 'out'}}}\n"
+        "report: {examples: 0, latent: false, reconstruction: true, scores: false, html: false}\n")
+    check = run("run", config, "--check")
+    assert check.returncode == 0, check.stderr
+    assert "sweep 's': 2 variants over stages.train.latent" in check.stdout
+    result = run("run", config, "--workers", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out" / "sweep-reconstruction_mse.csv")
+    pca = table[table["model"] == "pca"]
+    assert sorted(pca["latent_dim"]) == sorted(pca["latent"]) == [2, 3]
+    # Each variant scored its own model on its held-out galaxies; de-noising beats none.
+    assert (table.loc[table["model"] == "noisy input", "mse"] > pca["mse"].max()).all()
+    assert (tmp_path / "out" / "figure7.png").stat().st_size > 10_000
+    for label in ("2", "3"):
+        assert (tmp_path / "out" / label / "run.json").exists()
+    again = run("run", config, "--workers", "1", "--no-progress")
+    assert again.returncode == 2 and "--resume" in again.stderr
