@@ -45,8 +45,8 @@ def test_the_config_sections_are_the_registry_in_run_order():
 
 
 def test_a_rule_is_written_once_and_refused_the_same_way_by_both(tmp_path):
-    from survey_denoise.cli.params import build
     from survey_denoise.cli.common import UserError
+    from survey_denoise.cli.params import build
 
     config = tmp_path / "c.yaml"
     config.write_text("name: c\ninput: {mock: {n: 10}}\noutputs: {dir: out}\n"

@@ -148,3 +148,52 @@ def redone_chunks(folder: str | Path) -> list[dict[str, int]]:
     data = json.loads((Path(folder) / RUN_JSON).read_text())
     return [{name: len(rec["written"]) for name, rec in inv["stages"].items()}
             for inv in data["invocations"]]
+
+
+@dataclass
+class RunSummary:
+    """What a run did; printed at the end and stored in ``run.json``."""
+
+    folder: Path
+    galaxies: int = 0
+    flagged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # io.ingest.Skipped: files the ingest left out
+
+    @property
+    def computed(self) -> bool:
+        """Whether this invocation wrote any chunk (a resume of a finished run writes none)."""
+        return any(rec.written for rec in self.stages.values())
+
+    @property
+    def throughput(self) -> float:
+        """Galaxies per second through the whole chain (NaN when nothing was computed)."""
+        return self.galaxies / self.seconds if self.seconds > 0 and self.computed else float("nan")
+
+    def as_dict(self) -> dict:
+        rate = round(self.throughput, 3) if self.computed else None
+        return {"galaxies": self.galaxies, "flagged": self.flagged, "failed": self.failed,
+                "seconds": round(self.seconds, 3),
+                "galaxies_per_second": rate,
+                "chunks_written": {k: len(v.written) for k, v in self.stages.items()},
+                "skipped": [str(s) for s in self.skipped]}
+
+    def __str__(self) -> str:
+        lines = [f"{'stage':<24}{'chunks':>8}{'written':>9}{'seconds':>10}"]
+        for name, rec in self.stages.items():
+            lines.append(f"{name:<24}{rec.n_chunks:>8}{len(rec.written):>9}{rec.seconds:>10.1f}")
+        if self.computed:
+            lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
+                         f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
+                         f"outputs in {self.folder}")
+        else:
+            lines.append(f"nothing to compute: every chunk was already complete ({self.galaxies} "
+                         f"spectra, {self.flagged} flagged, {self.failed} failed); "
+                         f"outputs in {self.folder}")
+        if self.skipped:
+            from ..io.ingest import summarise
+
+            lines.append(summarise(self.skipped))
+        return "\n".join(lines)

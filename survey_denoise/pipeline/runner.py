@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from glob import glob
 from pathlib import Path
 
@@ -38,58 +38,9 @@ from .config import ConfigError, PipelineConfig
 from .plan import HELDOUT, MODEL, TRUTH, Plan, Step, catalogue_stem, store_file
 from .plan import plan as make_plan
 from .registry import STAGES
-from .runlog import RunLog, StageRecord
+from .runlog import RunLog, RunSummary, StageRecord
 
 FAILED = Flag.DENOISE_FAILED | Flag.FIT_FAILED
-
-
-@dataclass
-class RunSummary:
-    """What a run did; printed at the end and stored in ``run.json``."""
-
-    folder: Path
-    galaxies: int = 0
-    flagged: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    stages: dict[str, StageRecord] = field(default_factory=dict)
-    skipped: list = field(default_factory=list)  # io.ingest.Skipped: files the ingest left out
-
-    @property
-    def computed(self) -> bool:
-        """Whether this invocation wrote any chunk (a resume of a finished run writes none)."""
-        return any(rec.written for rec in self.stages.values())
-
-    @property
-    def throughput(self) -> float:
-        """Galaxies per second through the whole chain (NaN when nothing was computed)."""
-        return self.galaxies / self.seconds if self.seconds > 0 and self.computed else float("nan")
-
-    def as_dict(self) -> dict:
-        rate = round(self.throughput, 3) if self.computed else None
-        return {"galaxies": self.galaxies, "flagged": self.flagged, "failed": self.failed,
-                "seconds": round(self.seconds, 3),
-                "galaxies_per_second": rate,
-                "chunks_written": {k: len(v.written) for k, v in self.stages.items()},
-                "skipped": [str(s) for s in self.skipped]}
-
-    def __str__(self) -> str:
-        lines = [f"{'stage':<24}{'chunks':>8}{'written':>9}{'seconds':>10}"]
-        for name, rec in self.stages.items():
-            lines.append(f"{name:<24}{rec.n_chunks:>8}{len(rec.written):>9}{rec.seconds:>10.1f}")
-        if self.computed:
-            lines.append(f"{self.galaxies} spectra processed, {self.flagged} flagged, {self.failed} "
-                         f"failed, {self.seconds:.1f} s ({self.throughput:.1f} spectra/s); "
-                         f"outputs in {self.folder}")
-        else:
-            lines.append(f"nothing to compute: every chunk was already complete ({self.galaxies} "
-                         f"spectra, {self.flagged} flagged, {self.failed} failed); "
-                         f"outputs in {self.folder}")
-        if self.skipped:
-            from ..io.ingest import summarise
-
-            lines.append(summarise(self.skipped))
-        return "\n".join(lines)
 
 
 class Runner:
