@@ -50,6 +50,7 @@ def test_terms_are_the_formula(model):
     assert r["seconds"] == pytest.approx(r["compute"] + r["scheduler"] + r["driver"] + 23.0)
     assert r["efficiency"] == pytest.approx(1e7 * 2e-3 / 100 / r["seconds"])
     assert r["limit"] == "driver"
+    assert r["task_seconds"] == pytest.approx(1000 * 2e-3 + 0.5) and r["lost_fraction"] == 0
     # A partial last chunk is still a chunk.
     assert model.project(1e7 + 1, 100, **COSTS)["n_chunks"] == n_chunks + 1
 
@@ -71,6 +72,24 @@ def test_efficiency_falls_with_workers_and_rises_with_chunk(model):
     assert model.project(1e7, 100, **big)["efficiency"] > model.project(1e7, 100, **COSTS)["efficiency"]
 
 
+def test_whole_chunks_in_waves_leave_workers_idle(model):
+    # 10 chunks on 40 workers: one wave of one chunk, 30 workers idle.
+    r = model.project(1e4, 40, **COSTS)
+    assert r["compute"] == pytest.approx(1000 * 2e-3 + 0.5)
+    assert r["ideal"] == pytest.approx(1e4 * 2e-3 / 40)
+    # 11 chunks on 10 workers: two waves.
+    assert model.project(1.1e4, 10, **COSTS)["compute"] == pytest.approx(2 * 2.5)
+
+
+def test_lifetime_redoes_a_start_and_half_a_chunk(model):
+    r = model.project(1e7, 100, **COSTS, lifetime=3600.0)
+    lost = (23.0 + 2.5 / 2) / 3600.0
+    assert r["lost_fraction"] == pytest.approx(lost)
+    assert r["compute"] == pytest.approx(100 * 2.5 * (1 + lost))
+    never = model.project(1e7, 100, **{**COSTS, "chunk": 2_000_000}, lifetime=3600.0)
+    assert math.isinf(never["seconds"]) and never["efficiency"] == 0 and never["limit"] == "lifetime"
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_inputs_predictions_and_cross_check(tmp_path):
     out = tmp_path / "scaling_model.json"
@@ -87,7 +106,9 @@ def test_smoke_run_writes_inputs_predictions_and_cross_check(tmp_path):
     rows = result["predictions"]
     assert {(r["fitter"], r["workers"]) for r in rows} >= {
         (f, w) for f in ("fast", "ppxf") for w in (10, 100, 1000)}
-    assert all(0 < r["efficiency"] <= 1 for r in rows)
+    # A chunk longer than the workers' lifetime never ends: no time (null), efficiency 0.
+    assert all(0 <= r["efficiency"] <= 1 for r in rows)
+    assert all((r["seconds"] is None) == (r["limit"] == "lifetime") for r in rows)
     cc = result["cross_check_1e6"]
     assert cc["measured_seconds"] == pytest.approx(1637.85)
     assert cc["predicted"]["seconds"] > 0
