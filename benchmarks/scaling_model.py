@@ -7,9 +7,11 @@ in one explicit model (:func:`project`; docs/scaling.md):
 * the scheduler's cost per task: graphs of 3-task chains (read -> work ->
   write, one chain per chunk) of trivial tasks at several sizes, computed
   on a LocalCluster from :func:`survey_denoise.cluster.connect` (TLS, 2
-  single-threaded workers), wall = a + c_sched x n_tasks fitted by least
-  squares (graph building, submission, scheduling and the results coming
-  back are all in it);
+  single-threaded workers); wall and the driver's CPU (client and
+  scheduler share the driver process) each fitted as a + c x n_tasks by
+  least squares (graph building, submission, scheduling and the results
+  coming back are all in it); the model uses the CPU slope, which other
+  users' load changes least;
 * worker start-up (a worker process joining a running scheduler, then its
   first import of the package and Keras) and the model load
   (:func:`survey_denoise.models.load_model` of a saved default VAE, first
@@ -22,14 +24,15 @@ in one explicit model (:func:`project`; docs/scaling.md):
   (its active set changes more often on poor spectra): on the output of
   this run's one-epoch VAE it is also timed, as ``fast_on_denoised``, for
   the record only;
-* tasks per chunk of the real fused chain's graph (mock -> ... -> fit).
+* tasks per chunk the scheduler runs for the real fused chain (mock -> ...
+  -> fast fit; Dask's task stream).
 
 The driver's cost per written chunk (building the store's region writes,
 ``io/store.py``) and the bytes per spectrum are taken from the measured 10^6
 run (``results/end_to_end_1e6.json``), not re-measured.
 
 Writes ``benchmarks/results/scaling_model.json`` and prints the projection.
-Usage: ``python benchmarks/scaling_model.py [--smoke] [--out PATH]``
+Usage: ``python benchmarks/scaling_model.py [--smoke] [--out PATH] [--reproject]``
 """
 
 from __future__ import annotations
