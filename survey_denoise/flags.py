@@ -26,7 +26,7 @@ class Flag(enum.IntFlag):
     NO_IVAR = 1 << 3
     """No pixel has positive inverse variance: no information at all."""
     LOW_COVERAGE = 1 << 4
-    """The observed spectrum covers less than the required fraction of the grid."""
+    """The observed spectrum covers none of the catalogue's lines (or less of the grid than an explicit ``min_coverage``)."""
     PARTIAL_COVERAGE = 1 << 5
     """Some grid pixels lie outside the observed range (they get ivar = 0)."""
     BAD_NORM = 1 << 6

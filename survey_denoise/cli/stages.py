@@ -41,7 +41,8 @@ def _store_options(command):
 @click.option("--norm", type=click.Choice(["l2", "sum", "median"]), default="l2", show_default=True,
               help="Normalisation convention (l2 reproduces the paper's tables).")
 @click.option("--min-coverage", type=click.FloatRange(0, 1), default=None,
-              help="Least fraction of grid pixels a spectrum must cover.  [default: 0.9]")
+              help="Least fraction of grid pixels a spectrum must cover.  [default: none; only a "
+                   "spectrum covering none of the catalogue's lines is dropped]")
 def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
                resume: bool, no_progress: bool, norm: str, min_coverage: float | None) -> None:
     """Shift the spectra of raw store IN to the rest frame, resample onto the grid, normalise."""
