@@ -58,9 +58,9 @@ def tied_lines(key: str) -> tuple[str, ...]:
     return tuple(sorted(out, key=lines.wavelength))
 
 
-def window(key: str) -> tuple[float, float, float, float]:
-    """Rest-frame edges of a line's windows, Angstrom: continuum start, line start, line end, continuum end."""
-    centre = lines.wavelength(key)
+def window(centre: float) -> tuple[float, float, float, float]:
+    """Edges of the windows of a line at rest wavelength ``centre`` (Angstrom): continuum start,
+    line start, line end, continuum end, Angstrom."""
     line = LINE_HALF_WIDTH_KMS / C_KMS
     outer = (LINE_HALF_WIDTH_KMS + CONTINUUM_KMS) / C_KMS
     return centre * (1 - outer), centre * (1 - line), centre * (1 + line), centre * (1 + outer)
@@ -73,13 +73,37 @@ def _fraction(good: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return good[:, inside].sum(axis=1) / n
 
 
-def covered_lines(wavelength: np.ndarray, good: np.ndarray, keys: Sequence[str] | None = None) -> np.ndarray:
-    """Which lines each spectrum covers (the rule of the module notes).
+def covered_at(wavelength: np.ndarray, good: np.ndarray, centre: float) -> np.ndarray:
+    """Whether each spectrum covers a single line at rest wavelength ``centre`` (Angstrom).
 
     Parameters
     ----------
     wavelength : ndarray, shape (n_pix,)
         Rest-frame pixel centres, Angstrom (any increasing axis: the grid or a native one).
+    good : ndarray of bool, shape (n_galaxy, n_pix)
+        Usable pixels (``ivar > 0`` and not masked).
+    centre : float
+        Rest wavelength of the line, Angstrom.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_galaxy,)
+    """
+    wavelength = np.asarray(wavelength, np.float64)
+    good = np.atleast_2d(np.asarray(good, bool))
+    c0, l0, l1, c1 = window(centre)
+    return ((_fraction(good, (wavelength >= l0) & (wavelength <= l1)) >= MIN_LINE_GOOD)
+            & (_fraction(good, (wavelength >= c0) & (wavelength < l0)) >= MIN_CONTINUUM_GOOD)
+            & (_fraction(good, (wavelength > l1) & (wavelength <= c1)) >= MIN_CONTINUUM_GOOD))
+
+
+def covered_lines(wavelength: np.ndarray, good: np.ndarray, keys: Sequence[str] | None = None) -> np.ndarray:
+    """Which lines each spectrum covers, tied lines together (the rule of the module notes).
+
+    Parameters
+    ----------
+    wavelength : ndarray, shape (n_pix,)
+        Rest-frame pixel centres, Angstrom.
     good : ndarray of bool, shape (n_galaxy, n_pix)
         Usable pixels (``ivar > 0`` and not masked).
     keys : sequence of str, optional
@@ -89,7 +113,6 @@ def covered_lines(wavelength: np.ndarray, good: np.ndarray, keys: Sequence[str] 
     -------
     ndarray of bool, shape (n_galaxy, n_keys)
     """
-    wavelength = np.asarray(wavelength, np.float64)
     good = np.atleast_2d(np.asarray(good, bool))
     keys = lines.catalogue_keys() if keys is None else tuple(keys)
     single: dict[str, np.ndarray] = {}
@@ -97,10 +120,7 @@ def covered_lines(wavelength: np.ndarray, good: np.ndarray, keys: Sequence[str] 
     for j, key in enumerate(keys):
         for member in tied_lines(key):
             if member not in single:
-                c0, l0, l1, c1 = window(member)
-                single[member] = ((_fraction(good, (wavelength >= l0) & (wavelength <= l1)) >= MIN_LINE_GOOD)
-                                  & (_fraction(good, (wavelength >= c0) & (wavelength < l0)) >= MIN_CONTINUUM_GOOD)
-                                  & (_fraction(good, (wavelength > l1) & (wavelength <= c1)) >= MIN_CONTINUUM_GOOD))
+                single[member] = covered_at(wavelength, good, lines.wavelength(member))
             out[:, j] &= single[member]
     return out
 
