@@ -115,6 +115,25 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         coords={"galaxy": np.asarray(galaxy)})
 
 
+def not_covered(cat: pd.DataFrame, key: str) -> np.ndarray:
+    """Whether line ``key`` of each row is missing because the spectrum did not cover it.
+
+    Reads ``<key>_status`` (LINE_NOT_COVERED); False where the column is
+    absent (catalogues written before it existed) or the row has no value
+    (a galaxy absent from a catalogue that was re-indexed).
+
+    Returns
+    -------
+    ndarray of bool (n_rows,)
+    """
+    name = f"{key}_status"
+    if name not in cat.columns:
+        return np.zeros(len(cat), bool)
+    status = cat[name].to_numpy(np.float64)
+    bits = np.where(np.isfinite(status), status, 0).astype(np.int64)
+    return (bits & int(Flag.LINE_NOT_COVERED)) != 0
+
+
 def _var_attrs(spec: tuple[str, str, str]) -> dict:
     _, unit, description = spec
     return {"units": unit, "description": description} if unit else {"description": description}
