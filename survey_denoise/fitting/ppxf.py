@@ -86,13 +86,8 @@ class LineFit:
         return cls(dict(nan), dict(nan), np.nan, int(status))
 
 
-def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float],
-                  lam: np.ndarray | None = None, good: np.ndarray | None = None):
+def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
     """pPXF gas templates for the lines inside ``lam_range`` (vacuum, rest frame).
-
-    With ``lam`` (rest-frame pixel centres, Angstrom) and ``good`` (bool,
-    same length), only the templates whose lines the spectrum covers
-    (:mod:`survey_denoise.line_windows`) are kept.
 
     Returns
     -------
@@ -100,14 +95,12 @@ def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float],
     names : list of str
         pPXF's names, plus catalogue keys for :data:`EXTRA_LINES`.
     """
-    gas, names, waves = _all_gas(ln_lam_temp, lam_range)
-    if lam is None or good is None:
-        return gas, names
-    keep = _covered_templates(names, waves, lam, good)
-    return gas[:, keep], [n for n, k in zip(names, keep, strict=True) if k]
+    gas, names, _ = _all_gas(ln_lam_temp, lam_range)
+    return gas, names
 
 
 def _all_gas(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
+    """:func:`gas_templates` and each template's wavelength (Angstrom; the stronger line of a doublet)."""
     from ppxf import ppxf_util
 
     with contextlib.redirect_stdout(io.StringIO()):  # emission_lines prints its list
@@ -124,6 +117,7 @@ def _all_gas(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
 
 
 def _covered_templates(names, waves, lam, good) -> tuple[bool, ...]:
+    """Whether the spectrum covers each gas template's lines (:mod:`survey_denoise.line_windows`)."""
     good = np.asarray(good, bool)[None, :]
     out = []
     for name, wave in zip(names, waves, strict=True):
