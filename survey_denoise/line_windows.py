@@ -49,6 +49,7 @@ def tied_lines(key: str) -> tuple[str, ...]:
     >>> tied_lines("nii_6583")
     ('nii_6548', 'nii_6583')
     """
+    lines.wavelength(key)  # an unknown key: a KeyError that lists the known ones
     table = lines.all_lines()
     out = set()
     for member in lines.components(key):

@@ -66,7 +66,7 @@ def direct_ppxf(path) -> dict[str, float]:
                   goodpixels=np.flatnonzero(ok), moments=[2, 2], degree=-1, mdegree=4, component=component,
                   gas_component=component > 0, gas_names=names, quiet=True)
     # gas_flux is per pixel; a pixel is lambda * velscale / c rest Angstrom, (1 + z) observed ones.
-    total = {str(n): f * w * velscale / C_KMS * scale * (1 + z) for n, f, w in zip(names, pp.gas_flux, waves)}
+    total = {str(n): f * w * velscale / C_KMS * scale * (1 + z) for n, f, w in zip(names, pp.gas_flux, waves, strict=True)}
     # pPXF's "_d" doublets hold both lines, at 1 : 0.33 (the catalogue's ratio too).
     return {"halpha": total["Halpha"], "hbeta": total["Hbeta"],
             "oiii_5007": total["[OIII]5007_d"] / 1.33, "nii_6583": total["[NII]6583_d"] / 1.33}

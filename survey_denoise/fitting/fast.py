@@ -45,8 +45,8 @@ from scipy.special import erf
 
 from .. import lines
 from ..flags import Flag
-from ..line_windows import covered_lines
 from ..grid import C_KMS, GRID, Grid
+from ..line_windows import covered_lines
 
 WIDTHS_KMS = (60.0, 85.0, 120.0, 170.0, 240.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum keeps the best one."""
