@@ -26,7 +26,7 @@ class Flag(enum.IntFlag):
     NO_IVAR = 1 << 3
     """No pixel has positive inverse variance: no information at all."""
     LOW_COVERAGE = 1 << 4
-    """The observed spectrum covers less than the required fraction of the grid."""
+    """The observed spectrum covers none of the catalogue's lines (or less of the grid than an explicit ``min_coverage``)."""
     PARTIAL_COVERAGE = 1 << 5
     """Some grid pixels lie outside the observed range (they get ivar = 0)."""
     BAD_NORM = 1 << 6
@@ -41,6 +41,10 @@ class Flag(enum.IntFlag):
     """The line fit raised an error or did not converge."""
     FIT_NO_COVERAGE = 1 << 11
     """Too few good pixels around the lines to fit them."""
+    LINE_NOT_COVERED = 1 << 12
+    """Per line (catalogue column ``<key>_status``), never per spectrum: the observed
+    spectrum does not cover the line with its fitting window and continuum
+    (:mod:`survey_denoise.line_windows`), so the line is missing: flux and error NaN."""
 
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM

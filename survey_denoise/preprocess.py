@@ -31,10 +31,24 @@ BAD_FLUX           some flux or ivar value is NaN/inf (those pixels are masked)
 NO_IVAR            no pixel with ``ivar > 0`` that is not masked
 NO_REDSHIFT        ``z`` missing or not finite
 NEGATIVE_REDSHIFT  ``z < 0``
-LOW_COVERAGE       fewer than ``min_coverage`` of the grid pixels are usable
+LOW_COVERAGE       the spectrum covers none of the catalogue's lines (or, with
+                   the explicit cut ``min_coverage``, fewer than that
+                   fraction of the grid pixels are usable)
 PARTIAL_COVERAGE   the grid reaches beyond the spectrum's good wavelength range
 BAD_NORM           the normalisation factor is zero, negative or not finite
 ================== ==========================================================
+
+Coverage is data, not a reason to drop.  A spectrum that covers only part
+of the grid (DESI above z ~ 0.24, where 9824 A observed falls below 7900 A
+rest) keeps its row and its flux; the grid pixels it does not cover are
+masked with ``ivar = 0``, and ``lines_covered`` records which of the
+catalogue's lines it covers (the window rule of
+:mod:`survey_denoise.line_windows`: the line, its fitting window and
+continuum on both sides).  Only a spectrum that covers none of them is
+dropped (LOW_COVERAGE): it has nothing to measure.  The fraction of usable
+grid pixels is kept as ``coverage``; ``min_coverage`` (default None, no
+cut) adds a pixel-fraction cut for users who want one, e.g. for training a
+de-noiser on fully covered spectra only.
 
 A spectrum with any :data:`~survey_denoise.flags.DROP` bit (including bits
 set by a reader) leaves with ``flux = 0``, ``ivar = 0``, ``mask = True`` but
@@ -52,14 +66,20 @@ import xarray as xr
 
 from .flags import DROP, Flag
 from .grid import GRID, Grid
+from .line_windows import covered_lines, lines_covered_attrs, to_bits
 from .resample import DEFAULT_MIN_FRACTION, edges_from_centres, good_pixels, rebin
 from .schema import FLUX_UNIT, NORMS, add_provenance, validate
 
 NORMALISED_UNIT = "1"
 """Units of a normalised flux and its ivar: dimensionless (CF and astropy spelling)."""
 
-DEFAULT_MIN_COVERAGE = 0.9
-"""Least fraction of grid pixels a spectrum must cover to be kept."""
+DEFAULT_MIN_COVERAGE: float | None = None
+"""Least fraction of grid pixels a spectrum must cover to be kept: None, no pixel-fraction cut.
+
+A spectrum is dropped only when it covers none of the catalogue's lines
+(see the module notes).  The former default, 0.9, dropped every DESI
+galaxy above z ~ 0.34 (sooner where pixels are masked) although its
+strong lines were all observed."""
 
 METHODS = tuple(m for m in NORMS if m != "none")
 """Normalisation conventions :func:`normalise` offers."""
@@ -81,9 +101,9 @@ def rest_frame_kernel(
     edges_in: np.ndarray,
     edges_out: np.ndarray,
     shift: bool = True,
-    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    min_coverage: float | None = DEFAULT_MIN_COVERAGE,
     min_pixel_coverage: float = DEFAULT_MIN_FRACTION,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rebin one chunk of spectra onto ``edges_out``, shifting to the rest frame.
 
     Parameters
@@ -101,8 +121,9 @@ def rest_frame_kernel(
     shift : bool
         Divide the input wavelengths by ``1 + z`` and multiply the flux density
         by ``1 + z`` (observed -> rest); False for rest-frame input.
-    min_coverage : float
-        Least fraction of grid pixels left usable for the spectrum to be kept.
+    min_coverage : float or None
+        Least fraction of grid pixels left usable for the spectrum to be kept
+        (None: no such cut; a spectrum covering no catalogue line is dropped either way).
     min_pixel_coverage : float
         Least fraction of a grid pixel good input must cover for it to be usable.
 
@@ -113,6 +134,8 @@ def rest_frame_kernel(
     flags : ndarray of uint32, shape (n_galaxy,)
     coverage : ndarray of float32, shape (n_galaxy,)
         Fraction of grid pixels usable.
+    lines_covered : ndarray of uint32, shape (n_galaxy,)
+        Catalogue lines covered, as bits (:mod:`survey_denoise.line_windows`); 0 when dropped.
     """
     n_gal, n_out = flux.shape[0], edges_out.size - 1
     flags = np.array(flags, dtype=np.uint32, copy=True).reshape(n_gal)
@@ -131,6 +154,7 @@ def rest_frame_kernel(
     out_ivar = np.zeros((n_gal, n_out), np.float32)
     out_mask = np.ones((n_gal, n_out), bool)
     coverage = np.zeros(n_gal, np.float32)
+    covered = np.zeros(n_gal, np.uint32)
     ok = (flags & _DROP) == 0
     if ok.any():
         one_plus_z = (1.0 + z[ok]) if shift else np.ones(int(ok.sum()))
@@ -142,7 +166,12 @@ def rest_frame_kernel(
         out_mask[ok] = res.mask
         coverage[ok] = 1.0 - res.mask.mean(axis=1)
         rows = np.flatnonzero(ok)
-        flags[rows[coverage[ok] < min_coverage]] |= np.uint32(Flag.LOW_COVERAGE)
+        centres = np.sqrt(edges_out[1:] * edges_out[:-1])
+        covered[ok] = to_bits(covered_lines(centres, ~res.mask & (res.ivar > 0)))
+        low = covered[ok] == 0
+        if min_coverage is not None:
+            low |= coverage[ok] < min_coverage
+        flags[rows[low]] |= np.uint32(Flag.LOW_COVERAGE)
         # Good wavelength range of each spectrum, in the output frame.
         first = np.argmax(good[ok], axis=1)
         last = good.shape[1] - 1 - np.argmax(good[ok][:, ::-1], axis=1)
@@ -150,7 +179,8 @@ def rest_frame_kernel(
         partial = (lo > edges_out[0]) | (hi < edges_out[-1])
         flags[rows[partial]] |= np.uint32(Flag.PARTIAL_COVERAGE)
     _blank_dropped(out_flux, out_ivar, out_mask, flags)
-    return out_flux, out_ivar, out_mask, flags, coverage
+    covered[(flags & _DROP) != 0] = 0
+    return out_flux, out_ivar, out_mask, flags, coverage, covered
 
 
 def norm_factor(flux: np.ndarray, good: np.ndarray, method: str) -> np.ndarray:
@@ -227,7 +257,7 @@ def _blank_dropped(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flags: 
 # ----------------------------------------------------------------- stages
 
 
-def to_rest_frame(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float = DEFAULT_MIN_COVERAGE,
+def to_rest_frame(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float | None = DEFAULT_MIN_COVERAGE,
                   min_pixel_coverage: float = DEFAULT_MIN_FRACTION) -> xr.Dataset:
     """Observed-frame spectra -> rest frame on ``grid`` (lazy, chunk-wise).
 
@@ -237,8 +267,10 @@ def to_rest_frame(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float = DE
         Raw spectra (observed frame), numpy- or Dask-backed.
     grid : Grid
         Rest-frame grid.
-    min_coverage : float
-        Least fraction of grid pixels a spectrum must cover (else LOW_COVERAGE, dropped).
+    min_coverage : float, optional
+        Least fraction of grid pixels a spectrum must cover (else LOW_COVERAGE,
+        dropped); default None, no such cut.  A spectrum covering none of the
+        catalogue's lines is dropped either way.
     min_pixel_coverage : float
         Least fraction of a grid pixel that good pixels must cover for it to be usable.
 
@@ -246,7 +278,8 @@ def to_rest_frame(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float = DE
     -------
     xarray.Dataset
         Rest-frame spectra per rest Angstrom (see the module notes), float32,
-        with per-galaxy ``coverage`` (fraction of grid pixels usable) and flags.
+        with per-galaxy ``coverage`` (fraction of grid pixels usable),
+        ``lines_covered`` (bits of the catalogue lines covered) and flags.
     """
     validate(ds, frame="observed", where="to_rest_frame")
     out = _rebin_stage(ds, grid, shift=True, min_coverage=min_coverage,
@@ -256,7 +289,7 @@ def to_rest_frame(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float = DE
     return out
 
 
-def resample(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float = DEFAULT_MIN_COVERAGE,
+def resample(ds: xr.Dataset, *, grid: Grid = GRID, min_coverage: float | None = DEFAULT_MIN_COVERAGE,
              min_pixel_coverage: float = DEFAULT_MIN_FRACTION) -> xr.Dataset:
     """Rest-frame spectra on one grid -> ``grid`` (lazy, chunk-wise, no shift).
 
@@ -300,7 +333,7 @@ def normalise(ds: xr.Dataset, method: str = "l2") -> xr.Dataset:
 
 
 def preprocess(ds: xr.Dataset, *, grid: Grid = GRID, norm: str = "l2",
-               min_coverage: float = DEFAULT_MIN_COVERAGE) -> xr.Dataset:
+               min_coverage: float | None = DEFAULT_MIN_COVERAGE) -> xr.Dataset:
     """Raw observed-frame spectra -> rest frame, on ``grid``, normalised (lazy).
 
     Parameters
@@ -312,8 +345,10 @@ def preprocess(ds: xr.Dataset, *, grid: Grid = GRID, norm: str = "l2",
         Rest-frame grid (default: the paper's).
     norm : {"l2", "sum", "median"}
         Normalisation convention.
-    min_coverage : float
-        Least fraction of grid pixels a spectrum must cover.
+    min_coverage : float, optional
+        Least fraction of grid pixels a spectrum must cover; default None (no
+        pixel-fraction cut: only a spectrum covering none of the catalogue's
+        lines is dropped).
 
     Returns
     -------
@@ -321,8 +356,7 @@ def preprocess(ds: xr.Dataset, *, grid: Grid = GRID, norm: str = "l2",
         Schema-valid rest-frame dataset, chunked like ``ds`` along galaxy;
         nothing is computed.
     """
-    if not 0 <= min_coverage <= 1:
-        raise ValueError(f"min_coverage must be between 0 and 1, got {min_coverage}")
+    _check_min_coverage(min_coverage)
     return normalise(to_rest_frame(ds, grid=grid, min_coverage=min_coverage), norm)
 
 
@@ -334,19 +368,23 @@ def _aligned(ds: xr.Dataset, names: tuple[str, ...]) -> dict[str, xr.DataArray]:
     return {n: ds[n].chunk({"galaxy": chunks[0]}) for n in names}
 
 
-def _rebin_stage(ds: xr.Dataset, grid: Grid, *, shift: bool, min_coverage: float,
+def _check_min_coverage(min_coverage: float | None) -> None:
+    if min_coverage is not None and not 0 <= min_coverage <= 1:
+        raise ValueError(f"min_coverage must be between 0 and 1 (or None), got {min_coverage}")
+
+
+def _rebin_stage(ds: xr.Dataset, grid: Grid, *, shift: bool, min_coverage: float | None,
                  min_pixel_coverage: float) -> xr.Dataset:
-    if not 0 <= min_coverage <= 1:
-        raise ValueError(f"min_coverage must be between 0 and 1, got {min_coverage}")
+    _check_min_coverage(min_coverage)
     per_gal = _aligned(ds, ("z", "flags"))
     kwargs = {"edges_in": edges_from_centres(ds["wavelength"].values), "edges_out": np.asarray(grid.edges),
               "shift": shift, "min_coverage": min_coverage, "min_pixel_coverage": min_pixel_coverage}
-    flux, ivar, mask, flags, coverage = xr.apply_ufunc(
+    flux, ivar, mask, flags, coverage, covered = xr.apply_ufunc(
         rest_frame_kernel, ds["flux"], ds["ivar"], ds["mask"], per_gal["z"], per_gal["flags"],
         input_core_dims=[["wavelength"]] * 3 + [[], []],
-        output_core_dims=[["wavelength"]] * 3 + [[], []],
+        output_core_dims=[["wavelength"]] * 3 + [[], [], []],
         exclude_dims={"wavelength"}, dask="parallelized", kwargs=kwargs,
-        output_dtypes=[np.float32, np.float32, bool, np.uint32, np.float32],
+        output_dtypes=[np.float32, np.float32, bool, np.uint32, np.float32, np.uint32],
         dask_gufunc_kwargs={"output_sizes": {"wavelength": grid.npix}})
     wave = xr.DataArray(np.array(grid.wavelength), dims="wavelength",
                         attrs={"units": "Angstrom", "frame": "rest", "medium": "vacuum"})
@@ -361,7 +399,8 @@ def _rebin_stage(ds: xr.Dataset, grid: Grid, *, shift: bool, min_coverage: float
          "ivar": ivar.transpose("galaxy", "wavelength").assign_attrs(units=f"({unit})-2"),
          "mask": mask.transpose("galaxy", "wavelength"),
          "flags": flags, "coverage": coverage.assign_attrs(
-             long_name="fraction of grid pixels usable")},
+             long_name="fraction of grid pixels usable"),
+         "lines_covered": covered.assign_attrs(lines_covered_attrs())},
         coords={"galaxy": ds["galaxy"], "wavelength": wave},
         attrs={**ds.attrs, "grid": json.dumps(grid.to_dict())})
     return validate(out, frame="rest", grid=grid, where="to_rest_frame")

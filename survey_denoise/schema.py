@@ -17,7 +17,12 @@ flags      galaxy               uint32   :mod:`survey_denoise.flags` bits
 ========== ==================== ======== =============================================
 
 Other galaxy-level variables (truth, survey metadata) may ride along on the
-``galaxy`` dimension.  :func:`validate` is public so that users and tests
+``galaxy`` dimension.  Pre-processing adds two: ``coverage`` (float32, units
+1: fraction of grid pixels usable) and ``lines_covered`` (uint32, units 1:
+bit ``i`` set when the spectrum covers catalogue line
+``survey_denoise.lines.catalogue_keys()[i]`` with its fitting window and
+continuum, see :mod:`survey_denoise.line_windows`; the names are in its
+``flag_meanings`` attribute).  :func:`validate` is public so that users and tests
 check the same contract.
 """
 

@@ -139,6 +139,48 @@ def test_ppxf_and_fast_agree_with_truth_and_each_other():
         assert np.all(np.abs(ratio) < 0.1), (key, ratio)
 
 
+@pytest.mark.parametrize("method", ["fast", "ppxf"])
+def test_each_line_is_fitted_only_where_the_spectrum_covers_it(method):
+    # Rows: fully covered; red end lost at 6400 A (no Halpha, [NII], [SII]); lost at 6585 A
+    # (Halpha's centre and half its profile observed, but no continuum redward).
+    flux, ivar, truth = _spectra(3, seed=8, noise=0.01, width=100.0)
+    ivar[1, GRID.wavelength > 6400] = 0.0
+    ivar[2, GRID.wavelength > 6585] = 0.0
+    full = fit_lines(_dataset(flux, ivar), method=method)
+    ds = _dataset(flux, ivar)
+    for row in (1, 2):  # uncovered pixels as pre-processing leaves them: masked, flux 0
+        ds["mask"].values[row, ivar[row] == 0] = True
+        ds["flux"].values[row, ivar[row] == 0] = 0.0
+    cat = fit_lines(ds, method=method)
+    red = ("halpha", "nii_6548", "nii_6583", "sii_6716", "sii_6731")
+    for key in lines.catalogue_keys():
+        f, e, s = (cat[f"{key}_{c}"].values for c in ("flux", "flux_err", "status"))
+        gone = np.array([False, key in red, key in red])
+        assert np.all(np.isnan(f[gone]) & np.isnan(e[gone]) & np.isnan(cat[f"{key}_snr"].values[gone])), key
+        assert np.all(s[gone] == Flag.LINE_NOT_COVERED) and np.all(s[~gone] == 0), (key, s)
+        assert np.all(np.isfinite(f[~gone]) & np.isfinite(e[~gone])), key
+    assert np.all(cat["status"].values == 0)  # a galaxy with uncovered lines is still fitted
+    for key in ("hbeta", "oiii_5007"):  # covered lines keep their values
+        tp = truth[key] * 3.0
+        f, e = cat[f"{key}_flux"].values, cat[f"{key}_flux_err"].values
+        assert np.all(np.abs(f - tp) < 4 * e + 0.05 * tp), (key, f, tp)
+        np.testing.assert_allclose(f, full[f"{key}_flux"].values, rtol=0.05)
+
+
+def test_a_store_s_lines_covered_wins_over_a_filled_in_spectrum():
+    # A de-noiser predicts the whole grid; the lines the observation did not cover stay missing.
+    from survey_denoise.line_windows import covered_lines, to_bits
+
+    flux, ivar, _ = _spectra(2, seed=9, noise=0.01)
+    observed = np.ones_like(ivar, bool)
+    observed[1, GRID.wavelength > 6400] = False
+    ds = _dataset(flux, ivar).assign(lines_covered=("galaxy", to_bits(covered_lines(GRID.wavelength, observed))))
+    cat = fit_lines(ds, method="fast")
+    assert np.isfinite(cat["halpha_flux"].values[0]) and np.isnan(cat["halpha_flux"].values[1])
+    assert cat["halpha_status"].values.tolist() == [0, Flag.LINE_NOT_COVERED]
+    assert np.isfinite(cat["hbeta_flux"].values).all()
+
+
 def test_templates_cached_and_exported(tmp_path):
     a = stellar_templates(GRID.velscale, 2)
     assert stellar_templates(GRID.velscale, 2) is a

@@ -167,6 +167,30 @@ def test_failed_fits_shrink_the_common_set_for_every_method():
     assert s.loc[("failed", "hdelta"), "sigma_orig"] == pytest.approx(s.loc[("keeper", "hdelta"), "sigma_orig"])
 
 
+@pytest.mark.parametrize("fill", ["nan", "zero with an error"])
+def test_lines_the_spectrum_did_not_cover_are_missing_not_limits(fill):
+    from survey_denoise.flags import Flag
+
+    ids, truth, original, keeper, dropper, noisy = _survey()
+    partial = keeper.copy()
+    red = np.arange(40) % 4 == 0                     # 10 galaxies whose red end was not observed
+    for k in ("halpha", "nii_6583", "sii_6716"):
+        partial[f"{k}_flux"] = np.where(red, np.nan if fill == "nan" else 0.0, partial[f"{k}_flux"])
+        partial[f"{k}_flux_err"] = np.where(red, np.nan if fill == "nan" else 3.0, partial[f"{k}_flux_err"])
+        partial[f"{k}_status"] = np.where(red, int(Flag.LINE_NOT_COVERED), 0).astype(np.uint32)
+    for k in ("hdelta", "oiii_5007"):
+        partial[f"{k}_status"] = np.zeros(40, np.uint32)
+    sc = metrics.score_catalogues({"keeper": keeper, "partial": partial}, original, truth, n_bins=2)
+    counts = sc.counts.set_index(["method", "line"])
+    s = sc.summary.set_index(["method", "line"])
+    for k in ("halpha", "nii_6583", "sii_6716"):
+        row = counts.loc[("partial", k)]
+        assert row["n_missing"] == 10 and row["n_upper"] == 0 and row["n_common"] == 30, (k, row)
+        assert s.loc[("partial", k), "sigma_truth"] == pytest.approx(s.loc[("keeper", k), "sigma_truth"])
+    for k in ("hdelta", "oiii_5007"):                # covered lines: every galaxy scored
+        assert counts.loc[("partial", k), "n_missing"] == 0 and counts.loc[("partial", k), "n_common"] == 40
+
+
 def test_painted_rate_and_bins_through_the_catalogues():
     ids, truth, original, keeper, dropper, noisy = _survey()
     painter = keeper.copy()

@@ -94,6 +94,31 @@ def test_missing_galaxies_count_as_unmeasured(sample):
     assert r.summary.loc["original", "flag_missing_line"] >= len(truth) // 2
 
 
+@pytest.mark.parametrize("fill", ["nan", "stale values"])
+def test_galaxies_whose_lines_were_not_observed_are_missing_not_faint(sample, fill):
+    from survey_denoise.flags import Flag
+    from survey_denoise.science.metallicity import OHFlag
+
+    truth, cats = sample
+    cat = cats["original"].copy()
+    red = np.arange(len(cat)) % 3 == 0       # z too high: Halpha and [NII] beyond the spectrum
+    for key in ("halpha", "nii_6583", "nii_6548"):
+        if fill == "nan":  # as the fitters write an uncovered line
+            for col in ("flux", "flux_err", "flux_norm", "flux_norm_err", "snr"):
+                cat[f"{key}_{col}"] = np.where(red, np.nan, cat[f"{key}_{col}"])
+        cat[f"{key}_status"] = np.where(red, int(Flag.LINE_NOT_COVERED), 0).astype(np.uint32)
+    r = mzr_test({"original": cat, "full": cats["original"]}, truth.iloc[:-5])  # 5 galaxies absent
+    g, full = r.galaxies["original"], r.galaxies["full"]
+    sel = red[:-5]
+    flags = g["oh_flags"].to_numpy()
+    assert full["has_oh"].to_numpy()[sel].mean() > 0.9
+    assert not g["has_oh"].to_numpy()[sel].any()
+    assert np.all(flags[sel] & int(OHFlag.MISSING_LINE))
+    assert not np.any(flags[sel] & int(OHFlag.NONPOSITIVE_FLUX))
+    np.testing.assert_array_equal(g["oh"].to_numpy()[~sel], full["oh"].to_numpy()[~sel])
+    assert r.summary.loc["original", "n_measured"] == (full["has_oh"].to_numpy() & ~sel).sum()
+
+
 def test_a_sample_too_small_for_a_main_sequence_still_gets_fractions_and_scatter(sample):
     truth, cats = sample
     few = truth.iloc[:20].reset_index(drop=True)

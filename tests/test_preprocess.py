@@ -13,6 +13,8 @@ from _data import NGC3073
 from survey_denoise.flags import DROP, Flag, describe
 from survey_denoise.grid import GRID, Grid
 from survey_denoise.io.store import open_store, write_store
+from survey_denoise.line_windows import from_bits
+from survey_denoise.lines import catalogue_keys
 from survey_denoise.lines import wavelength as line_wavelength
 from survey_denoise.preprocess import normalise, preprocess, resample, to_rest_frame
 from survey_denoise.schema import make_spectra, validate
@@ -42,8 +44,9 @@ def raw_batch():
     ivar[2, 100] = np.inf
     ivar[3] = 0.0
     ivar[4] = -1.0
-    # 'outside': observed only 3600-4000 A; 'short': loses the red 20 % of the grid.
-    ivar[7, OBS > 4000] = 0.0
+    # 'outside': observed only 3600-3850 A (no grid pixel at z = 0.05); 'short': loses
+    # the red 20 % of the grid (Halpha and every line blueward of it still covered).
+    ivar[7, OBS > 3850] = 0.0
     ivar[8, OBS > 7000 * 1.05] = 0.0
     return make_spectra(flux, ivar, OBS, np.array(names), z, frame="observed",
                         mask=~(ivar > 0) | ~np.isfinite(ivar),
@@ -55,7 +58,7 @@ EXPECTED = {
     "good-a": Flag(0), "nan-flux": Flag.BAD_FLUX, "inf-ivar": Flag.BAD_FLUX,
     "zero-ivar": Flag.NO_IVAR, "neg-ivar": Flag.NO_IVAR, "no-z": Flag.NO_REDSHIFT,
     "neg-z": Flag.NEGATIVE_REDSHIFT, "outside": Flag.LOW_COVERAGE | Flag.PARTIAL_COVERAGE,
-    "short": Flag.LOW_COVERAGE | Flag.PARTIAL_COVERAGE, "good-b": Flag(0),
+    "short": Flag.PARTIAL_COVERAGE, "good-b": Flag(0),
 }
 
 
@@ -150,13 +153,15 @@ def test_normalisation_conventions_and_physical_line_flux(method):
     np.testing.assert_allclose(np.median(continuum, axis=1), 7.0 * (1 + z), rtol=1e-5)
 
 
-def test_min_coverage_decides_what_is_dropped():
+def test_min_coverage_is_an_explicit_extra_cut():
     raw = raw_batch().isel(galaxy=[0, 8])  # 'short' covers about 78 % of the grid
     strict = preprocess(raw, min_coverage=0.9)
-    loose = preprocess(raw, min_coverage=0.5)
+    loose = preprocess(raw)
+    assert loose.attrs["provenance"].count('"min_coverage": null') == 1
     cov = float(loose["coverage"].sel(galaxy="short"))
     assert 0.6 < cov < 0.9
     assert Flag(int(strict["flags"].sel(galaxy="short"))) & Flag.LOW_COVERAGE
+    assert int(strict["lines_covered"].sel(galaxy="short")) == 0
     short = loose.sel(galaxy="short")
     assert Flag(int(short["flags"])) == Flag.PARTIAL_COVERAGE
     # Grid pixels beyond the observed range: masked, ivar 0, flux 0 - never extrapolated.
@@ -166,6 +171,41 @@ def test_min_coverage_decides_what_is_dropped():
     assert not short["mask"].values[loose["wavelength"].values < 6900].any()
     with pytest.raises(ValueError, match="min_coverage"):
         preprocess(raw, min_coverage=1.5)
+
+
+def _covering(lo_obs, hi_obs, z):
+    """One spectrum observed only between ``lo_obs`` and ``hi_obs`` (Angstrom) at redshift ``z``."""
+    raw = raw_batch().isel(galaxy=[0]).copy(deep=True)
+    raw["z"].values[:] = z
+    outside = (OBS < lo_obs) | (OBS > hi_obs)
+    raw["ivar"].values[0, outside] = 0.0
+    raw["mask"].values[0, outside] = True
+    return raw
+
+
+@pytest.mark.parametrize("z, hi_rest, want", [
+    (0.05, 3810.0, ["oii_3727"]),               # the blue end only: [OII] and its continuum
+    (0.3, 6900.0, list(catalogue_keys())),      # every line, on 82 % of the grid
+    (0.3, 6560.0, [k for k in catalogue_keys() if line_wavelength(k) < 6400]),  # Halpha cut in half
+])
+def test_a_galaxy_is_kept_when_it_covers_a_line_and_the_lines_are_recorded(z, hi_rest, want):
+    out = preprocess(_covering(3600.0, hi_rest * (1 + z), z))
+    assert Flag(int(out["flags"].values[0])) == Flag.PARTIAL_COVERAGE
+    covered = from_bits(out["lines_covered"].values)[0]
+    assert [k for k, c in zip(catalogue_keys(), covered, strict=True) if c] == want
+    assert out["lines_covered"].dtype == np.uint32
+    assert out["lines_covered"].attrs["flag_meanings"].split() == list(catalogue_keys())
+    # Uncovered grid pixels: masked, no information, no flux.
+    beyond = out["wavelength"].values > hi_rest + 5
+    assert out["mask"].values[0, beyond].all() and out["ivar"].values[0, beyond].max() == 0
+
+
+def test_a_galaxy_covering_no_line_window_is_dropped():
+    # 3700-3712 A rest: grid pixels, but not [OII] with continuum on both sides.
+    out = preprocess(_covering(3600.0, 3712.0 * 1.05, 0.05))
+    assert Flag(int(out["flags"].values[0])) & Flag.LOW_COVERAGE
+    assert 0 < float(out["coverage"].values[0]) < 0.01 and int(out["lines_covered"].values[0]) == 0
+    assert out["mask"].values[0].all()
 
 
 def test_reader_drop_bits_are_respected():

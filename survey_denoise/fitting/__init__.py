@@ -25,7 +25,11 @@ line, when a de-noised store does not record it; see
 :func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
 treats pixels as independent.
 
-Masked pixels (``mask`` True) are never used.  Rest-frame flux densities
+Masked pixels (``mask`` True) are never used.  A line is fitted only where
+the spectrum covers it with its fitting window and continuum
+(:mod:`survey_denoise.line_windows`), and where the store's
+``lines_covered`` (the observed coverage, set by pre-processing) says so;
+elsewhere it is NaN with ``<key>_status`` LINE_NOT_COVERED.  Rest-frame flux densities
 are per rest-frame Angstrom with the integral conserved (the convention of
 :mod:`survey_denoise.preprocess` and the mock), so physical flux =
 normalised flux x ``norm``.
@@ -39,6 +43,7 @@ import numpy as np
 import xarray as xr
 
 from ..grid import Grid
+from ..line_windows import covered_lines, from_bits
 from ..schema import add_provenance, validate
 from . import catalogue
 
@@ -102,8 +107,12 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
         stars = stellar_templates(grid.velscale, VELSCALE_RATIO,
                                   (grid.wave_min * 0.95, grid.wave_max * 1.05), templates)
         fit = fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
+    covered = covered_lines(grid.wavelength, good)
+    if "lines_covered" in ds:
+        # What the observation covered, even where a de-noiser has filled the grid in.
+        covered &= from_bits(ds["lines_covered"].values)
     return catalogue.from_fit(ds["galaxy"].values, ds["z"].values, ds["norm"].values,
-                              ds["flags"].values, fit, method)
+                              ds["flags"].values, fit, method, covered=covered)
 
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
@@ -156,7 +165,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     correlation = tuple(float(r) for r in correlation)
     if any(not -1.0 <= r <= 1.0 for r in correlation):
         raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
-    names = ["flux", "ivar", "mask", "z", "norm", "flags"]
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + (["lines_covered"] if "lines_covered" in ds else [])
     src = ds[names]
     src.attrs = {}
     source = "ivar, else constant" if denoised else "ivar"

@@ -11,10 +11,15 @@ degree of freedom), ``method``, and for each key of
 * ``<key>_flux_norm``, ``<key>_flux_norm_err``: the same in normalised units,
   i.e. the integral of the normalised flux density over rest-frame Angstrom
   (so ``flux = flux_norm * norm``);
-* ``<key>_snr``: ``flux / flux_err``.
+* ``<key>_snr``: ``flux / flux_err``;
+* ``<key>_status``: 0, or :data:`~survey_denoise.flags.Flag.LINE_NOT_COVERED`
+  when the observed spectrum does not cover the line with its fitting
+  window and continuum (:mod:`survey_denoise.line_windows`).
 
-A line outside the fitted range, or any line of a failed fit, is NaN; the
-row is always there.  Units travel as FITS ``TUNIT`` and as Parquet field
+A line the spectrum does not cover is *missing*: NaN flux and NaN error,
+status LINE_NOT_COVERED, never 0 (a zero flux with an error is an upper
+limit, which an uncovered line is not).  Every line of a failed fit is NaN
+too (the galaxy's ``status`` says why); the row is always there.  Units travel as FITS ``TUNIT`` and as Parquet field
 metadata (``unit``, ``description``).
 """
 
@@ -29,6 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import lines
+from ..flags import Flag
 from ..schema import FLUX_UNIT
 
 PHYSICAL_UNIT = "1e-17 erg / (s cm2)"
@@ -55,11 +61,14 @@ def columns() -> dict[str, tuple[str, str, str]]:
         out[f"{key}_flux_norm"] = ("float64", NORM_UNIT, f"{label} flux, normalised units")
         out[f"{key}_flux_norm_err"] = ("float64", NORM_UNIT, f"{label} flux error, normalised units")
         out[f"{key}_snr"] = ("float64", "", f"{label} signal-to-noise ratio")
+        out[f"{key}_status"] = ("uint32", "", f"{label}: 0, or Flag.LINE_NOT_COVERED "
+                                f"({int(Flag.LINE_NOT_COVERED)}): not observed, flux NaN")
     return out
 
 
 def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndarray,
-             fit: Mapping, method: str, frame_factor: np.ndarray | float = 1.0) -> xr.Dataset:
+             fit: Mapping, method: str, frame_factor: np.ndarray | float = 1.0,
+             covered: np.ndarray | None = None) -> xr.Dataset:
     """Catalogue rows from a fitter's output.
 
     Parameters
@@ -74,8 +83,15 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
     frame_factor : float or ndarray (n,)
         Extra factor to physical flux (``1 + z`` when the flux density was per
         observed Angstrom on a rest-frame axis; 1 on the rest-frame grid).
+    covered : ndarray of bool (n, n_keys), optional
+        Whether each spectrum covers each of :func:`survey_denoise.lines.catalogue_keys`
+        (:func:`survey_denoise.line_windows.covered_lines`); an uncovered line
+        gets NaN flux and error and ``<key>_status`` LINE_NOT_COVERED.
+        Default: every line covered.
     """
     n = len(galaxy)
+    keys = lines.catalogue_keys()
+    covered = np.ones((n, len(keys)), bool) if covered is None else np.asarray(covered, bool).reshape(n, len(keys))
     norm = np.asarray(norm, np.float64)
     scale = norm * np.broadcast_to(np.asarray(frame_factor, np.float64), (n,))
     data = {
@@ -83,19 +99,39 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         "status": np.asarray(fit["status"], np.uint32), "flags": np.asarray(flags, np.uint32),
         "chi2": np.asarray(fit["chi2"], np.float64), "method": np.full(n, method, dtype=object),
     }
-    for key in lines.catalogue_keys():
-        f = np.asarray(fit["flux"][key], np.float64)
-        e = np.asarray(fit["flux_err"][key], np.float64)
+    for j, key in enumerate(keys):
+        f = np.where(covered[:, j], np.asarray(fit["flux"][key], np.float64), np.nan)
+        e = np.where(covered[:, j], np.asarray(fit["flux_err"][key], np.float64), np.nan)
         data[f"{key}_flux"] = f * scale
         data[f"{key}_flux_err"] = e * scale
         data[f"{key}_flux_norm"] = f * (scale / norm)
         data[f"{key}_flux_norm_err"] = e * (scale / norm)
         with np.errstate(divide="ignore", invalid="ignore"):
             data[f"{key}_snr"] = np.where(e > 0, f / e, np.nan)
+        data[f"{key}_status"] = np.where(covered[:, j], 0, int(Flag.LINE_NOT_COVERED)).astype(np.uint32)
     cols = columns()
     return xr.Dataset(
         {name: ("galaxy", values, _var_attrs(cols[name])) for name, values in data.items()},
         coords={"galaxy": np.asarray(galaxy)})
+
+
+def not_covered(cat: pd.DataFrame, key: str) -> np.ndarray:
+    """Whether line ``key`` of each row is missing because the spectrum did not cover it.
+
+    Reads ``<key>_status`` (LINE_NOT_COVERED); False where the column is
+    absent (catalogues written before it existed) or the row has no value
+    (a galaxy absent from a catalogue that was re-indexed).
+
+    Returns
+    -------
+    ndarray of bool (n_rows,)
+    """
+    name = f"{key}_status"
+    if name not in cat.columns:
+        return np.zeros(len(cat), bool)
+    status = cat[name].to_numpy(np.float64)
+    bits = np.where(np.isfinite(status), status, 0).astype(np.int64)
+    return (bits & int(Flag.LINE_NOT_COVERED)) != 0
 
 
 def _var_attrs(spec: tuple[str, str, str]) -> dict:

@@ -13,6 +13,10 @@ combination of the same columns:
   :data:`SIGMA_STAR_KMS`) plus
   Legendre polynomials in log(lambda) up to degree :data:`POLY_DEGREE`.
 
+A line column enters a spectrum's system only where the spectrum covers
+its lines, with continuum on both sides (:mod:`survey_denoise.line_windows`);
+elsewhere the line is NaN, never 0.
+
 The weighted normal equations ``(A^T W A) x = A^T W y`` are formed for a
 batch with one batched matrix product and solved with batched
 ``numpy.linalg.solve``.  Line fluxes are kept non-negative, as pPXF keeps
@@ -42,6 +46,7 @@ from scipy.special import erf
 from .. import lines
 from ..flags import Flag
 from ..grid import C_KMS, GRID, Grid
+from ..line_windows import covered_lines
 
 WIDTHS_KMS = (60.0, 85.0, 120.0, 170.0, 240.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum keeps the best one."""
@@ -55,8 +60,6 @@ BLEND_SHARES = {"oii_3727": (0.5, 0.5)}
 """Flux shares of the members of a blend fitted as one column."""
 MIN_GOOD_FRACTION = 0.3
 """A spectrum with fewer good pixels than this fraction is not fitted (FIT_NO_COVERAGE)."""
-MIN_LINE_COVERAGE = 0.5
-"""A line whose profile has less than this fraction on good pixels is not measured (NaN)."""
 BATCH = 256
 """Spectra per batched solve (bounds memory: BATCH x npix x n_columns float64)."""
 
@@ -161,9 +164,12 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=()):
+def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=(), covered=None):
     """Batched weighted least squares with non-negative line columns.
 
+    ``covered`` (n, n_lines) says which line columns the spectrum covers
+    (:mod:`survey_denoise.line_windows`; default all): the others are left
+    out of its system, so an uncovered line neither takes nor gives flux.
     Returns coefficients, their errors, chi^2 and a measurable mask (all (n, k)).
     With ``correlation`` (by lag) the errors of the active columns allow for
     correlated pixel errors (see :func:`fit_batch`).
@@ -179,10 +185,8 @@ def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=()):
     m[:, iu, ju] = upper
     m[:, ju, iu] = upper
     b = (w * y) @ a_dev
-    # A line column that falls mostly on excluded pixels is not measured.
-    profile = xp.asarray(np.abs(a[:, :n_lines]))
-    covered = ((w > 0).astype(a_dev.dtype) @ profile) / profile.sum(0)
-    measurable = xp.concatenate([covered >= MIN_LINE_COVERAGE, xp.ones((n, k - n_lines), bool)], axis=1)
+    covered = xp.ones((n, n_lines), bool) if covered is None else xp.asarray(covered, bool)
+    measurable = xp.concatenate([covered, xp.ones((n, k - n_lines), bool)], axis=1)
     measurable &= xp.diagonal(m, axis1=1, axis2=2) > 0
     active = measurable.copy()
     eye = xp.eye(k)[None]
@@ -282,7 +286,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
     -------
     dict
         ``flux`` and ``flux_err``: {catalogue key: ndarray (n,)} in flux-density
-        units x Angstrom (NaN where not measurable); ``chi2`` (n,) per degree
+        units x Angstrom (NaN where the spectrum does not cover the line, by
+        the rule of :mod:`survey_denoise.line_windows`); ``chi2`` (n,) per degree
         of freedom; ``width`` (n,) chosen sigma in km/s; ``status`` (n,) uint32.
     """
     flux = np.asarray(flux, np.float64)
@@ -297,15 +302,18 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
     out = {"flux": {k: np.full(n, np.nan) for k in keys}, "flux_err": {k: np.full(n, np.nan) for k in keys},
            "chi2": np.full(n, np.nan), "width": np.full(n, np.nan), "status": status}
     todo = np.flatnonzero(status == 0)
+    groups = design_matrix(float(widths_kms[0]), grid)[1]
     for start in range(0, todo.size, BATCH):
         rows = todo[start:start + BATCH]
         y = xp.asarray(np.where(ok[rows], flux[rows], 0.0))
         w = xp.asarray(np.where(ok[rows], ivar[rows], 0.0))
+        # One column per group, and a group's lines are tied: it is covered when all of them are.
+        covered = covered_lines(grid.wavelength, ok[rows], [g.name for g in groups])
         fits = [[_to_numpy(v) for v in _solve_one_width(*_columns(width, grid), y, w, xp,
                                                                    outer=_outer_matrix(float(width), grid),
-                                                                   correlation=tuple(correlation))]
+                                                                   correlation=tuple(correlation),
+                                                                   covered=covered)]
                 for width in widths_kms]
-        groups = design_matrix(float(widths_kms[0]), grid)[1]
         x, err, chi2, meas, width = _best_width(fits, np.log(np.asarray(widths_kms, float)))
         n_lines = len(groups)
         x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)

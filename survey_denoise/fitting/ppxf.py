@@ -22,7 +22,11 @@ Choices, as pPXF allows them (``ppxf_util.emission_lines``):
   resampled spectra;
 * a multiplicative Legendre polynomial of degree :data:`MDEGREE` absorbs
   flux-calibration and dust shape; no additive polynomial (it would fill in
-  Balmer absorption).
+  Balmer absorption);
+* a gas template is fitted only when the spectrum covers its lines with
+  continuum on both sides (:mod:`survey_denoise.line_windows`, the rule
+  pre-processing and the fast fitter use); a line at the edge of the
+  observed range is left out of the fit and reported as NaN.
 
 Flux units: pPXF returns ``gas_flux`` as the sum over pixels of the line
 (input flux density x pixel).  On a log-lambda axis a pixel at the line is
@@ -42,6 +46,7 @@ import numpy as np
 from .. import lines
 from ..flags import Flag
 from ..grid import C_KMS
+from ..line_windows import covered_at, covered_lines
 from .templates import StellarTemplates
 
 MDEGREE = 4
@@ -90,18 +95,37 @@ def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
     names : list of str
         pPXF's names, plus catalogue keys for :data:`EXTRA_LINES`.
     """
+    gas, names, _ = _all_gas(ln_lam_temp, lam_range)
+    return gas, names
+
+
+def _all_gas(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
+    """:func:`gas_templates` and each template's wavelength (Angstrom; the stronger line of a doublet)."""
     from ppxf import ppxf_util
 
     with contextlib.redirect_stdout(io.StringIO()):  # emission_lines prints its list
-        gas, names, _ = ppxf_util.emission_lines(ln_lam_temp, list(lam_range), 0.0,
-                                                 tie_balmer=False, limit_doublets=False, vacuum=True)
-    names = list(names)
+        gas, names, waves = ppxf_util.emission_lines(ln_lam_temp, list(lam_range), 0.0,
+                                                     tie_balmer=False, limit_doublets=False, vacuum=True)
+    names, waves = list(names), [float(w) for w in np.atleast_1d(waves)]
     for key in EXTRA_LINES:
         wave = lines.wavelength(key)
         if lam_range[0] < wave < lam_range[1]:
             gas = np.column_stack([gas, ppxf_util.gaussian(ln_lam_temp, np.array([wave]), 0.0)])
             names.append(key)
-    return gas, names
+            waves.append(wave)
+    return gas, names, waves
+
+
+def _covered_templates(names, waves, lam, good) -> tuple[bool, ...]:
+    """Whether the spectrum covers each gas template's lines (:mod:`survey_denoise.line_windows`)."""
+    good = np.asarray(good, bool)[None, :]
+    out = []
+    for name, wave in zip(names, waves, strict=True):
+        if name in _MEMBERS:  # tied lines (a doublet) together
+            out.append(bool(covered_lines(lam, good, [_MEMBERS[name][0][0]])[0, 0]))
+        else:  # a pPXF line outside the catalogue's list
+            out.append(bool(covered_at(lam, good, wave)[0]))
+    return tuple(out)
 
 
 def _members():
@@ -140,7 +164,7 @@ def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.
         Pixel width of ``lam``, km/s.
     cache : dict, optional
         Template matrices already built for these ``stars``, by fitted
-        wavelength range; filled as it goes (see :func:`fit_many`).
+        wavelength range and covered lines; filled as it goes (see :func:`fit_many`).
 
     Returns
     -------
@@ -157,12 +181,15 @@ def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.
     sigma = np.where(good, noise / scale, BAD_NOISE)
     idx = np.flatnonzero(good)
     lam_range = (float(lam[idx[0]]), float(lam[idx[-1]]))
-    design = None if cache is None else cache.get(lam_range)
-    if design is None:
-        design = _design(stars, lam_range)
-        if cache is not None:
-            cache[lam_range] = design
-    templates, names, component = design
+    cache = {} if cache is None else cache
+    if lam_range not in cache:
+        cache[lam_range] = _all_gas(stars.ln_lam, lam_range)
+    gas, all_names, waves = cache[lam_range]
+    keep = _covered_templates(all_names, waves, lam, good)
+    if (lam_range, keep) not in cache:
+        cache[lam_range, keep] = _design(stars, gas[:, np.array(keep, bool)],
+                                         [n for n, k in zip(all_names, keep, strict=True) if k])
+    templates, names, component = cache[lam_range, keep]
     if not names:
         return LineFit.failed(Flag.FIT_NO_COVERAGE)
     n_star = stars.n_templates
@@ -180,9 +207,8 @@ def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.
     return _line_fluxes(pp, names, n_star, sigma, scale, velscale)
 
 
-def _design(stars: StellarTemplates, lam_range: tuple[float, float]):
+def _design(stars: StellarTemplates, gas: np.ndarray, names: list[str]):
     """Stellar + gas template matrix, gas names and pPXF component of each column."""
-    gas, names = gas_templates(stars.ln_lam, lam_range)
     templates = np.column_stack([stars.templates, gas])
     component = np.r_[np.zeros(stars.n_templates, int), np.ones(len(names), int)]
     return templates, names, component

@@ -38,7 +38,8 @@ class Preprocess(Strict):
         "l2", description="Normalisation convention (l2 reproduces the paper's tables).")
     min_coverage: float | None = Field(
         None, ge=0, le=1, description="Least fraction of grid pixels a spectrum must cover "
-                                      "(default: the preprocess module's DEFAULT_MIN_COVERAGE).")
+                                      "(default: none; only a spectrum covering none of the "
+                                      "catalogue's lines is dropped, docs/desi.md).")
 
 
 class Degrade(Strict):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..fitting.catalogue import not_covered
+
 LN10 = float(np.log(10.0))
 
 
@@ -172,7 +174,8 @@ def _column(cat: pd.DataFrame, key: str, suffix: str) -> np.ndarray:
     name = f"{key}_{suffix}"
     if name not in cat.columns:
         return np.full(len(cat), np.nan)
-    return cat[name].to_numpy(dtype=float)
+    # a line the spectrum did not cover is missing, never faint
+    return np.where(not_covered(cat, key), np.nan, cat[name].to_numpy(dtype=float))
 
 
 def metallicity(
@@ -191,7 +194,9 @@ def metallicity(
     cat : DataFrame
         Catalogue with ``<key>_flux``, ``<key>_flux_err`` (or ``_flux_norm``,
         ``_flux_norm_err``) and ``<key>_snr`` columns; ``galaxy`` and ``status``
-        are used when present.  Missing line columns count as missing lines.
+        are used when present.  Missing line columns, NaN fluxes or errors and
+        lines whose ``<key>_status`` says LINE_NOT_COVERED (not observed)
+        count as missing lines (OHFlag.MISSING_LINE), not as faint ones.
     calibration : {"o3n2", "n2"}
         Pettini & Pagel (2004) calibration.
     min_halpha_snr : float

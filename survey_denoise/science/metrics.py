@@ -24,7 +24,11 @@ lines it loses.  Here (:func:`censor`):
   noise is a noise draw of about that size, so a limit and a faint positive
   fit stand on the same footing (a 3-sigma limit would put every
   non-detection above the low-S/N fits it is indistinguishable from);
-* anything else (a failed fit, a line off the spectrum) is **missing**.
+* anything else (a failed fit, a line off the spectrum) is **missing**.  A
+  line the observed spectrum does not cover (catalogue ``<key>_status``
+  with :data:`~survey_denoise.flags.Flag.LINE_NOT_COVERED`; its flux and
+  error are NaN) is missing whatever its columns hold: it was not
+  observed, so it is neither faint nor an upper limit.
 
 Our reading of "N is the total number of points": every galaxy scored,
 upper limits included, is a point; it counts in N, in its bin, and in
@@ -53,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from .. import lines
+from ..fitting.catalogue import not_covered
 
 TABLE6_LINES = ("halpha", "hdelta", "oiii_4363", "sii_6716", "oiii_5007", "nii_6583")
 """Lines of the paper's Table 6 and Figure 9, in its order."""
@@ -365,6 +370,8 @@ def _aligned(cat: pd.DataFrame, ids: np.ndarray, keys: Sequence[str], name: str)
     if missing:
         raise KeyError(f"catalogue {name!r} lacks columns {missing}")
     keyed = cat[["galaxy"] + cols].assign(galaxy=cat["galaxy"].astype(str))
+    for k in keys:
+        keyed.loc[not_covered(cat, k), [f"{k}_flux", f"{k}_flux_err"]] = np.nan
     if keyed["galaxy"].duplicated().any():
         raise ValueError(f"catalogue {name!r} lists some galaxies twice")
     # a galaxy absent from a catalogue is a missing line, not a smaller sample
