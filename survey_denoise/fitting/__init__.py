@@ -47,7 +47,6 @@ from ..line_windows import covered_lines, from_bits
 from ..schema import add_provenance, validate
 from . import catalogue
 
-METHODS = ("fast", "ppxf")
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
 DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
@@ -88,25 +87,38 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
     return np.where(good, sigma, np.inf), good, source
 
 
+def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates):
+    from . import fast
+
+    with np.errstate(divide="ignore"):
+        ivar = np.where(good, 1.0 / noise**2, 0.0)
+    return fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
+                          **({"widths_kms": widths} if widths else {}))
+
+
+def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates):
+    from .ppxf import fit_many
+    from .templates import stellar_templates
+
+    stars = stellar_templates(grid.velscale, VELSCALE_RATIO,
+                              (grid.wave_min * 0.95, grid.wave_max * 1.05), templates)
+    return fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
+
+
+FITTERS = {"fast": _fast, "ppxf": _ppxf}
+"""Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates)`` on one
+chunk (arrays galaxy x pixel; noise inf where unusable) -> a fit that
+:func:`.catalogue.from_fit` turns into catalogue columns."""
+METHODS = tuple(FITTERS)
+
+
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
            correlation: tuple[float, ...] = ()) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
-    if method == "fast":
-        from . import fast
-
-        with np.errstate(divide="ignore"):
-            ivar = np.where(good, 1.0 / noise**2, 0.0)
-        fit = fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
-                             **({"widths_kms": widths} if widths else {}))
-    else:
-        from .ppxf import fit_many
-        from .templates import stellar_templates
-
-        stars = stellar_templates(grid.velscale, VELSCALE_RATIO,
-                                  (grid.wave_min * 0.95, grid.wave_max * 1.05), templates)
-        fit = fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
+    fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
+                          templates=templates)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.
