@@ -41,6 +41,8 @@ class Flag(enum.IntFlag):
     """The line fit raised an error or did not converge."""
     FIT_NO_COVERAGE = 1 << 11
     """Too few good pixels around the lines to fit them."""
+    DENOISE_EXTRAPOLATED = 1 << 12
+    """Some de-noised pixels were missing from the input (variable ``extrapolated``; their ivar is 0)."""
 
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM
