@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from ..models.coverage import SURVEYS
 from ..models.training import PRESETS
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 
@@ -45,6 +46,11 @@ def _open(path: Path):
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True,
               help="AE/VAE training choices: 'paper' (Scourfield et al. 2023 as published) or "
                    "'default' (measured on the mock; docs/models.md).")
+@click.option("--conditioning", type=click.Choice(["none", "ivar"]), default=None,
+              help="AE/VAE input: flux alone, or flux and ivar (masked pixels as missing) [preset's].")
+@click.option("--coverage", type=click.Choice(["none", *SURVEYS]), default=None,
+              help="AE/VAE training coverage masks: 'none' or 'desi-bgs' (DESI 3600-9824 A at "
+                   "BGS-like redshifts) [preset's].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of weights, dropout, shuffling and the validation split.")
 @click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.2,
@@ -53,8 +59,8 @@ def _open(path: Path):
 @cluster_option
 @workers_option
 @no_progress_option
-def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, preset, seed,
-          validation_split, overwrite, cluster, workers, no_progress) -> None:
+def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, preset, conditioning,
+          coverage, seed, validation_split, overwrite, cluster, workers, no_progress) -> None:
     """Train a PCA, AE or VAE de-noiser on the stores NOISY -> CLEAN."""
     from ..io.outputs import check_outputs, replacing
     from ..models import model_class
@@ -64,7 +70,8 @@ def train(kind, noisy, clean, latent, out, n_search, search_epochs, epochs, pres
     ds_noisy, ds_clean = _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
     params = {"seed": seed}
     if kind != "pca":
-        params.update(epochs=epochs, verbose=0 if no_progress else 1, preset=preset)
+        params.update(epochs=epochs, verbose=0 if no_progress else 1, preset=preset,
+                      conditioning=conditioning, coverage=coverage)
     if n_search and kind == "pca":
         raise UserError("--search is for ae and vae (PCA has only --latent)")
     final = out

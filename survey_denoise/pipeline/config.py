@@ -170,6 +170,10 @@ class Train(_Strict):
         "AE/VAE training choices: 'paper' (Scourfield et al. 2023 as published) or 'default' "
         "(measured on the mock; docs/models.md); the same default as `train --preset`"))
     epochs: int = Field(20, gt=0)
+    conditioning: Literal["none", "ivar"] | None = Field(None, description=(
+        "AE/VAE input: flux alone, or flux and ivar (missing pixels as missing); default: the preset's"))
+    coverage: str | None = Field(None, description=(
+        "AE/VAE training coverage masks: 'none' or a survey ('desi-bgs'); default: the preset's"))
     seed: int = 0
     noisy: Literal[SPECTRA] = "degraded"  # type: ignore[valid-type]
     clean: Literal[SPECTRA] = "preprocessed"  # type: ignore[valid-type]

@@ -83,7 +83,8 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
     cls = {"pca": models.PCADenoiser, "ae": models.AEDenoiser, "vae": models.VAEDenoiser}[cfg.kind]
     kwargs = {"latent": cfg.latent, "seed": cfg.seed}
     if cfg.kind != "pca":
-        kwargs.update(epochs=cfg.epochs, preset=cfg.preset)
+        kwargs.update(epochs=cfg.epochs, preset=cfg.preset, conditioning=cfg.conditioning,
+                      coverage=cfg.coverage)
     model = cls(**kwargs)
     model.fit(noisy, clean)
     model.save(out)
