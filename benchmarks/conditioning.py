@@ -1,6 +1,7 @@
 """Does conditioning on the noise help?  VAEs with and without it, on full and red-cut coverage.
 
-A uniform-Halpha mock (SDSS-like "original" spectra, pre-processed onto
+A uniform-Halpha mock (or, with ``--design mzr``, the MZR test's
+star-forming sample; SDSS-like "original" spectra, pre-processed onto
 the grid, ``l2``) is made DESI-like at BGS depth as in the MZR test
 (``DesiNoise(exptime=180)``, every galaxy moved to z = 0.1, so the noise
 depends on wavelength and on each galaxy's brightness).  The first 80 % of
@@ -29,7 +30,8 @@ predicts the clean spectrum in its own normalisation; the store applies
 the training set's median ratio, which differs per galaxy by the dimming
 to z = 0.1).  S/N values do not depend on the scaling.
 
-    OMP_NUM_THREADS=1 python benchmarks/conditioning.py [--n 3000] [--epochs 15] [--z-cut 0.4]
+    OMP_NUM_THREADS=1 python benchmarks/conditioning.py [--design uniform-halpha|mzr] [--n 3000]
+        [--epochs 15] [--z-cut 0.4] [--out FILE]
 
 Writes ``benchmarks/results/conditioning.json`` (or ``--out``).  One
 process, Dask's synchronous scheduler.
@@ -121,6 +123,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--z-cut", type=float, default=0.4)
+    ap.add_argument("--design", default="uniform-halpha",
+                    help="mock sample: uniform-halpha (Table 6's) or mzr (the MZR test's star-forming)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of "
                     + ", ".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=RESULTS / "conditioning.json")
@@ -129,9 +133,9 @@ def main() -> None:
     t0 = time.perf_counter()
     results: dict = {}
     with dask.config.set(scheduler="synchronous"), tempfile.TemporaryDirectory() as workdir:
-        ids = select("uniform-halpha", args.n, args.seed)
+        ids = select(args.design, args.n, args.seed)
         raw = generate(ids, MockConfig(seed=args.seed, survey="sdss"), chunk_size=500,
-                       design="uniform-halpha").compute()
+                       design=args.design).compute()
         clean = preprocess(raw.chunk({"galaxy": 500})).compute()
         noisy = noise.degrade(clean.chunk({"galaxy": 500}), noise.DesiNoise(exptime=180), seed=args.seed,
                               z_target=0.1).compute()
@@ -172,9 +176,10 @@ def main() -> None:
                              "errors": {m: errors(c, cats[case]["desi-like"], truth)
                                         for m, c in cats[case].items()}}
             results[case]["errors"]["original"] = errors(original, cats[case]["desi-like"], truth)
-    cmd = (f"OMP_NUM_THREADS=1 python benchmarks/conditioning.py --n {args.n} --latent {args.latent} "
+    cmd = (f"OMP_NUM_THREADS=1 python benchmarks/conditioning.py --design {args.design} --n {args.n} "
+           f"--latent {args.latent} "
            f"--epochs {args.epochs} --seed {args.seed} --z-cut {args.z_cut} --variants {args.variants}")
-    meta = {"command": cmd, "mock": {"design": "uniform-halpha", "survey": "sdss", "seed": args.seed,
+    meta = {"command": cmd, "mock": {"design": args.design, "survey": "sdss", "seed": args.seed,
                                      "n": args.n, "n_train": n_train, "n_test": args.n - n_train},
             "noise": "DesiNoise(exptime=180) at z_target = 0.1 (the MZR test's), renormalised",
             "red_cut": f"input pixels with rest wavelength > {DESI_RED} / (1 + {args.z_cut}) A removed",

@@ -17,7 +17,9 @@ flags      galaxy               uint32   :mod:`survey_denoise.flags` bits
 ========== ==================== ======== =============================================
 
 Other galaxy-level variables (truth, survey metadata) may ride along on the
-``galaxy`` dimension.  :func:`validate` is public so that users and tests
+``galaxy`` dimension.  A de-noised store adds ``extrapolated`` (galaxy,
+wavelength, bool): pixels the input did not have, predicted by the model,
+with ivar 0 (:mod:`survey_denoise.inference`; flag ``DENOISE_EXTRAPOLATED``).  :func:`validate` is public so that users and tests
 check the same contract.
 """
 

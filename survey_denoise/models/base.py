@@ -110,6 +110,7 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         ``pixel_correlation`` (list of float, by lag), ``n_galaxy``.
     """
     predicts = model.predicts_variance()
+    pairs.with_ivar = model.conditioned
     rows = np.sort(rows)[:CALIBRATION_ROWS]
     factor = np.ones(rows.size)
     if model.output_in_input_norm and pairs.is_dataset:
@@ -299,6 +300,7 @@ class Denoiser(abc.ABC):
 
     def stream_mse(self, pairs: SpectraPairs, rows: np.ndarray) -> float:
         """Mean squared error per pixel of the de-noised ``rows`` of ``pairs``, read chunk by chunk."""
+        pairs.with_ivar = self.conditioned  # the model's own input rows
         total, count = 0.0, 0
         for x, y, _ in iter_rows(pairs, rows):
             total += float(np.sum((self._denoise(x) - y) ** 2, dtype=np.float64))
