@@ -45,6 +45,8 @@ class Flag(enum.IntFlag):
     """Per line (catalogue column ``<key>_status``), never per spectrum: the observed
     spectrum does not cover the line with its fitting window and continuum
     (:mod:`survey_denoise.line_windows`), so the line is missing: flux and error NaN."""
+    DENOISE_EXTRAPOLATED = 1 << 13
+    """Some de-noised pixels were missing from the input (variable ``extrapolated``; their ivar is 0)."""
 
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM

@@ -22,10 +22,19 @@ Output, per galaxy:
   variance per pixel; see :mod:`survey_denoise.models.base` and the card's
   ``uncertainty``), plus, when ``n_samples > 0``, the spread of the K
   decodes squared; rescaled with the flux.  ``ivar = 0`` where the input
-  pixel was masked (the reconstruction there is a guess from the prior,
-  not a measurement).  The rule is recorded in ``attrs["denoise_ivar"]``,
+  pixel was missing (see ``extrapolated``).  The rule is recorded in ``attrs["denoise_ivar"]``,
   and the correlation of pixel errors at lags 1-4 (measured on held-out
   galaxies) in ``attrs["denoise_pixel_correlation"]``;
+* ``extrapolated`` (bool, per galaxy and pixel): the input did not have
+  the pixel (masked, ``ivar <= 0`` or a non-finite flux: outside the
+  observed coverage, or a bad pixel), so the de-noised flux there is the
+  model's prediction from the pixels it did see, not a de-noised
+  measurement.  Its ``ivar`` is 0: the held-out calibration never scores
+  these pixels (:func:`~survey_denoise.models.base.held_out_residuals`),
+  so no honest error is known for them, and a line fitted on them would
+  be measured from the training population rather than from the galaxy;
+  with ivar 0 the fitters treat the line as not covered.  A galaxy with
+  any such pixel gets ``DENOISE_EXTRAPOLATED``;
 * ``flux_std`` (only when ``n_samples > 0``): spread of the K decodes (a
   part of the error only; the fitters use ``ivar``);
 * ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values
@@ -92,10 +101,12 @@ def cached_model(model_dir: str, digest: str):
         return _MODELS[key]
 
 
-def denoise_block(flux: np.ndarray, flags: np.ndarray, ids: np.ndarray, *, model_dir: str,
-                  digest: str, batch_size: int, n_samples: int, seed: int) -> np.ndarray:
+def denoise_block(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flags: np.ndarray,
+                  ids: np.ndarray, *, model_dir: str, digest: str, batch_size: int, n_samples: int,
+                  seed: int) -> np.ndarray:
     """De-noise one chunk: returns (3, n, npix) float32 — mean, total variance, spread.
 
+    ``ivar`` and ``mask`` are read by a noise-conditioned model only.
     Spread is 0 if K = 0.  Dropped spectra come back as they went in
     (variance and spread 0); rows the model turns non-finite stay
     non-finite so the caller can flag them.
@@ -107,17 +118,18 @@ def denoise_block(flux: np.ndarray, flags: np.ndarray, ids: np.ndarray, *, model
     keep = np.flatnonzero((flags & int(DROP)) == 0)
     # Overflow to inf/NaN is a per-spectrum failure, flagged by the caller.
     with np.errstate(over="ignore", invalid="ignore"):
-        _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed)
+        _run_batches(model, (flux, ivar, mask), ids, keep, out, batch_size, n_samples, seed)
     return out
 
 
-def _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed) -> None:
-    from .models.data import as_flux
+def _run_batches(model, spectra, ids, keep, out, batch_size, n_samples, seed) -> None:
+    from .models.data import model_input
     from .rng import standard_normal
 
+    conditioned = bool(getattr(model, "conditioned", False))
     for i in range(0, keep.size, batch_size):
         rows = keep[i:i + batch_size]
-        x = as_flux(flux[rows])
+        flux, ivar, mask = (a[rows] for a in spectra)
         if n_samples > 0:
             latent = int(model.latent)
             # Draws keyed by galaxy id: the result does not depend on the chunking.
@@ -125,9 +137,11 @@ def _run_batches(model, flux, ids, keep, out, batch_size, n_samples, seed) -> No
                                   n_samples * latent)
             eps = eps.reshape(rows.size, n_samples, latent).transpose(1, 0, 2)
             out[0, rows], out[1, rows], out[2, rows] = model.denoise(
-                x, n_samples=n_samples, eps=eps, return_var=True)
+                flux, n_samples=n_samples, eps=eps, return_var=True,
+                ivar=np.where(np.asarray(mask, bool), np.float32(0), ivar))
         else:
-            out[0, rows], out[1, rows] = model._denoise_var(x)
+            out[0, rows], out[1, rows] = model._denoise_var(
+                model_input(flux, ivar, mask, with_ivar=conditioned))
 
 
 def _uncertainty(card: dict, model_dir: str) -> dict:
@@ -185,11 +199,14 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         flux = da.from_array(flux, chunks=(min(4096, flux.shape[0]), flux.shape[1]))
     gchunks = (flux.chunks[0],)
     flags = da.asarray(ds["flags"].data).rechunk(gchunks)
+    ivar_in = da.asarray(ds["ivar"].data).rechunk(flux.chunks)
+    mask = da.asarray(ds["mask"].data).astype(bool).rechunk(flux.chunks)
     ids = np.asarray(ds["galaxy"].values)
     # Integer ids stay integers: the random streams are keyed by the id's value.
     ids = da.from_array(ids if ids.dtype.kind in "iu" else ids.astype(object), chunks=gchunks)
     stacked = da.map_blocks(
-        denoise_block, flux, flags[:, None], ids[:, None], model_dir=model_dir, digest=digest,
+        denoise_block, flux, ivar_in, mask, flags[:, None], ids[:, None], model_dir=model_dir,
+        digest=digest,
         batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),
         new_axis=0, chunks=((3,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
         meta=np.empty((0, 0, 0), np.float32))
@@ -197,18 +214,25 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     var = stacked[1] * np.float32(ratio ** 2)
     dropped = (flags & int(DROP)) != 0
     failed = ~da.isfinite(mean).all(axis=1) & ~dropped
-    mask = da.asarray(ds["mask"].data).astype(bool)
-    bad = failed[:, None] | mask | dropped[:, None]
+    missing = mask | ~(ivar_in > 0) | ~da.isfinite(flux) | ~da.isfinite(ivar_in)
+    extrapolated = missing & ~(dropped | failed)[:, None]
+    bad = failed[:, None] | missing | dropped[:, None]
     new_flux = da.where(failed[:, None], np.float32(0), mean).astype(np.float32)
     ivar = da.where(var > 0, 1.0 / da.maximum(var, np.float32(1e-30)), 0)
     ivar = da.where(bad | ~da.isfinite(ivar), np.float32(0), ivar).astype(np.float32)
-    new_flags = da.where(failed, flags | np.uint32(Flag.DENOISE_FAILED), flags).astype(np.uint32)
+    new_flags = da.where(failed, flags | np.uint32(Flag.DENOISE_FAILED), flags)
+    new_flags = da.where(extrapolated.any(axis=1), new_flags | np.uint32(Flag.DENOISE_EXTRAPOLATED),
+                         new_flags).astype(np.uint32)
 
     dims = ("galaxy", "wavelength")
     out = ds.copy()
     out["flux"] = xr.Variable(dims, new_flux, ds["flux"].attrs)
     out["ivar"] = xr.Variable(dims, ivar, ds["ivar"].attrs)
     out["flags"] = xr.Variable(("galaxy",), new_flags, ds["flags"].attrs)
+    out["extrapolated"] = xr.Variable(dims, extrapolated, {
+        "description": "the input did not have this pixel (masked, ivar 0 or outside the observed "
+                       "coverage): the de-noised flux is a prediction from the other pixels, its ivar 0",
+        "flag": "DENOISE_EXTRAPOLATED"})
     if n_samples > 0:
         out["flux_std"] = xr.Variable(dims, da.where(bad, np.float32(0), std).astype(np.float32),
                                       {**ds["flux"].attrs, "description": "spread of the VAE decodes"})

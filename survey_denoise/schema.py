@@ -22,7 +22,10 @@ Other galaxy-level variables (truth, survey metadata) may ride along on the
 bit ``i`` set when the spectrum covers catalogue line
 ``survey_denoise.lines.catalogue_keys()[i]`` with its fitting window and
 continuum, see :mod:`survey_denoise.line_windows`; the names are in its
-``flag_meanings`` attribute).  :func:`validate` is public so that users and tests
+``flag_meanings`` attribute).  A de-noised store adds ``extrapolated`` (galaxy,
+wavelength, bool): pixels the input did not have, predicted by the model,
+with ivar 0 (:mod:`survey_denoise.inference`; flag ``DENOISE_EXTRAPOLATED``).
+:func:`validate` is public so that users and tests
 check the same contract.
 """
 

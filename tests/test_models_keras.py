@@ -83,7 +83,8 @@ def test_default_preset_keeps_the_papers_widths_with_measured_choices():
     model = VAEDenoiser(6)
     assert model.architecture() == (0.0, [800, 800, 700, 600])
     assert model.settings() == {"likelihood": "gaussian", "dropout": 0.0, "patience": 5,
-                                "min_delta": 0.002, "restore_best": True}
+                                "min_delta": 0.002, "restore_best": True, "conditioning": "ivar",
+                                "coverage": "desi-bgs"}
     assert VAEDenoiser(6, dropout=0.2).architecture()[0] == 0.2
     with pytest.raises(ValueError, match="unknown preset 'tuned'.*default.*paper"):
         VAEDenoiser(6, preset="tuned")

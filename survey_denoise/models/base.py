@@ -39,7 +39,7 @@ import numpy as np
 
 from ..grid import GRID
 from . import card as cards
-from .data import SOFTENING, SpectraPairs, as_flux, iter_rows, split
+from .data import SOFTENING, SpectraPairs, as_flux, iter_rows, model_input, split
 
 UNCERTAINTY_FILE = "uncertainty.npz"
 """Per-pixel held-out residual variance, saved next to the artefact (plain arrays)."""
@@ -91,7 +91,10 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     * ``variance_scale``: for a model predicting ``v``, the ``s`` with which
       68.27 % of held-out pixels have ``r^2 <= s v + t`` (bisection), else 1.
 
-    Pixels with zero weight (masked targets) are left out.  At most
+    Pixels with zero weight (masked targets) are left out, and for a
+    noise-conditioned model (``pairs.with_ivar``) so are pixels missing from
+    the input: their prediction is an extrapolation, which the de-noised
+    store gives no ivar (:mod:`survey_denoise.inference`).  At most
     :data:`CALIBRATION_ROWS` galaxies are used.
 
     * ``pixel_correlation``: the correlation of the errors of pixels ``L =
@@ -107,6 +110,7 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         ``pixel_correlation`` (list of float, by lag), ``n_galaxy``.
     """
     predicts = model.predicts_variance()
+    pairs.with_ivar = model.conditioned
     rows = np.sort(rows)[:CALIBRATION_ROWS]
     factor = np.ones(rows.size)
     if model.output_in_input_norm and pairs.is_dataset:
@@ -120,6 +124,8 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         f = factor[n:n + x.shape[0], None]
         d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
         r = d.astype(np.float64) - y * f
+        if pairs.with_ivar:
+            w = np.where(x[:, pairs.npix:] > 0, w, 0.0)
         r = np.where(np.isfinite(r) & (w > 0), r, 0.0)
         for lag in range(1, CORRELATION_WINDOW):
             lagged[lag] += float(np.sum(r[:, lag:] * r[:, :-lag]))
@@ -208,7 +214,7 @@ class Denoiser(abc.ABC):
 
     # -- training ------------------------------------------------------------------
     def fit(self, noisy, clean, weights=None, validation_split: float = 0.2,
-            seed: int | None = None) -> Denoiser:
+            seed: int | None = None, *, input_ivar=None) -> Denoiser:
         """Learn from noise-added spectra and their clean originals.
 
         Parameters
@@ -223,13 +229,17 @@ class Denoiser(abc.ABC):
         seed : int, optional
             Seed of the validation split (default: the model's ``seed``; if
             both are None, one is drawn and recorded).
+        input_ivar : ndarray (n, npix), optional
+            Arrays only: the noisy input's inverse variance, (normalised
+            flux)^-2, for a noise-conditioned model (default: 1 for every
+            finite pixel); Datasets carry their own.
 
         Returns
         -------
         self
         """
         noisy, clean = _open(noisy), _open(clean)
-        pairs = SpectraPairs(noisy, clean, weights)
+        pairs = SpectraPairs(noisy, clean, weights, input_ivar=input_ivar)
         facts = cards.data_facts(noisy) if pairs.is_dataset else {
             "grid": GRID.to_dict() if pairs.npix == GRID.npix else None,
             "norm_convention": None, "noise_model": None, "data_id": None, "n_galaxy": pairs.n}
@@ -279,12 +289,18 @@ class Denoiser(abc.ABC):
         """Whether the model predicts its own per-galaxy, per-pixel variance."""
         return False
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model reads each pixel's inverse variance with its flux."""
+        return False
+
     @abc.abstractmethod
     def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
         """Learn from ``pairs`` (training rows ``parts.train``); return the loss history."""
 
     def stream_mse(self, pairs: SpectraPairs, rows: np.ndarray) -> float:
         """Mean squared error per pixel of the de-noised ``rows`` of ``pairs``, read chunk by chunk."""
+        pairs.with_ivar = self.conditioned  # the model's own input rows
         total, count = 0.0, 0
         for x, y, _ in iter_rows(pairs, rows):
             total += float(np.sum((self._denoise(x) - y) ** 2, dtype=np.float64))
@@ -292,18 +308,25 @@ class Denoiser(abc.ABC):
         return total / count
 
     # -- inference -----------------------------------------------------------------
-    def _input(self, X) -> np.ndarray:
+    def _input(self, X, ivar=None, mask=None) -> np.ndarray:
+        """The model's input rows for spectra ``X`` (with their ``ivar``, ``mask`` if conditioned)."""
         X = _open(X)
         if hasattr(X, "data_vars"):
             self._require_fitted()
             cards.check(self.card_, X, where=type(self).__name__)
+            if self.conditioned:
+                ivar, mask = X["ivar"].values, X["mask"].values
             X = X["flux"].values
-        return as_flux(X)
+        if ivar is None and self.conditioned:
+            # Arrays without errors: every finite pixel is a typical one (weight 0.5).
+            ref = float(getattr(getattr(self, "model_", None), "ivar_ref", 1.0))
+            ivar = np.full(np.shape(X), ref, np.float32)
+        return model_input(X, ivar, mask, with_ivar=self.conditioned)
 
-    def encode(self, X) -> np.ndarray:
-        """Latent means (n, latent) of spectra ``X``."""
+    def encode(self, X, *, ivar=None) -> np.ndarray:
+        """Latent means (n, latent) of spectra ``X`` (``ivar``: see :meth:`denoise`)."""
         self._require_fitted()
-        return self._encode(self._input(X))
+        return self._encode(self._input(X, ivar))
 
     transform = encode
 
@@ -312,14 +335,18 @@ class Denoiser(abc.ABC):
         self._require_fitted()
         return self._decode(np.asarray(Z, np.float32))
 
-    def denoise(self, X, return_var: bool = False):
+    def denoise(self, X, return_var: bool = False, *, ivar=None):
         """De-noised spectra: encode the mean, decode it (float32, (n, npix)).
 
         With ``return_var`` also their variance about the true spectrum,
         (normalised flux)^2, (n, npix) float32 (see the module notes).
+        ``ivar`` ((n, npix), arrays only) is the input's inverse variance,
+        read by a noise-conditioned model (default: 1 for every finite
+        pixel; 0 or a non-finite flux marks a pixel missing); a Dataset
+        gives its own ``ivar`` and ``mask``.
         """
         self._require_fitted()
-        X = self._input(X)
+        X = self._input(X, ivar)
         return self._denoise_var(X) if return_var else self._denoise(X)
 
     def _denoise(self, X: np.ndarray) -> np.ndarray:

@@ -19,6 +19,15 @@ uncertainty, not the target's.  (Weighting by the noisy ivar instead, ≈
 1,400 per pixel for sigma = 0.04, makes the reconstruction term ~300 times
 weaker against the VAE's KL term, and the VAE's posterior collapses onto
 the prior: every galaxy decodes to the mean spectrum.)
+
+A noise-conditioned network (``with_ivar``) reads the noisy input's ivar
+too: each input row is ``(flux, ivar)``, ``2 * npix`` wide, with ivar 0 and
+flux 0 wherever the input pixel is missing (ivar <= 0, masked, or a
+non-finite flux or ivar; :func:`model_input`).  With ``coverage`` set (a
+:class:`~survey_denoise.models.coverage.CoverageMasks`), the batches of
+:func:`batches` also remove the input pixels a survey would not have
+observed at a redshift drawn per galaxy; the target and its weights are
+untouched, so the loss still counts every pixel the target covers.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from ..flags import DROP
 
 SOFTENING = 2e-6
 """Variance added to every pixel's sigma^2 before inverting (Portillo et al. 2020), normalised flux^2."""
+
+CONDITIONINGS = ("none", "ivar")
+"""What a network sees: the flux alone, or the flux and its inverse variance (:func:`model_input`)."""
 
 ARRAY_CHUNK = 4096
 """Rows per chunk when the training data are in-memory arrays."""
@@ -55,6 +67,49 @@ def pixel_weights(ivar: np.ndarray, mask: np.ndarray | None = None) -> np.ndarra
     return w.astype(np.float32)
 
 
+def model_input(flux, ivar=None, mask=None, *, with_ivar: bool) -> np.ndarray:
+    """The network's input rows: flux alone, or ``(flux, ivar)`` with missing pixels zeroed.
+
+    Parameters
+    ----------
+    flux : ndarray (n, npix)
+        Normalised flux.
+    ivar : ndarray (n, npix), optional
+        Its inverse variance, (normalised flux)^-2.  None (arrays without
+        errors): every finite-flux pixel gets ivar 1.
+    mask : ndarray of bool (n, npix), optional
+        Bad pixels (missing).
+    with_ivar : bool
+        Return ``(flux, ivar)``, ``2 * npix`` wide, instead of the flux alone.
+
+    Returns
+    -------
+    ndarray
+        float32, (n, npix) or (n, 2 npix).  Missing pixels (ivar <= 0 or not
+        finite, masked, or non-finite flux) have flux 0 and ivar 0.
+    """
+    x = as_flux(flux)
+    if not with_ivar:
+        return x
+    raw = np.asarray(flux, np.float32)
+    iv = np.ones_like(x) if ivar is None else np.asarray(ivar, np.float32)
+    good = np.isfinite(raw) & np.isfinite(iv) & (iv > 0)
+    if mask is not None:
+        good &= ~np.asarray(mask, bool)
+    zero = np.float32(0)
+    return np.concatenate([np.where(good, x, zero), np.where(good, iv, zero)], axis=1)
+
+
+def remove_pixels(x: np.ndarray, missing: np.ndarray, with_ivar: bool) -> np.ndarray:
+    """Input rows ``x`` (see :func:`model_input`) with the ``missing`` (n, npix) pixels set to 0."""
+    npix = missing.shape[1]
+    x = x.copy()
+    x[:, :npix][missing] = 0
+    if with_ivar:
+        x[:, npix:][missing] = 0
+    return x
+
+
 def as_flux(x) -> np.ndarray:
     """Float32 spectra with non-finite values set to 0 (the network cannot take NaN)."""
     x = np.asarray(x, dtype=np.float32)
@@ -75,9 +130,24 @@ class SpectraPairs:
         of the clean (target) ``ivar`` and ``mask``; for arrays, whose
         targets carry no errors: the weight of a noise-free pixel,
         ``1 / 2e-6``, everywhere.
+    input_ivar : ndarray (n, npix), optional
+        Arrays only: the noisy input's inverse variance, read when
+        ``with_ivar`` (default: 1 for every finite pixel).  Datasets give
+        their own ``ivar`` and ``mask``.
+
+    Attributes
+    ----------
+    with_ivar : bool
+        Rows of the input are ``(flux, ivar)`` (:func:`model_input`); set by
+        a noise-conditioned model before it reads.
+    coverage : CoverageMasks or None
+        Coverage masks applied by :meth:`load` when given a draw key.
     """
 
-    def __init__(self, noisy, clean, weights=None) -> None:
+    def __init__(self, noisy, clean, weights=None, input_ivar=None) -> None:
+        self.with_ivar = False
+        self.coverage = None
+        self.wavelength = None
         self.is_dataset = hasattr(noisy, "data_vars")
         if self.is_dataset != hasattr(clean, "data_vars"):
             raise TypeError("noisy and clean must both be arrays or both be Datasets")
@@ -91,6 +161,7 @@ class SpectraPairs:
             sizes = chunks[0] if chunks is not None else (self.n,)
             self.usable = ((noisy["flags"].values & int(DROP)) == 0) & \
                           ((clean["flags"].values & int(DROP)) == 0)
+            self.wavelength = np.asarray(noisy["wavelength"].values, np.float64)
         else:
             noisy, clean = as_flux(noisy), as_flux(clean)
             if noisy.shape != clean.shape:
@@ -98,29 +169,49 @@ class SpectraPairs:
             self.n, self.npix = noisy.shape
             sizes = [min(ARRAY_CHUNK, self.n - s) for s in range(0, self.n, ARRAY_CHUNK)]
             self.usable = np.ones(self.n, bool)
+            if input_ivar is not None:
+                input_ivar = np.broadcast_to(np.asarray(input_ivar, np.float32), noisy.shape)
             if weights is None:
                 weights = np.float32(1.0 / SOFTENING)
         if weights is not None:
             weights = np.broadcast_to(np.asarray(weights, np.float32), (self.n, self.npix))
-        self.noisy, self.clean, self.weights = noisy, clean, weights
+        self.noisy, self.clean, self.weights, self.input_ivar = noisy, clean, weights, input_ivar
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
 
     @property
     def n_chunks(self) -> int:
         return len(self.starts) - 1
 
-    def load(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Chunk ``c`` as (noisy flux, clean flux, weights), float32 (rows, npix)."""
+    def load(self, c: int, draw: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Chunk ``c`` as (model input, clean flux, weights), float32 (rows, npix or 2 npix).
+
+        With ``draw`` (a key such as ``"epoch-3"``) and :attr:`coverage`
+        set, input pixels outside a coverage drawn per galaxy are removed
+        (:func:`remove_pixels`); the same key draws the same masks.
+        """
         a, b = int(self.starts[c]), int(self.starts[c + 1])
         if not self.is_dataset:
-            return self.noisy[a:b], self.clean[a:b], np.asarray(self.weights[a:b])
-        # Synchronous: the reader runs inside Keras' loop; a Zarr chunk is one task.
-        with dask.config.set(scheduler="synchronous"):
-            x = self.noisy["flux"].isel(galaxy=slice(a, b)).values
-            target = self.clean[["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
-        w = (np.asarray(self.weights[a:b]) if self.weights is not None
-             else pixel_weights(target["ivar"].values, target["mask"].values))
-        return as_flux(x), as_flux(target["flux"].values), w
+            ivar = None if self.input_ivar is None else self.input_ivar[a:b]
+            x = model_input(self.noisy[a:b], ivar, with_ivar=self.with_ivar)
+            y, w = self.clean[a:b], np.asarray(self.weights[a:b])
+        else:
+            # Synchronous: the reader runs inside Keras' loop; a Zarr chunk is one task.
+            names = ["flux", "ivar", "mask"] if self.with_ivar else ["flux"]
+            with dask.config.set(scheduler="synchronous"):
+                inp = self.noisy[names].isel(galaxy=slice(a, b)).compute()
+                target = self.clean[["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
+            x = (model_input(inp["flux"].values, inp["ivar"].values, inp["mask"].values, with_ivar=True)
+                 if self.with_ivar else as_flux(inp["flux"].values))
+            y = as_flux(target["flux"].values)
+            w = (np.asarray(self.weights[a:b]) if self.weights is not None
+                 else pixel_weights(target["ivar"].values, target["mask"].values))
+        if draw is not None and self.coverage is not None:
+            from ..grid import GRID
+
+            wave = self.wavelength if self.wavelength is not None else GRID.wavelength
+            z = self.coverage.redshifts(b - a, draw, a)
+            x = remove_pixels(x, ~self.coverage.covered(wave, z), self.with_ivar)
+        return x, y, w
 
 
 @dataclass(frozen=True)
@@ -165,7 +256,10 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
 
     Batches never straddle a chunk, so each chunk is read once per epoch; with
     ``shuffle`` the chunk order and the rows within each chunk are redrawn
-    every epoch from ``seed`` and the epoch number.
+    every epoch from ``seed`` and the epoch number.  With ``pairs.coverage``
+    set, coverage masks are drawn afresh every epoch when shuffling (an
+    augmentation), and once for all epochs otherwise (validation: its loss
+    stays comparable between epochs).
     """
     import keras
 
@@ -195,7 +289,11 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
         def __getitem__(self, idx: int):
             c, r = self.plan[idx]
             if self.cached is None or self.cached[0] != c:
-                self.cached = (c, pairs.load(c))
+                if pairs.coverage is None:
+                    self.cached = (c, pairs.load(c))
+                else:
+                    draw = f"train-{seed}-{self.epoch}" if shuffle else f"fixed-{seed}"
+                    self.cached = (c, pairs.load(c, draw))
             x, y, w = self.cached[1]
             local = r - pairs.starts[c]
             return x[local], y[local], w[local]
@@ -203,5 +301,7 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
         def on_epoch_end(self) -> None:
             self.epoch += 1
             self.plan = self._plan()
+            if shuffle and pairs.coverage is not None:
+                self.cached = None  # this epoch's masks are drawn anew
 
     return _Batches()

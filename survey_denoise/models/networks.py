@@ -40,6 +40,16 @@ divergence of its posterior from a standard normal):
   0.8 after 12 epochs).  The weighted MSE alone is logged as
   ``reconstruction``, which the training's plateau rule watches.
 
+Conditioning on the noise (``conditioning="ivar"``): the encoder's input
+is the spectrum *and* its inverse variance, ``2 * npix`` numbers, which
+:class:`ConditionedInput` turns into two channels of ``npix``: the
+standardised flux, set to 0 (the mean spectrum's value) wherever the
+pixel is missing, and the pixel's weight ``ivar / (ivar + ivar_ref)``,
+bounded in [0, 1) and 0 exactly where the pixel is missing (``ivar = 0``).
+A missing pixel is therefore told apart from a pixel whose flux is 0, and
+its flux value never reaches the network.  ``ivar_ref`` is the median
+positive input ivar of the training set (a typical pixel gets 0.5).
+
 Every class is registered with ``keras.saving.register_keras_serializable``
 so ``model.keras`` files load with ``safe_mode=True`` (no lambdas).
 """
@@ -50,6 +60,8 @@ from collections.abc import Sequence
 
 import keras
 from keras import layers, ops
+
+from .data import CONDITIONINGS
 
 PACKAGE = "survey_denoise"
 LEAKY_SLOPE = 0.3
@@ -113,18 +125,52 @@ def _affine(npix: int, offset: Sequence[float] | None, scale: float, *, invert: 
                                 invert=invert, name=name)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConditionedInput(layers.Layer):
+    """(flux, ivar), ``2 * npix`` -> (standardised flux or 0 if missing, weight), ``2 * npix``.
+
+    A pixel is missing where ``ivar <= 0`` (or ``ivar`` is not finite); its
+    flux is replaced by 0 with ``where``, so neither its value nor a NaN
+    there reaches the network.  The weight is ``ivar / (ivar + ivar_ref)``.
+    """
+
+    def __init__(self, npix: int, offset: Sequence[float] | None = None, scale: float = 1.0,
+                 ivar_ref: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.npix, self.scale, self.ivar_ref = int(npix), float(scale), float(ivar_ref)
+        self.offset = None if offset is None else [float(v) for v in offset]
+
+    def call(self, x):
+        flux, ivar = x[..., :self.npix], x[..., self.npix:]
+        present = ops.logical_and(ops.isfinite(ivar), ivar > 0)
+        ivar = ops.where(present, ivar, ops.zeros_like(ivar))
+        offset = 0.0 if self.offset is None else ops.convert_to_tensor(self.offset, dtype=flux.dtype)
+        flux = ops.where(present, (flux - offset) * self.scale, ops.zeros_like(flux))
+        return ops.concatenate([flux, ivar / (ivar + self.ivar_ref)], axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "npix": self.npix, "offset": self.offset,
+                "scale": self.scale, "ivar_ref": self.ivar_ref}
+
+
 def build_encoder(npix: int, latent: int, units: Sequence[int], dropout: float, *,
                   variational: bool, seed: int | None = None, scale: float = 1.0,
-                  offset: Sequence[float] | None = None) -> keras.Model:
+                  offset: Sequence[float] | None = None, conditioning: str = "none",
+                  ivar_ref: float = 1.0) -> keras.Model:
     """Spectrum (npix) -> latent code, or (mean, log-variance) for the VAE.
 
     The spectrum enters the first Dense layer as ``(x - offset) * scale``
-    (see :class:`SpectrumAutoencoder`).
+    (see :class:`SpectrumAutoencoder`).  With ``conditioning="ivar"`` the
+    input is ``(flux, ivar)``, ``2 * npix`` wide (:class:`ConditionedInput`).
     """
-    inputs = keras.Input(shape=(npix,), name="spectrum")
-    x = inputs
-    if scale != 1.0 or offset is not None:
-        x = _affine(npix, offset, scale, invert=False, name="input_scale")(x)
+    if conditioning == "ivar":
+        inputs = keras.Input(shape=(2 * npix,), name="spectrum_and_ivar")
+        x = ConditionedInput(npix, offset, scale, ivar_ref, name="conditioned_input")(inputs)
+    else:
+        inputs = keras.Input(shape=(npix,), name="spectrum")
+        x = inputs
+        if scale != 1.0 or offset is not None:
+            x = _affine(npix, offset, scale, invert=False, name="input_scale")(x)
     x = _stack(x, units, dropout, "encoder", seed)
     init = _init(dropout, after_dropout=bool(units))
     if variational:
@@ -208,16 +254,26 @@ class SpectrumAutoencoder(keras.Model):
         with the model, so inputs, outputs and loss stay in normalised flux.
         None / 1 (the defaults, and what models saved without them get) is
         no transformation.
+    conditioning : {"none", "ivar"}
+        The spectrum alone (the paper), or the spectrum and its inverse
+        variance, ``2 * npix`` inputs (module notes).  Models saved before
+        the option have ``"none"``.
+    ivar_ref : float
+        The ivar given weight 0.5 (``conditioning="ivar"``), (normalised flux)^-2.
     """
 
     def __init__(self, npix: int, latent: int, units: Sequence[int], dropout: float,
                  variational: bool = False, seed: int | None = None,
                  input_offset: Sequence[float] | None = None, input_scale: float = 1.0,
                  output_offset: Sequence[float] | None = None, output_scale: float = 1.0,
-                 likelihood: str = "mse", **kwargs) -> None:
+                 likelihood: str = "mse", conditioning: str = "none", ivar_ref: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if likelihood not in LOSSES:
             raise ValueError(f"likelihood must be one of {LOSSES}, got {likelihood!r}")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        self.conditioning, self.ivar_ref = conditioning, float(ivar_ref)
         # Not ``self.loss``: Keras' compile owns that name.
         self.likelihood = likelihood
         self.reconstruction = keras.metrics.Mean(name="reconstruction")
@@ -227,7 +283,8 @@ class SpectrumAutoencoder(keras.Model):
         self.output_offset = None if output_offset is None else [float(v) for v in output_offset]
         self.input_scale, self.output_scale = float(input_scale), float(output_scale)
         self.encoder = build_encoder(npix, latent, self.units, dropout, variational=variational,
-                                     seed=seed, scale=self.input_scale, offset=self.input_offset)
+                                     seed=seed, scale=self.input_scale, offset=self.input_offset,
+                                     conditioning=conditioning, ivar_ref=self.ivar_ref)
         self.decoder = build_decoder(npix, latent, self.units, dropout, seed=seed,
                                      scale=self.output_scale, offset=self.output_offset,
                                      heteroscedastic=likelihood == "gaussian")
@@ -250,6 +307,11 @@ class SpectrumAutoencoder(keras.Model):
         out = self.decoder(z, training=training)
         # One tensor, so Keras' fit passes both halves to compute_loss.
         return ops.concatenate(out, axis=-1) if self.likelihood == "gaussian" else out
+
+    @property
+    def input_width(self) -> int:
+        """Numbers per input row: ``npix``, or ``2 * npix`` (flux and ivar) when conditioned."""
+        return 2 * self.npix if self.conditioning == "ivar" else self.npix
 
     @property
     def metrics(self):
@@ -278,7 +340,8 @@ class SpectrumAutoencoder(keras.Model):
                 "dropout": self.dropout, "variational": self.variational, "seed": self.seed,
                 "input_offset": self.input_offset, "input_scale": self.input_scale,
                 "output_offset": self.output_offset, "output_scale": self.output_scale,
-                "likelihood": self.likelihood}
+                "likelihood": self.likelihood, "conditioning": self.conditioning,
+                "ivar_ref": self.ivar_ref}
 
     @classmethod
     def from_config(cls, config: dict):

@@ -36,14 +36,14 @@ class VAEDenoiser(KerasDenoiser):
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return self._encode_both(X)[0]
 
-    def encode(self, X, return_logvar: bool = False):
+    def encode(self, X, return_logvar: bool = False, *, ivar=None):
         """Latent posterior means (n, latent); with ``return_logvar`` also the log-variances."""
         self._require_fitted()
-        mean, logvar = self._encode_both(self._input(X))
+        mean, logvar = self._encode_both(self._input(X, ivar))
         return (mean, logvar) if return_logvar else mean
 
     def denoise(self, X, n_samples: int = 0, *, eps: np.ndarray | None = None,
-                seed: int | None = None, return_var: bool = False):
+                seed: int | None = None, return_var: bool = False, ivar=None):
         """De-noised spectra; with ``n_samples = K > 0`` also their spread.
 
         Parameters
@@ -63,9 +63,12 @@ class VAEDenoiser(KerasDenoiser):
             Also return the total variance about the true spectrum,
             (normalised flux)^2: ``(mean, var)`` for K = 0, ``(mean, var,
             std)`` for K > 0.
+        ivar : ndarray (n, npix), optional
+            The input's inverse variance, for a noise-conditioned model (see
+            :meth:`~survey_denoise.models.base.Denoiser.denoise`).
         """
         self._require_fitted()
-        X = self._input(X)
+        X = self._input(X, ivar)
         if n_samples <= 0:
             return self._denoise_var(X) if return_var else self._denoise(X)
         mean, logvar = self._encode_both(X)

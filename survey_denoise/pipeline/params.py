@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..fitting import METHODS
 from ..models import KINDS
-from ..models.training import PRESETS
+from ..models.coverage import SURVEYS
+from ..models.training import CONDITIONINGS, PRESETS
 from ..schema import NORMS
 
 SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
@@ -80,6 +81,12 @@ class Train(Strict):
                                "published) or 'default' (measured on the mock; docs/models.md).")
     epochs: int = Field(200, gt=0, description=(
         "Most epochs of the AE/VAE training (the preset's stopping rule may stop earlier)."))
+    conditioning: Literal[CONDITIONINGS] | None = Field(  # type: ignore[valid-type]
+        None, description="AE/VAE input: flux alone (none), or flux and ivar with masked pixels "
+                          "as missing (ivar); default: the preset's.")
+    coverage: Literal[("none", *SURVEYS)] | None = Field(  # type: ignore[valid-type]
+        None, description="AE/VAE training coverage masks: none, or a survey's (desi-bgs: DESI "
+                          "3600-9824 A at BGS-like redshifts); default: the preset's.")
     seed: int = Field(0, description="Seed of weights, dropout, shuffling and the validation split.")
     validation_split: float = Field(0.2, ge=0, lt=1, description=(
         "Fraction of training galaxies held out for validation (early stopping, calibration)."))
@@ -92,7 +99,8 @@ class Train(Strict):
 
     def options(self) -> dict:
         """Keyword arguments of :func:`survey_denoise.models.build_model`."""
-        return {"seed": self.seed, "epochs": self.epochs, "preset": self.preset}
+        return {"seed": self.seed, "epochs": self.epochs, "preset": self.preset,
+                "conditioning": self.conditioning, "coverage": self.coverage}
 
 
 class Denoise(Strict):
