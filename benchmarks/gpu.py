@@ -27,12 +27,8 @@ pass (the backward pass costs twice the forward).  Every rate is reported as
 a fraction of the float32 matmul rate measured in the same run, and of the
 mode's own matmul rate.
 
-The library's network does not train under ``mixed_bfloat16``: its sampling
-layer draws float32 noise for bfloat16 means, and its loss subtracts float32
-targets from the bfloat16 output and adds the bfloat16 KL term to a float32
-sum.  The run records that error, then times bfloat16 training with a
-subclass that casts at those three places only (same layers, same
-arithmetic; ``_bf16_classes``), and says so in the JSON.
+The library's network trains under ``mixed_bfloat16`` as it is: its sampling
+layer draws noise in the means' dtype and its loss is computed in float32.
 
 ``--device cpu`` is a smoke mode (tiny sizes, under a minute).  Writes
 ``benchmarks/results/gpu.json`` (``gpu_cpu.json`` for ``--device cpu``).
@@ -46,7 +42,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -117,56 +112,14 @@ def dense_flops(net) -> float:
     return 2.0 * total
 
 
-def _bf16_classes():
-    """The library's network with the two casts mixed precision needs (see the module notes)."""
-    import keras
-    from keras import ops
-
-    from survey_denoise.models.networks import Sampling, SpectrumAutoencoder
-
-    class _Bf16Sampling(Sampling):
-        def call(self, inputs):
-            mean, logvar = inputs
-            eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator)
-            return mean + ops.exp(0.5 * logvar) * eps
-
-    class _Bf16Autoencoder(SpectrumAutoencoder):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if self.variational:
-                self.sampling = _Bf16Sampling(seed=self.seed, name="sampling")
-
-        @property
-        def losses(self):
-            return [ops.cast(extra, "float32") for extra in super().losses]
-
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            return super().compute_loss(x, y, ops.cast(y_pred, "float32"), sample_weight, training)
-
-    return _Bf16Autoencoder
-
-
-def _one_line(err: Exception) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # Keras colours its messages
-    return f"{type(err).__name__}: " + " ".join(text.split())[:300]
-
-
 def set_mode(tf, keras, mode: str) -> None:
     tf.config.experimental.enable_tensor_float_32_execution(mode == "tf32")
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if mode == "bfloat16" else "float32")
 
 
-def build(den, npix: int, transform: dict, keras, shim: bool = False):
-    """``den._build`` under the current policy; with ``shim`` the bf16-trainable subclass."""
-    if not shim:
-        return den._build(npix, transform)
-    cls = _bf16_classes()
-    dropout, units = den.architecture()
-    net = cls(npix, den.latent, units, dropout, variational=True, seed=den.seed, name="vae",
-              likelihood=den.settings()["likelihood"], **transform)
-    net.compile(optimizer=keras.optimizers.Adam(den.learning_rate))
-    net.build((None, npix))
-    return net
+def build(den, npix: int, transform: dict, keras):
+    """``den._build`` under the current policy."""
+    return den._build(npix, transform)
 
 
 def train_rate(net, pairs, rows, batch: int, timed_epochs: int, keras) -> dict:
@@ -273,21 +226,11 @@ def run(device: str, sizes: dict, log=print) -> dict:
         den = VAEDenoiser(6)
         entry: dict = {"policy": keras.mixed_precision.global_policy().name,
                        "tf32": tf.config.experimental.tensor_float_32_execution_enabled()}
-        train, shim = [], False
+        train = []
         for batch in sizes["train_batches"]:
             with tf.device(tf_device):
-                net = build(den, GRID.npix, transform, keras, shim)
-                try:
-                    row = train_rate(net, pairs, rows, batch, sizes["timed_epochs"], keras)
-                except TypeError as err:  # float32 noise / targets meeting bfloat16 tensors
-                    if shim or mode != "bfloat16":
-                        raise
-                    entry["library_network_error"] = _one_line(err)
-                    entry["train_network"] = ("benchmark subclass: float32 loss terms, noise drawn "
-                                              "in the compute dtype (module notes)")
-                    shim = True
-                    net = build(den, GRID.npix, transform, keras, shim)
-                    row = train_rate(net, pairs, rows, batch, sizes["timed_epochs"], keras)
+                net = build(den, GRID.npix, transform, keras)
+                row = train_rate(net, pairs, rows, batch, sizes["timed_epochs"], keras)
             train.append(row)
             log(f"{mode} train batch {batch}: {row['spectra_per_s']:,.0f} spectra/s "
                 f"({time.perf_counter() - t_start:.1f} s)")

@@ -219,3 +219,18 @@ def test_denoised_store_is_in_the_inputs_normalisation(tmp_path):
         out = denoise(ds_noisy, folder).compute()
     expect = model.denoise(ds_noisy) / 1.5  # clean-normalised prediction x norm_clean / norm_noisy
     np.testing.assert_allclose(out["flux"].values, expect, rtol=1e-5, atol=1e-8)
+
+
+def test_vae_trains_under_mixed_bfloat16(data):
+    # GPUs train fastest in bfloat16; the sampling noise and the loss must follow the policy.
+    import keras
+
+    noisy, clean = data
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = VAEDenoiser(3, epochs=2, seed=4, **SMALL).fit(noisy[:128], clean[:128])
+        out = model.denoise(noisy[:8])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loss = model.card_["history"]["loss"]
+    assert len(loss) == 2 and np.all(np.isfinite(loss)) and np.all(np.isfinite(out))

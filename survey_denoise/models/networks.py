@@ -83,7 +83,8 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         mean, logvar = inputs
-        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        # eps in the means' dtype, so the layer also runs under a mixed-precision policy.
+        eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator)
         return mean + ops.exp(0.5 * logvar) * eps
 
     def get_config(self) -> dict:
@@ -318,6 +319,8 @@ class SpectrumAutoencoder(keras.Model):
         return [*super().metrics, self.reconstruction]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # The loss in float32 whatever the layers compute in (mixed_bfloat16 on GPUs).
+        y_pred = ops.cast(y_pred, "float32")
         pred = y_pred[..., :self.npix] if self.likelihood == "gaussian" else y_pred
         sq = ops.square(pred - y)
         w = None if sample_weight is None else ops.cast(sample_weight, sq.dtype)
@@ -332,7 +335,7 @@ class SpectrumAutoencoder(keras.Model):
             nll = good * (ops.log(var) + ops.stop_gradient(sq) / var)
             loss = loss + ops.mean(0.5 * ops.sum(nll, axis=-1))
         for extra in self.losses:
-            loss = loss + extra
+            loss = loss + ops.cast(extra, loss.dtype)
         return loss
 
     def get_config(self) -> dict:
