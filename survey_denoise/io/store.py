@@ -465,7 +465,9 @@ def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
     if not written:
         return None
     flags = da.concatenate(written).rechunk(-1)
-    return flags.map_blocks(_mark, path=str(path), marker=f"chunk-{first:06d}", dtype=bool)
+    # meta given: otherwise Dask calls _mark on an empty array to infer it.
+    return flags.map_blocks(_mark, path=str(path), marker=f"chunk-{first:06d}", dtype=bool,
+                            meta=np.empty((0,), dtype=bool))
 
 
 def _write_shard(values: np.ndarray, *, path: str, variable: str, layout: tuple, start: int,
