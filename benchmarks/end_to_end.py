@@ -12,7 +12,12 @@ size, and reports:
 * bytes written (size on disk of each store) and read (the input store of
   each stage is read once, so its size);
 * how time and memory grow with ``n`` (time per spectrum should be flat,
-  memory per worker must be).
+  memory per worker must be);
+* files per store, and what they would be at ``--extrapolate`` galaxies with
+  the same chunk (exact arithmetic from the store's shard layout in
+  ``.progress/plan.json``, not a measurement);
+* the driver's CPU seconds (this process: the pipeline driver and the
+  LocalCluster's scheduler) against the workers'.
 
 The mock input is either ``rest`` (spectra made directly on the rest-frame
 grid: the fast path, which keeps the mock out of the critical path; the
@@ -37,6 +42,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -104,6 +111,45 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _files(path: Path) -> int:
+    return sum(1 for f in path.rglob("*") if f.is_file())
+
+
+def store_files(path: Path, n_target: int) -> dict:
+    """Files in a store now, and at ``n_target`` galaxies with the same chunk and variables.
+
+    The projection is arithmetic on the layout: one file per galaxy variable
+    and shard (a shard that is all fill value is not written, so it is an upper
+    bound), one marker per shard, and the store's other (metadata) files.
+    """
+    import math
+
+    import zarr
+
+    plan = json.loads((path / ".progress" / "plan.json").read_text())
+    chunk, n_chunks = plan["chunks"][0], len(plan["chunks"])
+    per_shard = plan.get("chunks_per_shard", 1)  # absent: one file per chunk
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    arrays = {name: a for name, a in group.arrays() if "galaxy" in (a.metadata.dimension_names or ())}
+    n_data = sum(_files(path / name / "c") for name in arrays if (path / name / "c").exists())
+    n_markers = len(list((path / ".progress").glob("chunk-*")))
+    other = _files(path) - n_data - n_markers
+    target_chunks = math.ceil(n_target / chunk)
+    if "chunks_per_shard" in plan:
+        from survey_denoise.io.store import chunks_per_shard
+
+        # The default rule at the target size, from this store's bytes per chunk.
+        row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays.values())
+        per_target = chunks_per_shard(target_chunks, row * chunk)
+    else:
+        per_target = 1
+    units = math.ceil(target_chunks / per_target)
+    return {"files": _files(path), "chunks": n_chunks, "chunks_per_shard": per_shard,
+            "galaxy_variables": len(arrays),
+            f"files_at_{n_target}": len(arrays) * units + units + other,
+            f"chunks_per_shard_at_{n_target}": per_target}
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -135,7 +181,7 @@ def _can_denoise() -> bool:
     return importlib.util.find_spec("survey_denoise.inference") is not None
 
 
-def run_one(raw_config: dict, workers: int) -> dict:
+def run_one(raw_config: dict, workers: int, n_target: int = 1_000_000) -> dict:
     """One pipeline run on a fresh LocalCluster; the figures of every stage."""
     from survey_denoise.cluster import connect
     from survey_denoise.pipeline.config import PipelineConfig, check
@@ -183,6 +229,7 @@ def run_one(raw_config: dict, workers: int) -> dict:
             "fused": bool(rec.notes.get("fused")),
             "peak_rss_mb_worker_sampled": round(sampler.peak(end - rec.seconds, end), 1),
             "bytes_written": _du(folder / rec.output),
+            "files_written": _files(folder / rec.output) if (folder / rec.output).exists() else 0,
             "bytes_read": _du(folder / inputs[name]) if inputs.get(name) else 0}
     return {"n": n, "workers": workers, "chunk": config.chunk, "seconds": round(wall, 2),
             "spectra_per_s": round(n / wall, 1), "spectra_per_s_per_core": round(n / wall / workers, 1),
@@ -190,6 +237,9 @@ def run_one(raw_config: dict, workers: int) -> dict:
             # workers' CPU seconds per spectrum, and the driver's (scheduler).
             "worker_cpu_seconds": round(cpu, 2), "worker_cpu_ms_per_spectrum": round(1e3 * cpu / n, 3),
             "driver_cpu_seconds": round(driver, 2),
+            "driver_cpu_share_of_workers": round(driver / cpu, 4) if cpu else None,
+            "stores": {p.name: store_files(p, n_target) for p in sorted(folder.glob("*.zarr"))
+                       if (p / ".progress" / "plan.json").exists()},
             "peak_rss_mb_per_worker": [round(p, 1) for p in peaks],
             "peak_rss_mb_per_worker_sampled": round(sampler.peak(), 1),
             "bytes_on_disk": _du(folder), "load_average_start": round(load0, 2),
@@ -219,6 +269,14 @@ def table(runs: list[dict]) -> str:
         rows.append(f"{r['n']:>9} {'TOTAL':<14}{r['seconds']:>9.1f}{r['spectra_per_s_per_core']:>11.1f}"
                     f"{r['worker_cpu_ms_per_spectrum']:>11.3f}{max(r['peak_rss_mb_per_worker']):>13.0f}"
                     f"{r['bytes_on_disk'] / 1e6:>12.1f}")
+    for r in runs:
+        rows.append(f"{r['n']:>9} driver CPU {r['driver_cpu_seconds']:.1f} s = "
+                    f"{100 * (r['driver_cpu_share_of_workers'] or 0):.1f} % of the workers' "
+                    f"{r['worker_cpu_seconds']:.1f} s")
+        for name, st in r["stores"].items():
+            at = [k for k in st if k.startswith("files_at_")][0]
+            rows.append(f"{r['n']:>9} {name:<22}{st['files']:>7} files, {st['chunks']} chunks, "
+                        f"{st['chunks_per_shard']} per shard; {st[at]} at n={at[9:]} (layout arithmetic)")
     rows.append("cpu ms/sp: worker CPU per spectrum; peak MB/wkr: sampled RSS per stage, "
                 "ru_maxrss (largest worker) in TOTAL; a fused stage runs inside the next one")
     return "\n".join(rows)
@@ -265,7 +323,8 @@ def main() -> None:
     runs = []
     for n in args.n:
         out = work / f"n{n}"
-        runs.append(run_one(config_for(n, out, args, model if denoise else None), args.workers))
+        runs.append(run_one(config_for(n, out, args, model if denoise else None), args.workers,
+                            args.extrapolate or 1_000_000))
         print(table(runs[-1:]), flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -8,7 +8,10 @@ import xarray as xr
 from survey_denoise import GRID, SchemaError, make_spectra
 from survey_denoise.cluster import connect
 from survey_denoise.io.store import (
+    MIN_UNITS,
     PROGRESS_DIR,
+    SHARD_BYTES,
+    chunks_per_shard,
     completed_chunks,
     missing_chunks,
     open_store,
@@ -189,3 +192,132 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(tmp_path):
     write_store(_spectra(), path, overwrite=True, progress=False)
     np.testing.assert_array_equal(open_store(path).flux.values, _spectra().flux.values)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def _files(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_many_chunks_share_a_few_shard_files(tmp_path):
+    ds = _spectra(n=600, chunk=10)  # 60 chunks
+    path = tmp_path / "s.zarr"
+    report = write_store(ds, path, progress=False)
+    k = report.chunks_per_shard
+    assert k == 60 // MIN_UNITS  # a small store: split for parallelism, not memory
+    n_shards = -(-60 // k)
+    for name in ("flux", "ivar", "z", "true_class"):
+        assert sum(p.is_file() for p in (path / name / "c").rglob("*")) == n_shards, name
+    n_vars = sum("galaxy" in ds[v].dims for v in ds.variables)
+    files = _files(path)
+    # Per shard: one file per galaxy variable, one marker; then the metadata.
+    assert len(files) <= n_vars * n_shards + n_shards + len(ds.variables) + 3, len(files)
+    assert len(files) < 60 * n_vars / 4, "about a file per chunk and variable: not sharded"
+    back = open_store(path, frame="rest")
+    assert back.flux.encoding["chunks"] == (10, GRID.npix)  # reads stay whole spectra
+    assert back.flux.encoding["shards"] == (10 * k, GRID.npix)
+    assert back.chunks["galaxy"] == ds.chunks["galaxy"]
+    np.testing.assert_array_equal(back.flux.values, ds.flux.values)
+    assert missing_chunks(path) == [] and completed_chunks(path) == list(range(60))
+
+
+@pytest.mark.parametrize("n_chunks", [1, 5, 8, 60, 1000])
+@pytest.mark.parametrize("chunk_bytes", [1, 10**5, 7_700_000, 10**9])
+def test_chunks_per_shard_keeps_memory_and_parallelism(n_chunks, chunk_bytes):
+    k = chunks_per_shard(n_chunks, chunk_bytes)
+    assert k >= 1
+    if k > 1:
+        assert k * chunk_bytes <= SHARD_BYTES
+        assert n_chunks // k >= MIN_UNITS
+    # 10^6 mock spectra in chunks of 1,000 (~7.7 MB): a few tens of shards.
+    assert -(-1000 // chunks_per_shard(1000, 7_700_000)) <= 40
+
+
+def _fail_in_chunk(ds, chunk):
+    """``ds`` whose ``ivar`` fails to compute for the galaxies of ``chunk``."""
+    import dask.array as da
+
+    size = ds.chunks["galaxy"][0]
+    bad_ids = ds.galaxy.values[chunk * size:(chunk + 1) * size]
+
+    def fail(block, ids):  # by galaxy, not block position: Dask may slice before mapping
+        if np.isin(ids, bad_ids).any():
+            raise RuntimeError("worker lost")
+        return block
+
+    ids = da.from_array(ds.galaxy.values[:, None], chunks=(size, 1))
+    bad = ds.copy()
+    bad["ivar"] = bad["ivar"].copy(data=da.map_blocks(fail, bad["ivar"].data, ids, dtype="f4"))
+    return bad
+
+
+def test_interrupted_write_resumes_to_the_same_bytes_on_a_cluster(tmp_path):
+    ds = _spectra(n=120, chunk=10)
+    whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
+    with connect("local", n_workers=2) as client:
+        write_store(ds, whole, client=client, progress=False, shard_chunks=3)
+        with pytest.raises(RuntimeError, match="worker lost"):
+            write_store(_fail_in_chunk(ds, 7), cut, client=client, progress=False, shard_chunks=3)
+        missing = missing_chunks(cut)
+        assert {6, 7, 8} <= set(missing), missing  # the failed unit, whole
+        assert len(missing) % 3 == 0  # whole units only
+        # A shard of an unmarked unit that holds something else is replaced, not merged.
+        stale = cut / "flux" / "c" / "2" / "0"
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_bytes(b"not a shard")
+        report = write_store(ds, cut, resume=True, client=client, progress=False, shard_chunks=3)
+    assert sorted(report.written) == missing
+    assert report.units_submitted == len(missing) // 3
+    a, b = _files(whole), _files(cut)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], name
+
+
+def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
+    ds = _spectra(n=480, chunk=10)  # 48 chunks
+    calls = {"to_zarr": 0, "compute": 0}
+    real_to_zarr = xr.Dataset.to_zarr
+
+    def to_zarr(self, *args, **kwargs):
+        calls["to_zarr"] += 1
+        return real_to_zarr(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", to_zarr)
+    with connect("local", n_workers=2) as client:
+        real_compute = client.compute
+
+        def compute(*args, **kwargs):
+            calls["compute"] += 1
+            return real_compute(*args, **kwargs)
+
+        monkeypatch.setattr(client, "compute", compute)
+        write_store(ds, tmp_path / "s.zarr", client=client, progress=False, shard_chunks=8)
+    # Metadata once; then one submitted graph per shard of 8 chunks, whatever
+    # the number of variables: the driver's work does not grow with chunks.
+    assert calls == {"to_zarr": 1, "compute": 6}
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").ivar.values, ds.ivar.values)
+
+
+def test_stores_written_before_sharding_are_read_and_resumed(tmp_path):
+    import zarr
+
+    from survey_denoise.io.store import _plan
+
+    ds = _spectra()
+    path = tmp_path / "old.zarr"
+    # The layout of earlier versions: one file per chunk, one marker per chunk.
+    text = ds.true_class.astype(np.dtypes.StringDType())
+    ds.assign(true_class=text).to_zarr(path, zarr_format=3, consolidated=False)
+    zarr.open_group(path / PROGRESS_DIR, mode="w", zarr_format=3)
+    plan = _plan(ds)
+    del plan["chunks_per_shard"]
+    (path / PROGRESS_DIR / "plan.json").write_text(json.dumps(plan))
+    for i in (0, 1, 2, 4, 5):
+        (path / PROGRESS_DIR / f"chunk-{i:06d}").touch()
+    assert missing_chunks(path) == [3]
+    (path / "flux" / "c" / "3" / "0").write_bytes(b"cut short")
+    report = write_store(ds, path, resume=True, progress=False)
+    assert report.written == [3] and report.chunks_per_shard == 1
+    back = open_store(path, frame="rest")
+    assert back.flux.encoding["shards"] is None
+    np.testing.assert_array_equal(back.flux.values, ds.flux.values)

@@ -1,21 +1,36 @@
 """Zarr stores of spectra: open with a clear error, write restartably.
 
-Writing is chunk by chunk along ``galaxy`` with Zarr region writes.  After a
-chunk's write has finished, the driver drops a marker file into the store's
-``.progress/`` folder; a later call with ``resume=True`` writes only the
-chunks without a marker.  A chunk whose write was cut short by a crash has
-no marker, so it is simply written again: region writes are idempotent.
+Layout.  Every variable along ``galaxy`` is stored in Zarr v3 shards: a read
+chunk is the dataset's galaxy chunk times the whole of every other dimension
+(whole spectra, the unit every stage reads), and a shard (one file) holds
+``chunks_per_shard`` consecutive read chunks.  A store of 10^6 galaxies is
+then some 40 files per shard and a few tens of shards, where one file per
+chunk and variable made tens of thousands (:func:`chunks_per_shard`).
 
-``.progress/plan.json`` records what the store is for: its galaxy chunks, a
-digest of the galaxy ids, its variables and the parameters of every step
-that made it (flattened from ``attrs["provenance"]`` and the other
-attributes, with their SHA-256).  A resume with other galaxies, chunks,
-variables or parameters is refused, naming what differs, so a store never
-mixes chunks made two ways.  A store appears under its name only once its
-metadata and plan are written (it is initialised under a staging name and
-renamed), so a crash during initialisation leaves nothing to resume; and
-``overwrite`` writes the new store beside the old one and swaps them only
-when it is complete (:mod:`survey_denoise.io.outputs`).
+Writing is by write unit: one shard of every variable.  One task computes a
+unit's galaxies, writes its shards with Zarr directly and then drops a marker
+``chunk-NNNNNN`` (NNNNNN: the unit's first chunk) into the store's
+``.progress/`` folder, so no two tasks ever write to the same file and the
+driver only submits units and counts them.  A later call with
+``resume=True`` writes only the units without a marker.  A unit whose write
+was cut short by a crash has no marker, so it is simply written again: its
+shard files are removed and written whole, giving the same bytes.
+
+``.progress/plan.json`` records what the store is for: its galaxy chunks and
+chunks per shard, a digest of the galaxy ids, its variables and the
+parameters of every step that made it (flattened from
+``attrs["provenance"]`` and the other attributes, with their SHA-256).  A
+resume with other galaxies, chunks, variables or parameters is refused,
+naming what differs, so a store never mixes chunks made two ways.  A store
+appears under its name only once its metadata and plan are written (it is
+initialised under a staging name and renamed), so a crash during
+initialisation leaves nothing to resume; and ``overwrite`` writes the new
+store beside the old one and swaps them only when it is complete
+(:mod:`survey_denoise.io.outputs`).
+
+Stores written before sharding (one file per chunk, a plan without
+``chunks_per_shard``, one marker per chunk) are read and resumed as stores
+of one chunk per shard.
 """
 
 from __future__ import annotations
@@ -37,6 +52,20 @@ from .outputs import install, replacing, staging
 
 PROGRESS_DIR = ".progress"
 
+SHARD_BYTES = 256 * 2**20
+"""Uncompressed bytes of one write unit (a shard of every variable) at most.
+
+The task writing a unit holds it whole, so this bounds its memory.  At 256 MiB
+a unit is about 33,000 mock spectra (flux, ivar, mask and ~36 per-galaxy
+columns), so a 10^6-galaxy store has ~31 shards per variable."""
+
+MIN_UNITS = 8
+"""Fewest write units a store with that many chunks is split into (parallel
+writes, and the work a crash can lose)."""
+
+# Encoding keys describing the source store's layout, not the data.
+_LAYOUT_KEYS = ("chunks", "shards", "preferred_chunks")
+
 
 @dataclass
 class WriteReport:
@@ -52,12 +81,18 @@ class WriteReport:
         Chunks written by this call (the others were already complete).
     seconds : float
         Wall-clock time of the call.
+    chunks_per_shard : int
+        Galaxy chunks per shard, the write unit.
+    units_submitted : int
+        Write units (tasks) the driver submitted.
     """
 
     path: Path
     n_chunks: int
     written: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    chunks_per_shard: int = 1
+    units_submitted: int = 0
 
     @property
     def skipped(self) -> int:
@@ -106,12 +141,50 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
     return ds
 
 
-def _plan(ds: xr.Dataset) -> dict:
+def chunks_per_shard(n_chunks: int, chunk_bytes: int, *, shard_bytes: int = SHARD_BYTES,
+                     min_units: int = MIN_UNITS) -> int:
+    """Galaxy chunks per shard: as many as fit in ``shard_bytes``, keeping ``min_units`` units.
+
+    Parameters
+    ----------
+    n_chunks : int
+        Galaxy chunks in the store.
+    chunk_bytes : int
+        Uncompressed bytes of one galaxy chunk, all variables together.
+    shard_bytes : int
+        Most uncompressed bytes of one shard of every variable (what one
+        write task holds), bytes.
+    min_units : int
+        Fewest shards when the store has at least that many chunks.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    by_memory = shard_bytes // max(chunk_bytes, 1)
+    by_units = n_chunks // max(min_units, 1)
+    return int(max(1, min(by_memory, by_units)))
+
+
+def _chunk_bytes(ds: xr.Dataset, chunk: int) -> int:
+    total = 0
+    for var in ds.variables.values():
+        if "galaxy" in var.dims:
+            per_galaxy = int(np.prod([n for d, n in var.sizes.items() if d != "galaxy"]))
+            total += per_galaxy * var.dtype.itemsize * chunk
+    return total
+
+
+def _plan(ds: xr.Dataset, per_shard: int | None = None) -> dict:
     chunks = _galaxy_chunks(ds)
+    if per_shard is None:
+        per_shard = chunks_per_shard(len(chunks), _chunk_bytes(ds, chunks[0]))
     ids = np.asarray(ds["galaxy"].values)
     digest = hashlib.sha256("\n".join(map(str, ids)).encode() if ids.dtype.kind in "OUT" else ids.tobytes())
     params = parameters(ds.attrs)
-    return {"chunks": list(chunks), "galaxy_sha256": digest.hexdigest(),
+    return {"chunks": list(chunks), "chunks_per_shard": int(per_shard),
+            "galaxy_sha256": digest.hexdigest(),
             "variables": sorted(map(str, ds.data_vars)),
             "parameters_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
             "parameters": params}
@@ -200,10 +273,20 @@ def _read_plan(path: Path) -> dict:
         raise SchemaError(f"{path}: not written by survey_denoise (no {PROGRESS_DIR}/plan.json)") from None
 
 
+def _per_shard(plan: dict) -> int:
+    return int(plan.get("chunks_per_shard", 1))  # 1: written before sharding
+
+
 def completed_chunks(path: str | Path) -> list[int]:
     """Indices of the galaxy chunks whose write finished."""
-    folder = Path(path) / PROGRESS_DIR
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("chunk-*"))
+    path = Path(path)
+    folder = path / PROGRESS_DIR
+    firsts = [int(p.name.split("-")[1]) for p in folder.glob("chunk-*")]
+    if not firsts:
+        return []
+    plan = _read_plan(path)
+    n, k = len(plan["chunks"]), _per_shard(plan)
+    return sorted({c for f in firsts for c in range(f, min(f + k, n))})
 
 
 def missing_chunks(path: str | Path) -> list[int]:
@@ -222,6 +305,7 @@ def write_store(
     progress: bool | Callable[[int, int], None] = True,
     label: str = "write",
     spectra: bool = True,
+    shard_chunks: int | None = None,
 ) -> WriteReport:
     """Compute ``ds`` chunk by chunk and write it to a Zarr v3 store.
 
@@ -250,6 +334,9 @@ def write_store(
     spectra : bool
         Validate ``ds`` as spectra; False for galaxy-only tables (catalogues),
         which need only a ``galaxy`` coordinate.
+    shard_chunks : int, optional
+        Galaxy chunks per shard (the write unit) of a new store; default
+        :func:`chunks_per_shard`.  A resumed store keeps its own.
 
     Returns
     -------
@@ -261,11 +348,14 @@ def write_store(
     elif "galaxy" not in ds.coords:
         raise SchemaError(f"{label}: a table needs a 'galaxy' coordinate")
     path = Path(path)
-    plan = _plan(ds)
+    _check_regular(ds, label)
+    plan = _plan(ds, shard_chunks)
     final = path
     if path.exists():
         if resume:
-            _check_resume(path, _read_plan(path), plan)
+            old = _read_plan(path)
+            _check_resume(path, old, plan)
+            plan["chunks_per_shard"] = _per_shard(old)  # the layout on disk wins
         elif overwrite:
             # The old store stays whole until the new one is complete.
             path = staging(final) / final.name
@@ -280,19 +370,20 @@ def write_store(
         with replacing(path) as (tmp,):  # the store appears only with its plan
             _initialise(ds, tmp, plan)
 
-    todo = missing_chunks(path)
     starts = np.concatenate([[0], np.cumsum(plan["chunks"])]).astype(int)
-    report = WriteReport(path=final, n_chunks=len(plan["chunks"]))
+    k, n = _per_shard(plan), len(plan["chunks"])
+    missing = set(missing_chunks(path))
+    todo = [u for u in range(0, n, k) if missing & set(range(u, min(u + k, n)))]
+    report = WriteReport(path=final, n_chunks=n, chunks_per_shard=k)
     sizes = np.diff(starts)
     # Counted in galaxies, the unit a user sizes a run in; "0/1 chunk" said nothing.
     on_done = _progress_callback(progress, int(sizes.sum()), label,
-                                 initial=int(sizes.sum() - sizes[todo].sum()))
-    fixed = [v for v in ds.variables if "galaxy" not in ds[v].dims]
+                                 initial=int(sizes.sum() - sizes[sorted(missing)].sum()))
     try:
-        for i in _run_regions(ds.drop_vars(fixed), path, todo, starts, client):
-            (path / PROGRESS_DIR / f"chunk-{i:06d}").touch()
-            report.written.append(i)
-            on_done(int(sizes[i]))
+        for first in _run_units(ds, path, todo, starts, k, client, report):
+            chunks = list(range(first, min(first + k, n)))
+            report.written.extend(chunks)
+            on_done(int(sizes[chunks].sum()))
     except BaseException:
         if path != final:  # an overwrite cannot be resumed: keep the old store only
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -306,6 +397,14 @@ def write_store(
     return report
 
 
+def _check_regular(ds: xr.Dataset, label: str) -> None:
+    chunks = _galaxy_chunks(ds)
+    if any(c != chunks[0] for c in chunks[:-1]) or chunks[-1] > chunks[0]:
+        raise SchemaError(f"{label}: galaxy chunks must be equal but for a smaller last one to be "
+                          f"stored, got {chunks[:6]}{'...' if len(chunks) > 6 else ''}; "
+                          "rechunk with ds.chunk(galaxy=N)")
+
+
 def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
     # Zarr v3 has a specification for variable-length UTF-8 strings only;
     # fixed-width numpy unicode would be written with an unstable encoding.
@@ -317,8 +416,20 @@ def _variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _initialise(ds: xr.Dataset, path: Path, plan: dict) -> None:
-    # Metadata and the small non-galaxy coordinates only; data arrive by region.
-    ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False)
+    # Metadata and the numpy-backed variables only; the dask-backed ones
+    # arrive unit by unit (_write_unit).
+    chunk = plan["chunks"][0]
+    shard = chunk * _per_shard(plan)
+    template = ds.copy()
+    for var in template.variables.values():
+        encoding = {k: v for k, v in var.encoding.items() if k not in _LAYOUT_KEYS}
+        if "galaxy" in var.dims:
+            encoding["chunks"] = tuple(chunk if d == "galaxy" else n for d, n in var.sizes.items())
+            encoding["shards"] = tuple(shard if d == "galaxy" else n for d, n in var.sizes.items())
+        var.encoding = encoding
+    # Nothing is computed; safe_chunks is about dask writes, which never run here.
+    template.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False,
+                     safe_chunks=False)
     # The progress folder is itself an (empty) Zarr group, so that Zarr
     # recognises it when listing the store; the markers are plain files in it.
     import zarr
@@ -327,13 +438,72 @@ def _initialise(ds: xr.Dataset, path: Path, plan: dict) -> None:
     (path / PROGRESS_DIR / "plan.json").write_text(json.dumps(plan))
 
 
-def _run_regions(ds, path, todo, starts, client):
-    """Yield chunk indices as their region writes finish."""
-    def region(i: int):
-        sub = ds.isel(galaxy=slice(starts[i], starts[i + 1]))
-        return sub.to_zarr(path, region={"galaxy": slice(int(starts[i]), int(starts[i + 1]))},
-                           compute=False, zarr_format=3, consolidated=False)
+def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
+    """One write unit as one Dask array of flags: its shard of every dask-backed variable.
 
+    One collection per unit, so Dask optimises the variables together and
+    computes a chunk's shared upstream work (a mock chunk, a fit) once.
+    Returns None if the unit has no dask-backed variable (nothing to write).
+    """
+    import dask.array as da
+
+    start, stop = int(starts[first]), int(starts[min(first + k, len(starts) - 1)])
+    written = []
+    for name, var in ds.variables.items():
+        if "galaxy" not in var.dims or not hasattr(var.data, "dask"):
+            continue
+        axis = var.dims.index("galaxy")
+        index = tuple(slice(start, stop) if i == axis else slice(None) for i in range(var.ndim))
+        encoding = {k: v for k, v in var.encoding.items() if k not in _LAYOUT_KEYS}
+        layout = (var.dims, dict(var.attrs), encoding)
+        # One block per unit: the shard is written whole by one task.
+        block = var.data[index].rechunk(-1)
+        written.append(block.map_blocks(
+            _write_shard, path=str(path), variable=name, layout=layout, start=start, stop=stop,
+            shard=first // k, chunks=(1,) * var.ndim, dtype=bool,
+            meta=np.empty((0,) * var.ndim, dtype=bool)).ravel())
+    if not written:
+        return None
+    flags = da.concatenate(written).rechunk(-1)
+    # meta given: otherwise Dask calls _mark on an empty array to infer it.
+    return flags.map_blocks(_mark, path=str(path), marker=f"chunk-{first:06d}", dtype=bool,
+                            meta=np.empty((0,), dtype=bool))
+
+
+def _write_shard(values: np.ndarray, *, path: str, variable: str, layout: tuple, start: int,
+                 stop: int, shard: int) -> np.ndarray:
+    """Write one variable's galaxies ``start:stop`` (one shard) to ``path``.  Runs on a worker."""
+    import zarr
+
+    name = variable
+    dims, attrs, encoding = layout
+    array = zarr.open_array(store=path, path=name, mode="r+", zarr_format=3)
+    axis = dims.index("galaxy")
+    # A shard left by an interrupted write is replaced, never merged into, so
+    # a resumed store has the same bytes as one written in one go.
+    key = array.metadata.encode_chunk_key(tuple(shard if i == axis else 0 for i in range(len(dims))))
+    Path(path, name, key).unlink(missing_ok=True)
+    array[tuple(slice(start, stop) if i == axis else slice(None) for i in range(len(dims)))] = \
+        _encoded(name, dims, values, attrs, encoding)
+    return np.ones((1,) * len(dims), dtype=bool)
+
+
+def _mark(flags: np.ndarray, *, path: str, marker: str) -> np.ndarray:
+    """Record a unit as complete, after all its shards are written.  Runs on a worker."""
+    Path(path, PROGRESS_DIR, marker).touch()
+    return flags
+
+
+def _encoded(name, dims, values, attrs, encoding) -> np.ndarray:
+    """``values`` as xarray's ``to_zarr`` stores them (CF encoding: fill values, times...)."""
+    from xarray.backends.zarr import encode_zarr_variable
+
+    var = xr.Variable(dims, values, attrs, encoding)
+    return np.asarray(encode_zarr_variable(var, name=name, zarr_format=3).data)
+
+
+def _run_units(ds, path, todo, starts, k, client, report):
+    """Yield the first chunk of each unit as its write finishes."""
     if client is None:
         try:
             from distributed import get_client
@@ -342,23 +512,37 @@ def _run_regions(ds, path, todo, starts, client):
             client = None
     if client is None:
         import dask
-        for i in todo:
-            dask.compute(region(i))
-            yield i
+        for first in todo:
+            report.units_submitted += 1
+            task = _unit_task(ds, path, first, starts, k)
+            if task is None:
+                (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
+            else:
+                dask.compute(task)
+            yield first
         return
     from distributed import as_completed
 
     # Keep only a few chunks per worker thread in flight: submitting every
-    # chunk at once lets workers read far ahead and hold many chunks in memory.
-    window = max(2, 2 * sum(client.nthreads().values()))
+    # unit at once lets workers read far ahead and hold many chunks in memory.
+    window = max(2, -(-2 * sum(client.nthreads().values()) // k))
     pending = iter(todo)
-    futures = {client.compute(region(i)): i for i in itertools.islice(pending, window)}
+
+    def submit(first):
+        report.units_submitted += 1
+        task = _unit_task(ds, path, first, starts, k)
+        if task is None:
+            (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
+            return client.submit(int, first, pure=False)
+        return client.compute(task)
+
+    futures = {submit(first): first for first in itertools.islice(pending, window)}
     queue = as_completed(list(futures))
     for fut in queue:
         fut.result()  # re-raise a task's error here, in the driver
-        for i in itertools.islice(pending, 1):
-            nxt = client.compute(region(i))
-            futures[nxt] = i
+        for first in itertools.islice(pending, 1):
+            nxt = submit(first)
+            futures[nxt] = first
             queue.add(nxt)
         yield futures.pop(fut)
 
