@@ -48,10 +48,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inference import timed  # noqa: E402  (one timing rule for both inference benchmarks)
+
 RESULTS = Path(__file__).parent / "results"
 MODES = ("float32", "tf32", "bfloat16")
 SIGMA = 0.04
 """Added noise per pixel of a unit-L2 spectrum (the paper's set-up)."""
+IVAR = 1.0 / SIGMA**2
+"""The noisy spectra's inverse variance, read by a noise-conditioned network."""
 
 TOLERANCE = {"tf32": 0.01, "bfloat16": 0.05}
 """Largest |de-noised(mode) - de-noised(float32)| over all pixels and spectra, in units of the
@@ -70,18 +75,6 @@ SIZES = {
 
 
 # ------------------------------------------------------------------ measuring
-
-
-def timed(fn, min_seconds: float) -> float:
-    """Best seconds per call over repeats filling ``min_seconds`` (after one warm-up call)."""
-    fn()
-    best, spent = math.inf, 0.0
-    while spent < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
-    return best
 
 
 def matmul_rate(tf, device: str, dtype: str, n: int, min_seconds: float, repeats: int = 4) -> float:
@@ -144,13 +137,14 @@ def train_rate(net, pairs, rows, batch: int, timed_epochs: int, keras) -> dict:
 
 def infer_rates(den, x_all: np.ndarray, batches, device: str, seconds: float, tf) -> list[dict]:
     """Spectra/s of the library path (NumPy in/out) and of the traced graph on a device tensor."""
-    graph = den._traced(x_all.shape[1])
+    ivar_all = np.full(x_all.shape, IVAR, np.float32)
+    graph = den._traced(den._input(x_all[:1], ivar_all[:1]).shape[1])
     rows = []
     for batch in batches:
-        x = x_all[:batch]
+        x, ivar = x_all[:batch], ivar_all[:batch]
         with tf.device(device):
-            tx = tf.constant(x)
-        ways = {"library": lambda x=x: den.denoise(x),
+            tx = tf.constant(den._input(x, ivar))  # the network's own input rows
+        ways = {"library": lambda x=x, ivar=ivar: den.denoise(x, ivar=ivar),
                 "graph_on_device": lambda tx=tx: float(tf.reduce_sum(
                     tf.cast(graph(tx)[0], tf.float32)).numpy())}
         for way, fn in ways.items():
@@ -204,7 +198,9 @@ def run(device: str, sizes: dict, log=print) -> dict:
             if device == "gpu" else platform.processor() or platform.machine())
     noisy, clean = mock_pairs(sizes["n_train"] + sizes["n_check"])
     n = sizes["n_train"]
-    pairs = SpectraPairs(noisy[:n], clean[:n])
+    pairs = SpectraPairs(noisy[:n], clean[:n], input_ivar=IVAR)
+    # As the library's fit reads them: (flux, ivar) rows for a noise-conditioned preset.
+    pairs.with_ivar = VAEDenoiser(6).settings()["conditioning"] == "ivar"
     rows = np.arange(n)
     check_x, check_y = noisy[n:], clean[n:]
     transform = standardisation(pairs, rows)
@@ -244,7 +240,8 @@ def run(device: str, sizes: dict, log=print) -> dict:
         fps = dense_flops(den.model_)
         entry["inference"] = infer_rates(den, check_x, sizes["infer_batches"], tf_device,
                                          sizes["seconds"], tf)
-        outputs[mode] = den.denoise(check_x).astype(np.float64)
+        outputs[mode] = den.denoise(check_x, ivar=np.full(check_x.shape, IVAR, np.float32)
+                                    ).astype(np.float64)
         for row in entry["train"]:
             row["flops_per_s"] = row["spectra_per_s"] * 3 * fps
         for row in entry["inference"]:
