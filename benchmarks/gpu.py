@@ -273,6 +273,7 @@ def run(device: str, sizes: dict, log=print) -> dict:
             "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
             "model": {"latent": 6, "units": den.architecture()[1], "dropout": den.architecture()[0],
                       "likelihood": den.settings()["likelihood"],
+                      "conditioning": den.settings()["conditioning"],
                       "flops_per_spectrum_inference": fps, "flops_per_spectrum_training": 3 * fps,
                       "xla_training": str(nets["float32"].jit_compile)},
             "data": {"source": "survey_denoise.mock rest frame, L2-normalised, + N(0, 0.04)",

@@ -40,8 +40,11 @@ def test_cpu_smoke_run_writes_every_field(tmp_path):
     assert set(result["matmul_flops_per_s"]) == set(MODES)
     assert all(v > 0 for v in result["matmul_flops_per_s"].values())
     fps = result["model"]["flops_per_spectrum_inference"]
-    # 825-800-800-700-600-(6, 6) encoder, mirrored decoder with two 825-wide heads.
-    assert fps == 2 * (825 * 800 + 800 * 800 + 800 * 700 + 700 * 600 + 2 * 600 * 6
+    # 825-800-800-700-600-(6, 6) encoder (flux and ivar in: 1650 wide when conditioned),
+    # mirrored decoder with two 825-wide heads.
+    width = 2 * 825 if result["model"]["conditioning"] == "ivar" else 825
+    assert result["model"]["conditioning"] == "ivar"  # the default preset's
+    assert fps == 2 * (width * 800 + 800 * 800 + 800 * 700 + 700 * 600 + 2 * 600 * 6
                        + 6 * 600 + 600 * 700 + 700 * 800 + 800 * 800 + 2 * 800 * 825)
     for mode in MODES:
         entry = result["modes"][mode]
