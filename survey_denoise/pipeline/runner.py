@@ -255,9 +255,10 @@ class Runner:
         held = pd.read_parquet(self.path(HELDOUT))["galaxy"].to_numpy() if self.path(HELDOUT).exists() else None
         frames = {products.CASES[t]: stages.catalogue_frame(c) for t, c in catalogues.items()}
         made = []
+        planned = set(step.outputs)  # the plan decided which products this run makes
         if "preprocessed" in stores:
             test = products.test_positions(stores["preprocessed"], held, rep.test_galaxies)
-        if rep.examples and "preprocessed" in stores:
+        if "examples.npz" in planned:
             from ..science.metrics import TABLE6_LINES
 
             arrays = products.examples(stores, frames, test, rep.examples, list(TABLE6_LINES))
@@ -266,13 +267,13 @@ class Runner:
                     np.savez(fh, **arrays)
             self.log.output("table", "examples.npz", "products", name="examples")
             made.append("examples")
-        if st.denoise is not None and (rep.latent or rep.reconstruction):
+        if planned & {"latent.parquet", "reconstruction_mse.csv"}:
             model = self._model_dir()
             noisy = stores[st.denoise.input]
-            if rep.latent:
+            if "latent.parquet" in planned:
                 self._table(products.latent(model, noisy, test, truth), "latent.parquet", "products")
                 made.append("latent")
-            if rep.reconstruction:
+            if "reconstruction_mse.csv" in planned:
                 clean = stores[st.train.clean if st.train is not None else "preprocessed"]
                 train = None
                 if st.train is not None and st.denoise.model == "train":
@@ -281,7 +282,7 @@ class Runner:
                                                 seed=st.train.seed if st.train is not None else 0)
                 self._table(table, "reconstruction_mse.csv", "products")
                 made.append("reconstruction_mse")
-        if rep.scores:
+        if "table6.csv" in planned:
             scores = products.scores(frames, truth, held)
             if scores is not None:
                 from .. import plots
