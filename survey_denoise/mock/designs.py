@@ -17,6 +17,18 @@ so the selected ids, and hence the whole survey, depend only on the seed.
     The star-forming MZR sample: emission-line class, Halpha 10^1.4-10^3.2
     (true flux; S/N > 10 there, so noise barely moves a galaxy), equal
     numbers in 9 log bins of 0.2 dex.
+``bgs``
+    DESI's Bright Galaxy Survey, bright sample (priors ``bgs``): galaxies
+    with total r-band magnitude below 19.5
+    (:func:`~survey_denoise.mock.photometry.r_magnitude`), in the numbers per
+    z bin (:data:`BGS_Z_BINS`) of the survey's n(z)
+    (:data:`survey_denoise.redshifts.NZ` ``["desi-bgs"]``, the declaration the
+    de-noisers' training coverage masks draw from), from candidates drawn
+    uniform in volume over 0.01-0.5.  The mock population's masses follow
+    the same SDSS-like distribution at every z (not a luminosity function),
+    so r < 19.5 alone would give a median z of ~0.14; the quotas give BGS's
+    n(z), and the magnitude limit which galaxies fill them (the luminous ones
+    at high z, as in the survey).
 
 Measuring the selection flux with the science fitter (``fitting.fast``)
 would make the mock depend on the code it is used to test (and ``fitting``
@@ -37,9 +49,9 @@ from ..grid import GRID, Grid
 from ..rng import standard_normal
 from . import nebular, population
 from .instrument import INSTRUMENTS
-from .priors import CLASSES
+from .priors import CLASSES, default_priors
 
-DESIGNS = ("uniform-halpha", "mzr", "natural")
+DESIGNS = ("uniform-halpha", "mzr", "natural", "bgs")
 BLOCK = 20_000
 MAX_CANDIDATES_PER_GALAXY = 500
 SELECTION_SURVEY = "sdss"
@@ -64,7 +76,7 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
 
     Parameters
     ----------
-    design : {"uniform-halpha", "mzr", "natural"}
+    design : {"uniform-halpha", "mzr", "natural", "bgs"}
     n : int
         Galaxies wanted; a binned design puts ``n // n_bins`` in each bin
         (the first ``n % n_bins`` bins get one more).
@@ -83,6 +95,8 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
         raise ValueError(f"n must be at least 1, got {n}")
     if design == "natural":
         return np.arange(n, dtype=np.int64)
+    if design == "bgs":
+        return _select_bgs(n, seed, z_range)
     edges, classes = _bins(design)
     nbin = edges.size - 1
     want = np.full(nbin, n // nbin)
@@ -116,6 +130,86 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
                 hit = ids[ok & (which == b)][:room]
                 chosen[b] = np.concatenate([chosen[b], hit])
         start += BLOCK
+    return np.sort(np.concatenate(chosen))
+
+
+BGS_Z_MAX = 0.5
+"""Highest redshift of the ``bgs`` design: the end of its n(z); the SSP templates
+(from 2000 A rest) would reach DESI's blue end up to z ~ 0.75."""
+
+
+def config_for(design: str, survey: str, z_range: tuple[float, float] | None) -> dict:
+    """What a design sets in :class:`~survey_denoise.mock.generate.MockConfig` besides the seed.
+
+    The ``bgs`` design simulates DESI's Bright Galaxy Survey: its n(z)'s range,
+    BGS's effective exposure time (priors ``bgs.effective_exptime``) and fibre
+    fractions carried to DESI's fibres at each redshift.  The others take
+    ``z_range`` (if given) and nothing else.
+
+    Raises
+    ------
+    ValueError
+        ``bgs`` with a survey other than DESI, or a redshift range beyond
+        :data:`BGS_Z_MAX`.
+    """
+    if design != "bgs":
+        return {} if z_range is None else {"z_range": tuple(z_range)}
+    if survey != "desi":
+        raise ValueError(f"the bgs design simulates DESI's Bright Galaxy Survey; use survey desi, not {survey!r}")
+    z_range = tuple(z_range) if z_range is not None else bgs_z_range()
+    if not 0 < z_range[0] < z_range[1] <= BGS_Z_MAX:
+        raise ValueError(f"the bgs design needs 0 < z-min < z-max <= {BGS_Z_MAX} (the end of its "
+                         f"n(z)), got {z_range}")
+    return {"z_range": z_range, "exptime": float(default_priors().bgs["effective_exptime"]),
+            "aperture": True}
+
+
+BGS_Z_BINS = 20
+"""Equal-width redshift bins over the n(z)'s range whose quotas the ``bgs`` design fills."""
+
+
+def bgs_z_range() -> tuple[float, float]:
+    """Redshift range of the ``bgs`` design: that of its n(z)."""
+    from ..redshifts import NZ
+
+    return tuple(NZ[str(default_priors().bgs["nz"])].z_range)
+
+
+def _bgs_quotas(n: int, edges: np.ndarray) -> np.ndarray:
+    from ..redshifts import NZ, SmailNz
+
+    nz = NZ[str(default_priors().bgs["nz"])]
+    cdf = SmailNz((float(edges[0]), float(edges[-1])), nz.z0).pdf
+    fine = np.linspace(edges[0], edges[-1], 40 * (edges.size - 1) + 1)
+    mass = np.add.reduceat(cdf(fine[:-1]) + cdf(fine[1:]), np.arange(0, fine.size - 1, 40))
+    share = n * mass / mass.sum()
+    want = np.floor(share).astype(int)
+    want[np.argsort(want - share)[: n - want.sum()]] += 1    # largest remainders
+    return want
+
+
+def _select_bgs(n: int, seed: int, z_range) -> np.ndarray:
+    from .photometry import r_magnitude
+
+    r_max = float(default_priors().bgs["r_max"])
+    edges = np.linspace(*(z_range or bgs_z_range()), BGS_Z_BINS + 1)
+    want = _bgs_quotas(n, edges)
+    chosen: list[np.ndarray] = [np.empty(0, np.int64)] * want.size
+    start, block = 0, min(BLOCK, max(1000, 20 * n))
+    while any(c.size < w for c, w in zip(chosen, want, strict=True)):
+        if start > MAX_CANDIDATES_PER_GALAXY * n:
+            counts = [c.size for c in chosen]
+            raise ValueError(f"design 'bgs': z bins not filled with r < {r_max} after {start} "
+                             f"candidates (have {counts}, want {want.tolist()}); lower n")
+        ids = np.arange(start, start + block, dtype=np.int64)
+        props = population.draw(seed, ids, z_range=(float(edges[0]), float(edges[-1])))
+        bright = r_magnitude(props, nebular.line_fluxes(props)) < r_max
+        which = np.clip(np.searchsorted(edges, props["z"], side="right") - 1, 0, want.size - 1)
+        for b in range(want.size):
+            room = want[b] - chosen[b].size
+            if room > 0:
+                chosen[b] = np.concatenate([chosen[b], ids[bright & (which == b)][:room]])
+        start += block
     return np.sort(np.concatenate(chosen))
 
 

@@ -79,6 +79,14 @@ class MockConfig:
         Add the instrument's noise (otherwise ivar is the noise model's but flux is noise-free).
     emission : bool
         Add emission lines (False gives the pure continuum, used by tests).
+    exptime : float, optional
+        Effective exposure time, s, of an instrument with an exposure-time
+        scaling (DESI: :meth:`~survey_denoise.mock.instrument.DesiInstrument.at_depth`;
+        BGS is 180 s).  Default: the instrument's own depth.
+    aperture : bool
+        Carry each galaxy's fibre fraction to the instrument's fibre and seeing
+        at its redshift (:func:`~survey_denoise.mock.population.fibre_fraction_at`),
+        for redshifts well beyond the priors' SDSS-like ones.
     """
 
     seed: int = 0
@@ -88,13 +96,16 @@ class MockConfig:
     z_range: tuple[float, float] = (0.024, 0.05)
     noise: bool = True
     emission: bool = True
+    exptime: float | None = None
+    aperture: bool = False
 
     @property
     def instrument(self) -> Instrument:
         try:
-            return INSTRUMENTS[self.survey]
+            inst = INSTRUMENTS[self.survey]
         except KeyError:
             raise ValueError(f"unknown survey {self.survey!r}; known: {sorted(INSTRUMENTS)}") from None
+        return inst if self.exptime is None else inst.at_depth(self.exptime)
 
     @property
     def rest_grid(self) -> Grid:
@@ -164,8 +175,11 @@ def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray
     """
     ids = np.asarray(ids)
     props = population.draw(cfg.seed, ids, z_range=cfg.z_range)
-    fluxes = nebular.line_fluxes(props)
     inst = cfg.instrument
+    if cfg.aperture:
+        props["fibre_frac"] = population.fibre_fraction_at(
+            props["fibre_frac"], props["z"], inst.fibre_diameter_arcsec, inst.seeing_arcsec)
+    fluxes = nebular.line_fluxes(props)
     z = props["z"]
     u_exp = props["u"][:, population.U["exposure"]]
     if cfg.rest:

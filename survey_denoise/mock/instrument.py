@@ -34,12 +34,14 @@ DESI (:class:`DesiInstrument`)
     matters for the bright low-z galaxies of the mock: a continuum of
     ~10e-17 erg/s/cm2/A doubles the variance at 6800 A.  DESI adjusts
     exposure times to reach a fixed effective depth, so the exposure factor
-    is 1 for every spectrum.
+    is 1 for every spectrum.  At the curve's depth (deep coadds, ~100 times
+    BGS's); :meth:`DesiInstrument.at_depth` gives BGS's 180 s.  Fibres 1.5
+    arcsec across.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -71,6 +73,9 @@ class Instrument:
         Throughput-and-gain curve g(lambda) (flux units per variance unit).
     exposure_range : tuple
         Log-uniform range of the per-spectrum exposure factor.
+    fibre_diameter_arcsec, seeing_arcsec : float
+        Fibre diameter and typical seeing FWHM (SDSS: 3 and 1.4 arcsec), for
+        :func:`~survey_denoise.mock.population.fibre_fraction_at`.
     """
 
     name: str
@@ -82,6 +87,8 @@ class Instrument:
     gain_knots: tuple[float, ...] = (3800.0, 3900.0, 4500.0, 5400.0, 6100.0, 7200.0, 8400.0, 9200.0)
     gain_values: tuple[float, ...] = (8.0, 11.0, 16.0, 19.0, 24.0, 27.0, 26.0, 18.0)
     exposure_range: tuple[float, float] = (0.6, 1.6)
+    fibre_diameter_arcsec: float = 3.0
+    seeing_arcsec: float = 1.4
     extra: dict = field(default_factory=dict)
 
     @property
@@ -144,6 +151,17 @@ class Instrument:
         lo, hi = np.log(self.exposure_range)
         return np.exp(lo + (hi - lo) * u)
 
+    def at_depth(self, exptime: float) -> Instrument:
+        """This instrument at an effective exposure time of ``exptime`` seconds.
+
+        Raises
+        ------
+        ValueError
+            The instrument's noise has no exposure-time scaling (only DESI's has).
+        """
+        raise ValueError(f"the {self.name} instrument has no exposure-time scaling; "
+                         "only desi takes an exposure time")
+
     def observe(self, flux: np.ndarray, ids: np.ndarray, seed: int, exposure_u: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Noisy flux and ivar (float32) for noise-free ``flux``; noise keyed by galaxy id."""
@@ -189,17 +207,30 @@ class DesiInstrument(Instrument):
         [OIII] at 6656-6855 A: 0.0017-0.0022; Halpha at 8985 A: 0.0010.
         Blueward of 5100 A nothing constrains it and the 5100 A value is kept
         (an underestimate: DESI's throughput falls in the blue).
+    shot_exptime : float
+        COADD_EXPTIME (s) of the target ``shot_values`` were measured on.
+
+    The depth is the noise curve's (``noise.exptime`` None: the deep coadds
+    it was built from) or ``noise.exptime`` seconds (:meth:`at_depth`): the
+    background variance then scales by ``noise.depth_factor**2`` (DesiNoise's
+    own sky-limited scaling) and the shot term by ``shot_exptime / exptime``
+    (shot variance per unit flux goes as 1 / exposure time).
     """
 
     noise: DesiNoise = DesiNoise()
     shot_knots: tuple[float, ...] = (5100.0, 6800.0, 9000.0)
     shot_values: tuple[float, ...] = (0.0027, 0.0019, 0.0010)
+    shot_exptime: float = 10973.0
+
+    def at_depth(self, exptime: float) -> DesiInstrument:
+        """This instrument at ``exptime`` seconds of effective time (BGS nominal: 180 s)."""
+        return replace(self, noise=DesiNoise(curve=self.noise.curve, exptime=float(exptime)))
 
     @cached_property
     def _curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Curve centres, edges and background variance density (variance x width)."""
         wave = np.asarray(self.noise.table["wavelength"], dtype=np.float64)
-        sigma = np.asarray(self.noise.table["sigma_median"], dtype=np.float64) * self.noise.scale
+        sigma = np.asarray(self.noise.table["sigma_median"], dtype=np.float64) * self.noise.depth_factor
         edges = edges_from_centres(wave)
         return wave, edges, sigma**2 * np.diff(edges)
 
@@ -220,7 +251,10 @@ class DesiInstrument(Instrument):
         return self._background_density(edges)[0]
 
     def _shot_density(self, flux: np.ndarray, wave: np.ndarray) -> np.ndarray:
-        return np.interp(wave, self.shot_knots, self.shot_values) * DESI_PIXEL * np.maximum(flux, 0.0)
+        slope = np.interp(wave, self.shot_knots, self.shot_values)
+        if self.noise.exptime is not None:
+            slope = slope * (self.shot_exptime / self.noise.exptime)
+        return slope * DESI_PIXEL * np.maximum(flux, 0.0)
 
     def sigma(self, flux: np.ndarray, exposure: np.ndarray,
               wavelength: np.ndarray | None = None) -> np.ndarray:
@@ -244,7 +278,8 @@ class DesiInstrument(Instrument):
 
 
 DESI = DesiInstrument(name="desi", log10_start=float(np.log10(3600.0)), npix=7786, dlog10=5.6e-5,
-                      resolution=3000.0, exposure_range=(1.0, 1.0))
+                      resolution=3000.0, exposure_range=(1.0, 1.0), fibre_diameter_arcsec=1.5,
+                      seeing_arcsec=1.1)
 """DESI-like: 3600-9823 A in 7786 log pixels of 38.7 km/s, R = 3000, noise from the DESI curve."""
 
 INSTRUMENTS = {"sdss": SDSS, "desi": DESI}

@@ -39,6 +39,7 @@ class Priors(_Strict):
     version: int
     cosmology: dict[str, float]
     redshift: dict[str, float]
+    bgs: dict[str, str | float | Pair]
     classes: dict[str, ClassPrior]
     mass: dict[str, float]
     main_sequence: dict[str, float]

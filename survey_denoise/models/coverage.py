@@ -11,10 +11,12 @@ spectra; the clean target keeps its own pixels, and the loss counts only
 those (its weights).
 
 The redshift distribution is ``p(z) ∝ z^2 exp(-(z / z0)^1.5)`` on
-``z_range`` (the form of Smail et al. 1994).  The default, ``"desi-bgs"``,
-has z0 = 0.14: median z ≈ 0.20 on 0.01-0.5, about that of DESI's Bright
-Galaxy Survey (median ≈ 0.2, z < 0.6; Hahn et al. 2023, AJ 165, 253); 32 %
-of its galaxies lie above z = 0.24 and miss the grid's red end, 4 % above z = 0.4.
+``z_range`` (:class:`survey_denoise.redshifts.SmailNz`).  The default,
+``"desi-bgs"``, is :data:`survey_denoise.redshifts.NZ` ``["desi-bgs"]``, the
+one declaration of DESI's Bright Galaxy Survey n(z) that the mock's ``bgs``
+design draws from too: median z ≈ 0.20 on 0.01-0.5 (Hahn et al. 2023, AJ
+165, 253); 32 % of its galaxies lie above z = 0.24 and miss the grid's red
+end, 4 % above z = 0.4.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..redshifts import NZ, SmailNz
 
 
 @dataclass(frozen=True)
@@ -84,14 +88,10 @@ class CoverageMasks:
 
     def redshifts(self, n: int, key: str, start: int) -> np.ndarray:
         """``n`` redshifts for rows ``start ... start + n - 1``, reproducible from ``(seed, key, start)``."""
-        zlo, zhi = self.z_range
-        if zhi == zlo:
-            return np.full(n, zlo)
-        z = np.linspace(zlo, zhi, 2049)
-        pdf = z ** 2 * np.exp(-(z / self.z0) ** 1.5)
-        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(z))])
+        if self.z_range[1] == self.z_range[0]:
+            return np.full(n, self.z_range[0])
         rng = np.random.default_rng([int(self.seed), zlib.crc32(key.encode()), int(start)])
-        return np.interp(rng.random(n) * cdf[-1], cdf, z)
+        return SmailNz(self.z_range, self.z0).quantile(rng.random(n))
 
     def covered(self, wavelength: np.ndarray, z: np.ndarray) -> np.ndarray:
         """(n, npix) bool: rest-frame pixels ``wavelength`` (Angstrom) observed at redshifts ``z``."""
@@ -100,6 +100,6 @@ class CoverageMasks:
 
 
 SURVEYS: dict[str, dict] = {
-    "desi-bgs": {"wave_obs": (3600.0, 9824.0), "z_range": (0.01, 0.5), "z0": 0.14},
+    "desi-bgs": {"wave_obs": (3600.0, 9824.0), "z_range": NZ["desi-bgs"].z_range, "z0": NZ["desi-bgs"].z0},
 }
 """Named target surveys for training coverage masks (module notes)."""

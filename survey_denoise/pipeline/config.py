@@ -48,7 +48,7 @@ class MockInput(_Strict):
     """A mock survey with known truth (``survey_denoise.mock``)."""
 
     n: int = Field(gt=0, description="galaxies")
-    design: Literal["uniform-halpha", "mzr", "natural"] = "natural"
+    design: Literal["uniform-halpha", "mzr", "natural", "bgs"] = "natural"
     survey: Literal["sdss", "desi"] = "sdss"
     seed: int = 0
     z: tuple[float, float] | None = Field(None, description="redshift range (default: the survey's)")
@@ -56,6 +56,13 @@ class MockInput(_Strict):
         "observed", description="rest: un-normalised rest-frame spectra on the grid, which "
                                 "stand in for the preprocessed store (or, with "
                                 "stages.preprocess, are only normalised by it)")
+
+    @model_validator(mode="after")
+    def _design(self) -> MockInput:
+        from ..mock.designs import config_for
+
+        config_for(self.design, self.survey, self.z)  # bgs needs desi and z <= 0.5: refused before any work
+        return self
 
 
 class DesiSelect(_Strict):

@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
     """A lazy mock survey; its truth rides along as ``true_*`` variables on ``galaxy``."""
     from ..mock import MockConfig, generate, select
+    from ..mock.designs import config_for
 
-    ids = select(cfg.design, cfg.n, cfg.seed, z_range=cfg.z)
-    kwargs = {"seed": cfg.seed, "survey": cfg.survey, "rest": cfg.frame == "rest"}
-    if cfg.z is not None:
-        kwargs["z_range"] = tuple(cfg.z)
+    kwargs = config_for(cfg.design, cfg.survey, cfg.z)
+    ids = select(cfg.design, cfg.n, cfg.seed, z_range=kwargs.get("z_range"))
+    kwargs.update(seed=cfg.seed, survey=cfg.survey, rest=cfg.frame == "rest")
     return generate(ids, MockConfig(**kwargs), chunk_size=chunk, design=cfg.design)
 
 
