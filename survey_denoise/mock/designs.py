@@ -197,7 +197,8 @@ def _select_bgs(n: int, seed: int, z_range) -> np.ndarray:
     chosen: list[np.ndarray] = [np.empty(0, np.int64)] * want.size
     start, block = 0, min(BLOCK, max(1000, 20 * n))
     while any(c.size < w for c, w in zip(chosen, want, strict=True)):
-        if start > MAX_CANDIDATES_PER_GALAXY * n:
+        # r < 19.5 keeps ~1 % of candidates near z = 0.5: a small n still needs many there.
+        if start > MAX_CANDIDATES_PER_GALAXY * max(n, 100):
             counts = [c.size for c in chosen]
             raise ValueError(f"design 'bgs': z bins not filled with r < {r_max} after {start} "
                              f"candidates (have {counts}, want {want.tolist()}); lower n")
