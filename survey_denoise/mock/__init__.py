@@ -4,7 +4,8 @@ Modules, one idea each (the stellar populations are
 :mod:`survey_denoise.ssp`, shared with the fitters): :mod:`.priors` (the versioned priors YAML), :mod:`.population` (galaxy
 properties), :mod:`.dust`, :mod:`.nebular` (emission lines), :mod:`.synth`
 (batched numerical kernels), :mod:`.instrument` (survey sampling and noise),
-:mod:`.designs` (sampling designs), :mod:`.generate` (lazy datasets),
+:mod:`.designs` (sampling designs), :mod:`.photometry` (magnitudes for
+magnitude-limited designs), :mod:`.generate` (lazy datasets),
 :mod:`.truth` (truth tables), :mod:`.figures` (BPT and MZR figures).
 """
 
