@@ -14,7 +14,9 @@ galaxies -> de-noise -> fast fits -> MZR) on ``--n`` galaxies and measures:
     galaxies for the original and the de-noised spectra, non-positive fits
     as upper limits, uncovered lines missing), on the held-out galaxies of
     each redshift range, for the original (BGS-noise) and the de-noised
-    spectra; a line is judged when both ranges score at least ``--min-n``;
+    spectra; a line is judged when both ranges score at least ``--min-n``.
+    Beside it, per range, the median true S/N of each line and the scatter
+    over the lines with true S/N > 10, to tell S/N from coverage as a cause;
 (c) **no uncovered line has a value**: (galaxy, line) pairs of every
     catalogue with a finite flux or error although the line's centre lies
     outside the grid or DESI's range at that redshift, or its status says
@@ -143,6 +145,7 @@ def target_b(z: pd.Series, original: pd.DataFrame, denoised: pd.DataFrame, truth
             rows.setdefault(r.line, {}).setdefault(r.method, {})[label] = {
                 "n": int(r.n), "n_upper": int(r.n_upper), "sigma_truth": float(r.sigma_truth),
                 "offset_truth": float(r.offset_truth)}
+    _snr_diagnostic(rows, z, original, denoised, truth, galaxies)
     judged, met = {}, True
     for line, methods in rows.items():
         for method, v in methods.items():
@@ -156,6 +159,33 @@ def target_b(z: pd.Series, original: pd.DataFrame, denoised: pd.DataFrame, truth
                 met &= v["met"]
     return {"lines": rows, "met": bool(met) if judged else None, "n_judged": len(judged),
             "z_low": Z_LOW, "z_high": Z_HIGH, "max_excess_dex": MAX_EXCESS_DEX, "min_n": min_n}
+
+
+def _snr_diagnostic(rows: dict, z: pd.Series, original: pd.DataFrame, denoised: pd.DataFrame,
+                    truth: pd.DataFrame, galaxies: np.ndarray) -> None:
+    """Add, per line and z range, the median true S/N (true flux / the original fit's error)
+    and each method's scatter about the truth over the lines with true S/N > 10: whether a
+    difference between the ranges comes with the S/N or with the coverage."""
+    from survey_denoise.science.metrics import censor
+
+    t = truth.assign(galaxy=truth["galaxy"].astype(str)).set_index("galaxy")
+    cats = {m: c.assign(galaxy=c["galaxy"].astype(str)).set_index("galaxy")
+            for m, c in (("original", original), ("vae", denoised))}
+    for label, (lo, hi) in (("low", Z_LOW), ("high", Z_HIGH)):
+        ids = [g for g in galaxies if lo < z[g] < hi]
+        for line, methods in rows.items():
+            true = t[f"true_{line}_flux"].reindex(ids).to_numpy(float)
+            err = cats["original"][f"{line}_flux_err"].reindex(ids).to_numpy(float)
+            snr = true / err
+            ok = np.isfinite(snr) & (true > 0)
+            for m, cat in cats.items():
+                v, _ = censor(cat[f"{line}_flux"].reindex(ids).to_numpy(float),
+                              cat[f"{line}_flux_err"].reindex(ids).to_numpy(float))
+                bright = ok & (snr > 10) & np.isfinite(v)
+                d = np.log10(v[bright]) - np.log10(true[bright])
+                methods[m][label].update(median_true_snr=float(np.median(snr[ok])) if ok.any() else None,
+                                         n_snr_gt_10=int(bright.sum()),
+                                         sigma_truth_snr_gt_10=float(np.std(d)) if bright.sum() >= 2 else None)
 
 
 def measure(run: Path, min_n: int) -> dict:
