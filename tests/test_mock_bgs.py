@@ -135,3 +135,18 @@ def test_cli_keeps_the_sdss_refusal_and_refuses_bgs_off_desi(tmp_path):
     assert_user_error(res, "need 0 < z-min < z-max <= 0.25, got (0.024, 0.4)")
     res = run("mock", "--n", 2, "--design", "bgs", "--out", tmp_path / "b.zarr")
     assert_user_error(res, "the bgs design simulates DESI's Bright Galaxy Survey; use survey desi")
+
+
+def test_pipeline_config_bgs_checks_and_refuses_bgs_off_desi(tmp_path):
+    import yaml
+
+    from survey_denoise.pipeline.config import ConfigError, load_config
+
+    config = load_config(ROOT / "pipelines" / "bgs.yaml", out=tmp_path / "run")
+    assert config.input.mock.design == "bgs" and config.input.mock.survey == "desi"
+    raw = yaml.safe_load((ROOT / "pipelines" / "bgs.yaml").read_text())
+    raw["input"]["mock"]["survey"] = "sdss"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="use survey desi"):
+        load_config(path)
