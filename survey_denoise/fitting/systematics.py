@@ -36,7 +36,7 @@ fitter's continuum basis under-fits the Balmer absorption of star-forming
 galaxies, so their Halpha is low by ~0.9 Angstrom x continuum (Hbeta ~0.3).
 Errors that must cover a bias cannot reach 68 % within 1 sigma and 95 %
 within 2 sigma at once; a sample of star-forming galaxies only falls short
-at 1 sigma (docs/models.md gives the measured coverage).
+at 1 sigma (docs/line_errors.md gives the measured coverage).
 """
 
 from __future__ import annotations
