@@ -2,8 +2,8 @@
 
 A uniform-Halpha mock (SDSS-like, observed frame, with noise: the
 "original" spectra) is pre-processed onto the grid (``l2``) and degraded
-with the paper's uniform noise (sigma = 0.04).  The first 80 % of the
-galaxies train small de-noisers (a few epochs); the last 20 % are
+with the paper's uniform noise (sigma = 0.04).  A random 80 % of the
+galaxies (seeded) train small de-noisers (a few epochs); the other 20 % are
 de-noised by :func:`survey_denoise.inference.denoise` and fitted with the
 fast fitter.  For each Table 6 line, in bins of true flux, the fraction of
 ``|fitted - true|`` within 1 and 2 sigma of the fitted error
@@ -20,6 +20,16 @@ and 90-98 %) is measured twice on the same de-noised fluxes:
 * ``after``: that ``ivar`` with the fitter's default for de-noised stores,
   the held-out pixel-error correlation by lag that the model recorded.
 
+The original spectra of the test galaxies are fitted too (``original``):
+coverage of the true fluxes by the fitter's formal errors
+(``<key>_flux_err_stat``, ``before``) and by the total errors with the
+systematic terms of :mod:`survey_denoise.fitting.systematics` (``after``),
+on the same fits (so the fluxes are the same), for the lines of
+:data:`LINES`.  ``--originals-only`` does only that, on any design, seed and
+survey, without training; ``--fit-systematics`` calibrates the systematic
+constants on the mock's galaxies (maximum likelihood against the true
+fluxes) and writes them, with this command, to ``data/line_systematics.yaml``.
+
 Pixel-level coverage of the clean (original) spectra by the de-noised ones,
 with the clean spectra's own variance added, is printed too.  With
 ``--dropout-sweep`` the default-preset VAE is also trained with dropout 0,
@@ -28,6 +38,8 @@ with the clean spectra's own variance added, is printed too.  With
 the default preset's own run then has the default rate.
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep]
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py --originals-only [--design mzr] [--survey desi] [--seed 12]
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py --fit-systematics [--n 3000] [--seed 11]
 
 Writes ``benchmarks/results/calibration.json`` (or ``--out``; the dropout sweep of
 ``--dropout-sweep`` is kept in ``results/calibration_dropout_sweep.json``).  One
@@ -50,7 +62,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from survey_denoise import noise  # noqa: E402
-from survey_denoise.fitting import fit_lines  # noqa: E402
+from survey_denoise.fitting import fit_lines, systematics  # noqa: E402
 from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
@@ -59,10 +71,12 @@ from survey_denoise.preprocess import preprocess  # noqa: E402
 from survey_denoise.science.calibration import COVERAGE_LINES, line_coverage, pixel_coverage  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+LINES = ("halpha", "hbeta", "hdelta", "oiii_5007", "nii_6583", "sii_6716", "oiii_4363")
+"""Lines whose coverage by the original spectra's errors is measured."""
 
 
-def truth_frame(ds) -> pd.DataFrame:
-    cols = {f"{k}_flux": ds[f"true_{k}_flux"].values for k in COVERAGE_LINES}
+def truth_frame(ds, keys=COVERAGE_LINES) -> pd.DataFrame:
+    cols = {f"{k}_flux": ds[f"true_{k}_flux"].values for k in keys}
     return pd.DataFrame({"galaxy": ds["galaxy"].values.astype(str), **cols})
 
 
@@ -84,6 +98,103 @@ def halpha_scatter(cat: pd.DataFrame, truth: pd.DataFrame) -> float:
 
 def tables(cov: dict) -> dict:
     return {k: t.replace({np.nan: None}).to_dict(orient="records") for k, t in cov.items()}
+
+
+def mock_spectra(design: str, survey: str, seed: int, n: int):
+    """The mock (observed frame, with the survey's noise) and its pre-processed spectra on the grid."""
+    raw = generate(select(design, n, seed), MockConfig(seed=seed, survey=survey), chunk_size=500,
+                   design=design).compute()
+    return raw, preprocess(raw.chunk({"galaxy": 500})).compute()
+
+
+def fit_fast(ds) -> pd.DataFrame:
+    return to_frame(fit_lines(ds, method="fast").compute())
+
+
+def original_coverage(cat: pd.DataFrame, truth: pd.DataFrame, keys=LINES) -> dict:
+    """Coverage by the formal errors (``before``) and by the total errors (``after``) of one fit."""
+    formal = cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in keys})
+    return {"before": tables(line_coverage(formal, truth, keys=keys, min_count=20)),
+            "after": tables(line_coverage(cat, truth, keys=keys, min_count=20))}
+
+
+def print_original(name: str, cov: dict, keys=LINES) -> None:
+    print(f"\n{name}: coverage of the true fluxes, formal errors -> formal + systematic")
+    print(f"{'line':<10}{'bin log10 F':>18}{'n':>6}   formal 1s / 2s   total 1s / 2s")
+    for key in keys:
+        for b, a in zip(cov["before"][key], cov["after"][key], strict=True):
+            print(f"{key:<10}{b['bin']:>18}{b['count']:>6}   "
+                  + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, a)))
+
+
+def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
+    """Maximum-likelihood systematic constants per line, from fits of the mock's original spectra.
+
+    A line whose formal errors already cover 68.3 % or more within 1 sigma
+    keeps them (constants 0): there is no excess to model.
+    """
+    assert np.array_equal(cat["galaxy"].to_numpy().astype(str), clean["galaxy"].values.astype(str))
+    good = ~clean["mask"].values & (clean["ivar"].values > 0)
+    keys = [k for k in systematics_keys() if f"true_{k}_flux" in raw]
+    cont = systematics.local_continuum(clean["wavelength"].values, clean["flux"].values, good, keys)
+    cont *= clean["norm"].values[:, None]
+    out = {}
+    for j, key in enumerate(keys):
+        true = raw[f"true_{key}_flux"].values
+        flux, err = cat[f"{key}_flux"].to_numpy(float), cat[f"{key}_flux_err_stat"].to_numpy(float)
+        ok = np.isfinite(flux) & np.isfinite(err) & (err > 0)
+        within = float(np.mean(np.abs(flux - true)[ok] <= err[ok]))
+        frac, ew, ew_mix = (systematics.calibrate(flux - true, err, flux, cont[:, j]) if within < 0.683
+                            else (0.0, 0.0, 0.0))
+        out[key] = {"frac": round(frac, 5), "ew": round(ew, 5), "ew_mix": round(ew_mix, 5), "n": int(ok.sum()),
+                    "formal_within_1sigma": round(within, 4)}
+    return out
+
+
+def systematics_keys():
+    from survey_denoise import lines
+
+    return lines.catalogue_keys()
+
+
+def write_systematics(constants: dict, meta: dict) -> Path:
+    import yaml
+
+    path = systematics.CONSTANTS_FILE
+    head = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    body = {"provenance": {"summary": f"fast: calibrated on the {meta['design']} {meta['survey']} mock, "
+                                      f"seed {meta['seed']}, {meta['n']} galaxies ({meta['command']})",
+                           **meta},
+            "methods": {"fast": constants}}
+    path.write_text(head + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def originals(args) -> None:
+    """``--originals-only`` / ``--fit-systematics``: the original spectra alone, no training."""
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="synchronous"):
+        raw, clean = mock_spectra(args.design, args.survey, args.seed, args.n)
+        cat = fit_fast(clean)
+    cmd = (f"OMP_NUM_THREADS=1 python benchmarks/calibration.py "
+           f"{'--fit-systematics' if args.fit_systematics else '--originals-only'} --n {args.n} "
+           f"--seed {args.seed} --design {args.design} --survey {args.survey}")
+    meta = {"command": cmd, "design": args.design, "survey": args.survey, "seed": args.seed, "n": args.n}
+    if args.fit_systematics:
+        constants = fit_systematics(raw, clean, cat)
+        print(json.dumps(constants, indent=1))
+        print(f"wrote {write_systematics(constants, meta)}")
+        return
+    truth = truth_frame(raw, LINES)
+    cov = original_coverage(cat, truth)
+    print_original(f"original ({args.design}, {args.survey}, seed {args.seed}, n {args.n})", cov)
+    out = args.out if args.out != RESULTS / "calibration.json" else (
+        RESULTS / f"calibration_originals_{args.design}_{args.survey}_seed{args.seed}.json")
+    meta |= {"systematics": systematics.provenance(), "seconds": time.perf_counter() - t0,
+             "coverage": "fraction of |fast-fitted - true| within 1 and 2 sigma; before: formal "
+                         "errors (<key>_flux_err_stat), after: total (<key>_flux_err)"}
+    out.write_text(json.dumps({"meta": meta, "original": cov}, indent=1, default=float))
+    print(f"wrote {out}")
 
 
 def run_model(name, model, noisy, clean, test_noisy, test_clean, truth, workdir, edges) -> dict:
@@ -114,6 +225,9 @@ def run_model(name, model, noisy, clean, test_noisy, test_clean, truth, workdir,
         res[label] = tables(line_coverage(cat, truth, edges=edges, min_count=20))
         if label == "after":
             res["halpha_scatter_dex"] = halpha_scatter(cat, truth)
+            # the same fit, formal errors only: what the systematic terms change
+            formal = cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in COVERAGE_LINES})
+            res["after_formal_only"] = tables(line_coverage(formal, truth, edges=edges, min_count=20))
     return res
 
 
@@ -125,12 +239,13 @@ def print_result(name: str, res: dict) -> None:
     rho = ", ".join(f"{r:.2f}" for r in res["card_uncertainty"]["pixel_correlation"])
     print(f"pixel-error correlation at lags 1-4 (held out): {rho}")
     print(f"{'line':<10}{'bin log10 F':>18}{'n':>6}   before 1s / 2s   indep. 1s / 2s"
-          f"   full corr. 1s / 2s   after 1s / 2s")
+          f"   full corr. 1s / 2s   after, formal only   after 1s / 2s")
     for key in COVERAGE_LINES:
-        for b, i, c, a in zip(res["before"][key], res["after_independent"][key],
-                              res["after_fully_correlated"][key], res["after"][key], strict=True):
+        for b, i, c, f, a in zip(res["before"][key], res["after_independent"][key],
+                                 res["after_fully_correlated"][key], res["after_formal_only"][key],
+                                 res["after"][key], strict=True):
             print(f"{key:<10}{b['bin']:>18}{b['count']:>6}   "
-                  + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, i, c, a)))
+                  + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, i, c, f, a)))
 
 
 def main() -> None:
@@ -142,7 +257,16 @@ def main() -> None:
     ap.add_argument("--dropout-sweep", action="store_true",
                     help="also train the default VAE with dropout 0, 0.1, 0.3 and the paper's rate")
     ap.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
+    ap.add_argument("--design", default="uniform-halpha", help="mock design (--originals-only, --fit-systematics)")
+    ap.add_argument("--survey", default="sdss", help="mock survey (--originals-only, --fit-systematics)")
+    ap.add_argument("--originals-only", action="store_true",
+                    help="only the original spectra's coverage, formal vs total errors; no training")
+    ap.add_argument("--fit-systematics", action="store_true",
+                    help="calibrate the fast fitter's systematic constants on this mock and write them")
     args = ap.parse_args()
+    if args.originals_only or args.fit_systematics:
+        originals(args)
+        return
 
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"), tempfile.TemporaryDirectory() as workdir:
@@ -152,9 +276,15 @@ def main() -> None:
         clean = preprocess(raw.chunk({"galaxy": 500})).compute()
         noisy = noise.degrade(clean.chunk({"galaxy": 500}), noise.UniformNoise(0.04), seed=args.seed).compute()
         n_train = int(0.8 * args.n)
-        train, test = slice(0, n_train), slice(n_train, None)
+        # A seeded random split: the design's ids are not in random order (the last
+        # 20 % of a uniform-Halpha selection are all faint, log10 F < 1.3).
+        order = np.random.default_rng(args.seed).permutation(args.n)
+        train, test = np.sort(order[:n_train]), np.sort(order[n_train:])
         truth = truth_frame(raw.isel(galaxy=test))
         t_data = time.perf_counter() - t0
+        results = {"original": original_coverage(fit_fast(clean.isel(galaxy=test)),
+                                                 truth_frame(raw.isel(galaxy=test), LINES))}
+        print_original("original", results["original"])
         runs = {
             "pca": PCADenoiser(args.latent, seed=args.seed),
             "vae_paper": VAEDenoiser(args.latent, preset="paper", epochs=args.epochs, seed=args.seed),
@@ -165,7 +295,6 @@ def main() -> None:
             for rate in (0.0, 0.3, paper_rate):
                 runs[f"vae_default_dropout_{rate:g}"] = VAEDenoiser(args.latent, dropout=rate,
                                                                     epochs=args.epochs, seed=args.seed)
-        results = {}
         for name, model in runs.items():
             print(f"{name}: training {model!r}", flush=True)
             results[name] = run_model(name, model, noisy.isel(galaxy=train), clean.isel(galaxy=train),
@@ -181,7 +310,11 @@ def main() -> None:
             "before": "constant ivar = 1 / val_mse per pixel (the previous rule)",
             "after_independent": "the de-noised store's per-galaxy, per-pixel ivar; pixels independent",
             "after_fully_correlated": "the de-noised store's ivar; pixel errors fully correlated over lags 1-4",
-            "after": "the de-noised store's ivar; the model's held-out pixel-error correlation",
+            "after": "the de-noised store's ivar; the model's held-out pixel-error correlation; "
+                     "formal and systematic errors (data/line_systematics.yaml)",
+            "after_formal_only": "as after, the formal errors alone (<key>_flux_err_stat)",
+            "original": "the test galaxies' original spectra: formal errors (before) and formal + "
+                        "systematic (after)",
             "coverage": "fraction of |fast-fitted - true| within 1 and 2 fitted sigma, per bin of "
                         "log10 true flux (1e-17 erg/s/cm2); target 0.60-0.76 and 0.90-0.98",
             "seconds": {"data": t_data, "total": time.perf_counter() - t0}}

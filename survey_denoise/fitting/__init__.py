@@ -25,6 +25,11 @@ line, when a de-noised store does not record it; see
 :func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
 treats pixels as independent.
 
+Each line's ``<key>_flux_err`` is the fitter's formal error with the
+method's systematic errors added in quadrature (continuum mismatch under
+the line and profile mismatch, calibrated on the mock:
+:mod:`.systematics`); ``<key>_flux_err_stat`` keeps the formal part.
+
 Masked pixels (``mask`` True) are never used.  A line is fitted only where
 the spectrum covers it with its fitting window and continuum
 (:mod:`survey_denoise.line_windows`), and where the store's
@@ -45,7 +50,7 @@ import xarray as xr
 from ..grid import Grid
 from ..line_windows import covered_lines, from_bits
 from ..schema import add_provenance, validate
-from . import catalogue
+from . import catalogue, systematics
 
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
@@ -119,6 +124,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
                           templates=templates)
+    fit = systematics.apply(fit, grid.wavelength, flux, good, method)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.
@@ -185,6 +191,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                            noise_source=source, denoised_noise=noise if denoised else None)
     attrs["flux_err_rule"] = ("pixel errors correlated, by lag " + ", ".join(f"{r:.3g}" for r in correlation)
                               if correlation and method == "fast" else "pixel errors independent")
+    attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
+                                     else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:

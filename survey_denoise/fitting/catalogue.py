@@ -7,7 +7,11 @@ degree of freedom), ``method``, and for each key of
 :func:`survey_denoise.lines.catalogue_keys`:
 
 * ``<key>_flux``, ``<key>_flux_err``: integrated line flux, 1e-17 erg/s/cm2
-  (observed, not corrected for dust);
+  (observed, not corrected for dust), and its total 1-sigma error;
+* ``<key>_flux_err_stat``: the fitter's formal (statistical) part of that
+  error; the rest is the systematic part of
+  :mod:`survey_denoise.fitting.systematics` (optional: catalogues written
+  before it existed lack it);
 * ``<key>_flux_norm``, ``<key>_flux_norm_err``: the same in normalised units,
   i.e. the integral of the normalised flux density over rest-frame Angstrom
   (so ``flux = flux_norm * norm``);
@@ -57,13 +61,20 @@ def columns() -> dict[str, tuple[str, str, str]]:
     for key in lines.catalogue_keys():
         label = key
         out[f"{key}_flux"] = ("float64", PHYSICAL_UNIT, f"{label} integrated flux")
-        out[f"{key}_flux_err"] = ("float64", PHYSICAL_UNIT, f"{label} flux 1-sigma error")
+        out[f"{key}_flux_err"] = ("float64", PHYSICAL_UNIT, f"{label} flux 1-sigma error (total)")
+        out[f"{key}_flux_err_stat"] = ("float64", PHYSICAL_UNIT,
+                                       f"{label} flux 1-sigma error, formal part (systematics left out)")
         out[f"{key}_flux_norm"] = ("float64", NORM_UNIT, f"{label} flux, normalised units")
         out[f"{key}_flux_norm_err"] = ("float64", NORM_UNIT, f"{label} flux error, normalised units")
         out[f"{key}_snr"] = ("float64", "", f"{label} signal-to-noise ratio")
         out[f"{key}_status"] = ("uint32", "", f"{label}: 0, or Flag.LINE_NOT_COVERED "
                                 f"({int(Flag.LINE_NOT_COVERED)}): not observed, flux NaN")
     return out
+
+
+def optional_columns() -> tuple[str, ...]:
+    """Columns that a catalogue written by an older version may lack."""
+    return tuple(f"{key}_flux_err_stat" for key in lines.catalogue_keys())
 
 
 def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndarray,
@@ -77,7 +88,9 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         Per-galaxy values of the fitted spectra.
     fit : mapping
         ``flux`` and ``flux_err`` ({key: (n,)}, in the spectra's flux-density
-        units x rest-frame Angstrom), ``chi2`` (n,), ``status`` (n,).
+        units x rest-frame Angstrom), ``chi2`` (n,), ``status`` (n,);
+        optionally ``flux_err_stat`` (the formal part of ``flux_err``;
+        default: all of it).
     method : str
         Recorded in the ``method`` column.
     frame_factor : float or ndarray (n,)
@@ -102,8 +115,11 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
     for j, key in enumerate(keys):
         f = np.where(covered[:, j], np.asarray(fit["flux"][key], np.float64), np.nan)
         e = np.where(covered[:, j], np.asarray(fit["flux_err"][key], np.float64), np.nan)
+        e_stat = np.where(covered[:, j], np.asarray(fit.get("flux_err_stat", fit["flux_err"])[key],
+                                                    np.float64), np.nan)
         data[f"{key}_flux"] = f * scale
         data[f"{key}_flux_err"] = e * scale
+        data[f"{key}_flux_err_stat"] = e_stat * scale
         data[f"{key}_flux_norm"] = f * (scale / norm)
         data[f"{key}_flux_norm_err"] = e * (scale / norm)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -160,14 +176,14 @@ def to_frame(cat: xr.Dataset | pd.DataFrame) -> pd.DataFrame:
         frame = cat.compute().to_dataframe().reset_index()
     else:
         frame = cat.copy()
-    missing = [c for c in columns() if c not in frame.columns]
+    missing = [c for c in columns() if c not in frame.columns and c not in optional_columns()]
     if missing:
         raise ValueError(f"catalogue lacks columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     for name in ("galaxy", "method"):
         if frame[name].dtype.kind not in "iu":
             frame[name] = frame[name].astype(str).astype(object)
     extra = [c for c in frame.columns if c not in columns()]
-    return frame[list(columns()) + extra]
+    return frame[[c for c in columns() if c in frame.columns] + extra]
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -271,7 +287,7 @@ def read_catalogue(path: str | Path) -> pd.DataFrame:
         for name in ("galaxy", "method"):
             if name in frame and frame[name].dtype.kind in "OSU":
                 frame[name] = frame[name].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
-    missing = [c for c in columns() if c not in frame.columns]
+    missing = [c for c in columns() if c not in frame.columns and c not in optional_columns()]
     if missing:
         raise ValueError(f"{path}: not a line catalogue (missing columns {missing[:5]})")
     frame.attrs["units"] = units

@@ -1,0 +1,107 @@
+"""Systematic line-flux errors: the error model, and the coverage it gives on a mock."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+
+from survey_denoise.fitting import fit_lines, systematics
+from survey_denoise.fitting.catalogue import optional_columns, to_frame
+from survey_denoise.grid import GRID
+
+
+def test_components_add_in_quadrature():
+    got = systematics.total_error(np.array([3.0, 3.0, 3.0]), np.array([100.0, 100.0, -50.0]),
+                                  np.array([0.0, 20.0, 20.0]), frac=0.04, ew=0.2)
+    np.testing.assert_allclose(got, [5.0, np.sqrt(9 + 16 + 16), 5.0])  # a negative flux counts as 0
+    mixed = systematics.total_error(3.0, 100.0, 20.0, frac=0.04, ew=0.2, ew_mix=0.05)
+    np.testing.assert_allclose(mixed, np.sqrt(9 + 16 + 16 + 0.05 * 100 * 20))
+    # no constants, or no continuum (NaN), leave the formal error
+    np.testing.assert_allclose(systematics.total_error(2.0, 50.0, np.nan, 0.0, 0.3), 2.0)
+    assert np.isnan(systematics.total_error(np.nan, 1.0, 1.0, 0.1, 0.1))
+
+
+def test_continuum_term_scales_with_the_continuum():
+    cont = np.array([1.0, 10.0, 100.0, 1000.0])
+    excess = systematics.total_error(1e-9, 0.0, cont, frac=0.0, ew=0.25)
+    np.testing.assert_allclose(excess / cont, 0.25)
+    # at a fixed equivalent width (flux / continuum) the mixed term scales with the continuum too
+    excess = systematics.total_error(1e-9, 30.0 * cont, cont, frac=0.0, ew=0.0, ew_mix=0.03)
+    np.testing.assert_allclose(excess / cont, np.sqrt(0.03 * 30.0))
+
+
+def test_local_continuum_is_the_side_band_level_not_the_line():
+    wave = np.asarray(GRID.wavelength)
+    cont = np.array([[2.0], [5.0]]) * (1 + 0.0 * wave)
+    line = 50.0 * np.exp(-0.5 * ((wave - 6564.6) / 3.0) ** 2)
+    flux = cont + line
+    good = np.ones_like(flux, bool)
+    got = systematics.local_continuum(wave, flux, good, ["halpha", "hbeta"])
+    np.testing.assert_allclose(got, [[2.0, 2.0], [5.0, 5.0]], rtol=1e-6)
+    good[:, np.abs(wave - 4862.7) < 80] = False  # no side band left for Hbeta: NaN, not 0
+    got = systematics.local_continuum(wave, flux, good, ["halpha", "hbeta"])
+    assert np.all(np.isnan(got[:, 1])) and np.allclose(got[:, 0], [2.0, 5.0])
+
+
+def test_calibrate_recovers_known_constants():
+    rng = np.random.default_rng(7)
+    n = 20000
+    flux = 10 ** rng.uniform(0, 3, n)
+    cont = 10 ** rng.uniform(0, 2, n)
+    stat = rng.uniform(1, 5, n)
+    sigma = systematics.total_error(stat, flux, cont, 0.03, 0.2, 0.02)
+    frac, ew, ew_mix = systematics.calibrate(sigma * rng.standard_normal(n), stat, flux, cont)
+    assert frac == pytest.approx(0.03, rel=0.15) and ew == pytest.approx(0.2, rel=0.15)
+    assert ew_mix == pytest.approx(0.02, rel=0.3)
+
+
+def test_apply_changes_errors_only_and_keeps_the_formal_part():
+    wave = np.asarray(GRID.wavelength)
+    flux = np.full((3, wave.size), 4.0)
+    fit = {"flux": {"halpha": np.array([10.0, 0.0, 200.0])}, "flux_err": {"halpha": np.array([1.0, 1.0, 1.0])}}
+    out = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast")
+    frac, ew, ew_mix = systematics.constants("fast")["halpha"]
+    assert out["flux"] is fit["flux"]
+    np.testing.assert_array_equal(out["flux_err_stat"]["halpha"], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(out["flux_err"]["halpha"],
+                               np.sqrt(1.0 + (frac * np.array([10.0, 0.0, 200.0])) ** 2 + (ew * 4.0) ** 2
+                                       + ew_mix * np.array([10.0, 0.0, 200.0]) * 4.0))
+    same = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "no-such-method")
+    np.testing.assert_array_equal(same["flux_err"]["halpha"], fit["flux_err"]["halpha"])
+
+
+def test_shipped_constants_say_where_they_come_from():
+    table = systematics.constants("fast")
+    frac, ew, ew_mix = table["halpha"]
+    # Balmer absorption under Halpha: the largest continuum term of all lines
+    assert ew**2 + 30 * ew_mix == max(v[1] ** 2 + 30 * v[2] for v in table.values())
+    assert "mock" in systematics.provenance() and "seed" in systematics.provenance()
+    assert systematics.constants("ppxf") == {}
+
+
+def test_fast_halpha_errors_cover_the_truth_on_a_mock():
+    """On a mock never used for calibration, Halpha errors are neither too small nor too large."""
+    from survey_denoise.mock import MockConfig, generate, select
+    from survey_denoise.preprocess import normalise
+
+    ids = select("uniform-halpha", 400, 5)
+    raw = generate(ids, MockConfig(seed=5, rest=True), chunk_size=400, design="uniform-halpha")
+    with dask.config.set(scheduler="synchronous"):
+        spectra = normalise(raw, "l2").compute()
+        cat = to_frame(fit_lines(spectra, method="fast"))
+    true = spectra["true_halpha_flux"].values
+    z = np.abs(cat["halpha_flux"].to_numpy() - true) / cat["halpha_flux_err"].to_numpy()
+    assert np.mean(z <= 1) >= 0.5 and np.mean(z <= 2) >= 0.85
+    assert np.mean(z <= 1) <= 0.85
+    assert np.all(cat["halpha_flux_err_stat"] <= cat["halpha_flux_err"])
+
+
+def test_catalogue_without_the_formal_part_still_reads():
+    import pandas as pd
+
+    from survey_denoise.fitting.catalogue import columns
+
+    frame = pd.DataFrame({c: [1.0] for c in columns() if c not in optional_columns()})
+    frame["galaxy"], frame["method"] = ["g1"], ["fast"]
+    assert "halpha_flux_err_stat" not in to_frame(frame).columns
