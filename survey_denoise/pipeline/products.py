@@ -26,6 +26,15 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     With ``trained``, those of the galaxies the model was trained on instead
     (every galaxy when nothing was held out).
 
+    When there are more candidates than ``limit``, they are taken from as few
+    galaxy chunks as hold ``limit`` of them, those chunks spread evenly along
+    the store (:func:`spread_chunks`).  Reading a galaxy means computing its
+    whole chunk, and in a fused run that is the whole chain from the input
+    to the de-noised spectra: positions spread over every chunk would make
+    the products cost a second pass over the survey.  Spreading the chunks
+    keeps the sample representative where store order follows the sky, the
+    redshift or a design's selection order.
+
     Parameters
     ----------
     ds : Dataset
@@ -33,7 +42,7 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     held : array, optional
         Galaxy ids never shown to the model (None: every galaxy is a test galaxy).
     limit : int
-        Most positions returned, spread evenly over the test galaxies.
+        Most positions returned, spread evenly over the chosen chunks.
     """
     ids = ds["galaxy"].values
     if held is None:
@@ -41,8 +50,33 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     else:
         pos = np.flatnonzero(np.isin(ids, held) != trained)
     if pos.size > limit:
+        sizes = ds.chunks.get("galaxy") if ds.chunks else None
+        if sizes and len(sizes) > 1:
+            pos = pos[spread_chunks(pos, np.asarray(sizes), limit)]
         pos = pos[np.linspace(0, pos.size - 1, limit).round().astype(int)]
     return pos
+
+
+def spread_chunks(pos: np.ndarray, sizes: np.ndarray, limit: int) -> np.ndarray:
+    """Mask of ``pos`` in the fewest evenly spaced chunks that hold ``limit`` of them.
+
+    Parameters
+    ----------
+    pos : array of int (n,)
+        Sorted galaxy positions.
+    sizes : array of int
+        Galaxies per chunk, in store order.
+    limit : int
+        Positions wanted.
+    """
+    chunk = np.searchsorted(np.cumsum(sizes), pos, side="right")
+    occupied, counts = np.unique(chunk, return_counts=True)
+    need = max(1, int(np.ceil(limit / counts.mean())))
+    for k in range(min(need, occupied.size), occupied.size + 1):
+        take = np.linspace(0, occupied.size - 1, k).round().astype(int)
+        if counts[take].sum() >= limit:
+            break
+    return np.isin(chunk, occupied[take])
 
 
 def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:
