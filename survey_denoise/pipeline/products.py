@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -79,6 +80,17 @@ def spread_chunks(pos: np.ndarray, sizes: np.ndarray, limit: int) -> np.ndarray:
     return np.isin(chunk, occupied[take])
 
 
+def subsets(stores: Mapping[str, xr.Dataset], pos: np.ndarray) -> dict[str, xr.Dataset]:
+    """The galaxies at ``pos`` of every store, in memory, computed together.
+
+    One computation for all stores: where they share upstream chunks (a fused
+    chain, where each store is computed from the one before), those run once.
+    """
+    names = list(stores)
+    done = dask.compute(*(stores[name].isel(galaxy=pos) for name in names))
+    return dict(zip(names, done, strict=True))
+
+
 def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:
     return ds.isel(galaxy=pos).compute()
 
@@ -132,12 +144,13 @@ def latent(model_dir: Path, noisy: xr.Dataset, pos: np.ndarray,
 
 
 def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: np.ndarray,
-                   train: np.ndarray | None, seed: int = 0) -> pd.DataFrame:
+                   train: Mapping[str, xr.Dataset] | None, seed: int = 0) -> pd.DataFrame:
     """Mean squared error per pixel (normalised flux²) on the test galaxies, per model.
 
-    Rows: the run's model; a PCA of the same latent size trained on the
-    ``train`` positions (when given and the model is not itself a PCA); and the
-    noisy input itself (``latent_dim`` 0), the error without any de-noising.
+    Rows: the run's model; a PCA of the same latent size trained on
+    ``train`` (``{"noisy": …, "clean": …}`` at the galaxies the model was
+    trained on; when given and the model is not itself a PCA); and the noisy
+    input itself (``latent_dim`` 0), the error without any de-noising.
     """
     from ..models import PCADenoiser, load_model
 
@@ -147,7 +160,7 @@ def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: 
     x, y = _flux(noisy, test), _flux(clean, test)
     rows = [{"model": kind, "latent_dim": d, "mse": model.score(x, y), "n_galaxies": test.size}]
     if train is not None and kind != "pca":
-        pca = PCADenoiser(latent=d, seed=seed).fit(_flux(noisy, train), _flux(clean, train))
+        pca = PCADenoiser(latent=d, seed=seed).fit(train["noisy"], train["clean"])
         rows.append({"model": "pca", "latent_dim": d, "mse": pca.score(x, y), "n_galaxies": test.size})
     resid = x["flux"].values.astype(np.float64) - y["flux"].values
     rows.append({"model": "noisy input", "latent_dim": 0, "mse": float(np.mean(resid ** 2)),
