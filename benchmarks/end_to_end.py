@@ -16,8 +16,10 @@ size, and reports:
 * files per store, and what they would be at ``--extrapolate`` galaxies with
   the same chunk (exact arithmetic from the store's shard layout in
   ``.progress/plan.json``, not a measurement);
-* the driver's CPU seconds (this process: the pipeline driver and the
-  LocalCluster's scheduler) against the workers'.
+* the driver's CPU seconds (this process) against the workers', split
+  into its main thread (the pipeline driver: planning, graph building,
+  records) and its other threads (the LocalCluster's scheduler and the
+  client's comms run on the event-loop thread).
 
 The mock input is either ``rest`` (spectra made directly on the rest-frame
 grid: the fast path, which keeps the mock out of the critical path; the
@@ -60,6 +62,21 @@ def _cpu_s() -> float:
 
     t = psutil.Process().cpu_times()
     return t.user + t.system
+
+
+def _main_thread_cpu_s() -> float:
+    """CPU seconds of this process's main thread (Linux: from /proc)."""
+    import psutil
+
+    tid = threading.main_thread().native_id
+    for t in psutil.Process().threads():
+        if t.id == tid:
+            return t.user_time + t.system_time
+    return float("nan")
+
+
+def _transitions(dask_scheduler=None) -> int:
+    return int(dask_scheduler.transition_counter)
 
 
 def worker_cpu(client) -> float:
@@ -206,13 +223,16 @@ def run_one(raw_config: dict, workers: int, n_target: int = 1_000_000) -> dict:
     with connect("local", n_workers=workers, echo=None) as client:
         client.run(_rss_mb)  # workers up before the clock starts
         load0 = _load()
-        cpu0, driver0 = worker_cpu(client), time.process_time()
+        cpu0, driver0, main0 = worker_cpu(client), time.process_time(), _main_thread_cpu_s()
+        transitions0 = client.run_on_scheduler(_transitions)
         with RssSampler(client) as sampler:
             t0 = time.perf_counter()
             summary = Timed(config, client, progress=False, echo=lambda m: None).run()
             wall = time.perf_counter() - t0
         cpu = worker_cpu(client) - cpu0
         driver = time.process_time() - driver0
+        main = _main_thread_cpu_s() - main0
+        transitions = client.run_on_scheduler(_transitions) - transitions0
         peaks = sorted(client.run(_peak_rss_mb).values())
     inputs = {"mock": None, "preprocess": "raw.zarr", "degrade": "preprocessed.zarr", "train": "degraded.zarr",
               "denoise": "degraded.zarr", "fit-degraded": "degraded.zarr",
@@ -238,6 +258,13 @@ def run_one(raw_config: dict, workers: int, n_target: int = 1_000_000) -> dict:
             "worker_cpu_seconds": round(cpu, 2), "worker_cpu_ms_per_spectrum": round(1e3 * cpu / n, 3),
             "driver_cpu_seconds": round(driver, 2),
             "driver_cpu_share_of_workers": round(driver / cpu, 4) if cpu else None,
+            "driver_main_thread_cpu_seconds": round(main, 2),
+            "driver_main_thread_share_of_workers": round(main / cpu, 4) if cpu else None,
+            # Each task goes through ~4 scheduler transitions (released, waiting,
+            # processing, memory, ...): the scheduler's work grows with them.
+            "scheduler_transitions": transitions,
+            "driver_other_threads_ms_per_transition": round(1e3 * (driver - main) / transitions, 3)
+            if transitions else None,
             "stores": {p.name: store_files(p, n_target) for p in sorted(folder.glob("*.zarr"))
                        if (p / ".progress" / "plan.json").exists()},
             "peak_rss_mb_per_worker": [round(p, 1) for p in peaks],
@@ -272,7 +299,10 @@ def table(runs: list[dict]) -> str:
     for r in runs:
         rows.append(f"{r['n']:>9} driver CPU {r['driver_cpu_seconds']:.1f} s = "
                     f"{100 * (r['driver_cpu_share_of_workers'] or 0):.1f} % of the workers' "
-                    f"{r['worker_cpu_seconds']:.1f} s")
+                    f"{r['worker_cpu_seconds']:.1f} s (main thread {r['driver_main_thread_cpu_seconds']:.1f} s "
+                    f"= {100 * (r['driver_main_thread_share_of_workers'] or 0):.1f} %; the rest is the "
+                    f"scheduler's event loop: {r['scheduler_transitions']} task transitions, "
+                    f"{r['driver_other_threads_ms_per_transition']} ms each)")
         for name, st in r["stores"].items():
             at = [k for k in st if k.startswith("files_at_")][0]
             rows.append(f"{r['n']:>9} {name:<22}{st['files']:>7} files, {st['chunks']} chunks, "

@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
+from dask.utils import key_split
 
 from survey_denoise import GRID, SchemaError, make_spectra
 from survey_denoise.cluster import connect
@@ -276,6 +277,7 @@ def test_interrupted_write_resumes_to_the_same_bytes_on_a_cluster(tmp_path):
 def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
     ds = _spectra(n=480, chunk=10)  # 48 chunks
     calls = {"to_zarr": 0, "compute": 0}
+    graphs = []
     real_to_zarr = xr.Dataset.to_zarr
 
     def to_zarr(self, *args, **kwargs):
@@ -288,6 +290,7 @@ def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monke
 
         def compute(*args, **kwargs):
             calls["compute"] += 1
+            graphs.append(dict(args[0].__dask_graph__()))
             return real_compute(*args, **kwargs)
 
         monkeypatch.setattr(client, "compute", compute)
@@ -295,6 +298,13 @@ def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monke
     # Metadata once; then one submitted graph per shard of 8 chunks, whatever
     # the number of variables: the driver's work does not grow with chunks.
     assert calls == {"to_zarr": 1, "compute": 6}
+    # Each graph writes its whole shard in one task, reading the variables'
+    # blocks directly: no slice, concatenation or write task per variable for
+    # the scheduler to track.
+    for graph in graphs:
+        names = [key_split(key) for key in graph]
+        assert names.count("write-unit") == 1
+        assert not {"getitem", "concatenate", "rechunk-merge", "_write_shard"} & set(names)
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").ivar.values, ds.ivar.values)
 
 

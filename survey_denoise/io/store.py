@@ -42,6 +42,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -439,39 +440,60 @@ def _initialise(ds: xr.Dataset, path: Path, plan: dict) -> None:
 
 
 def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
-    """One write unit as one Dask array of flags: its shard of every dask-backed variable.
+    """One write unit as one task: it writes its shard of every dask-backed variable.
 
-    One collection per unit, so Dask optimises the variables together and
-    computes a chunk's shared upstream work (a mock chunk, a fit) once.
+    The task reads the unit's blocks of every variable straight from their
+    upstream tasks, so a chunk's shared upstream work (a mock chunk, a fit) is
+    computed once, and the scheduler sees one task per unit, not a slice, a
+    concatenation and a write per variable (~250 tasks a catalogue chunk).
     Returns None if the unit has no dask-backed variable (nothing to write).
     """
-    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
 
     start, stop = int(starts[first]), int(starts[min(first + k, len(starts) - 1)])
-    written = []
+    aligned = tuple(int(c) for c in np.diff(starts))
+    names, layouts, blocks, arrays = [], [], [], []
     for name, var in ds.variables.items():
         if "galaxy" not in var.dims or not hasattr(var.data, "dask"):
             continue
         axis = var.dims.index("galaxy")
-        index = tuple(slice(start, stop) if i == axis else slice(None) for i in range(var.ndim))
-        encoding = {k: v for k, v in var.encoding.items() if k not in _LAYOUT_KEYS}
-        layout = (var.dims, dict(var.attrs), encoding)
-        # One block per unit: the shard is written whole by one task.
-        block = var.data[index].rechunk(-1)
-        written.append(block.map_blocks(
-            _write_shard, path=str(path), variable=name, layout=layout, start=start, stop=stop,
-            shard=first // k, chunks=(1,) * var.ndim, dtype=bool,
-            meta=np.empty((0,) * var.ndim, dtype=bool)).ravel())
-    if not written:
+        data = var.data
+        if data.chunks[axis] != aligned:
+            data = data.rechunk({axis: aligned})
+        encoding = {key: v for key, v in var.encoding.items() if key not in _LAYOUT_KEYS}
+        names.append(name)
+        layouts.append((var.dims, dict(var.attrs), encoding))
+        blocks.append(_along(data.__dask_keys__(), axis, first, first + k))
+        arrays.append(data)
+    if not names:
         return None
-    flags = da.concatenate(written).rechunk(-1)
-    # meta given: otherwise Dask calls _mark on an empty array to infer it.
-    return flags.map_blocks(_mark, path=str(path), marker=f"chunk-{first:06d}", dtype=bool,
-                            meta=np.empty((0,), dtype=bool))
+    key = f"write-unit-{tokenize(str(path), first, *arrays)}"
+    write = partial(_write_unit, path=str(path), names=tuple(names), layouts=tuple(layouts),
+                    start=start, stop=stop, shard=first // k, marker=f"chunk-{first:06d}")
+    graph = HighLevelGraph.from_collections(key, {key: (write, blocks)}, dependencies=arrays)
+    return Delayed(key, graph)
+
+
+def _along(keys: list, axis: int, lo: int, hi: int) -> list:
+    """The nested block keys ``lo:hi`` along ``axis`` (a dask array's ``__dask_keys__``)."""
+    return keys[lo:hi] if axis == 0 else [_along(sub, axis - 1, lo, hi) for sub in keys]
+
+
+def _write_unit(blocks: list, *, path: str, names: tuple, layouts: tuple, start: int, stop: int,
+                shard: int, marker: str) -> int:
+    """Write one unit: every variable's shard, then its marker.  Runs on a worker."""
+    for name, nested, layout in zip(names, blocks, layouts, strict=True):
+        _write_shard(np.block(nested), path=path, variable=name, layout=layout, start=start,
+                     stop=stop, shard=shard)
+    # Marked only after every shard is written: a unit without its marker is rewritten whole.
+    Path(path, PROGRESS_DIR, marker).touch()
+    return len(names)
 
 
 def _write_shard(values: np.ndarray, *, path: str, variable: str, layout: tuple, start: int,
-                 stop: int, shard: int) -> np.ndarray:
+                 stop: int, shard: int) -> None:
     """Write one variable's galaxies ``start:stop`` (one shard) to ``path``.  Runs on a worker."""
     import zarr
 
@@ -485,13 +507,6 @@ def _write_shard(values: np.ndarray, *, path: str, variable: str, layout: tuple,
     Path(path, name, key).unlink(missing_ok=True)
     array[tuple(slice(start, stop) if i == axis else slice(None) for i in range(len(dims)))] = \
         _encoded(name, dims, values, attrs, encoding)
-    return np.ones((1,) * len(dims), dtype=bool)
-
-
-def _mark(flags: np.ndarray, *, path: str, marker: str) -> np.ndarray:
-    """Record a unit as complete, after all its shards are written.  Runs on a worker."""
-    Path(path, PROGRESS_DIR, marker).touch()
-    return flags
 
 
 def _encoded(name, dims, values, attrs, encoding) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -26,6 +27,15 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     With ``trained``, those of the galaxies the model was trained on instead
     (every galaxy when nothing was held out).
 
+    When there are more candidates than ``limit``, they are taken from as few
+    galaxy chunks as hold ``limit`` of them, those chunks spread evenly along
+    the store (:func:`spread_chunks`).  Reading a galaxy means computing its
+    whole chunk, and in a fused run that is the whole chain from the input
+    to the de-noised spectra: positions spread over every chunk would make
+    the products cost a second pass over the survey.  Spreading the chunks
+    keeps the sample representative where store order follows the sky, the
+    redshift or a design's selection order.
+
     Parameters
     ----------
     ds : Dataset
@@ -33,7 +43,7 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     held : array, optional
         Galaxy ids never shown to the model (None: every galaxy is a test galaxy).
     limit : int
-        Most positions returned, spread evenly over the test galaxies.
+        Most positions returned, spread evenly over the chosen chunks.
     """
     ids = ds["galaxy"].values
     if held is None:
@@ -41,8 +51,44 @@ def test_positions(ds: xr.Dataset, held: np.ndarray | None, limit: int, *,
     else:
         pos = np.flatnonzero(np.isin(ids, held) != trained)
     if pos.size > limit:
+        sizes = ds.chunks.get("galaxy") if ds.chunks else None
+        if sizes and len(sizes) > 1:
+            pos = pos[spread_chunks(pos, np.asarray(sizes), limit)]
         pos = pos[np.linspace(0, pos.size - 1, limit).round().astype(int)]
     return pos
+
+
+def spread_chunks(pos: np.ndarray, sizes: np.ndarray, limit: int) -> np.ndarray:
+    """Mask of ``pos`` in the fewest evenly spaced chunks that hold ``limit`` of them.
+
+    Parameters
+    ----------
+    pos : array of int (n,)
+        Sorted galaxy positions.
+    sizes : array of int
+        Galaxies per chunk, in store order.
+    limit : int
+        Positions wanted.
+    """
+    chunk = np.searchsorted(np.cumsum(sizes), pos, side="right")
+    occupied, counts = np.unique(chunk, return_counts=True)
+    need = max(1, int(np.ceil(limit / counts.mean())))
+    for k in range(min(need, occupied.size), occupied.size + 1):
+        take = np.linspace(0, occupied.size - 1, k).round().astype(int)
+        if counts[take].sum() >= limit:
+            break
+    return np.isin(chunk, occupied[take])
+
+
+def subsets(stores: Mapping[str, xr.Dataset], pos: np.ndarray) -> dict[str, xr.Dataset]:
+    """The galaxies at ``pos`` of every store, in memory, computed together.
+
+    One computation for all stores: where they share upstream chunks (a fused
+    chain, where each store is computed from the one before), those run once.
+    """
+    names = list(stores)
+    done = dask.compute(*(stores[name].isel(galaxy=pos) for name in names))
+    return dict(zip(names, done, strict=True))
 
 
 def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:
@@ -98,12 +144,13 @@ def latent(model_dir: Path, noisy: xr.Dataset, pos: np.ndarray,
 
 
 def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: np.ndarray,
-                   train: np.ndarray | None, seed: int = 0) -> pd.DataFrame:
+                   train: Mapping[str, xr.Dataset] | None, seed: int = 0) -> pd.DataFrame:
     """Mean squared error per pixel (normalised flux²) on the test galaxies, per model.
 
-    Rows: the run's model; a PCA of the same latent size trained on the
-    ``train`` positions (when given and the model is not itself a PCA); and the
-    noisy input itself (``latent_dim`` 0), the error without any de-noising.
+    Rows: the run's model; a PCA of the same latent size trained on
+    ``train`` (``{"noisy": …, "clean": …}`` at the galaxies the model was
+    trained on; when given and the model is not itself a PCA); and the noisy
+    input itself (``latent_dim`` 0), the error without any de-noising.
     """
     from ..models import PCADenoiser, load_model
 
@@ -113,7 +160,7 @@ def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: 
     x, y = _flux(noisy, test), _flux(clean, test)
     rows = [{"model": kind, "latent_dim": d, "mse": model.score(x, y), "n_galaxies": test.size}]
     if train is not None and kind != "pca":
-        pca = PCADenoiser(latent=d, seed=seed).fit(_flux(noisy, train), _flux(clean, train))
+        pca = PCADenoiser(latent=d, seed=seed).fit(train["noisy"], train["clean"])
         rows.append({"model": "pca", "latent_dim": d, "mse": pca.score(x, y), "n_galaxies": test.size})
     resid = x["flux"].values.astype(np.float64) - y["flux"].values
     rows.append({"model": "noisy input", "latent_dim": 0, "mse": float(np.mean(resid ** 2)),

@@ -258,6 +258,13 @@ class Runner:
         planned = set(step.outputs)  # the plan decided which products this run makes
         if "preprocessed" in stores:
             test = products.test_positions(stores["preprocessed"], held, rep.test_galaxies)
+            # Every product reads these galaxies: take them from every store in one
+            # computation, so that a fused chain's chunks run once, not once per product.
+            wanted = {"preprocessed", "degraded", "denoised"}
+            if st.denoise is not None:
+                wanted |= {st.denoise.input, st.train.clean if st.train is not None else "preprocessed"}
+            stores = products.subsets({k: v for k, v in stores.items() if k in wanted}, test)
+            test = np.arange(test.size)
         if "examples.npz" in planned:
             from ..science.metrics import TABLE6_LINES
 
@@ -274,11 +281,15 @@ class Runner:
                 self._table(products.latent(model, noisy, test, truth), "latent.parquet", "products")
                 made.append("latent")
             if "reconstruction_mse.csv" in planned:
-                clean = stores[st.train.clean if st.train is not None else "preprocessed"]
+                clean_name = st.train.clean if st.train is not None else "preprocessed"
                 train = None
                 if st.train is not None and st.denoise.model == "train":
-                    train = products.test_positions(noisy, held, rep.test_galaxies, trained=True)
-                table = products.reconstruction(model, noisy, clean, test, train,
+                    full = self.stores
+                    at = products.test_positions(full[st.denoise.input], held, rep.test_galaxies,
+                                                 trained=True)
+                    train = products.subsets({"noisy": full[st.denoise.input],
+                                              "clean": full[clean_name]}, at)
+                table = products.reconstruction(model, noisy, stores[clean_name], test, train,
                                                 seed=st.train.seed if st.train is not None else 0)
                 self._table(table, "reconstruction_mse.csv", "products")
                 made.append("reconstruction_mse")
