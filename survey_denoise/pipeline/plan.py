@@ -215,8 +215,10 @@ def _products(config: PipelineConfig) -> list[str]:
     if rep.scores and "preprocessed" in config.fit_targets() and len(config.fit_targets()) > 1:
         from .products import CASES
 
-        made += ["table6.csv"] + [f"figure9-{CASES[t]}.png" for t in config.fit_targets()
-                                  if t != "preprocessed"]
+        made += ["table6.csv", "table6_scores.csv"]
+        if config.has_truth():  # truth-based per-bin scores and error coverage
+            made += ["table6_bins.csv", "table6_coverage.csv"]
+        made += [f"figure9-{CASES[t]}.png" for t in config.fit_targets() if t != "preprocessed"]
     return made
 
 
