@@ -15,7 +15,7 @@ from tests._cli import assert_user_error, run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "pipelines" / "table6.yaml"
-SMALL = ("--set", "input.mock.n=80", "--set", "chunk=40", "--set", "stages.train.epochs=1",
+SMALL = ("--set", "input.mock.n=80", "--set", "chunk=80", "--set", "stages.train.epochs=1",
          "--set", "stages.fit.method=fast", "--set", "report.html=false")
 
 
@@ -23,7 +23,7 @@ def test_set_overrides_a_config_value_and_is_checked():
     result = run("run", CONFIG, *SMALL, "--check")
     assert result.returncode == 0, result.stderr
     assert "sweep 'table6': 3 variants over stages.train.kind" in result.stdout
-    assert "plan 'table6': 80 galaxies in chunks of 40" in result.stdout
+    assert "plan 'table6': 80 galaxies in chunks of 80" in result.stdout
     assert "table6_coverage.csv" in result.stdout
     assert_user_error(run("run", CONFIG, "--set", "stages.fit.methd=fast", "--check"),
                       "stages.fit.methd")

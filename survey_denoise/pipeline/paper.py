@@ -35,7 +35,12 @@ def _labelled(table: pd.DataFrame, keys: list[str], method: str = "method") -> p
     case = table[method]
     keep = (case == "denoised") | (variant == variant.iloc[0])
     name = np.where(case == "denoised", variant, np.where(case == "noisy", NOISY, case))
-    return table.assign(name=name)[keep.to_numpy()]
+    out = table.assign(name=name)[keep.to_numpy()]
+    # the original, the noise-added input, then the variants in sweep order, per line
+    order = {n: i for i, n in enumerate(["original", NOISY, *dict.fromkeys(variant)])}
+    rank = out["line"].map({k: i for i, k in enumerate(dict.fromkeys(out["line"]))})
+    return out.assign(_r=rank, _n=out["name"].map(order)).sort_values(["_r", "_n"], kind="stable") \
+        .drop(columns=["_r", "_n"])
 
 
 def _wide(table: pd.DataFrame, sigma: str, fill: str) -> pd.DataFrame:
