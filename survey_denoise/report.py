@@ -14,7 +14,8 @@ section                            recorded output       made by the config key
 Figure 7, reconstruction MSE       table ``reconstruction_mse``  ``report.reconstruction``
 example spectra, fitted fluxes     table ``examples``    ``report.examples``
 Figure 9, Table 6                  table ``table6``,     ``report.scores``
-                                   figures ``figure9-*``
+                                   figures ``figure9-*``,
+                                   ``table6_coverage``
 Figure 10, mass-metallicity test   table ``mzr_test``    ``stages.science``
 Figure 6, latent space             table ``latent``      ``report.latent``
 =================================  ====================  ==========================
@@ -208,6 +209,13 @@ def _line_fluxes(rec: RunRecord, w: _Writer) -> Section | None:
                             "filled bins), every case on the same galaxies, zero fits as upper limits; "
                             "sigma_truth against the true flux when the run has a truth table",
                             index=False))
+    coverage = rec.get("table", "table6_coverage")
+    if coverage is not None:
+        cov = pd.read_csv(rec.path(coverage))
+        s.tables.append(w.table(cov[cov["bin"] == "all"], "table6_coverage",
+                                "Coverage of the true fluxes by each case's fitted errors, all true-flux "
+                                "bins together: within 1σ and 2σ (calibrated errors: 0.60–0.76 and "
+                                "0.90–0.98); per bin in the run's table6_coverage.csv", index=False))
     for fig in rec.outputs("figure"):
         if fig.name.startswith("figure9-"):
             case = fig.name.removeprefix("figure9-")

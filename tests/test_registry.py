@@ -14,7 +14,7 @@ from survey_denoise.pipeline.registry import Stages
 
 # Options every store-to-store command has for its own plumbing, not the stage's.
 PLUMBING = {"store_in", "store", "out", "cluster", "workers", "overwrite", "resume", "no_progress",
-            "noisy", "clean", "kind", "n_search", "search_epochs"}
+            "noisy", "clean", "kind", "n_search", "search_epochs", "check_only"}
 
 
 def _command(name: str) -> click.Command:

@@ -1,35 +1,53 @@
-"""The Table 6 pipeline at tiny size: data -> 4-d PCA/AE/VAE -> de-noise -> fits -> table and figures."""
+"""Table 6 at tiny size through ``survey-denoise run pipelines/table6.yaml``: a sweep over the 4-d
+PCA, AE and VAE, each variant fitting the original, noise-added and de-noised spectra and scoring them."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests._cli import assert_user_error, run
+
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "pipelines" / "table6.yaml"
+SMALL = ("--set", "input.mock.n=80", "--set", "chunk=80", "--set", "stages.train.epochs=1",
+         "--set", "stages.fit.method=fast", "--set", "report.html=false")
+
+
+def test_set_overrides_a_config_value_and_is_checked():
+    result = run("run", CONFIG, *SMALL, "--check")
+    assert result.returncode == 0, result.stderr
+    assert "sweep 'table6': 3 variants over stages.train.kind" in result.stdout
+    assert "plan 'table6': 80 galaxies in chunks of 80" in result.stdout
+    assert "table6_coverage.csv" in result.stdout
+    assert_user_error(run("run", CONFIG, "--set", "stages.fit.methd=fast", "--check"),
+                      "stages.fit.methd")
+    assert_user_error(run("run", CONFIG, "--set", "stages.fit.method", "--check"), "KEY=VALUE")
 
 
 @pytest.mark.slow
-def test_table6_pipeline_writes_table_markdown_and_figures(tmp_path):
-    spec = importlib.util.spec_from_file_location("table6", ROOT / "pipelines" / "table6.py")
-    table6 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table6)
-    out, work = tmp_path / "out", tmp_path / "work"
-    table = table6.main(["--n", "80", "--epochs", "1", "--method", "fast", "--out", str(out),
-                         "--work", str(work)])
-    assert list(table.index) == ["pca", "ae", "vae", "noise-added"]
-    assert table.shape[1] == 12
-    assert np.isfinite(table.loc["pca"].to_numpy(float)).all()
-    saved = pd.read_csv(out / "table6.csv", header=[0, 1], index_col=0)
-    np.testing.assert_allclose(saved.to_numpy(float), table.to_numpy(float), equal_nan=True)
+def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
+    out = tmp_path / "t6"
+    result = subprocess.run([sys.executable, "-c", "from survey_denoise.cli import main; main()", "run",
+                             str(CONFIG), *SMALL, "--out", str(out), "--workers", "1", "--no-progress"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    kinds = {"pca", "ae", "vae"}
 
-    # every method on the same galaxies: one N per line, zero fits kept as limits
-    scores = pd.read_csv(out / "table6_scores.csv")
-    assert set(scores["method"]) == {"original", "pca", "ae", "vae", "noise-added"}
-    for _, sub in scores.groupby("line"):
+    table = pd.read_csv(out / "sweep-table6.csv")
+    assert set(table["kind"]) == kinds and set(table["case"]) == {"noisy", "denoised"}
+    assert len(table) == 3 * 2 * 6                            # kinds x cases x Table 6 lines
+    assert np.isfinite(table[table["kind"] == "pca"][["sigma", "sigma_fill"]].to_numpy(float)).all()
+
+    # every case on the same galaxies within a variant: one N per line, zero fits kept as limits
+    scores = pd.read_csv(out / "sweep-table6_scores.csv")
+    assert set(scores["method"]) == {"original", "noisy", "denoised"} and set(scores["kind"]) == kinds
+    for _, sub in scores.groupby(["kind", "line"]):
         assert sub["n"].nunique() == 1 and (sub["n"] == sub["n_common"]).all()
         assert (sub["n_measured_all"] + sub["n_upper_all"] + sub["n_missing_all"] == 16).all()
         assert (sub["n_common"] <= 16).all()
@@ -37,26 +55,31 @@ def test_table6_pipeline_writes_table_markdown_and_figures(tmp_path):
     assert np.isfinite(judged[["sigma_orig", "sigma_truth"]].to_numpy(float)).all()
     assert judged["painted_rate"].between(0, 1).all() | judged["painted_rate"].isna().all()
     assert np.isfinite(judged["faint_offset"]).all()
-    bins = pd.read_csv(out / "table6_bins.csv")
-    assert {"line", "method", "lo", "hi", "count", "offset_truth", "sigma_truth", "offset_orig"} <= set(bins)
-    per = bins.groupby(["line", "method"])["count"].sum().unstack()
-    assert (per.nunique(axis=1) == 1).all()                    # the same galaxies in every method's bins
+    # the original and noisy spectra are the same in every variant
+    noisy = scores[scores["method"] == "noisy"]
+    assert (noisy.groupby("line")["n_upper_all"].nunique() == 1).all()
 
-    calib = pd.read_csv(out / "table6_coverage.csv")
+    bins = pd.read_csv(out / "sweep-table6_bins.csv")
+    assert {"line", "method", "lo", "hi", "count", "offset_truth", "sigma_truth", "offset_orig", "kind"} <= set(bins)
+    per = bins.groupby(["kind", "line", "method"])["count"].sum().unstack()
+    assert (per.nunique(axis=1) == 1).all()                   # the same galaxies in every case's bins
+
+    calib = pd.read_csv(out / "sweep-table6_coverage.csv")
     overall = calib[calib["bin"] == "all"]
-    assert set(overall["method"]) == {"original", "pca", "ae", "vae", "noise-added"}
-    assert len(overall) == 5 * overall["line"].nunique()
+    assert set(overall["method"]) == {"original", "noisy", "denoised"} and set(overall["kind"]) == kinds
+    assert len(overall) == 3 * 3 * overall["line"].nunique()
     assert overall[["within_1sigma", "within_2sigma"]].stack().between(0, 1).all()
     assert (overall["within_2sigma"] >= overall["within_1sigma"]).all()
 
     md = (out / "table6.md").read_text()
-    assert "Are the errors honest?" in md
-    assert '"train": 64' in md and '"fit_method": "fast"' in md and "vae (paper) | 0.36 | 0.29" in md
-    assert "Against the mock's true fluxes" in md and "Painted" in md and "N common" in md
-    for name in ("figure9-pca.png", "figure9-ae.png", "figure9-vae.png", "figure9-noise-added.png"):
-        assert (out / name).stat().st_size > 0
-    # a second run reuses the saved models instead of training
-    again = table6.main(["--n", "80", "--epochs", "1", "--method", "fast", "--out", str(tmp_path / "o2"),
-                         "--work", str(tmp_path / "w2"), "--models-from", str(work / "models")])
-    pd.testing.assert_frame_equal(again, table)
-    assert '"trained_here": false' in (tmp_path / "o2" / "table6.md").read_text()
+    assert "Are the errors honest?" in md and "| vae (paper) | 0.36 | 0.29 |" in md
+    assert '"method": "fast"' in md and '"n": 80' in md
+    assert "Against the mock's true fluxes" in md and "painted" in md and "N common" in md
+    for kind in kinds:
+        for name in ("figure9-noisy.png", "figure9-denoised.png", "table6_coverage.csv"):
+            assert (out / kind / name).stat().st_size > 0
+
+    from survey_denoise.report import build_report
+
+    html = build_report(out / "vae").read_text()
+    assert "Coverage of the true fluxes" in html

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from ..pipeline.params import Fit
-from ..pipeline.registry import STAGES
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 from .params import declared
+from .stages import check_option
 
 
 def _stem(out: Path) -> Path:
@@ -25,12 +25,13 @@ def _stem(out: Path) -> Path:
 @workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalogue.")
 @click.option("--resume", is_flag=True, help="Fit only the galaxy chunks an interrupted run left.")
+@check_option
 @no_progress_option
-def fit(store, out, params: Fit, cluster, workers, overwrite, resume, no_progress) -> None:
+def fit(store, out, params: Fit, cluster, workers, overwrite, resume, check_only, no_progress) -> None:
     """Measure emission lines of a rest-frame STORE into a catalogue (Parquet + FITS)."""
-    from ..fitting.catalogue import write_catalogue
-    from ..io.outputs import check_outputs, replacing
-    from ..io.store import open_store, write_store
+    from ..io.outputs import check_outputs
+    from ..io.store import open_store
+    from ..pipeline.plan import Plan
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
@@ -42,13 +43,14 @@ def fit(store, out, params: Fit, cluster, workers, overwrite, resume, no_progres
     files = [stem.with_suffix(".parquet"), stem.with_suffix(".fits")]
     check_outputs([table, *files], [store, templates], overwrite=overwrite, resume=resume,
                   resumable=[table])
+    plan = Plan.single("fit", params, store, table, cluster=cluster,
+                       outputs=tuple(f.name for f in files))
+    if check_only:
+        click.echo(repr(plan))
+        return
     ds = open_store(store, frame="rest")
-    cat = STAGES["fit"].kernel(ds, params)
     with client_for(cluster, workers) as client:
-        report = write_store(cat, table, resume=resume, overwrite=overwrite, client=client,
-                             progress=not no_progress, label=f"fit ({method})", spectra=False)
-    with replacing(*files) as staged:
-        write_catalogue(open_store(table, spectra=False), staged[0])
+        report = plan.execute(client, resume=resume, overwrite=overwrite, progress=not no_progress)
     pq_path, fits_path = files
     click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")

@@ -20,11 +20,14 @@ from .common import UserError, cluster_option, no_progress_option, workers_optio
               help="Replace the run already in the output folder (it is deleted).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the run here instead of the config's outputs.dir.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change one config value before the check, e.g. --set input.mock.n=2000 "
+                   "--set stages.fit.method=fast (repeatable; VALUE is read as YAML).")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check the config (and print the plan); run nothing.")
 @no_progress_option
 def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite: bool,
-        out: Path | None, check_only: bool, no_progress: bool) -> None:
+        out: Path | None, overrides: tuple[str, ...], check_only: bool, no_progress: bool) -> None:
     """Run the pipeline described by CONFIG (see pipelines/*.yaml)."""
     from distributed import KilledWorker
 
@@ -34,7 +37,7 @@ def run(config: Path, cluster: str, workers: int | None, resume: bool, overwrite
     from ..pipeline.sweep import describe
 
     try:
-        cfg = load_config(config, out=out)
+        cfg = load_config(config, out=out, overrides=overrides)
         if check_only:
             click.echo(f"{config}: ok")
             click.echo(describe(cfg, cluster))

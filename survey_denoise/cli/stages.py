@@ -6,10 +6,13 @@
 
 Their options are the stages' declared parameters
 (:mod:`survey_denoise.pipeline.params`), with the same defaults as a
-pipeline config, and each calls the stage's registered kernel.  Each opens
-its input lazily (refusing an incomplete or foreign store before
-any cluster starts), builds the stage's lazy dataset and writes it chunk by
-chunk on the cluster with a progress bar; ``--resume`` finishes an
+pipeline config.  Each is a one-step plan
+(:meth:`~survey_denoise.pipeline.plan.Plan.single`), which ``--check``
+prints as ``run --check`` prints a run's.  Each opens its input lazily
+(refusing an incomplete or foreign store before any cluster starts),
+builds the stage's lazy dataset with its registered kernel and executes
+the plan (:mod:`survey_denoise.pipeline.single`): the store is written chunk
+by chunk on the cluster with a progress bar; ``--resume`` finishes an
 interrupted run.
 """
 
@@ -20,9 +23,11 @@ from pathlib import Path
 import click
 
 from ..pipeline.params import Degrade, Denoise, Preprocess
-from ..pipeline.registry import STAGES
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 from .params import declared
+
+check_option = click.option("--check", "check_only", is_flag=True,
+                            help="Only check the input and print the one-step plan; run nothing.")
 
 
 def _store_options(command):
@@ -35,6 +40,7 @@ def _store_options(command):
         workers_option,
         click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
         click.option("--resume", is_flag=True, help="Finish an interrupted write of the same output."),
+        check_option,
         no_progress_option,
     ]
     for decorate in reversed(decorators):
@@ -46,51 +52,65 @@ def _store_options(command):
 @_store_options
 @declared(Preprocess)
 def preprocess(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
-               resume: bool, no_progress: bool, params: Preprocess) -> None:
+               resume: bool, check_only: bool, no_progress: bool, params: Preprocess) -> None:
     """Shift the spectra of raw store IN to the rest frame, resample onto the grid, normalise."""
-    from ..io.store import open_store
-
     _check_out(out, overwrite, resume, store_in)
-    ds = open_store(store_in, frame="observed")
-    _write(STAGES["preprocess"].kernel(ds, params), out, cluster, workers, overwrite, resume,
-           "preprocess", not no_progress)
+    _execute(_plan("preprocess", params, store_in, out, cluster, frame="observed"), check_only,
+             workers, overwrite, resume, not no_progress)
 
 
 @click.command()
 @_store_options
 @declared(Degrade)
 def degrade(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
-            no_progress: bool, params: Degrade) -> None:
+            check_only: bool, no_progress: bool, params: Degrade) -> None:
     """Add noise to the rest-frame spectra of store IN."""
-    from ..io.store import open_store
-
     _check_out(out, overwrite, resume, store_in)
-    ds = open_store(store_in, frame="rest")
-    try:
-        result = STAGES["degrade"].kernel(ds, params)
-    except ValueError as err:
-        raise UserError(f"{store_in}: {err}") from None
-    _write(result, out, cluster, workers, overwrite, resume, "degrade", not no_progress)
+    _execute(_plan("degrade", params, store_in, out, cluster), check_only, workers, overwrite, resume,
+             not no_progress, where=f"{store_in}: ")
 
 
 @click.command()
 @_store_options
 @declared(Denoise)
 def denoise(store_in: Path, out: Path, cluster: str, workers: int | None, overwrite: bool,
-            resume: bool, no_progress: bool, params: Denoise) -> None:
+            resume: bool, check_only: bool, no_progress: bool, params: Denoise) -> None:
     """De-noise the rest-frame spectra of store IN with the saved model given by --model."""
-    from ..io.store import open_store
     from ..models import check_loadable
 
     model_dir = Path(params.model)
     _check_out(out, overwrite, resume, store_in, model_dir)
-    ds = open_store(store_in, frame="rest")
+    plan = _plan("denoise", params, store_in, out, cluster, extra=(str(model_dir),))
+    _execute(plan, check_only, workers, overwrite, resume, not no_progress,
+             # once here, not once per task on the cluster
+             check=lambda: check_loadable(model_dir))
+
+
+def _plan(stage: str, params, store_in: Path, out: Path, cluster: str, **how):
+    from ..pipeline.plan import Plan
+
+    return Plan.single(stage, params, store_in, out, cluster=cluster, **how)
+
+
+def _execute(plan, check_only: bool, workers: int | None, overwrite: bool, resume: bool,
+             progress: bool, *, where: str = "", check=None) -> None:
+    """Print the plan (``--check``) or carry it out; a kernel's ValueError is the user's."""
+    from ..io.store import open_store
+    from ..pipeline.single import build
+
+    if check_only:
+        click.echo(repr(plan))
+        return
+    source = plan.config.input.store
+    open_store(source.path, frame=source.frame)  # a foreign or incomplete store: its own error
     try:
-        result = STAGES["denoise"].kernel(ds, model_dir, params)
-        check_loadable(model_dir)  # once here, not once per task on the cluster
+        build(plan)  # opens the input and builds the graph: refused before a cluster starts
+        if check is not None:
+            check()
     except ValueError as err:  # SchemaError included: a model made for other data
-        raise UserError(str(err)) from None
-    _write(result, out, cluster, workers, overwrite, resume, "denoise", not no_progress)
+        raise UserError(f"{where}{err}") from None
+    out = plan.folder / plan.steps[0].outputs[0]
+    _write(plan, out, workers, overwrite, resume, plan.steps[0].stage, progress)
 
 
 def _check_out(out: Path, overwrite: bool, resume: bool, *inputs: Path) -> None:
@@ -101,14 +121,13 @@ def _check_out(out: Path, overwrite: bool, resume: bool, *inputs: Path) -> None:
     check_outputs([out], inputs, overwrite=overwrite, resume=resume, resumable=[out])
 
 
-def _write(ds, out: Path, cluster: str, workers: int | None, overwrite: bool, resume: bool,
+def _write(plan, out: Path, workers: int | None, overwrite: bool, resume: bool,
            label: str, progress: bool = True) -> None:
     from .. import flags as flagbits
-    from ..io.store import open_store, write_store
+    from ..io.store import open_store
 
-    with client_for(cluster, workers) as client:
-        report = write_store(ds, out, resume=resume, overwrite=overwrite, client=client,
-                             progress=progress, label=label)
+    with client_for(plan.cluster, workers) as client:
+        report = plan.execute(client, resume=resume, overwrite=overwrite, progress=progress)
     written = open_store(out)
     counts = flagbits.count(written["flags"].values)
     dropped = int(flagbits.dropped(written["flags"].values).sum())

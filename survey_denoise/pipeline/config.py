@@ -218,7 +218,19 @@ class PipelineConfig(_Strict):
 # ---------------------------------------------------------------- checks
 
 
-def load_config(path: str | Path, *, out: str | Path | None = None) -> PipelineConfig:
+def set_dotted(data: dict, dotted: str, value) -> None:
+    """Set ``data["a"]["b"]`` for ``dotted`` ``"a.b"``, making the mappings on the way."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, *, out: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read and check a pipeline YAML; every problem is reported at once.
 
     Parameters
@@ -227,6 +239,10 @@ def load_config(path: str | Path, *, out: str | Path | None = None) -> PipelineC
         The YAML file.
     out : str or Path, optional
         Replace ``outputs.dir``.
+    overrides : list of str
+        ``KEY=VALUE`` pairs applied before the check: ``KEY`` is a dotted
+        config key (``input.mock.n``, ``stages.train.epochs``), ``VALUE`` is
+        read as YAML (``10``, ``fast``, ``[pca, ae]``).
 
     Raises
     ------
@@ -245,6 +261,14 @@ def load_config(path: str | Path, *, out: str | Path | None = None) -> PipelineC
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, input, stages, outputs")
+    for pair in overrides:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. stages.train.epochs=10")
+        try:
+            set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML: {err}") from None
     if out is not None:
         raw.setdefault("outputs", {})
         raw["outputs"] = {**(raw["outputs"] or {}), "dir": str(out)}

@@ -80,6 +80,41 @@ class Plan:
     steps: tuple[Step, ...]
     galaxies: int | None
     cluster: str = "local"
+    recorded: bool = True
+    """False for a stand-alone command's one-step plan (:meth:`single`): no run record."""
+
+    @classmethod
+    def single(cls, stage: str, params, store_in: Path, out: Path, *, frame: str = "rest",
+               extra: tuple[str, ...] = (), outputs: tuple[str, ...] = (),
+               cluster: str = "local") -> Plan:
+        """The one-step plan of a stand-alone command (``survey-denoise degrade IN --out OUT``).
+
+        Parameters
+        ----------
+        stage : str
+            A registered stage with a kernel (:data:`.registry.STAGES`).
+        params : pydantic.BaseModel
+            The stage's checked parameters.
+        store_in : Path
+            The store it reads (``frame``: ``observed`` or ``rest``).
+        out : Path
+            The store it writes.
+        extra : tuple of str
+            Further inputs shown in the plan (a model folder).
+        outputs : tuple of str
+            Further files it writes beside ``out`` (a catalogue's Parquet and FITS).
+        """
+        from .config import PipelineConfig
+
+        galaxies, chunk = _store_shape(store_in)
+        config = PipelineConfig.model_validate({
+            "name": stage, "input": {"store": {"path": str(store_in), "frame": frame}},
+            "chunk": chunk or 1, "stages": {stage: params},
+            "outputs": {"dir": str(out.parent)}, "report": {"html": False}})
+        chunks = None if galaxies is None or not chunk else max(1, math.ceil(galaxies / chunk))
+        step = Step(stage, stage, (str(store_in), *extra), (out.name, *outputs),
+                    STAGES[stage].makes, chunks=chunks)
+        return cls(config, (step,), galaxies, cluster, recorded=False)
 
     @property
     def folder(self) -> Path:
@@ -122,15 +157,22 @@ class Plan:
     __str__ = __repr__
 
     def execute(self, client, *, resume: bool = False, progress: bool = True,
-                echo: Callable[[str], None] = print):
+                echo: Callable[[str], None] = print, overwrite: bool = False):
         """Carry the plan out on ``client``; see :class:`~.runner.Runner`.
+
+        A one-step plan (:meth:`single`) is carried out by
+        :func:`~.single.run_step` instead: the same kernel and store writer,
+        without a run folder or record; ``overwrite`` replaces its store.
 
         Returns
         -------
-        RunSummary
+        RunSummary, or the one step's WriteReport
         """
         from .runner import Runner
+        from .single import run_step
 
+        if not self.recorded:
+            return run_step(self, client, resume=resume, overwrite=overwrite, progress=progress)
         return Runner(self, client, resume=resume, progress=progress, echo=echo).run()
 
 
@@ -202,6 +244,18 @@ def _galaxies(config: PipelineConfig) -> int | None:
     return None  # files: known once they are read
 
 
+def _store_shape(path: Path) -> tuple[int | None, int | None]:
+    """Galaxies and galaxy chunk size of a store, from its Zarr metadata only."""
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        array = group["flux"] if "flux" in group else group["galaxy"]
+        return int(array.shape[0]), int(array.chunks[0])
+    except Exception:  # noqa: BLE001 - the command opens the store and names the problem
+        return None, None
+
+
 def _products(config: PipelineConfig) -> list[str]:
     """The report's small products this config makes (see ``report:`` in the config)."""
     rep, st = config.report, config.stages
@@ -215,8 +269,10 @@ def _products(config: PipelineConfig) -> list[str]:
     if rep.scores and "preprocessed" in config.fit_targets() and len(config.fit_targets()) > 1:
         from .products import CASES
 
-        made += ["table6.csv"] + [f"figure9-{CASES[t]}.png" for t in config.fit_targets()
-                                  if t != "preprocessed"]
+        made += ["table6.csv", "table6_scores.csv"]
+        if config.has_truth():  # truth-based per-bin scores and error coverage
+            made += ["table6_bins.csv", "table6_coverage.csv"]
+        made += [f"figure9-{CASES[t]}.png" for t in config.fit_targets() if t != "preprocessed"]
     return made
 
 

@@ -158,14 +158,33 @@ def reconstruction(model_dir: Path, noisy: xr.Dataset, clean: xr.Dataset, test: 
     kind = str(model.card_["kind"])
     d = int(model.get_params()["latent"])
     x, y = _flux(noisy, test), _flux(clean, test)
-    rows = [{"model": kind, "latent_dim": d, "mse": model.score(x, y), "n_galaxies": test.size}]
+    rows = [{"model": kind, "latent_dim": d, **_errors(model.denoise(x), y), "n_galaxies": test.size}]
     if train is not None and kind != "pca":
         pca = PCADenoiser(latent=d, seed=seed).fit(train["noisy"], train["clean"])
-        rows.append({"model": "pca", "latent_dim": d, "mse": pca.score(x, y), "n_galaxies": test.size})
+        rows.append({"model": "pca", "latent_dim": d, **_errors(pca.denoise(x), y),
+                     "n_galaxies": test.size})
     resid = x["flux"].values.astype(np.float64) - y["flux"].values
     rows.append({"model": "noisy input", "latent_dim": 0, "mse": float(np.mean(resid ** 2)),
+                 "mse_unit_norm": _errors(x["flux"].values, y)["mse_unit_norm"],
                  "n_galaxies": test.size})
     return pd.DataFrame(rows)
+
+
+def _errors(pred: np.ndarray, clean: xr.Dataset) -> dict[str, float]:
+    """``mse`` (the model's own score) and ``mse_unit_norm``.
+
+    The noisy spectra are normalised again after the noise is added, so their
+    signal sits below unit norm and a PCA, never shown a clean spectrum,
+    reproduces that amplitude; the prediction scaled to unit L2 norm, like the
+    clean spectra, separates the spectral shape from the amplitude.
+    """
+    from ..models.data import as_flux
+
+    pred, y = as_flux(pred), as_flux(clean["flux"].values)
+    norm = np.linalg.norm(pred.astype(np.float64), axis=1, keepdims=True)
+    unit = pred / np.where(norm > 0, norm, 1.0)
+    return {"mse": float(np.mean((pred - y) ** 2, dtype=np.float64)),
+            "mse_unit_norm": float(np.mean((unit - y) ** 2))}
 
 
 def scores(catalogues: Mapping[str, pd.DataFrame], truth: pd.DataFrame | None,
@@ -218,3 +237,54 @@ def table6(scores) -> pd.DataFrame:
             [["case", "line", "label", "n", "n_upper", "sigma", "sigma_fill", "median_offset",
               "sigma_truth", "sigma_fill_truth", "painted_rate"]]
             .reset_index(drop=True))
+
+
+def score_tables(scores) -> dict[str, pd.DataFrame]:
+    """The scores' long tables: ``table6_scores`` and ``table6_bins`` (empty without a truth table).
+
+    ``table6_scores`` has one row per (line, case), the reference
+    ``original`` included, on the common set (:class:`~survey_denoise.science.metrics.Scores`
+    ``summary``: N, limits, sigma and sigma_fill against the original and the
+    truth, painted rate, faint-bin offset, dex) with the counts over every
+    scored galaxy beside it (``n_measured_all``, ``n_upper_all``,
+    ``n_missing_all``).  ``table6_bins`` is per bin of log10 true flux.
+    """
+    every = scores.counts.rename(columns={"n_measured": "n_measured_all", "n_upper": "n_upper_all",
+                                          "n_missing": "n_missing_all"})
+    return {"table6_scores": scores.summary.merge(every, on=["line", "method"], how="left"),
+            "table6_bins": scores.bins}
+
+
+def coverage(catalogues: Mapping[str, pd.DataFrame], truth: pd.DataFrame | None,
+             galaxies: np.ndarray | None) -> pd.DataFrame | None:
+    """Coverage of the true line fluxes by each catalogue's errors, per line and true-flux bin.
+
+    Parameters
+    ----------
+    catalogues : mapping of case to DataFrame
+        Fitted catalogues (``galaxy``, ``<key>_flux``, ``<key>_flux_err``).
+    truth : DataFrame, optional
+        The mock's truth table (``true_<key>_flux``, same flux unit).
+    galaxies : array, optional
+        Only these galaxy ids (the held-out ones).
+
+    Returns
+    -------
+    DataFrame or None
+        :func:`~survey_denoise.science.calibration.line_coverage` rows with
+        ``line`` and ``method`` (the case); the bins come from the true fluxes
+        alone, so every case gets the same ones.  None without a truth table
+        holding the lines.
+    """
+    from ..science.calibration import COVERAGE_LINES, line_coverage
+
+    keys = [k for k in COVERAGE_LINES if truth is not None and f"true_{k}_flux" in truth
+            and all(f"{k}_flux_err" in c for c in catalogues.values())]
+    if not keys or not catalogues:
+        return None
+    true = truth.rename(columns={f"true_{k}_flux": f"{k}_flux" for k in keys})
+    if galaxies is not None:
+        true = true[true["galaxy"].astype(str).isin(set(np.asarray(galaxies).astype(str)))]
+    rows = [tab.assign(line=k, method=case) for case, cat in catalogues.items()
+            for k, tab in line_coverage(cat, true, keys=keys).items()]
+    return pd.concat(rows, ignore_index=True)

@@ -301,6 +301,12 @@ class Runner:
                 from .. import plots
 
                 self._table(products.table6(scores), "table6.csv", "products")
+                tables = products.score_tables(scores)
+                if "table6_coverage.csv" in planned:
+                    tables["table6_coverage"] = products.coverage(frames, truth, held)
+                for name, table in tables.items():
+                    if f"{name}.csv" in planned and table is not None:
+                        self._table(table, f"{name}.csv", "products")
                 for case in scores.vs_original:
                     name = f"figure9-{case}.png"
                     with replacing(self.path(name)) as (tmp,):

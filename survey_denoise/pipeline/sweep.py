@@ -11,10 +11,12 @@ run record, all on one cluster::
 gives 15 variants (``outputs.dir/vae-4`` ...).  Every variant draws the same
 mock and noise (the draws are keyed by galaxy id and seed), so the variants
 differ only in what is swept.  When all have run, their report tables
-(``reconstruction_mse.csv``, ``table6.csv``) are gathered into
-``sweep-<table>.csv`` with one column per swept key, and the reconstruction
+(``reconstruction_mse.csv``, ``table6.csv``, ``table6_scores.csv``,
+``table6_bins.csv``, ``table6_coverage.csv``) are gathered into
+``sweep-<table>.csv`` with one column per swept key; the reconstruction
 errors are drawn as Figure 7 (``figure7.png``, test MSE against latent size
-per model).  ``pipelines/figure7.yaml`` and ``pipelines/table6.yaml`` are
+per model) and the line-flux scores written as ``table6.md``, beside the
+paper's Table 6.  ``pipelines/figure7.yaml`` and ``pipelines/table6.yaml`` are
 the paper's two sweeps.
 """
 
@@ -28,22 +30,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.outputs import replacing
-from .config import ConfigError, PipelineConfig
+from .config import ConfigError, PipelineConfig, set_dotted
 from .plan import Plan, plan
 from .record import RunRecord
 
-GATHERED = ("reconstruction_mse", "table6")
+GATHERED = ("reconstruction_mse", "table6", "table6_scores", "table6_bins", "table6_coverage")
 """Report tables of the variants gathered into the sweep's own tables."""
-
-
-def _set(data: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
 
 
 def _label(values: tuple) -> str:
@@ -65,7 +57,7 @@ def variants(config: PipelineConfig) -> list[tuple[dict[str, object], PipelineCo
     for values in itertools.product(*sweep.values()):
         data = json.loads(json.dumps(base))
         for key, value in zip(sweep, values, strict=True):
-            _set(data, key, value)
+            set_dotted(data, key, value)
         data["outputs"]["dir"] = str(Path(config.outputs.dir) / _label(values))
         try:
             variant = PipelineConfig.model_validate(data)
@@ -97,9 +89,13 @@ def describe(config: PipelineConfig, cluster: str = "local") -> str:
     return "\n".join(lines)
 
 
-def gather(folder: Path, runs: list[tuple[dict[str, object], Path]]) -> list[Path]:
-    """Concatenate the variants' report tables with their swept values; draw Figure 7."""
-    written = []
+def gather(folder: Path, runs: list[tuple[dict[str, object], Path]], config: dict | None = None) -> list[Path]:
+    """Concatenate the variants' report tables with their swept values.
+
+    Also draws Figure 7 (``figure7.png``) from the reconstruction errors and
+    writes ``table6.md`` (:mod:`.paper`) from the line-flux scores.
+    """
+    written, gathered = [], {}
     for name in GATHERED:
         frames = []
         for values, run in runs:
@@ -110,13 +106,21 @@ def gather(folder: Path, runs: list[tuple[dict[str, object], Path]]) -> list[Pat
                                                                      for k, v in values.items()}))
         if not frames:
             continue
-        table = pd.concat(frames, ignore_index=True)
+        table = gathered[name] = pd.concat(frames, ignore_index=True)
         path = folder / f"sweep-{name}.csv"
         with replacing(path) as (tmp,):
             table.to_csv(tmp, index=False)
         written.append(path)
         if name == "reconstruction_mse":
             written.append(_figure7(table, folder / "figure7.png"))
+    if "table6_scores" in gathered:
+        from .paper import table6_markdown
+
+        keys = [k.rsplit(".", 1)[-1] for k in runs[0][0]]
+        path = folder / "table6.md"
+        with replacing(path) as (tmp,):
+            tmp.write_text(table6_markdown(config or {}, keys, gathered))
+        written.append(path)
     return written
 
 
@@ -156,6 +160,7 @@ def run_sweep(config: PipelineConfig, *, cluster: str = "local", workers: int | 
                 _clear_run(p.folder)
             summaries.append(p.execute(client, resume=resume, progress=progress, echo=echo))
             echo(str(summaries[-1]))
-    for path in gather(Path(config.outputs.dir), [(v, p.folder) for v, p in found]):
+    shown = json.loads(config.model_dump_json())
+    for path in gather(Path(config.outputs.dir), [(v, p.folder) for v, p in found], shown):
         echo(f"sweep: wrote {path}")
     return summaries
