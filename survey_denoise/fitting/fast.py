@@ -164,41 +164,35 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=(), covered=None):
+def _solve_one_width(a, n_lines, y, w, xp, outer=None, covered=None):
     """Batched weighted least squares with non-negative line columns.
 
     ``covered`` (n, n_lines) says which line columns the spectrum covers
     (:mod:`survey_denoise.line_windows`; default all): the others are left
     out of its system, so an uncovered line neither takes nor gives flux.
-    Returns coefficients, their errors, chi^2 and a measurable mask (all (n, k)).
-    With ``correlation`` (by lag) the errors of the active columns allow for
-    correlated pixel errors (see :func:`fit_batch`).
+    Returns coefficients, their errors, chi^2 and a measurable mask (all
+    (n, k)), then the normal matrices ``A^T W A`` (n, k, k) and the final
+    active sets (n, k), from which :func:`_correlated_err` derives errors
+    for correlated pixel errors.
     """
     n, k = y.shape[0], a.shape[1]
     a_dev = xp.asarray(a)
     # A^T W A of every spectrum as one (n, p) @ (p, k(k+1)/2) product (its
     # upper triangle): one large matrix product instead of n small ones.
     outer = xp.asarray(_outer(a) if outer is None else outer)
-    upper = w @ outer
-    iu, ju = np.triu_indices(k)
-    m = xp.empty((n, k, k))
-    m[:, iu, ju] = upper
-    m[:, ju, iu] = upper
+    m = _symmetric(w @ outer, n, k, xp)
     b = (w * y) @ a_dev
     covered = xp.ones((n, n_lines), bool) if covered is None else xp.asarray(covered, bool)
     measurable = xp.concatenate([covered, xp.ones((n, k - n_lines), bool)], axis=1)
     measurable &= xp.diagonal(m, axis1=1, axis2=2) > 0
     active = measurable.copy()
-    eye = xp.eye(k)[None]
     x, err = xp.zeros((n, k)), xp.zeros((n, k))
     first_err = None
     rows = xp.arange(n)
     for _ in range(n_lines + 1):
         # Only spectra whose active set changed are solved again.
         act = active[rows]
-        mask = act[:, :, None] & act[:, None, :]
-        mm = xp.where(mask, m[rows], 0.0) + eye * (~act)[:, :, None]
-        cov = xp.linalg.inv(mm)
+        cov = _active_inverse(m[rows], act, xp)
         x[rows] = xp.einsum("nij,nj->ni", cov, xp.where(act, b[rows], 0.0))
         err[rows] = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
         if first_err is None:
@@ -209,42 +203,63 @@ def _solve_one_width(a, n_lines, y, w, xp, outer=None, correlation=(), covered=N
             break
         rows, neg = rows[again], neg[again]
         active[rows, :n_lines] &= ~neg
-    if len(correlation):
-        err = xp.where(active, _correlated_err(a_dev, w, m, active, correlation, xp), first_err)
-    else:
-        err = xp.where(active, err, first_err)
+    err = xp.where(active, err, first_err)
     resid = y - x @ a_dev.T
     dof = xp.clip((w > 0).sum(1) - active.sum(1), 1, None)
     chi2 = (w * resid**2).sum(1) / dof
-    return x, err, chi2, measurable
+    return x, err, chi2, measurable, m, active
 
 
-CORRELATED_BATCH = 256
-"""Spectra per (n, k, npix) estimator-weight block (about 35 MB in float64)."""
+def _symmetric(upper, n, k, xp):
+    """(n, k, k) symmetric matrices from their upper triangles, (n, k(k+1)/2)."""
+    iu, ju = np.triu_indices(k)
+    m = xp.empty((n, k, k))
+    m[:, iu, ju] = upper
+    m[:, ju, iu] = upper
+    return m
 
 
-def _correlated_err(a, w, m, active, correlation, xp):
+def _active_inverse(m, act, xp):
+    """Inverse of each normal matrix restricted to its active columns (identity elsewhere)."""
+    mask = act[:, :, None] & act[:, None, :]
+    return xp.linalg.inv(xp.where(mask, m, 0.0) + xp.eye(m.shape[1])[None] * (~act)[:, :, None])
+
+
+def _correlated_err(a, w, m, active, correlation, xp, lagged=None):
     """Coefficient errors for pixel errors correlated by lag: ``corr(e_i, e_(i+L)) = rho_L``.
 
-    ``C = (A^T W A)^-1 A^T W`` is the estimator (active columns only) and
-    ``g_ki = C_ki sigma_i``; the variance is ``sum_i g_ki^2 + 2 sum_L rho_L
-    sum_i g_ki g_k(i+L)`` (lags beyond the given ones uncorrelated), floored
-    at 0.
+    With ``C = (A^T W A)^-1`` over the active columns, the estimator is
+    ``C A^T W`` and its covariance ``C (A^T W^1/2 R W^1/2 A) C``, ``R`` the
+    banded correlation matrix (lags beyond the given ones uncorrelated).
+    The middle matrix is ``A^T W A`` plus, per lag, ``rho_L`` times
+    ``sum_i sqrt(w_i w_(i+L)) (a_i a_(i+L)^T + a_(i+L) a_i^T)``: one
+    (n, p) @ (p, k(k+1)/2) product per lag, as for ``A^T W A`` itself,
+    instead of the (n, k, p) estimator weights.  Variances are floored at 0.
     """
     n, k = m.shape[0], m.shape[1]
-    out = xp.zeros((n, k))
-    eye = xp.eye(k)[None]
-    root_w = xp.sqrt(w)  # C_ki sigma_i = G_ki w_i sigma_i = G_ki sqrt(w_i)
-    for s in range(0, n, CORRELATED_BATCH):
-        act = active[s:s + CORRELATED_BATCH]
-        mask = act[:, :, None] & act[:, None, :]
-        cov = xp.linalg.inv(xp.where(mask, m[s:s + CORRELATED_BATCH], 0.0) + eye * (~act)[:, :, None])
-        g = xp.einsum("nkj,ij->nki", cov * act[:, None, :], a) * root_w[s:s + CORRELATED_BATCH, None, :]
-        var = (g * g).sum(-1)
-        for lag, rho in enumerate(correlation, start=1):
-            var = var + 2.0 * float(rho) * (g[:, :, lag:] * g[:, :, :-lag]).sum(-1)
-        out[s:s + CORRELATED_BATCH] = xp.sqrt(xp.clip(var, 0.0, None))
-    return out
+    lagged = _lagged_outer(a, len(correlation)) if lagged is None else lagged
+    middle = m.copy()
+    for lag, (rho, o) in enumerate(zip(correlation, lagged, strict=False), start=1):
+        pair = xp.sqrt(w[:, lag:] * w[:, :-lag])
+        middle += float(rho) * _symmetric(pair @ xp.asarray(o), n, k, xp)
+    cov = _active_inverse(m, active, xp) * (active[:, :, None] & active[:, None, :])
+    var = ((cov @ middle) * cov).sum(-1)
+    return xp.sqrt(xp.clip(var, 0.0, None))
+
+
+def _lagged_outer(a: np.ndarray, lags: int) -> tuple[np.ndarray, ...]:
+    """Per lag L: upper triangle of ``a_i a_(i+L)^T + a_(i+L) a_i^T``, (p - L, k(k+1)/2)."""
+    iu, ju = np.triu_indices(a.shape[1])
+    out = []
+    for lag in range(1, lags + 1):
+        lo, hi = a[:-lag], a[lag:]
+        out.append(np.ascontiguousarray(lo[:, iu] * hi[:, ju] + hi[:, iu] * lo[:, ju]))
+    return tuple(out)
+
+
+@cache
+def _lagged_outer_matrix(sigma_kms: float, grid: Grid, lags: int) -> tuple[np.ndarray, ...]:
+    return _lagged_outer(design_matrix(sigma_kms, grid)[0], lags)
 
 
 @cache
@@ -309,12 +324,22 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         w = xp.asarray(np.where(ok[rows], ivar[rows], 0.0))
         # One column per group, and a group's lines are tied: it is covered when all of them are.
         covered = covered_lines(grid.wavelength, ok[rows], [g.name for g in groups])
-        fits = [[_to_numpy(v) for v in _solve_one_width(*_columns(width, grid), y, w, xp,
-                                                                   outer=_outer_matrix(float(width), grid),
-                                                                   correlation=tuple(correlation),
-                                                                   covered=covered)]
+        fits = [_solve_one_width(*_columns(width, grid), y, w, xp, outer=_outer_matrix(float(width), grid),
+                                 covered=covered)
                 for width in widths_kms]
-        x, err, chi2, meas, width = _best_width(fits, np.log(np.asarray(widths_kms, float)))
+        x, err, chi2, meas, width, near = _best_width([[_to_numpy(v) for v in f[:4]] for f in fits],
+                                                      np.log(np.asarray(widths_kms, float)))
+        if len(correlation):
+            # Only the chosen width's errors are reported, so only they allow for the correlation.
+            for t, width in enumerate(widths_kms):
+                at = np.flatnonzero(near == t)
+                if at.size:
+                    _, _, _, _, m, active = fits[t]
+                    idx = xp.asarray(at)
+                    corr = _correlated_err(None, w[idx], m[idx], active[idx], tuple(correlation), xp,
+                                           lagged=_lagged_outer_matrix(float(width), grid, len(correlation)))
+                    active = _to_numpy(active[idx])
+                    err[at] = np.where(active, _to_numpy(corr), err[at])
         n_lines = len(groups)
         x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
         _store(out, rows, groups, x, err, meas)
@@ -335,7 +360,9 @@ def _best_width(fits, log_width):
     With the minimum at an inner width, the parabola through it and its two
     neighbours gives the width of least chi^2, and the coefficients are
     interpolated (quadratically, same three widths) there: a flux measured
-    with a profile of the wrong width is off by several per cent.
+    with a profile of the wrong width is off by several per cent.  Errors
+    are those of the tried width nearest the refined one, whose index is
+    returned last.
     """
     x = np.stack([f[0] for f in fits])           # (n_w, n, k)
     err = np.stack([f[1] for f in fits])
@@ -345,7 +372,7 @@ def _best_width(fits, log_width):
     cols = np.arange(n)
     best = np.argmin(np.where(np.isfinite(chi2), chi2, np.inf), axis=0)
     if n_w < 3:
-        return x[best, cols], err[best, cols], chi2[best, cols], meas, np.exp(log_width[best])
+        return x[best, cols], err[best, cols], chi2[best, cols], meas, np.exp(log_width[best]), best
     mid = np.clip(best, 1, n_w - 2)
     u = log_width[np.stack([mid - 1, mid, mid + 1])]             # (3, n)
     c = chi2[np.stack([mid - 1, mid, mid + 1]), cols]              # (3, n)
@@ -366,7 +393,7 @@ def _best_width(fits, log_width):
     xs = x[np.stack([mid - 1, mid, mid + 1]), cols]              # (3, n, k)
     x_at = np.einsum("tn,tnk->nk", lag, xs)
     near = np.where(best == mid, mid, best)
-    return x_at, err[near, cols], chi2[best, cols], meas, np.exp(at)
+    return x_at, err[near, cols], chi2[best, cols], meas, np.exp(at), near
 
 
 def _store(out, rows, groups, x, err, meas):
