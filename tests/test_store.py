@@ -274,11 +274,17 @@ def test_interrupted_write_resumes_to_the_same_bytes_on_a_cluster(tmp_path):
         assert a[name] == b[name], name
 
 
-def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
+def test_driver_submits_one_task_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
+    from distributed.protocol.pickle import loads
+
+    from survey_denoise.io import store
+
     ds = _spectra(n=480, chunk=10)  # 48 chunks
-    calls = {"to_zarr": 0, "compute": 0}
+    calls = {"to_zarr": 0, "units": 0}
     graphs = []
     real_to_zarr = xr.Dataset.to_zarr
+    upstream = len(dict(ds.__dask_graph__()))
+    assert upstream > 48 * 5
 
     def to_zarr(self, *args, **kwargs):
         calls["to_zarr"] += 1
@@ -286,25 +292,30 @@ def test_driver_submits_one_graph_per_shard_and_no_xarray_writes(tmp_path, monke
 
     monkeypatch.setattr(xr.Dataset, "to_zarr", to_zarr)
     with connect("local", n_workers=2) as client:
-        real_compute = client.compute
+        real_submit = client.submit
 
-        def compute(*args, **kwargs):
-            calls["compute"] += 1
-            graphs.append(dict(args[0].__dask_graph__()))
-            return real_compute(*args, **kwargs)
+        def submit(fn, *args, **kwargs):
+            if fn is store._run_graph:
+                calls["units"] += 1
+                graphs.append(loads(args[0]))
+            return real_submit(fn, *args, **kwargs)
 
-        monkeypatch.setattr(client, "compute", compute)
+        monkeypatch.setattr(client, "submit", submit)
+        before = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
         write_store(ds, tmp_path / "s.zarr", client=client, progress=False, shard_chunks=8)
-    # Metadata once; then one submitted graph per shard of 8 chunks, whatever
-    # the number of variables: the driver's work does not grow with chunks.
-    assert calls == {"to_zarr": 1, "compute": 6}
-    # Each graph writes its whole shard in one task, reading the variables'
-    # blocks directly: no slice, concatenation or write task per variable for
-    # the scheduler to track.
+        transitions = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
+    # Metadata once; then one task per shard of 8 chunks, whatever the number
+    # of variables and upstream tasks: the scheduler's work does not grow with them.
+    assert calls == {"to_zarr": 1, "units": 6}
+    assert transitions - before <= 6 * 6, transitions - before
+    # Each unit's graph writes its whole shard, reading the variables' blocks
+    # directly, and holds only its own chunks' tasks.
     for graph in graphs:
         names = [key_split(key) for key in graph]
         assert names.count("write-unit") == 1
         assert not {"getitem", "concatenate", "rechunk-merge", "_write_shard"} & set(names)
+        blocks = {key[1] for key in graph if isinstance(key, tuple)}
+        assert len(blocks) == 8 and len(graph) < upstream / 4  # its own 8 chunks of 48
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").ivar.values, ds.ivar.values)
 
 

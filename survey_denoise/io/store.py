@@ -549,7 +549,7 @@ def _run_units(ds, path, todo, starts, k, client, report):
         if task is None:
             (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
             return client.submit(int, first, pure=False)
-        return client.compute(task)
+        return client.submit(_run_graph, *_whole(task), key=f"whole-{task.key}", pure=False)
 
     futures = {submit(first): first for first in itertools.islice(pending, window)}
     queue = as_completed(list(futures))
@@ -560,6 +560,34 @@ def _run_units(ds, path, todo, starts, k, client, report):
             futures[nxt] = first
             queue.add(nxt)
         yield futures.pop(fut)
+
+
+def _whole(task) -> tuple[bytes, str]:
+    """A unit's culled, optimised graph, pickled, to run as one task (:func:`_run_graph`).
+
+    A fused chain makes a few hundred tasks per chunk (a task per variable
+    per stage); handed to the scheduler one by one they cost more of the
+    driver's CPU than the workers spend on some stages.  As one task the
+    scheduler tracks one key per unit, and the worker runs the chain with the
+    synchronous scheduler, each intermediate freed as soon as it is used.
+    The graph is pickled here so that the scheduler does not unpack its
+    tasks as arguments.
+    """
+    from dask.base import collections_to_expr
+    from dask.optimization import cull
+    from distributed.protocol.pickle import dumps
+
+    graph = collections_to_expr([task], optimize_graph=True).optimize().__dask_graph__()
+    graph, _ = cull(dict(graph), [task.key])  # the optimiser leaves some layers whole
+    return dumps(graph), task.key
+
+
+def _run_graph(graph: bytes, key: str):
+    """Run a unit's graph on this worker, in this thread.  Runs on a worker."""
+    from dask.local import get_sync
+    from distributed.protocol.pickle import loads
+
+    return get_sync(loads(graph), key)
 
 
 def _progress_callback(progress, total: int, label: str, initial: int):

@@ -261,8 +261,10 @@ def generate(ids: np.ndarray, cfg: MockConfig, *, chunk_size: int = 1000,
     attrs = add_provenance(attrs, "mock", design=design, n=int(ids.size), **cfg_dict)
     # template: one small real chunk tells dtypes; the lazy arrays get the right shapes
     sample = _chunk(xr.Dataset(coords={"galaxy": ids[:1]}), cfg, wavelength, attrs)
-    # a dask variable makes map_blocks lazy (a coordinate-only dataset runs eagerly)
-    base = xr.Dataset({"ids": ("galaxy", ids)}, coords={"galaxy": ids}).chunk({"galaxy": chunk_size})
+    # a dask variable makes map_blocks lazy (a coordinate-only dataset runs eagerly);
+    # built from one small array per chunk, so that a chunk's task does not carry
+    # every id of the survey (16 MB per write unit at 10^6 galaxies)
+    base = xr.Dataset({"ids": ("galaxy", _chunked(ids, chunk_size))}, coords={"galaxy": ids})
     template = xr.Dataset(
         {name: (var.dims, _lazy(var, ids.size, chunk_size), var.attrs) for name, var in sample.data_vars.items()},
         coords={"galaxy": ids, "wavelength": sample["wavelength"]}, attrs=sample.attrs)
@@ -270,6 +272,13 @@ def generate(ids: np.ndarray, cfg: MockConfig, *, chunk_size: int = 1000,
     ds["wavelength"].attrs.update(sample["wavelength"].attrs)
     ds.attrs = dict(sample.attrs)
     return ds
+
+
+def _chunked(values: np.ndarray, chunk_size: int):
+    import dask.array as da
+
+    return da.concatenate([da.from_array(values[s:s + chunk_size], chunks=-1)
+                           for s in range(0, values.size, chunk_size)])
 
 
 def _lazy(var: xr.DataArray, n: int, chunk_size: int):
