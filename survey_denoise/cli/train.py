@@ -9,6 +9,11 @@ paper's random search (N trials of at most 25 epochs; table
 ``--preset paper`` trains with the paper's choices (Table 4/5 dropout,
 weighted MSE, the 10 % plateau rule, last-epoch weights); the default
 preset's choices and their reasons are in docs/models.md and the card.
+Like the other stage commands it is a one-step plan
+(:meth:`~survey_denoise.pipeline.plan.Plan.single`; the search, if any, a
+step before it) that ``--check`` prints, carried out by
+:func:`~survey_denoise.pipeline.single.train_step` with the same
+:func:`~survey_denoise.pipeline.stages.train` as a run's train step.
 
 ``evaluate MODEL_DIR --noisy STORE --clean STORE`` prints the test MSE.
 """
@@ -23,6 +28,7 @@ from ..models import KINDS
 from ..pipeline.params import Train
 from .common import UserError, client_for, cluster_option, no_progress_option, workers_option
 from .params import declared
+from .stages import check_option
 
 
 def _open(path: Path):
@@ -44,48 +50,36 @@ def _open(path: Path):
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 @cluster_option
 @workers_option
+@check_option
 @no_progress_option
 def train(kind, noisy, clean, out, n_search, search_epochs, params: Train, overwrite, cluster,
-          workers, no_progress) -> None:
+          workers, check_only, no_progress) -> None:
     """Train a PCA, AE or VAE de-noiser on the stores NOISY -> CLEAN."""
-    from ..io.outputs import check_outputs, replacing
-    from ..models import build_model
-    from ..models.figures import loss_curves
+    from contextlib import nullcontext
+
+    from ..io.outputs import check_outputs
+    from ..pipeline.plan import Plan, Search
 
     check_outputs([out], [noisy, clean], overwrite=overwrite)
-    ds_noisy, ds_clean = _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
-    latent, seed, preset = params.latent, params.seed, params.preset
-    options = {**params.options(), "verbose": 0 if no_progress else 1}
+    _open(noisy), _open(clean)  # refuses foreign or incomplete stores now
     if n_search and kind == "pca":
         raise UserError("--search is for ae and vae (PCA has only --latent)")
-    final = out
-    with replacing(final) as (out,):  # an old model stays until the new one is saved
-        if n_search:
-            from ..models.search import random_search
-
-            out.mkdir(parents=True, exist_ok=True)
-            click.echo(f"search: {n_search} trials x <= {search_epochs} epochs on the cluster")
-            with client_for(cluster, workers) as client:
-                best, _ = random_search(kind, latent, str(noisy), str(clean), n_trials=n_search,
-                                        epochs=search_epochs, seed=seed, client=client,
-                                        table=out / "search.csv", preset=preset)
-            click.echo(f"search: best trial {best['trial']}: dropout {best['dropout']}, units "
-                       f"{best['units']}, final validation loss {best['score']:.4g} "
-                       f"(all trials in {final / 'search.csv'})")
-            options.update(units=best["units"], dropout=best["dropout"])
-        model = build_model(kind, latent, **options)
-        click.echo(f"train: {model!r} on {ds_noisy.sizes['galaxy']} galaxies")
+    search = Search(n_search, search_epochs) if n_search else None
+    plan = Plan.single("train", params, noisy, out, extra=(str(clean),), cluster=cluster,
+                       search=search)
+    if check_only:
+        click.echo(repr(plan))
+        return
+    # The cluster runs the search's trials; the training itself runs in this process.
+    with client_for(cluster, workers) if search else nullcontext() as client:
         try:
-            model.fit(ds_noisy, ds_clean, validation_split=params.validation_split)
+            model = plan.execute(client, overwrite=overwrite, progress=not no_progress,
+                                 echo=click.echo)
         except ValueError as err:
             raise UserError(f"{noisy}: {err}") from None
-        model.save(out)
-        metrics = model.card_["metrics"]
-        if kind != "pca":
-            loss_curves(model.card_["history"], title=f"{kind.upper()}, latent {latent}",
-                        save=out / "loss.png")
+    metrics = model.card_["metrics"]
     mse = metrics.get("val_mse", metrics.get("train_mse"))
-    click.echo(f"train: saved {final} (validation MSE {mse:.4g}, {metrics['train_seconds']:.1f} s)")
+    click.echo(f"train: saved {out} (validation MSE {mse:.4g}, {metrics['train_seconds']:.1f} s)")
 
 
 @click.command()

@@ -47,7 +47,8 @@ class Step:
         Unique in the plan, e.g. ``degrade`` or ``fit-denoised``.
     stage : str
         What it runs: a registered stage (:data:`.registry.STAGES`) or one of
-        ``mock``, ``ingest``, ``open`` (the input), ``products``, ``report``.
+        ``mock``, ``ingest``, ``open`` (the input), ``products``, ``report``,
+        ``search`` (``survey-denoise train --search``).
     inputs : tuple of str
         Stores it reads (by name), ``model``, or files outside the run.
     outputs : tuple of str
@@ -73,6 +74,22 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Search:
+    """The random search of architectures before a train step (``survey-denoise train --search``).
+
+    Attributes
+    ----------
+    trials : int
+        Architectures tried, each a task on the cluster (the paper: 100).
+    epochs : int
+        Most epochs per trial (the paper: 25).
+    """
+
+    trials: int
+    epochs: int = 25
+
+
+@dataclass(frozen=True)
 class Plan:
     """The steps of a run, in order; ``repr`` shows them as a table."""
 
@@ -82,27 +99,33 @@ class Plan:
     cluster: str = "local"
     recorded: bool = True
     """False for a stand-alone command's one-step plan (:meth:`single`): no run record."""
+    search: Search | None = None
+    """The random search of a ``train`` plan's ``search`` step, or None."""
 
     @classmethod
     def single(cls, stage: str, params, store_in: Path, out: Path, *, frame: str = "rest",
                extra: tuple[str, ...] = (), outputs: tuple[str, ...] = (),
-               cluster: str = "local") -> Plan:
+               cluster: str = "local", search: Search | None = None) -> Plan:
         """The one-step plan of a stand-alone command (``survey-denoise degrade IN --out OUT``).
 
         Parameters
         ----------
         stage : str
-            A registered stage with a kernel (:data:`.registry.STAGES`).
+            A registered stage with a kernel, or ``train`` (:data:`.registry.STAGES`).
         params : pydantic.BaseModel
             The stage's checked parameters.
         store_in : Path
-            The store it reads (``frame``: ``observed`` or ``rest``).
+            The store it reads (``frame``: ``observed`` or ``rest``); for ``train``
+            the noise-added store.
         out : Path
-            The store it writes.
+            The store it writes; for ``train`` the model folder.
         extra : tuple of str
-            Further inputs shown in the plan (a model folder).
+            Further inputs shown in the plan (a model folder; train's clean store).
         outputs : tuple of str
             Further files it writes beside ``out`` (a catalogue's Parquet and FITS).
+        search : Search, optional
+            ``train`` only: a random search first, on the cluster, as a step of its own
+            writing ``search.csv`` into the model folder.
         """
         from .config import PipelineConfig
 
@@ -111,10 +134,15 @@ class Plan:
             "name": stage, "input": {"store": {"path": str(store_in), "frame": frame}},
             "chunk": chunk or 1, "stages": {stage: params},
             "outputs": {"dir": str(out.parent)}, "report": {"html": False}})
+        spec = STAGES[stage]
         chunks = None if galaxies is None or not chunk else max(1, math.ceil(galaxies / chunk))
-        step = Step(stage, stage, (str(store_in), *extra), (out.name, *outputs),
-                    STAGES[stage].makes, chunks=chunks)
-        return cls(config, (step,), galaxies, cluster, recorded=False)
+        inputs, made = (str(store_in), *extra), (out.name, *outputs)
+        if spec.kernel is None:  # train: a folder, made by this process from the whole stores
+            chunks, made = None, (f"{out.name}/", *outputs)
+        steps = (Step(stage, stage, inputs, made, spec.makes, where=spec.where, chunks=chunks),)
+        if search is not None:
+            steps = (Step("search", "search", inputs, (f"{out.name}/search.csv",)), *steps)
+        return cls(config, steps, galaxies, cluster, recorded=False, search=search)
 
     @property
     def folder(self) -> Path:
@@ -161,18 +189,20 @@ class Plan:
         """Carry the plan out on ``client``; see :class:`~.runner.Runner`.
 
         A one-step plan (:meth:`single`) is carried out by
-        :func:`~.single.run_step` instead: the same kernel and store writer,
-        without a run folder or record; ``overwrite`` replaces its store.
+        :func:`~.single.run_step` instead: the same kernel and store writer
+        (or, for ``train``, the same :func:`~.stages.train`), without a run
+        folder or record; ``overwrite`` replaces its store or model folder.
 
         Returns
         -------
-        RunSummary, or the one step's WriteReport
+        RunSummary, the one step's WriteReport, or the trained model
         """
         from .runner import Runner
         from .single import run_step
 
         if not self.recorded:
-            return run_step(self, client, resume=resume, overwrite=overwrite, progress=progress)
+            return run_step(self, client, resume=resume, overwrite=overwrite, progress=progress,
+                            echo=echo)
         return Runner(self, client, resume=resume, progress=progress, echo=echo).run()
 
 

@@ -2,11 +2,15 @@
 
 One small function per stage, each importing its library module only when
 the stage runs (a pipeline without a denoise stage never imports
-TensorFlow).  Nothing here computes or writes: the runner does.
+TensorFlow).  Nothing here computes or writes: the runner does, except
+:func:`train`, which fits on the driver and saves the model folder; it is
+the one place a model is trained, for a run's train step and for
+``survey-denoise train`` alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from glob import glob
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +22,7 @@ import xarray as xr
 from .params import Degrade, Denoise, Fit, Preprocess, Train
 
 if TYPE_CHECKING:
+    from ..models import Denoiser
     from .config import MockInput, PipelineConfig
 
 
@@ -79,14 +84,46 @@ def holdout(n: int, cfg: Train) -> np.ndarray:
     return np.sort(np.random.default_rng([cfg.seed, 0x401D]).permutation(n)[:n_out])
 
 
-def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path) -> Path:
-    """Train a de-noiser on two stores and save it to ``out``."""
-    from ..models import build_model
+def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
+          echo: Callable[[str], None] | None = None, **options) -> Denoiser:
+    """Train a de-noiser on two stores and save it in ``out``: artefact, card, ``loss.png``.
 
-    model = build_model(cfg.kind, cfg.latent, **cfg.options())
+    Parameters
+    ----------
+    noisy, clean : xarray.Dataset
+        Noise-added rest-frame spectra and their clean twins (same galaxies).
+    cfg : Train
+        Kind, latent size and training options.
+    out : Path
+        The model folder to write (the AE/VAE loss curves as ``loss.png`` in it).
+    echo : callable, optional
+        Gets one line naming the model before it trains.
+    **options
+        :func:`~survey_denoise.models.build_model` options that replace ``cfg``'s
+        (``verbose``; a search's ``units`` and ``dropout``).
+
+    Returns
+    -------
+    Denoiser
+        The fitted model; its card (``card_``) holds the metrics and history.
+
+    Raises
+    ------
+    ValueError
+        When the stores cannot train the model (too few usable spectra, ...).
+    """
+    from ..models import build_model
+    from ..models.figures import loss_curves
+
+    model = build_model(cfg.kind, cfg.latent, **{**cfg.options(), **options})
+    if echo is not None:
+        echo(f"train: {model!r} on {noisy.sizes['galaxy']} galaxies")
     model.fit(noisy, clean, validation_split=cfg.validation_split)
     model.save(out)
-    return out
+    if cfg.kind != "pca":  # PCA has no epochs
+        loss_curves(model.card_["history"], title=f"{cfg.kind.upper()}, latent {cfg.latent}",
+                    save=Path(out) / "loss.png")
+    return model
 
 
 def denoise(ds: xr.Dataset, model_dir: Path, cfg: Denoise) -> xr.Dataset:
