@@ -118,19 +118,35 @@ def _peak_rss_mb() -> float:
 
 
 class RssSampler:
-    """Poll the RSS of every worker of ``client`` every ``period`` seconds in a thread."""
+    """Poll the RSS of every worker of ``client`` every ``period`` seconds in a thread.
+
+    The workers are processes on this machine, so their RSS is read from
+    the operating system by process id: a ``client.run`` per sample would be
+    a round trip through the scheduler, whose CPU counts as the driver's.
+    """
 
     def __init__(self, client, period: float = 1.0) -> None:
         self.client, self.period = client, period
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._pids: dict[str, int] = {}
+
+    def _rss(self) -> dict[str, float]:
+        import psutil
+
+        if not self._pids:
+            self._pids = self.client.run(os.getpid)
+        try:
+            return {w: psutil.Process(pid).memory_info().rss / 2**20 for w, pid in self._pids.items()}
+        except psutil.NoSuchProcess:  # a worker restarted: find the new processes next time
+            self._pids = {}
+            raise
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                rss = self.client.run(_rss_mb)
-                self.samples.append((time.perf_counter(), rss))
+                self.samples.append((time.perf_counter(), self._rss()))
             except Exception:  # a worker restarting: skip this sample
                 pass
             self._stop.wait(self.period)

@@ -274,13 +274,14 @@ def test_interrupted_write_resumes_to_the_same_bytes_on_a_cluster(tmp_path):
         assert a[name] == b[name], name
 
 
-def test_driver_submits_one_task_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
+def test_driver_submits_one_task_per_chunk_and_per_shard_and_no_xarray_writes(tmp_path, monkeypatch):
+    from distributed import get_task_stream
     from distributed.protocol.pickle import loads
 
     from survey_denoise.io import store
 
     ds = _spectra(n=480, chunk=10)  # 48 chunks
-    calls = {"to_zarr": 0, "units": 0}
+    calls = {"to_zarr": 0, "chunks": 0, "writes": 0}
     graphs = []
     real_to_zarr = xr.Dataset.to_zarr
     upstream = len(dict(ds.__dask_graph__()))
@@ -296,26 +297,30 @@ def test_driver_submits_one_task_per_shard_and_no_xarray_writes(tmp_path, monkey
 
         def submit(fn, *args, **kwargs):
             if fn is store._run_graph:
-                calls["units"] += 1
+                calls["chunks"] += 1
                 graphs.append(loads(args[0]))
+            elif fn is store._write_parts:
+                calls["writes"] += 1
             return real_submit(fn, *args, **kwargs)
 
         monkeypatch.setattr(client, "submit", submit)
         before = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
-        write_store(ds, tmp_path / "s.zarr", client=client, progress=False, shard_chunks=8)
+        with get_task_stream(client) as stream:
+            write_store(ds, tmp_path / "s.zarr", client=client, progress=False, shard_chunks=8)
         transitions = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
-    # Metadata once; then one task per shard of 8 chunks, whatever the number
-    # of variables and upstream tasks: the scheduler's work does not grow with them.
-    assert calls == {"to_zarr": 1, "units": 6}
-    assert transitions - before <= 6 * 6, transitions - before
-    # Each unit's graph writes its whole shard, reading the variables' blocks
-    # directly, and holds only its own chunks' tasks.
+    # Metadata once; then one task per chunk and one per shard of 8 chunks, whatever
+    # the number of variables and upstream tasks: the scheduler's work does not grow with them.
+    assert calls == {"to_zarr": 1, "chunks": 48, "writes": 6}
+    assert transitions - before <= (48 + 6) * 6, transitions - before
+    # A shard's chunks are computed on every worker, not by its one write task.
+    chunk_workers = {t["worker"] for t in stream.data if key_split(t["key"]) == "chunk"}
+    assert len(chunk_workers) == 2, chunk_workers
+    # Each chunk's graph computes its own chunk only, with no slice,
+    # concatenation or write task per variable.
     for graph in graphs:
         names = [key_split(key) for key in graph]
-        assert names.count("write-unit") == 1
-        assert not {"getitem", "concatenate", "rechunk-merge", "_write_shard"} & set(names)
-        blocks = {key[1] for key in graph if isinstance(key, tuple)}
-        assert len(blocks) == 8 and len(graph) < upstream / 4  # its own 8 chunks of 48
+        assert not {"getitem", "concatenate", "rechunk-merge", "_write_shard", "write-unit"} & set(names)
+        assert len({key[1] for key in graph if isinstance(key, tuple)}) == 1
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").ivar.values, ds.ivar.values)
 
 

@@ -449,12 +449,10 @@ def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
     Returns None if the unit has no dask-backed variable (nothing to write).
     """
     from dask.base import tokenize
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
 
     start, stop = int(starts[first]), int(starts[min(first + k, len(starts) - 1)])
     aligned = tuple(int(c) for c in np.diff(starts))
-    names, layouts, blocks, arrays = [], [], [], []
+    names, layouts, blocks, arrays, axes = [], [], [], [], []
     for name, var in ds.variables.items():
         if "galaxy" not in var.dims or not hasattr(var.data, "dask"):
             continue
@@ -465,6 +463,7 @@ def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
         encoding = {key: v for key, v in var.encoding.items() if key not in _LAYOUT_KEYS}
         names.append(name)
         layouts.append((var.dims, dict(var.attrs), encoding))
+        axes.append(axis)
         blocks.append(_along(data.__dask_keys__(), axis, first, first + k))
         arrays.append(data)
     if not names:
@@ -472,8 +471,27 @@ def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
     key = f"write-unit-{tokenize(str(path), first, *arrays)}"
     write = partial(_write_unit, path=str(path), names=tuple(names), layouts=tuple(layouts),
                     start=start, stop=stop, shard=first // k, marker=f"chunk-{first:06d}")
-    graph = HighLevelGraph.from_collections(key, {key: (write, blocks)}, dependencies=arrays)
-    return Delayed(key, graph)
+    return _Unit(key, write, blocks, tuple(axes), arrays)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A write unit: ``write(blocks)`` writes its shard from each variable's block keys."""
+
+    key: str
+    write: Callable
+    blocks: list
+    axes: tuple
+    arrays: list
+
+    def delayed(self):
+        """The unit as one Dask task that depends on every block (computed locally)."""
+        from dask.delayed import Delayed
+        from dask.highlevelgraph import HighLevelGraph
+
+        graph = HighLevelGraph.from_collections(self.key, {self.key: (self.write, self.blocks)},
+                                                dependencies=self.arrays)
+        return Delayed(self.key, graph)
 
 
 def _along(keys: list, axis: int, lo: int, hi: int) -> list:
@@ -529,11 +547,11 @@ def _run_units(ds, path, todo, starts, k, client, report):
         import dask
         for first in todo:
             report.units_submitted += 1
-            task = _unit_task(ds, path, first, starts, k)
-            if task is None:
+            unit = _unit_task(ds, path, first, starts, k)
+            if unit is None:
                 (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
             else:
-                dask.compute(task)
+                dask.compute(unit.delayed())
             yield first
         return
     from distributed import as_completed
@@ -545,11 +563,11 @@ def _run_units(ds, path, todo, starts, k, client, report):
 
     def submit(first):
         report.units_submitted += 1
-        task = _unit_task(ds, path, first, starts, k)
-        if task is None:
+        unit = _unit_task(ds, path, first, starts, k)
+        if unit is None:
             (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
             return client.submit(int, first, pure=False)
-        return client.submit(_run_graph, *_whole(task), key=f"whole-{task.key}", pure=False)
+        return _submit_unit(client, unit)
 
     futures = {submit(first): first for first in itertools.islice(pending, window)}
     queue = as_completed(list(futures))
@@ -562,32 +580,64 @@ def _run_units(ds, path, todo, starts, k, client, report):
         yield futures.pop(fut)
 
 
-def _whole(task) -> tuple[bytes, str]:
-    """A unit's culled, optimised graph, pickled, to run as one task (:func:`_run_graph`).
+def _submit_unit(client, unit: _Unit):
+    """Submit a write unit as one task per chunk and one write task; the write's future.
 
     A fused chain makes a few hundred tasks per chunk (a task per variable
     per stage); handed to the scheduler one by one they cost more of the
-    driver's CPU than the workers spend on some stages.  As one task the
-    scheduler tracks one key per unit, and the worker runs the chain with the
-    synchronous scheduler, each intermediate freed as soon as it is used.
-    The graph is pickled here so that the scheduler does not unpack its
-    tasks as arguments.
+    driver's CPU than the workers spend on some stages.  Here the unit's
+    graph is culled once on the driver and split by chunk: each chunk's
+    part runs as one task (:func:`_run_graph`, the synchronous scheduler on
+    the worker, each intermediate freed as soon as it is used) and returns
+    that chunk's blocks, and one more task writes the shard from them
+    (:func:`_write_unit`).  Chunks still spread over the workers, however
+    many chunks a shard holds.  Graphs are pickled here so that the
+    scheduler does not unpack their tasks as arguments.
     """
-    from dask.base import collections_to_expr
+    from dask.core import flatten
+    from dask.highlevelgraph import HighLevelGraph
     from dask.optimization import cull
     from distributed.protocol.pickle import dumps
 
-    graph = collections_to_expr([task], optimize_graph=True).optimize().__dask_graph__()
-    graph, _ = cull(dict(graph), [task.key])  # the optimiser leaves some layers whole
-    return dumps(graph), task.key
+    blocks, axes = unit.blocks, unit.axes
+    graph = dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)).cull(set(flatten(blocks))))
+    n_chunks = max(len(_along_size(b, axis)) for b, axis in zip(blocks, axes, strict=True))
+    parts = []
+    for j in range(n_chunks):
+        keys = [_along(b, axis, j, j + 1) for b, axis in zip(blocks, axes, strict=True)]
+        sub, _ = cull(graph, list(flatten(keys)))
+        parts.append(client.submit(_run_graph, dumps(sub), keys, key=f"chunk-{j}-{unit.key}", pure=False))
+    return client.submit(_write_parts, parts, unit.write, axes, key=unit.key, pure=False)
 
 
-def _run_graph(graph: bytes, key: str):
-    """Run a unit's graph on this worker, in this thread.  Runs on a worker."""
+def _along_size(keys: list, axis: int) -> list:
+    return keys if axis == 0 else _along_size(keys[0], axis - 1)
+
+
+def _run_graph(graph: bytes, keys: list) -> list:
+    """One chunk's blocks of every variable, computed here from its graph.  Runs on a worker."""
     from dask.local import get_sync
     from distributed.protocol.pickle import loads
 
-    return get_sync(loads(graph), key)
+    return _as_lists(get_sync(loads(graph), keys))
+
+
+def _as_lists(nested):
+    """Dask returns nested keys' results as tuples; ``np.block`` arranges lists only."""
+    return [_as_lists(x) for x in nested] if isinstance(nested, list | tuple) else nested
+
+
+def _write_parts(parts: list, write, axes: tuple) -> int:
+    """Join the chunks' blocks of each variable along ``galaxy`` and write the unit.  Runs on a worker."""
+    blocks = [_concat_along([part[i] for part in parts], axis) for i, axis in enumerate(axes)]
+    return write(blocks)
+
+
+def _concat_along(nested: list, axis: int) -> list:
+    """Nested block lists, one per chunk (each one block long on ``axis``), as one nested list."""
+    if axis == 0:
+        return [b for part in nested for b in part]
+    return [_concat_along([part[i] for part in nested], axis - 1) for i in range(len(nested[0]))]
 
 
 def _progress_callback(progress, total: int, label: str, initial: int):
