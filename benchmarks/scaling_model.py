@@ -82,7 +82,7 @@ def default_e2e() -> Path:
 
 SIZES = {
     "full": {"tasks": (1_000, 10_000, 30_000), "chunks": (250, 1000), "ppxf": 3, "train": 512,
-             "write": (1000, 16), "idle": 10.0, "scan_chunks": (200, 2000), "scan_k": (1, 16)},
+             "write": (1000, 16), "idle": 10.0, "scan_chunks": (200, 1000, 4000), "scan_k": (1, 16)},
     "smoke": {"tasks": (150, 300, 600), "chunks": (20, 60), "ppxf": 1, "train": 128,
               "write": (20, 8), "idle": 2.0, "scan_chunks": (20, 60), "scan_k": (1, 4)},
 }
@@ -313,7 +313,7 @@ def write_run(client, model: Path, n: int, chunks: int, folder: Path, idle: floa
             "files_per_chunk": files["files"] / chunks}
 
 
-def driver_scan(model: Path, store_chunks: tuple[int, int], ks: tuple[int, int],
+def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
                 units: int = 3) -> dict:
     """Main-thread CPU to build and cull one write unit's graph, by store size and unit size.
 
@@ -489,12 +489,17 @@ def default_lifetime() -> float:
     return float(parse_timedelta(yaml.safe_load(path.read_text())["survey-denoise"]["batch"]["lifetime"]))
 
 
-def catalogue(inp: dict, n: float, chunk: int) -> Store:
-    """The catalogue store at ``n`` galaxies in chunks of ``chunk``: the store module's default shards."""
-    from survey_denoise.io.store import chunks_per_shard
+def catalogue(inp: dict, n: float, chunk: int, min_units: int | None = None) -> Store:
+    """The catalogue store at ``n`` galaxies in chunks of ``chunk``: the store module's shards.
+
+    ``min_units`` (default the store module's ``MIN_UNITS``) is the fewest
+    write units the rule keeps when there are enough chunks.
+    """
+    from survey_denoise.io.store import MIN_UNITS, chunks_per_shard
 
     n_chunks = math.ceil(n / chunk)
-    k = chunks_per_shard(n_chunks, chunk * inp["catalogue_bytes_per_galaxy"])
+    k = chunks_per_shard(n_chunks, chunk * inp["catalogue_bytes_per_galaxy"],
+                         min_units=MIN_UNITS if min_units is None else min_units)
     return Store(k, inp["catalogue_files_per_unit"])
 
 
@@ -504,16 +509,23 @@ def serial(inp: dict) -> dict:
 
 
 def predictions(inp: dict, n: float = 1e7, workers=(10, 100, 1000),
-                chunks=(1000, 5000, 20000), lifetime: float | None = None) -> list[dict]:
-    """Both fitters, each worker count and chunk size: one :func:`project` row each."""
+                chunks=(1000, 5000, 20000), lifetime: float | None = None,
+                units_per_worker: int | None = None) -> list[dict]:
+    """Both fitters, each worker count and chunk size: one :func:`project` row each.
+
+    The catalogue is sharded by the store module's rule, or, with
+    ``units_per_worker``, into at least that many write units per worker
+    (a what-if: the rule does not know the cluster's size).
+    """
     lifetime = default_lifetime() if lifetime is None else lifetime
     rows = []
     for fitter in ("fast", "ppxf"):
         for chunk in chunks:
             for w in workers:
+                store = catalogue(inp, n, chunk, None if units_per_worker is None else units_per_worker * w)
                 row = project(n, w, c_spec=inp[f"c_spec_{fitter}"],
                               c_chunk=inp[f"c_chunk_{fitter}"], chunk=chunk,
-                              stores=(catalogue(inp, n, chunk),), **serial(inp),
+                              stores=(store,), **serial(inp),
                               t_start=inp["t_start"] + (inp["t_templates_ppxf"] if fitter == "ppxf"
                                                         else 0.0),
                               t_load=inp["t_load"], lifetime=lifetime,
@@ -593,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             f" --e2e {args.e2e}" if args.e2e else "")
         result["lifetime_seconds"] = default_lifetime()
         result["predictions"] = predictions(inp)
+        result["predictions_4_units_per_worker"] = predictions(inp, units_per_worker=4)
         result["cross_check_1e6"] = cross_check(inp, e2e, source)
         args.out.write_text(json.dumps(finite(result), indent=1) + "\n")
         report(result)
@@ -625,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = predictions(inp)
     result |= {"measured": measured, "inputs": inp, "lifetime_seconds": default_lifetime(),
                "predictions": rows,
+               "predictions_4_units_per_worker": predictions(inp, units_per_worker=4),
                "cross_check_1e6": cross_check(inp, e2e, source),
                "load_average_end": round(os.getloadavg()[0], 2),
                "seconds": time.perf_counter() - t0}
@@ -646,6 +660,8 @@ def finite(node):
 
 def report(result: dict) -> None:
     print(table(result["predictions"]))
+    print("with at least 4 write units per worker (not the store module's rule):")
+    print(table(result["predictions_4_units_per_worker"]))
     cc = result["cross_check_1e6"]
     pred = cc["predicted"]
     print(f"10^6 on 2 workers ({cc['source']}): predicted {pred['seconds']:.0f} s, measured "

@@ -146,6 +146,23 @@ def test_catalogue_shards_follow_the_store_module(model):
         assert got == model.Store(chunks_per_shard(n_chunks, chunk * 800), 99)
     # 10^4 chunks of 800 kB: 335 to a 256 MiB shard.
     assert model.catalogue(inp, 1e7, 1000).chunks_per_shard == 335
+    # Sized to 1,000 workers, 4 units each: 10^4 chunks in units of 2.
+    assert model.catalogue(inp, 1e7, 1000, min_units=4000).chunks_per_shard == 2
+
+
+def test_predictions_with_units_per_worker_keep_every_worker_busy(model):
+    inp = {"c_spec_fast": 2e-3, "c_chunk_fast": 0.0, "c_spec_ppxf": 0.3, "c_chunk_ppxf": 0.0,
+           "c_sched": 1e-3, "tasks_per_unit": 1.0, "c_driver": 0.0, "c_unit": 0.1, "c_cull": 0.0,
+           "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0, "bytes_per_spectrum": 7e3,
+           "catalogue_bytes_per_galaxy": 800, "catalogue_files_per_unit": 99}
+    rule = model.predictions(inp, lifetime=math.inf)
+    sized = model.predictions(inp, lifetime=math.inf, units_per_worker=4)
+    for r, q in zip(rule, sized, strict=True):
+        assert q["n_units"] >= min(4 * q["workers"], q["n_chunks"])
+        assert q["compute"] <= r["compute"] * (1 + 1e-9)
+    # The rule's ~28 units of 10^7 catalogue rows cannot feed 1,000 workers.
+    big = [r for r in rule if r["workers"] == 1000 and r["fitter"] == "fast"]
+    assert all(r["n_units"] < 1000 for r in big)
 
 
 def test_default_e2e_is_the_newest_run(model, tmp_path, monkeypatch):
