@@ -315,20 +315,33 @@ def write_run(client, model: Path, n: int, chunks: int, folder: Path, idle: floa
 
 def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
                 units: int = 3) -> dict:
-    """Main-thread CPU to build and cull one write unit's graph, by store size and unit size.
+    """The driver's CPU and memory for a store's graph and its write units, by store and unit size.
 
     For each store of ``store_chunks`` chunks (of 10 spectra: the graph does
-    not depend on the chunk's length) and each unit of ``k`` chunks, the
-    mean over ``units`` units of :func:`survey_denoise.io.store._unit_task`
-    plus :func:`~survey_denoise.io.store._whole` (what the writer's driver
-    does per unit) after one unit to warm up; then least squares
-    ``cost = c_unit + c_driver k + c_cull n_chunks``.
+    not depend on the chunk's length): the main thread's CPU and the
+    process's resident memory to build the fused chain's lazy graph; then,
+    for each unit of ``k`` chunks, the mean over ``units`` units of
+    :func:`survey_denoise.io.store._unit_task` plus
+    :func:`~survey_denoise.io.store._whole` (what the writer's driver does
+    per unit), after one unit to warm up.  Least squares: ``build =
+    c_graph n_chunks`` (+ a constant), ``memory = m_graph n_chunks`` (+ a
+    constant) and ``unit = c_unit + c_driver k + c_cull n_chunks``.
     """
+    import gc
+
+    import psutil
+
     from survey_denoise.io import store
 
-    points = []
+    fused_chain(model, 10, 2)  # imports and first-call caches, not the graph's cost
+    proc = psutil.Process()
+    points, builds = [], []
     for n_chunks in store_chunks:
+        gc.collect()
+        rss, t = proc.memory_info().rss, time.process_time()
         ds = store._variable_length_strings(fused_chain(model, 10, n_chunks))
+        ds.__dask_graph__()  # materialised as the writer's first unit does
+        builds.append((n_chunks, time.process_time() - t, proc.memory_info().rss - rss))
         starts = np.concatenate([[0], np.cumsum(store._galaxy_chunks(ds))]).astype(int)
         path = Path("/nonexistent/scan.zarr")  # only named in the graph, never written
         store._whole(store._unit_task(ds, path, 0, starts, 1))
@@ -337,11 +350,15 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
             for i in range(units):
                 store._whole(store._unit_task(ds, path, (i + 1) * k, starts, k))
             points.append((n_chunks, k, (time.process_time() - t) / units))
+        del ds
     x = np.array([[1.0, k, c] for c, k, _ in points])
     y = np.array([p[2] for p in points])
     (c_unit, c_driver, c_cull), *_ = np.linalg.lstsq(x, y, rcond=None)
+    c, build, memory = np.array(builds, float).T
     return {"points_chunks_k_seconds": [[c, k, round(t, 4)] for c, k, t in points],
-            "c_unit": float(c_unit), "c_driver": float(c_driver), "c_cull": float(c_cull)}
+            "points_chunks_build_seconds_rss_bytes": [[int(a), round(b, 3), int(m)] for a, b, m in builds],
+            "c_unit": float(c_unit), "c_driver": float(c_driver), "c_cull": float(c_cull),
+            "c_graph": float(np.polyfit(c, build, 1)[0]), "m_graph": float(np.polyfit(c, memory, 1)[0])}
 
 
 def _import_stack() -> float:
@@ -468,8 +485,12 @@ def inputs_from(measured: dict, e2e: dict) -> dict:
         "t_templates_ppxf": measured["worker"]["ppxf_templates_seconds"],
         **{f"c_spec_{k}": sum(b[x] for x in v) for k, v in chains.items()},
         **{f"c_chunk_{k}": sum(a[x] for x in v) for k, v in chains.items()},
-        "c_driver": max(0.0, scan["c_driver"]), "c_unit": max(0.0, scan["c_unit"]),
-        "c_cull": max(0.0, scan["c_cull"]),
+        # Per chunk: building its part of the lazy graph, and culling and
+        # pickling it within its unit.
+        "c_driver": max(0.0, scan["c_driver"]) + max(0.0, scan["c_graph"]),
+        "c_driver_unit_per_chunk": scan["c_driver"], "c_graph": scan["c_graph"],
+        "c_unit": max(0.0, scan["c_unit"]), "c_cull": max(0.0, scan["c_cull"]),
+        "driver_graph_bytes_per_chunk": scan["m_graph"],
         "driver_cpu_per_written_chunk": write["driver_cpu_per_chunk"],
         "bytes_per_spectrum": (stages["mock"]["bytes_written"] + stages["fit-denoised"]["bytes_written"])
         / run["n"],
