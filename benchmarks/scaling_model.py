@@ -116,11 +116,12 @@ class Store(NamedTuple):
 def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: float, chunk: int,
             t_start: float, t_load: float, stores: tuple[Store, ...] = (Store(),),
             tasks_per_unit: float = 1.0, c_driver: float = 0.0, c_unit: float = 0.0,
-            c_cull: float = 0.0, lifetime: float = math.inf, bytes_per_spectrum: float = 0.0,
-            fs_bytes_per_s: float = math.inf, fs_creates_per_s: float = math.inf) -> dict:
+            c_cull: float = 0.0, c_products: float = 0.0, lifetime: float = math.inf,
+            bytes_per_spectrum: float = 0.0, fs_bytes_per_s: float = math.inf,
+            fs_creates_per_s: float = math.inf) -> dict:
     """Projected wall time of one run, term by term.
 
-    ``T = t_start + t_load + max(compute, N b / B, F / R) + scheduler + driver``
+    ``T = t_start + t_load + max(compute, N b / B, F / R) + scheduler + driver + N c_products``
 
     ``n_chunks = ceil(N / chunk)``.  Each store is written in ``n_units =
     ceil(n_chunks / k)`` units of ``k`` chunks, and a unit is one task: the
@@ -139,6 +140,9 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
       the driver culls each unit's graph out of the whole store's, so a
       unit costs more the more chunks the store has;
     * ``F = n_units files_per_unit``.
+
+    ``N c_products`` is the report's products step, which runs in the
+    driver after the stores are written.
 
     Compute and file-system traffic overlap (different workers at
     different moments); the scheduler and the driver are single threads
@@ -172,6 +176,8 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
         Driver CPU per write unit, s.
     c_cull : float
         Driver CPU per write unit per chunk of its store, s.
+    c_products : float
+        Driver time per spectrum of the report's products step, s.
     lifetime : float
         Worker ``--lifetime``, s (inf: workers never retire).
     bytes_per_spectrum : float
@@ -198,10 +204,11 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
         "fs_metadata": sum(u * s.files_per_unit for u, s in zip(units, stores, strict=True)) / fs_creates_per_s,
         "scheduler": sum(units) * tasks_per_unit * c_sched,
         "driver": len(stores) * n_chunks * c_driver + sum(units) * (c_unit + c_cull * n_chunks),
+        "products": n * c_products,
         "start": t_start + t_load,
     }
     parallel = max(terms["compute"], terms["fs_bandwidth"], terms["fs_metadata"])
-    total = parallel + terms["scheduler"] + terms["driver"] + terms["start"]
+    total = parallel + terms["scheduler"] + terms["driver"] + terms["products"] + terms["start"]
     others = {k: v for k, v in terms.items() if k != "compute"}
     ideal = n * c_spec / workers
     if math.isinf(lost):
@@ -467,7 +474,7 @@ def train_model(n: int, path: Path) -> None:
 
 
 def inputs_from(measured: dict, e2e: dict) -> dict:
-    """The model's inputs: measured costs, and the measured 10^6 run's bytes per spectrum."""
+    """The model's inputs: measured costs, and the measured 10^6 run's bytes and products step per spectrum."""
     run = e2e["runs"][0]
     stages = run["stages"]
     b, a = measured["stages"]["per_spectrum_seconds"], measured["stages"]["per_chunk_seconds"]
@@ -494,6 +501,8 @@ def inputs_from(measured: dict, e2e: dict) -> dict:
         "driver_cpu_per_written_chunk": write["driver_cpu_per_chunk"],
         "bytes_per_spectrum": (stages["mock"]["bytes_written"] + stages["fit-denoised"]["bytes_written"])
         / run["n"],
+        # Not measured here: the products step (in the driver) of the 10^6 run.
+        "c_products": stages.get("products", {}).get("seconds", 0.0) / run["n"],
         "catalogue_bytes_per_galaxy": write["bytes_per_galaxy_uncompressed"],
         "catalogue_files_per_unit": write["store"]["galaxy_variables"] + 1,
     }
@@ -526,7 +535,8 @@ def catalogue(inp: dict, n: float, chunk: int, min_units: int | None = None) -> 
 
 def serial(inp: dict) -> dict:
     """The driver's and scheduler's inputs of :func:`project`."""
-    return {k: inp[k] for k in ("c_sched", "tasks_per_unit", "c_driver", "c_unit", "c_cull")}
+    return {k: inp[k] for k in ("c_sched", "tasks_per_unit", "c_driver", "c_unit", "c_cull",
+                                "c_products")}
 
 
 def predictions(inp: dict, n: float = 1e7, workers=(10, 100, 1000),
@@ -592,12 +602,13 @@ def cross_check(inp: dict, e2e: dict, source: str = "") -> dict:
 def table(rows: list[dict]) -> str:
     rows = [{k: math.inf if v is None else v for k, v in r.items()} for r in rows]
     lines = [f"{'fitter':<6}{'chunk':>7}{'k':>5}{'units':>6}{'workers':>8}{'hours':>8}{'task s':>8}"
-             f"{'compute':>9}{'sched':>8}{'driver':>8}{'start':>7}{'fs':>7}{'eff':>6}  limit"]
+             f"{'compute':>9}{'sched':>8}{'driver':>8}{'prod':>6}{'start':>7}{'fs':>7}{'eff':>6}  limit"]
     for r in rows:
         fs = max(r["fs_bandwidth"], r["fs_metadata"])
         lines.append(f"{r['fitter']:<6}{r['chunk']:>7}{r['chunks_per_shard'][0]:>5}{r['n_units']:>6}"
                      f"{r['workers']:>8}{r['seconds'] / 3600:>8.2f}"
                      f"{r['task_seconds']:>8.0f}{r['compute']:>9.0f}{r['scheduler']:>8.1f}{r['driver']:>8.1f}"
+                     f"{r['products']:>6.0f}"
                      f"{r['start']:>7.0f}{fs:>7.1f}{r['efficiency']:>6.2f}  {r['limit']}")
     return "\n".join(lines)
 

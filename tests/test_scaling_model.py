@@ -36,7 +36,7 @@ def test_doubling_workers_halves_the_compute_term_only(model):
     two = model.project(1e7, 200, **COSTS)
     assert two["compute"] == pytest.approx(one["compute"] / 2)
     assert two["ideal"] == pytest.approx(one["ideal"] / 2)
-    for serial in ("scheduler", "driver", "start"):
+    for serial in ("scheduler", "driver", "products", "start"):
         assert two[serial] == one[serial]
 
 
@@ -53,6 +53,14 @@ def test_terms_are_the_formula(model):
     assert r["task_seconds"] == pytest.approx(1000 * 2e-3 + 0.5) and r["lost_fraction"] == 0
     # A partial last chunk is still a chunk.
     assert model.project(1e7 + 1, 100, **COSTS)["n_chunks"] == n_chunks + 1
+
+
+def test_products_step_is_serial_in_the_driver(model):
+    base = model.project(1e7, 100, **COSTS)
+    r = model.project(1e7, 100, **COSTS, c_products=5e-5)
+    assert r["products"] == pytest.approx(500.0)
+    assert r["seconds"] == pytest.approx(base["seconds"] + 500.0)
+    assert model.project(1e7, 1000, **COSTS, c_products=5e-5)["products"] == r["products"]
 
 
 def test_file_system_overlaps_compute_and_binds_when_slower(model):
@@ -153,7 +161,7 @@ def test_catalogue_shards_follow_the_store_module(model):
 def test_predictions_with_units_per_worker_keep_every_worker_busy(model):
     inp = {"c_spec_fast": 2e-3, "c_chunk_fast": 0.0, "c_spec_ppxf": 0.3, "c_chunk_ppxf": 0.0,
            "c_sched": 1e-3, "tasks_per_unit": 1.0, "c_driver": 0.0, "c_unit": 0.1, "c_cull": 0.0,
-           "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0, "bytes_per_spectrum": 7e3,
+           "c_products": 0.0, "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0, "bytes_per_spectrum": 7e3,
            "catalogue_bytes_per_galaxy": 800, "catalogue_files_per_unit": 99}
     rule = model.predictions(inp, lifetime=math.inf)
     sized = model.predictions(inp, lifetime=math.inf, units_per_worker=4)
@@ -180,7 +188,8 @@ def test_cross_check_writes_the_runs_own_stores(model):
                       "raw.zarr": {"chunks_per_shard": 6, "galaxy_variables": 39}},
            "stages": {}}
     inp = {"c_spec_chain_1e6": 2e-3, "c_chunk_chain_1e6": 0.1, "c_sched": 0.01, "tasks_per_unit": 1.0,
-           "c_driver": 0.0, "c_unit": 0.5, "c_cull": 0.0, "t_start": 30.0, "t_load": 3.0}
+           "c_driver": 0.0, "c_unit": 0.5, "c_cull": 0.0, "c_products": 0.0, "t_start": 30.0,
+           "t_load": 3.0}
     cc = model.cross_check(inp, {"runs": [run], "git": "abc"}, "x.json")
     units = 8 + 34  # 200 chunks in 25s and in 6s
     assert cc["stores"] == [[25, 99], [6, 40]]
