@@ -483,9 +483,12 @@ def inputs_from(measured: dict, e2e: dict) -> dict:
               "chain_1e6": ("mock", "normalise", "degrade", "denoise", "fast")}
     return {
         # A unit task carries its pickled graph: the event loop's CPU per task
-        # of the measured write, not that of a trivial task.
-        "c_sched": write["event_loop_cpu_per_task"],
+        # of the measured write, less its idle rate; a trivial task's where
+        # that is below what the idle rate lets one resolve.
+        "c_sched": max(write["event_loop_cpu_per_task"], measured["scheduler"]["cpu_seconds_per_task"]),
         "c_sched_trivial": measured["scheduler"]["cpu_seconds_per_task"],
+        "c_sched_unit_less_idle": write["event_loop_cpu_per_task"],
+        "c_sched_unit_upper": write["driver_cpu_seconds_by_thread"].get(LOOP, 0.0) / max(1, write["tasks"]),
         "tasks_per_unit": write["tasks_per_unit"],
         "t_start": measured["worker"]["join_seconds"] + measured["worker"]["import_seconds"],
         "t_load": measured["worker"]["load_first_seconds"],
