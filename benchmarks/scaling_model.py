@@ -37,9 +37,11 @@ in one explicit model (:func:`project`; docs/scaling.md):
   c_cull n_chunks`` (``k`` chunks per unit; the cull walks the whole
   store's graph, so it grows with the store's chunks).
 
-The bytes per spectrum are taken from a measured 10^6 run (``--e2e``,
-default the newest ``results/end_to_end_1e6*.json``), which is also the
-cross-check; its driver CPU is not an input any more.
+The bytes per spectrum and the report's products step (it runs in the
+driver, after the stores) are taken from a measured 10^6 run (``--e2e``,
+default ``results/end_to_end_1e6_new.json`` if present, else
+``results/end_to_end_1e6.json``), which is also the cross-check; its
+driver CPU is not an input any more.
 
 Writes ``benchmarks/results/scaling_model.json`` and prints the projection.
 Usage: ``python benchmarks/scaling_model.py [--smoke] [--out PATH] [--e2e PATH] [--reproject]``
