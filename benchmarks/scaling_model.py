@@ -27,12 +27,13 @@ in one explicit model (:func:`project`; docs/scaling.md):
 * what a run's store writer does (``io/store.py``, :func:`write_store`):
   the fused chain (mock -> normalise -> degrade -> denoise -> fast fit)
   written as a catalogue on the cluster, with the scheduler's task stream
-  and transition counter (tasks per write unit: a unit, one shard of every
-  variable, is one task), the driver process's CPU split by thread (main:
-  culling and pickling each unit's graph, submitting; event loop: the
+  and transition counter (a task per chunk, which computes the chunk's
+  whole chain, and one per write unit, which writes one shard of every
+  variable), the driver process's CPU split by thread (main: culling,
+  splitting by chunk and pickling each unit's graph, submitting; event loop: the
   in-process scheduler and the client's comms), and the store's files;
 * the driver's cost per write unit as the store grows: the main thread's
-  CPU to build and cull one unit's graph (:func:`survey_denoise.io.store._whole`)
+  CPU to build and cull one unit's graph (:func:`survey_denoise.io.store._chunk_graphs`)
   at two store sizes and two units sizes, fitted as ``c_unit + c_driver k +
   c_cull n_chunks`` (``k`` chunks per unit; the cull walks the whole
   store's graph, so it grows with the store's chunks).
@@ -106,7 +107,7 @@ class Store(NamedTuple):
     Attributes
     ----------
     chunks_per_shard : int
-        Galaxy chunks per write unit (one shard of every variable, one task).
+        Galaxy chunks per write unit (one shard of every variable, one write task).
     files_per_unit : float
         Files created per unit: one per galaxy variable, and its marker.
     """
@@ -117,7 +118,8 @@ class Store(NamedTuple):
 
 def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: float, chunk: int,
             t_start: float, t_load: float, stores: tuple[Store, ...] = (Store(),),
-            tasks_per_unit: float = 1.0, c_driver: float = 0.0, c_unit: float = 0.0,
+            tasks_per_chunk: float = 1.0, tasks_per_unit: float = 1.0, c_driver: float = 0.0,
+            c_unit: float = 0.0,
             c_cull: float = 0.0, c_products: float = 0.0, lifetime: float = math.inf,
             bytes_per_spectrum: float = 0.0, fs_bytes_per_s: float = math.inf,
             fs_creates_per_s: float = math.inf) -> dict:
@@ -125,19 +127,18 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
 
     ``T = t_start + t_load + max(compute, N b / B, F / R) + scheduler + driver + N c_products``
 
-    ``n_chunks = ceil(N / chunk)``.  Each store is written in ``n_units =
-    ceil(n_chunks / k)`` units of ``k`` chunks, and a unit is one task: the
-    worker that runs it computes its ``k`` chunks one after the other.  So
-    the work items are the units of the first store (the one the computed
-    chain is written to), each ``t_unit = k t_chunk`` long with ``t_chunk =
-    (N / n_chunks) c_spec + c_chunk``, and ``compute = ceil(n_units / W)
-    t_unit (1 + lost)`` (whole units in waves over the workers: fewer units
-    than workers leaves workers idle); ``lost = (t_start + t_load + t_unit /
-    2) / lifetime`` is the work redone when a worker retires at its
-    ``--lifetime`` (its start again and, on average, half a unit); a unit
-    longer than the lifetime never ends (``inf``).  Summed over the stores:
+    ``n_chunks = ceil(N / chunk)``.  Each chunk's chain is one task, so the
+    work items are the chunks, each ``t_chunk = (N / n_chunks) c_spec +
+    c_chunk`` long, and ``compute = ceil(n_chunks / W) t_chunk (1 + lost)``
+    (whole chunks in waves over the workers: fewer chunks than workers
+    leaves workers idle); ``lost = (t_start + t_load + t_chunk / 2) /
+    lifetime`` is the work redone when a worker retires at its
+    ``--lifetime`` (its start again and, on average, half a chunk); a chunk
+    longer than the lifetime never ends (``inf``).  Each store is written
+    in ``n_units = ceil(n_chunks / k)`` units of ``k`` chunks, each unit one
+    short write task.  Summed over the stores:
 
-    * ``scheduler = n_units tasks_per_unit c_sched``;
+    * ``scheduler = (n_chunks tasks_per_chunk + n_units tasks_per_unit) c_sched``;
     * ``driver = n_chunks c_driver + n_units (c_unit + c_cull n_chunks)``:
       the driver culls each unit's graph out of the whole store's, so a
       unit costs more the more chunks the store has;
@@ -169,9 +170,9 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
     t_start, t_load : float
         Worker start-up (process, imports) and model load, s.
     stores : tuple of Store
-        The stores written; the first one's units are the work items.
-    tasks_per_unit : float
-        Scheduler tasks per write unit.
+        The stores written.
+    tasks_per_chunk, tasks_per_unit : float
+        Scheduler tasks per chunk of a written store, and per write unit.
     c_driver : float
         Driver CPU per written chunk, s.
     c_unit : float
@@ -191,20 +192,21 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
     -------
     dict
         Every term (s), ``n_units`` (all stores), ``n_tasks``, ``task_seconds``
-        (one unit), ``chunk_seconds``, ``seconds``, ``efficiency`` and ``limit``:
+        (one chunk), ``chunk_seconds``, ``seconds``, ``efficiency`` and ``limit``:
         ``"compute"`` when it is at least half of ``T``, ``"lifetime"`` when a
-        unit outlives a worker, else the largest other term's name.
+        chunk outlives a worker, else the largest other term's name.
     """
     n_chunks = math.ceil(n / chunk)
     units = [math.ceil(n_chunks / max(1, s.chunks_per_shard)) for s in stores]
     t_chunk = n / n_chunks * c_spec + c_chunk
-    t_task = min(max(1, stores[0].chunks_per_shard), n_chunks) * t_chunk
+    t_task = t_chunk
     lost = (t_start + t_load + t_task / 2) / lifetime if t_task < lifetime else math.inf
+    n_tasks = len(stores) * n_chunks * tasks_per_chunk + sum(units) * tasks_per_unit
     terms = {
-        "compute": math.ceil(units[0] / workers) * t_task * (1 + lost),
+        "compute": math.ceil(n_chunks / workers) * t_task * (1 + lost),
         "fs_bandwidth": n * bytes_per_spectrum / fs_bytes_per_s,
         "fs_metadata": sum(u * s.files_per_unit for u, s in zip(units, stores, strict=True)) / fs_creates_per_s,
-        "scheduler": sum(units) * tasks_per_unit * c_sched,
+        "scheduler": n_tasks * c_sched,
         "driver": len(stores) * n_chunks * c_driver + sum(units) * (c_unit + c_cull * n_chunks),
         "products": n * c_products,
         "start": t_start + t_load,
@@ -221,7 +223,7 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
         limit = max(others, key=others.get)
     return {"n": n, "workers": workers, "chunk": chunk, "n_chunks": n_chunks,
             "chunks_per_shard": [s.chunks_per_shard for s in stores], "n_units": sum(units),
-            "n_tasks": sum(units) * tasks_per_unit, "task_seconds": t_task, "chunk_seconds": t_chunk,
+            "n_tasks": n_tasks, "task_seconds": t_task, "chunk_seconds": t_chunk,
             "lost_fraction": lost,
             **terms, "seconds": total, "ideal": ideal, "efficiency": ideal / total, "limit": limit}
 
@@ -282,6 +284,7 @@ def write_run(client, model: Path, n: int, chunks: int, folder: Path, idle: floa
     rate over ``idle`` seconds before the write is taken off before the
     cost per task is worked out.
     """
+    from dask.utils import key_split
     from distributed import get_task_stream
     from end_to_end import _transitions, cpu_by_role, store_files, thread_cpu_s, thread_roles
 
@@ -301,6 +304,7 @@ def write_run(client, model: Path, n: int, chunks: int, folder: Path, idle: floa
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
         roles = cpu_by_role(threads0, thread_cpu_s(), thread_roles(), cpu)
     transitions = client.run_on_scheduler(_transitions) - transitions0
+    chunk_tasks = sum(1 for t in ts.data if key_split(t["key"]) == "chunk")
     files = store_files(path, 1_000_000)
     import zarr
 
@@ -310,8 +314,9 @@ def write_run(client, model: Path, n: int, chunks: int, folder: Path, idle: floa
     loop = roles.get(LOOP, 0.0) - idle_rate * wall
     return {"chunks": chunks, "chunk": n, "seconds": wall, "units": rep.units_submitted,
             "chunks_per_shard": rep.chunks_per_shard, "tasks": len(ts.data),
-            "tasks_per_unit": len(ts.data) / rep.units_submitted,
-            "tasks_per_chunk": len(ts.data) / chunks, "transitions": transitions,
+            "chunk_tasks": chunk_tasks, "write_tasks": len(ts.data) - chunk_tasks,
+            "tasks_per_unit": (len(ts.data) - chunk_tasks) / rep.units_submitted,
+            "tasks_per_chunk": chunk_tasks / chunks, "transitions": transitions,
             "driver_cpu_seconds": cpu, "driver_cpu_seconds_by_thread": roles,
             "driver_cpu_per_chunk": cpu / chunks,
             "main_cpu_per_unit": roles.get("main", 0.0) / rep.units_submitted,
@@ -331,7 +336,7 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
     process's resident memory to build the fused chain's lazy graph; then,
     for each unit of ``k`` chunks, the mean over ``units`` units of
     :func:`survey_denoise.io.store._unit_task` plus
-    :func:`~survey_denoise.io.store._whole` (what the writer's driver does
+    :func:`~survey_denoise.io.store._chunk_graphs` (what the writer's driver does
     per unit), after one unit to warm up.  Least squares: ``build =
     c_graph n_chunks`` (+ a constant), ``memory = m_graph n_chunks`` (+ a
     constant) and ``unit = c_unit + c_driver k + c_cull n_chunks``.
@@ -353,11 +358,11 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
         builds.append((n_chunks, time.process_time() - t, proc.memory_info().rss - rss))
         starts = np.concatenate([[0], np.cumsum(store._galaxy_chunks(ds))]).astype(int)
         path = Path("/nonexistent/scan.zarr")  # only named in the graph, never written
-        store._whole(store._unit_task(ds, path, 0, starts, 1))
+        store._chunk_graphs(store._unit_task(ds, path, 0, starts, 1))
         for k in ks:
             t = time.process_time()
             for i in range(units):
-                store._whole(store._unit_task(ds, path, (i + 1) * k, starts, k))
+                store._chunk_graphs(store._unit_task(ds, path, (i + 1) * k, starts, k))
             points.append((n_chunks, k, (time.process_time() - t) / units))
         del ds
     x = np.array([[1.0, k, c] for c, k, _ in points])
@@ -491,7 +496,7 @@ def inputs_from(measured: dict, e2e: dict) -> dict:
         "c_sched_trivial": measured["scheduler"]["cpu_seconds_per_task"],
         "c_sched_unit_less_idle": write["event_loop_cpu_per_task"],
         "c_sched_unit_upper": write["driver_cpu_seconds_by_thread"].get(LOOP, 0.0) / max(1, write["tasks"]),
-        "tasks_per_unit": write["tasks_per_unit"],
+        "tasks_per_unit": write["tasks_per_unit"], "tasks_per_chunk": write.get("tasks_per_chunk", 0.0),
         "t_start": measured["worker"]["join_seconds"] + measured["worker"]["import_seconds"],
         "t_load": measured["worker"]["load_first_seconds"],
         "t_templates_ppxf": measured["worker"]["ppxf_templates_seconds"],
@@ -540,25 +545,22 @@ def catalogue(inp: dict, n: float, chunk: int, min_units: int | None = None) -> 
 
 def serial(inp: dict) -> dict:
     """The driver's and scheduler's inputs of :func:`project`."""
-    return {k: inp[k] for k in ("c_sched", "tasks_per_unit", "c_driver", "c_unit", "c_cull",
+    return {k: inp[k] for k in ("c_sched", "tasks_per_chunk", "tasks_per_unit", "c_driver", "c_unit", "c_cull",
                                 "c_products")}
 
 
 def predictions(inp: dict, n: float = 1e7, workers=(10, 100, 1000),
-                chunks=(1000, 5000, 20000), lifetime: float | None = None,
-                units_per_worker: int | None = None) -> list[dict]:
+                chunks=(1000, 5000, 20000), lifetime: float | None = None) -> list[dict]:
     """Both fitters, each worker count and chunk size: one :func:`project` row each.
 
-    The catalogue is sharded by the store module's rule, or, with
-    ``units_per_worker``, into at least that many write units per worker
-    (a what-if: the rule does not know the cluster's size).
+    The catalogue is sharded by the store module's rule.
     """
     lifetime = default_lifetime() if lifetime is None else lifetime
     rows = []
     for fitter in ("fast", "ppxf"):
         for chunk in chunks:
             for w in workers:
-                store = catalogue(inp, n, chunk, None if units_per_worker is None else units_per_worker * w)
+                store = catalogue(inp, n, chunk)
                 row = project(n, w, c_spec=inp[f"c_spec_{fitter}"],
                               c_chunk=inp[f"c_chunk_{fitter}"], chunk=chunk,
                               stores=(store,), **serial(inp),
@@ -642,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             f" --e2e {args.e2e}" if args.e2e else "")
         result["lifetime_seconds"] = default_lifetime()
         result["predictions"] = predictions(inp)
-        result["predictions_4_units_per_worker"] = predictions(inp, units_per_worker=4)
+        result.pop("predictions_4_units_per_worker", None)
         result["cross_check_1e6"] = cross_check(inp, e2e, source)
         args.out.write_text(json.dumps(finite(result), indent=1) + "\n")
         report(result)
@@ -675,7 +677,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = predictions(inp)
     result |= {"measured": measured, "inputs": inp, "lifetime_seconds": default_lifetime(),
                "predictions": rows,
-               "predictions_4_units_per_worker": predictions(inp, units_per_worker=4),
                "cross_check_1e6": cross_check(inp, e2e, source),
                "load_average_end": round(os.getloadavg()[0], 2),
                "seconds": time.perf_counter() - t0}
@@ -697,8 +698,6 @@ def finite(node):
 
 def report(result: dict) -> None:
     print(table(result["predictions"]))
-    print("with at least 4 write units per worker (not the store module's rule):")
-    print(table(result["predictions_4_units_per_worker"]))
     cc = result["cross_check_1e6"]
     pred = cc["predicted"]
     print(f"10^6 on 2 workers ({cc['source']}): predicted {pred['seconds']:.0f} s, measured "

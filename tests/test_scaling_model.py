@@ -27,7 +27,7 @@ def model():
     return mod
 
 
-COSTS = {"c_spec": 2e-3, "c_chunk": 0.5, "c_sched": 1e-3, "tasks_per_unit": 100, "chunk": 1000,
+COSTS = {"c_spec": 2e-3, "c_chunk": 0.5, "c_sched": 1e-3, "tasks_per_chunk": 100, "chunk": 1000,
          "c_driver": 1.0, "t_start": 20.0, "t_load": 3.0}
 
 
@@ -43,9 +43,9 @@ def test_doubling_workers_halves_the_compute_term_only(model):
 def test_terms_are_the_formula(model):
     r = model.project(1e7, 100, **COSTS)
     n_chunks = 10_000
-    assert r["n_chunks"] == n_chunks and r["n_units"] == n_chunks and r["n_tasks"] == n_chunks * 100
+    assert r["n_chunks"] == n_chunks and r["n_units"] == n_chunks and r["n_tasks"] == n_chunks * 101
     assert r["compute"] == pytest.approx((1e7 * 2e-3 + n_chunks * 0.5) / 100)
-    assert r["scheduler"] == pytest.approx(n_chunks * 100 * 1e-3)
+    assert r["scheduler"] == pytest.approx(n_chunks * 101 * 1e-3)
     assert r["driver"] == pytest.approx(n_chunks * 1.0)
     assert r["seconds"] == pytest.approx(r["compute"] + r["scheduler"] + r["driver"] + 23.0)
     assert r["efficiency"] == pytest.approx(1e7 * 2e-3 / 100 / r["seconds"])
@@ -99,39 +99,36 @@ def test_lifetime_redoes_a_start_and_half_a_chunk(model):
 
 
 def test_units_of_shards_set_the_scheduler_files_and_driver(model):
-    # 10^4 chunks in units of 8 (the last one short): 1,250 tasks and 1,250 x 41 files.
+    # 10^4 chunks in units of 8 (the last one short): a task per chunk, 1,250
+    # write tasks and 1,250 x 41 files.
     store = model.Store(chunks_per_shard=8, files_per_unit=41)
-    r = model.project(1e7, 100, **{**COSTS, "tasks_per_unit": 1.0, "c_driver": 0.01},
+    r = model.project(1e7, 100, **{**COSTS, "tasks_per_chunk": 1.0, "c_driver": 0.01},
                       c_unit=0.2, c_cull=1e-5, stores=(store,), fs_creates_per_s=100.0)
     n_chunks, units = 10_000, 1_250
-    assert r["n_units"] == units and r["n_tasks"] == units and r["chunks_per_shard"] == [8]
-    assert r["scheduler"] == pytest.approx(units * 1e-3)
+    assert r["n_units"] == units and r["n_tasks"] == n_chunks + units and r["chunks_per_shard"] == [8]
+    assert r["scheduler"] == pytest.approx((n_chunks + units) * 1e-3)
     assert r["fs_metadata"] == pytest.approx(units * 41 / 100.0)
     assert r["driver"] == pytest.approx(n_chunks * 0.01 + units * (0.2 + 1e-5 * n_chunks))
     # Two stores: each its own units and files; the per-chunk cost once per store.
-    two = model.project(1e7, 100, **{**COSTS, "tasks_per_unit": 1.0, "c_driver": 0.01},
+    two = model.project(1e7, 100, **{**COSTS, "tasks_per_chunk": 1.0, "c_driver": 0.01},
                         stores=(store, model.Store(1, 3)), fs_creates_per_s=100.0)
     assert two["n_units"] == units + n_chunks
     assert two["fs_metadata"] == pytest.approx((units * 41 + n_chunks * 3) / 100.0)
     assert two["driver"] == pytest.approx(2 * n_chunks * 0.01)
 
 
-def test_a_write_unit_is_one_task_so_units_are_the_work_items(model):
-    # 10^4 chunks of 2.5 s in units of 10: 1,000 tasks of 25 s each.
+def test_chunks_are_the_work_items_whatever_the_unit(model):
+    # 10^4 chunks of 2.5 s: a shard of 10 chunks is computed as 10 tasks,
+    # which spread over the workers, and written by one more.
     costs = {**COSTS, "stores": (model.Store(10, 0),)}
-    r = model.project(1e7, 100, **costs)
-    assert r["task_seconds"] == pytest.approx(25.0) and r["chunk_seconds"] == pytest.approx(2.5)
-    assert r["compute"] == pytest.approx(10 * 25.0)
-    # 2,000 workers: one wave of 1,000 units; half the workers idle, twice
-    # the compute of one-chunk units (five waves of 2.5 s).
-    assert model.project(1e7, 2000, **costs)["compute"] == pytest.approx(25.0)
-    assert model.project(1e7, 2000, **COSTS)["compute"] == pytest.approx(5 * 2.5)
-    # A unit, not a chunk, must end within the workers' lifetime.
-    assert model.project(1e7, 100, **COSTS, lifetime=10.0)["limit"] != "lifetime"
-    never = model.project(1e7, 100, **costs, lifetime=10.0)
+    r = model.project(1e7, 2000, **costs)
+    assert r["task_seconds"] == pytest.approx(2.5) and r["chunk_seconds"] == pytest.approx(2.5)
+    assert r["compute"] == pytest.approx(5 * 2.5)  # five waves of 2,000 chunks
+    assert r["compute"] == model.project(1e7, 2000, **COSTS)["compute"]
+    # A chunk, not a unit, must end within the workers' lifetime.
+    assert model.project(1e7, 100, **costs, lifetime=10.0)["limit"] != "lifetime"
+    never = model.project(1e7, 100, **costs, lifetime=2.0)
     assert never["limit"] == "lifetime" and math.isinf(never["seconds"])
-    # Fewer chunks than a unit holds: one unit of them all.
-    assert model.project(5e3, 10, **costs)["task_seconds"] == pytest.approx(5 * 2.5)
 
 
 def test_culling_the_store_graph_makes_the_driver_quadratic_in_chunks(model):
@@ -158,19 +155,17 @@ def test_catalogue_shards_follow_the_store_module(model):
     assert model.catalogue(inp, 1e7, 1000, min_units=4000).chunks_per_shard == 2
 
 
-def test_predictions_with_units_per_worker_keep_every_worker_busy(model):
+def test_predictions_keep_every_worker_busy_with_few_shards(model):
     inp = {"c_spec_fast": 2e-3, "c_chunk_fast": 0.0, "c_spec_ppxf": 0.3, "c_chunk_ppxf": 0.0,
-           "c_sched": 1e-3, "tasks_per_unit": 1.0, "c_driver": 0.0, "c_unit": 0.1, "c_cull": 0.0,
-           "c_products": 0.0, "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0, "bytes_per_spectrum": 7e3,
-           "catalogue_bytes_per_galaxy": 800, "catalogue_files_per_unit": 99}
-    rule = model.predictions(inp, lifetime=math.inf)
-    sized = model.predictions(inp, lifetime=math.inf, units_per_worker=4)
-    for r, q in zip(rule, sized, strict=True):
-        assert q["n_units"] >= min(4 * q["workers"], q["n_chunks"])
-        assert q["compute"] <= r["compute"] * (1 + 1e-9)
-    # The rule's ~28 units of 10^7 catalogue rows cannot feed 1,000 workers.
-    big = [r for r in rule if r["workers"] == 1000 and r["fitter"] == "fast"]
-    assert all(r["n_units"] < 1000 for r in big)
+           "c_sched": 1e-3, "tasks_per_chunk": 1.0, "tasks_per_unit": 1.0, "c_driver": 0.0, "c_unit": 0.1,
+           "c_cull": 0.0, "c_products": 0.0, "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0,
+           "bytes_per_spectrum": 7e3, "catalogue_bytes_per_galaxy": 800, "catalogue_files_per_unit": 99}
+    rows = model.predictions(inp, lifetime=math.inf)
+    for r in rows:
+        assert r["compute"] == pytest.approx(math.ceil(r["n_chunks"] / r["workers"]) * r["chunk_seconds"])
+    # The rule's ~28 shards of 10^7 catalogue rows do not idle 1,000 workers.
+    big = [r for r in rows if r["workers"] == 1000 and r["fitter"] == "fast" and r["chunk"] == 1000]
+    assert big and all(r["n_units"] < 1000 and r["compute"] < 10 * 2.0 + 1e-9 for r in big)
 
 
 def test_default_e2e_is_the_newest_run(model, tmp_path, monkeypatch):
@@ -187,7 +182,8 @@ def test_cross_check_writes_the_runs_own_stores(model):
            "stores": {"catalogue-denoised.zarr": {"chunks_per_shard": 25, "galaxy_variables": 98},
                       "raw.zarr": {"chunks_per_shard": 6, "galaxy_variables": 39}},
            "stages": {}}
-    inp = {"c_spec_chain_1e6": 2e-3, "c_chunk_chain_1e6": 0.1, "c_sched": 0.01, "tasks_per_unit": 1.0,
+    inp = {"c_spec_chain_1e6": 2e-3, "c_chunk_chain_1e6": 0.1, "c_sched": 0.01, "tasks_per_chunk": 1.0,
+           "tasks_per_unit": 1.0,
            "c_driver": 0.0, "c_unit": 0.5, "c_cull": 0.0, "c_products": 0.0, "t_start": 30.0,
            "t_load": 3.0}
     cc = model.cross_check(inp, {"runs": [run], "git": "abc"}, "x.json")
@@ -195,7 +191,7 @@ def test_cross_check_writes_the_runs_own_stores(model):
     assert cc["stores"] == [[25, 99], [6, 40]]
     assert cc["predicted"]["n_units"] == units
     assert cc["predicted"]["driver"] == pytest.approx(units * 0.5)
-    assert cc["predicted"]["scheduler"] == pytest.approx(units * 0.01)
+    assert cc["predicted"]["scheduler"] == pytest.approx((2 * 200 + units) * 0.01)
     assert cc["predicted_with_measured_compute"] == pytest.approx(
         cc["predicted"]["seconds"] - cc["predicted"]["compute"] + 1500.0)
     assert cc["measured_driver_main_thread_seconds"] == 30.0 and cc["source"] == "x.json"
@@ -211,14 +207,15 @@ def test_smoke_run_writes_inputs_predictions_and_cross_check(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
     inp = result["inputs"]
-    for key in ("c_sched", "tasks_per_unit", "t_start", "t_load", "c_spec_fast", "c_spec_ppxf",
+    for key in ("c_sched", "tasks_per_chunk", "tasks_per_unit", "t_start", "t_load", "c_spec_fast", "c_spec_ppxf",
                 "driver_cpu_per_written_chunk", "bytes_per_spectrum", "catalogue_bytes_per_galaxy"):
         assert math.isfinite(inp[key]) and inp[key] > 0, key
     assert inp["c_spec_ppxf"] > inp["c_spec_fast"]
-    # The writer hands the scheduler one task per write unit (a shard's worth
-    # of chunks), not the chain's hundred-odd tasks per chunk.
+    # The writer hands the scheduler one task per chunk and one per write unit
+    # (a shard's worth of chunks), not the chain's hundred-odd tasks per chunk.
     write = result["measured"]["write"]
     assert write["units"] == 8 // write["chunks_per_shard"]
+    assert write["tasks_per_chunk"] == pytest.approx(1.0)
     assert write["tasks_per_unit"] == pytest.approx(1.0)
     assert write["graph_tasks_per_chunk"] > 50
     assert write["store"]["files"] < write["store"]["galaxy_variables"] * write["chunks"]

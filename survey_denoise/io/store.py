@@ -585,14 +585,25 @@ def _submit_unit(client, unit: _Unit):
 
     A fused chain makes a few hundred tasks per chunk (a task per variable
     per stage); handed to the scheduler one by one they cost more of the
-    driver's CPU than the workers spend on some stages.  Here the unit's
-    graph is culled once on the driver and split by chunk: each chunk's
-    part runs as one task (:func:`_run_graph`, the synchronous scheduler on
-    the worker, each intermediate freed as soon as it is used) and returns
-    that chunk's blocks, and one more task writes the shard from them
-    (:func:`_write_unit`).  Chunks still spread over the workers, however
-    many chunks a shard holds.  Graphs are pickled here so that the
-    scheduler does not unpack their tasks as arguments.
+    driver's CPU than the workers spend on some stages.  Here each chunk's
+    part of the graph (:func:`_chunk_graphs`) runs as one task
+    (:func:`_run_graph`, the synchronous scheduler on the worker, each
+    intermediate freed as soon as it is used) and returns that chunk's
+    blocks, and one more task writes the shard from them
+    (:func:`_write_parts`).  Chunks still spread over the workers, however
+    many chunks a shard holds.
+    """
+    parts = [client.submit(_run_graph, graph, keys, key=f"chunk-{j}-{unit.key}", pure=False)
+             for j, (graph, keys) in enumerate(_chunk_graphs(unit))]
+    return client.submit(_write_parts, parts, unit.write, unit.axes, key=unit.key, pure=False)
+
+
+def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list]]:
+    """Per chunk of ``unit``: its culled graph, pickled, and the keys of its blocks (by variable).
+
+    The unit's graph is culled once out of the whole store's and then split
+    by chunk.  Graphs are pickled here so that the scheduler does not
+    unpack their tasks as arguments.
     """
     from dask.core import flatten
     from dask.highlevelgraph import HighLevelGraph
@@ -602,12 +613,12 @@ def _submit_unit(client, unit: _Unit):
     blocks, axes = unit.blocks, unit.axes
     graph = dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)).cull(set(flatten(blocks))))
     n_chunks = max(len(_along_size(b, axis)) for b, axis in zip(blocks, axes, strict=True))
-    parts = []
+    out = []
     for j in range(n_chunks):
         keys = [_along(b, axis, j, j + 1) for b, axis in zip(blocks, axes, strict=True)]
         sub, _ = cull(graph, list(flatten(keys)))
-        parts.append(client.submit(_run_graph, dumps(sub), keys, key=f"chunk-{j}-{unit.key}", pure=False))
-    return client.submit(_write_parts, parts, unit.write, axes, key=unit.key, pure=False)
+        out.append((dumps(sub), keys))
+    return out
 
 
 def _along_size(keys: list, axis: int) -> list:
