@@ -40,6 +40,7 @@ import itertools
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -593,9 +594,12 @@ def _submit_unit(client, unit: _Unit):
     (:func:`_write_parts`).  Chunks still spread over the workers, however
     many chunks a shard holds.
     """
-    parts = [client.submit(_run_graph, graph, keys, key=f"chunk-{j}-{unit.key}", pure=False)
+    # Keys new to each submission: a resumed write in the same client must not
+    # be handed an earlier attempt's failed task that the scheduler still holds.
+    tag = uuid.uuid4().hex[:8]
+    parts = [client.submit(_run_graph, graph, keys, key=f"chunk-{j}-{unit.key}-{tag}", pure=False)
              for j, (graph, keys) in enumerate(_chunk_graphs(unit))]
-    return client.submit(_write_parts, parts, unit.write, unit.axes, key=unit.key, pure=False)
+    return client.submit(_write_parts, parts, unit.write, unit.axes, key=f"{unit.key}-{tag}", pure=False)
 
 
 def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list]]:
