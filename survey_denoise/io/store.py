@@ -7,8 +7,10 @@ chunk is the dataset's galaxy chunk times the whole of every other dimension
 then some 40 files per shard and a few tens of shards, where one file per
 chunk and variable made tens of thousands (:func:`chunks_per_shard`).
 
-Writing is by write unit: one shard of every variable.  One task computes a
-unit's galaxies, writes its shards with Zarr directly and then drops a marker
+Writing is by write unit: one shard of every variable.  On a cluster each
+of the unit's chunks is computed by one task (its whole chain, run by the
+synchronous scheduler on the worker), and one task writes the unit's shards
+from their blocks with Zarr directly and then drops a marker
 ``chunk-NNNNNN`` (NNNNNN: the unit's first chunk) into the store's
 ``.progress/`` folder, so no two tasks ever write to the same file and the
 driver only submits units and counts them.  A later call with
@@ -441,13 +443,14 @@ def _initialise(ds: xr.Dataset, path: Path, plan: dict) -> None:
 
 
 def _unit_task(ds: xr.Dataset, path: Path, first: int, starts, k: int):
-    """One write unit as one task: it writes its shard of every dask-backed variable.
+    """One write unit: its shard of every dask-backed variable and the blocks it is made of.
 
-    The task reads the unit's blocks of every variable straight from their
+    The write reads the unit's blocks of every variable straight from their
     upstream tasks, so a chunk's shared upstream work (a mock chunk, a fit) is
-    computed once, and the scheduler sees one task per unit, not a slice, a
-    concatenation and a write per variable (~250 tasks a catalogue chunk).
-    Returns None if the unit has no dask-backed variable (nothing to write).
+    computed once, with no slice, concatenation or write task per variable
+    (~250 tasks a catalogue chunk).  On a cluster :func:`_submit_unit` runs it
+    as a task per chunk and one write task.  Returns None if the unit has no
+    dask-backed variable (nothing to write).
     """
     from dask.base import tokenize
 
