@@ -324,6 +324,21 @@ def test_driver_submits_one_task_per_chunk_and_per_shard_and_no_xarray_writes(tm
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").ivar.values, ds.ivar.values)
 
 
+def test_arrays_backed_by_futures_are_written_from_the_cluster(tmp_path):
+    # Data already on the cluster (as ``ingest`` leaves read files) reaches
+    # each chunk's task as its dependency, not through the pickled graph.
+    import dask.array as da
+
+    ds = _spectra(n=40, chunk=10)
+    with connect("local", n_workers=2) as client:
+        blocks = [client.submit(np.asarray, ds.flux.values[i:i + 10] * 2, pure=False) for i in range(0, 40, 10)]
+        flux = da.concatenate([da.from_delayed(b, shape=(10, ds.sizes["wavelength"]), dtype=ds.flux.dtype)
+                               for b in blocks])
+        doubled = ds.assign(flux=ds.flux.copy(data=flux))
+        write_store(doubled, tmp_path / "f.zarr", client=client, progress=False, shard_chunks=2)
+    np.testing.assert_array_equal(open_store(tmp_path / "f.zarr").flux.values, ds.flux.values * 2)
+
+
 def test_stores_written_before_sharding_are_read_and_resumed(tmp_path):
     import zarr
 

@@ -600,13 +600,18 @@ def _submit_unit(client, unit: _Unit):
     # Keys new to each submission: a resumed write in the same client must not
     # be handed an earlier attempt's failed task that the scheduler still holds.
     tag = uuid.uuid4().hex[:8]
-    parts = [client.submit(_run_graph, graph, keys, key=f"chunk-{j}-{unit.key}-{tag}", pure=False)
-             for j, (graph, keys) in enumerate(_chunk_graphs(unit))]
+    # Futures in a graph (data already on the cluster, e.g. files read by
+    # ``ingest``) reach the task as its dependencies.
+    parts = [client.submit(_run_graph, graph, keys, outside, key=f"chunk-{j}-{unit.key}-{tag}", pure=False)
+             for j, (graph, keys, outside) in enumerate(_chunk_graphs(unit))]
     return client.submit(_write_parts, parts, unit.write, unit.axes, key=f"{unit.key}-{tag}", pure=False)
 
 
-def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list]]:
-    """Per chunk of ``unit``: its culled graph, pickled, and the keys of its blocks (by variable).
+def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list, dict]]:
+    """Per chunk of ``unit``: its culled graph (pickled), its blocks' keys (by variable), its futures.
+
+    Futures (results already held on the cluster) are taken out of the
+    graph and returned by key, to be passed to the task as its dependencies.
 
     The unit's graph is culled once out of the whole store's and then split
     by chunk.  Graphs are pickled here so that the scheduler does not
@@ -615,6 +620,7 @@ def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list]]:
     from dask.core import flatten
     from dask.highlevelgraph import HighLevelGraph
     from dask.optimization import cull
+    from distributed import Future
     from distributed.protocol.pickle import dumps
 
     blocks, axes = unit.blocks, unit.axes
@@ -624,7 +630,8 @@ def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list]]:
     for j in range(n_chunks):
         keys = [_along(b, axis, j, j + 1) for b, axis in zip(blocks, axes, strict=True)]
         sub, _ = cull(graph, list(flatten(keys)))
-        out.append((dumps(sub), keys))
+        outside = {k: sub.pop(k) for k in [k for k, v in sub.items() if isinstance(v, Future)]}
+        out.append((dumps(sub), keys, outside))
     return out
 
 
@@ -632,12 +639,18 @@ def _along_size(keys: list, axis: int) -> list:
     return keys if axis == 0 else _along_size(keys[0], axis - 1)
 
 
-def _run_graph(graph: bytes, keys: list) -> list:
-    """One chunk's blocks of every variable, computed here from its graph.  Runs on a worker."""
+def _run_graph(graph: bytes, keys: list, outside: dict | None = None) -> list:
+    """One chunk's blocks of every variable, computed here from its graph.  Runs on a worker.
+
+    ``outside`` holds the values of the keys the graph uses but does not define.
+    """
+    from dask._task_spec import DataNode
     from dask.local import get_sync
     from distributed.protocol.pickle import loads
 
-    return _as_lists(get_sync(loads(graph), keys))
+    dsk = loads(graph)
+    dsk.update({k: DataNode(k, v) for k, v in (outside or {}).items()})
+    return _as_lists(get_sync(dsk, keys))
 
 
 def _as_lists(nested):
