@@ -225,7 +225,7 @@ def _active_inverse(m, act, xp):
     return xp.linalg.inv(xp.where(mask, m, 0.0) + xp.eye(m.shape[1])[None] * (~act)[:, :, None])
 
 
-def _correlated_err(a, w, m, active, correlation, xp, lagged=None):
+def _correlated_err(w, m, active, correlation, lagged, xp):
     """Coefficient errors for pixel errors correlated by lag: ``corr(e_i, e_(i+L)) = rho_L``.
 
     With ``C = (A^T W A)^-1`` over the active columns, the estimator is
@@ -234,10 +234,10 @@ def _correlated_err(a, w, m, active, correlation, xp, lagged=None):
     The middle matrix is ``A^T W A`` plus, per lag, ``rho_L`` times
     ``sum_i sqrt(w_i w_(i+L)) (a_i a_(i+L)^T + a_(i+L) a_i^T)``: one
     (n, p) @ (p, k(k+1)/2) product per lag, as for ``A^T W A`` itself,
-    instead of the (n, k, p) estimator weights.  Variances are floored at 0.
+    instead of the (n, k, p) estimator weights (``lagged``: those products'
+    right-hand sides, :func:`_lagged_outer`).  Variances are floored at 0.
     """
     n, k = m.shape[0], m.shape[1]
-    lagged = _lagged_outer(a, len(correlation)) if lagged is None else lagged
     middle = m.copy()
     for lag, (rho, o) in enumerate(zip(correlation, lagged, strict=False), start=1):
         pair = xp.sqrt(w[:, lag:] * w[:, :-lag])
@@ -331,15 +331,14 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
                                                       np.log(np.asarray(widths_kms, float)))
         if len(correlation):
             # Only the chosen width's errors are reported, so only they allow for the correlation.
-            for t, width in enumerate(widths_kms):
+            for t, tried in enumerate(widths_kms):
                 at = np.flatnonzero(near == t)
                 if at.size:
                     _, _, _, _, m, active = fits[t]
                     idx = xp.asarray(at)
-                    corr = _correlated_err(None, w[idx], m[idx], active[idx], tuple(correlation), xp,
-                                           lagged=_lagged_outer_matrix(float(width), grid, len(correlation)))
-                    active = _to_numpy(active[idx])
-                    err[at] = np.where(active, _to_numpy(corr), err[at])
+                    lagged = _lagged_outer_matrix(float(tried), grid, len(correlation))
+                    corr = _correlated_err(w[idx], m[idx], active[idx], tuple(correlation), lagged, xp)
+                    err[at] = np.where(_to_numpy(active[idx]), _to_numpy(corr), err[at])
         n_lines = len(groups)
         x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
         _store(out, rows, groups, x, err, meas)

@@ -610,11 +610,10 @@ def _submit_unit(client, unit: _Unit):
 def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list, dict]]:
     """Per chunk of ``unit``: its culled graph (pickled), its blocks' keys (by variable), its futures.
 
-    Futures (results already held on the cluster) are taken out of the
-    graph and returned by key, to be passed to the task as its dependencies.
-
     The unit's graph is culled once out of the whole store's and then split
-    by chunk.  Graphs are pickled here so that the scheduler does not
+    by chunk.  Futures (results already held on the cluster) are taken out
+    of each graph and returned by key, to be passed to the task as its
+    dependencies.  Graphs are pickled here so that the scheduler does not
     unpack their tasks as arguments.
     """
     from dask.core import flatten
