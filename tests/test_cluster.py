@@ -187,9 +187,13 @@ def test_a_lost_worker_is_reported_by_name(capfd):
         os.kill(pid, signal.SIGKILL)  # the nanny starts a new worker; Dask recomputes
         assert client.gather(futures) == [0, 1, 2, 3]
         time.sleep(0.5)
+        # Read before the cluster closes: a worker whose heartbeat is in flight
+        # while LocalCluster shuts down logs a comm-closed traceback of its own
+        # (dask/distributed#7105), which says nothing about the loss reported here.
+        during_the_run = capfd.readouterr().err
     lost = [line for line in lines if "was lost" in line]
     assert len(lost) == 1 and address in lost[0] and "task(s)" in lost[0], lines
-    assert "Traceback" not in capfd.readouterr().err
+    assert "Traceback" not in during_the_run, during_the_run
 
 
 def test_users_jobqueue_yaml_and_environment_override_the_shipped_defaults(tmp_path):
