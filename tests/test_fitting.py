@@ -109,6 +109,48 @@ def test_fast_errors_allow_for_correlated_pixel_errors():
     assert np.std(pulls[(1.0,) * 8]) < np.std(pulls[()])
 
 
+def test_dropping_columns_downdates_the_inverse_exactly():
+    # The active-set loop removes negative lines from each spectrum's inverse by rank-one steps.
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(40, 9, 30))
+    m = a @ a.transpose(0, 2, 1)
+    drop = rng.random((40, 9)) < 0.3
+    drop[0] = False
+    drop[1, :5] = True
+    direct = fast._active_inverse(m, ~drop, np) * (~drop[:, :, None] & ~drop[:, None, :])
+    downdated = fast._drop_columns(np.linalg.inv(m), drop, np)
+    np.testing.assert_allclose(downdated, direct, rtol=0, atol=1e-10 * np.abs(direct).max())
+
+
+@pytest.mark.parametrize("width", fast.WIDTHS_KMS)
+def test_normal_matrices_summed_over_line_pixels_lose_nothing(width):
+    a, groups = fast.design_matrix(width, GRID)
+    pixels, n_lines = fast._line_pixels(width, GRID)
+    assert n_lines == len(groups) and pixels.size < 0.6 * GRID.npix  # where the saving comes from
+    w = np.random.default_rng(4).uniform(0.0, 2.0, (20, GRID.npix))
+    np.testing.assert_allclose(fast._normal_upper(w, width, GRID, None, np), w @ fast._outer(a),
+                               rtol=1e-12, atol=1e-12 * np.abs(w @ fast._outer(a)).max())
+
+
+def test_correlated_errors_equal_the_dense_estimator_covariance():
+    flux, ivar, _ = _spectra(30, seed=8, noise=0.05, width=120.0)
+    ivar = ivar * np.random.default_rng(9).uniform(0.3, 1.0, ivar.shape)
+    rho = (0.5, 0.25, 0.1)
+    a, n_lines = fast._columns(120.0, GRID)
+    x, err, chi2, meas, m, active, cov = fast._solve_one_width(a, n_lines, flux, ivar, np)
+    got = fast._correlated_err(ivar, m, cov, rho, fast._lagged_parts(120.0, GRID, len(rho)),
+                               fast._entries(n_lines, a.shape[1]), np)
+    r = np.eye(GRID.npix)
+    for lag, value in enumerate(rho, start=1):
+        r += value * (np.eye(GRID.npix, k=lag) + np.eye(GRID.npix, k=-lag))
+    for i in range(flux.shape[0]):
+        half = np.sqrt(ivar[i])[:, None] * a                     # W^1/2 A
+        estimator = cov[i] @ half.T                               # C A^T W^1/2
+        dense = np.sqrt(np.diag(estimator @ r @ estimator.T))
+        on = active[i]
+        np.testing.assert_allclose(got[i, on], dense[on], rtol=1e-9)
+
+
 def test_fast_marks_missing_coverage_and_keeps_rows():
     flux, ivar, _ = _spectra(3, seed=3)
     ivar[0] = 0.0                                   # nothing to fit

@@ -18,11 +18,13 @@ its lines, with continuum on both sides (:mod:`survey_denoise.line_windows`);
 elsewhere the line is NaN, never 0.
 
 The weighted normal equations ``(A^T W A) x = A^T W y`` are formed for a
-batch with one batched matrix product and solved with batched
-``numpy.linalg.solve``.  Line fluxes are kept non-negative, as pPXF keeps
+batch with one batched matrix product and solved through one batched
+inverse of ``A^T W A``.  Line fluxes are kept non-negative, as pPXF keeps
 them, by an active-set loop: lines with a negative flux are removed from
 that spectrum's system and it is solved again (a few passes; exact NNLS
 would also re-admit removed lines, which matters only for lines at S/N < 1).
+Removing a column downdates the inverse by a rank-one step instead of
+inverting again, since small batched inverses are the fitter's largest cost.
 Errors are the square roots of the diagonal of ``(A^T W A)^-1`` for the
 final set (for a removed line: from the first, unconstrained solve).
 
@@ -164,50 +166,72 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, outer=None, covered=None):
+def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None):
     """Batched weighted least squares with non-negative line columns.
 
+    ``normal`` is the upper triangle of ``A^T W A`` per spectrum, (n,
+    k(k+1)/2), where the caller has it (:func:`_normal_upper`).
     ``covered`` (n, n_lines) says which line columns the spectrum covers
     (:mod:`survey_denoise.line_windows`; default all): the others are left
     out of its system, so an uncovered line neither takes nor gives flux.
     Returns coefficients, their errors, chi^2 and a measurable mask (all
-    (n, k)), then the normal matrices ``A^T W A`` (n, k, k) and the final
-    active sets (n, k), from which :func:`_correlated_err` derives errors
-    for correlated pixel errors.
+    (n, k)), then the normal matrices ``A^T W A`` (n, k, k), the final
+    active sets (n, k) and the inverses of the normal matrices over those
+    sets (n, k, k, zero outside them), from which :func:`_correlated_err`
+    derives errors for correlated pixel errors.
     """
     n, k = y.shape[0], a.shape[1]
     a_dev = xp.asarray(a)
     # A^T W A of every spectrum as one (n, p) @ (p, k(k+1)/2) product (its
     # upper triangle): one large matrix product instead of n small ones.
-    outer = xp.asarray(_outer(a) if outer is None else outer)
-    m = _symmetric(w @ outer, n, k, xp)
+    m = _symmetric(w @ xp.asarray(_outer(a)) if normal is None else normal, n, k, xp)
     b = (w * y) @ a_dev
     covered = xp.ones((n, n_lines), bool) if covered is None else xp.asarray(covered, bool)
     measurable = xp.concatenate([covered, xp.ones((n, k - n_lines), bool)], axis=1)
     measurable &= xp.diagonal(m, axis1=1, axis2=2) > 0
     active = measurable.copy()
-    x, err = xp.zeros((n, k)), xp.zeros((n, k))
-    first_err = None
-    rows = xp.arange(n)
-    for _ in range(n_lines + 1):
-        # Only spectra whose active set changed are solved again.
-        act = active[rows]
-        cov = _active_inverse(m[rows], act, xp)
-        x[rows] = xp.einsum("nij,nj->ni", cov, xp.where(act, b[rows], 0.0))
-        err[rows] = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
-        if first_err is None:
-            first_err = err.copy()
-        neg = act[:, :n_lines] & (x[rows, :n_lines] < 0)
-        again = neg.any(1)
-        if not bool(again.any()):
+    cov = _active_inverse(m, active, xp) * (active[:, :, None] & active[:, None, :])
+    x = xp.einsum("nij,nj->ni", cov, b)
+    first_err = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
+    for _ in range(n_lines):
+        neg = active[:, :n_lines] & (x[:, :n_lines] < 0)
+        rows = xp.flatnonzero(neg.any(1))
+        if rows.size == 0:
             break
-        rows, neg = rows[again], neg[again]
-        active[rows, :n_lines] &= ~neg
+        c = _drop_columns(cov[rows], neg[rows], xp)
+        cov[rows] = c
+        active[rows, :n_lines] &= ~neg[rows]
+        # Dropped columns are zero in ``c``, so their b entries do not count.
+        x[rows] = xp.einsum("nij,nj->ni", c, b[rows])
+    err = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
     err = xp.where(active, err, first_err)
     resid = y - x @ a_dev.T
     dof = xp.clip((w > 0).sum(1) - active.sum(1), 1, None)
     chi2 = (w * resid**2).sum(1) / dof
-    return x, err, chi2, measurable, m, active
+    return x, err, chi2, measurable, m, active, cov
+
+
+def _drop_columns(c, drop, xp):
+    """Inverses ``c`` (n, k, k) of normal matrices after their ``drop`` (n, j <= k) columns are removed.
+
+    Removing column ``j`` from a system whose inverse is ``C`` leaves the
+    inverse ``C - C[:, j] C[j, :] / C[j, j]`` on the other columns (the
+    Schur complement); row and column ``j`` become zero.  Columns are
+    removed one per pass, each spectrum its own.
+    """
+    c = c.copy()
+    # Per spectrum, the columns to drop first, in column order.
+    order = xp.argsort(~drop, axis=1, kind="stable")
+    count = drop.sum(1)
+    for step in range(int(count.max())):
+        at = xp.flatnonzero(count > step)
+        j = order[at, step]
+        col = c[at, :, j]                                          # (m, k)
+        pivot = col[xp.arange(at.size), j]
+        c[at] -= col[:, :, None] * col[:, None, :] / pivot[:, None, None]
+        c[at, :, j] = 0.0
+        c[at, j, :] = 0.0
+    return c
 
 
 def _symmetric(upper, n, k, xp):
@@ -225,24 +249,31 @@ def _active_inverse(m, act, xp):
     return xp.linalg.inv(xp.where(mask, m, 0.0) + xp.eye(m.shape[1])[None] * (~act)[:, :, None])
 
 
-def _correlated_err(w, m, active, correlation, lagged, xp):
+def _correlated_err(w, m, cov, correlation, lagged, entries, xp):
     """Coefficient errors for pixel errors correlated by lag: ``corr(e_i, e_(i+L)) = rho_L``.
 
     With ``C = (A^T W A)^-1`` over the active columns, the estimator is
     ``C A^T W`` and its covariance ``C (A^T W^1/2 R W^1/2 A) C``, ``R`` the
     banded correlation matrix (lags beyond the given ones uncorrelated).
     The middle matrix is ``A^T W A`` plus, per lag, ``rho_L`` times
-    ``sum_i sqrt(w_i w_(i+L)) (a_i a_(i+L)^T + a_(i+L) a_i^T)``: one
-    (n, p) @ (p, k(k+1)/2) product per lag, as for ``A^T W A`` itself,
-    instead of the (n, k, p) estimator weights (``lagged``: those products'
-    right-hand sides, :func:`_lagged_outer`).  Variances are floored at 0.
+    ``sum_i sqrt(w_i w_(i+L)) (a_i a_(i+L)^T + a_(i+L) a_i^T)``: matrix
+    products per lag, as for ``A^T W A`` itself (:func:`_normal_upper`),
+    instead of the (n, k, p) estimator weights.  ``lagged`` holds, per lag,
+    those products' right-hand sides (:func:`_lagged_parts`) and
+    ``entries`` the continuum-only and line entries of the upper triangle;
+    ``cov`` is ``C``, zero outside the active columns.  Variances are
+    floored at 0.
     """
     n, k = m.shape[0], m.shape[1]
+    cont, line = entries
     middle = m.copy()
-    for lag, (rho, o) in enumerate(zip(correlation, lagged, strict=False), start=1):
+    upper = xp.empty((n, cont.size + line.size))
+    for lag, (rho, (rows, line_rhs, cont_rhs)) in enumerate(zip(correlation, lagged, strict=False),
+                                                             start=1):
         pair = xp.sqrt(w[:, lag:] * w[:, :-lag])
-        middle += float(rho) * _symmetric(pair @ xp.asarray(o), n, k, xp)
-    cov = _active_inverse(m, active, xp) * (active[:, :, None] & active[:, None, :])
+        upper[:, cont] = pair @ xp.asarray(cont_rhs)
+        upper[:, line] = pair[:, rows] @ xp.asarray(line_rhs)
+        middle += float(rho) * _symmetric(upper, n, k, xp)
     var = ((cov @ middle) * cov).sum(-1)
     return xp.sqrt(xp.clip(var, 0.0, None))
 
@@ -258,14 +289,67 @@ def _lagged_outer(a: np.ndarray, lags: int) -> tuple[np.ndarray, ...]:
 
 
 @cache
-def _lagged_outer_matrix(sigma_kms: float, grid: Grid, lags: int) -> tuple[np.ndarray, ...]:
-    return _lagged_outer(design_matrix(sigma_kms, grid)[0], lags)
+def _entries(n_lines: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle entries (of ``np.triu_indices(k)``) of continuum pairs, and of the others.
+
+    A continuum pair's entry of ``A^T W A`` is the same for every line
+    width; every other entry involves a line column, which is exactly zero
+    away from its lines (the pixel-integrated Gaussian's ``erf``
+    differences vanish there), so it needs those pixels only.
+    """
+    iu, _ = np.triu_indices(k)
+    both_continuum = iu >= n_lines  # iu <= ju
+    return np.flatnonzero(both_continuum), np.flatnonzero(~both_continuum)
+
+
+def _line_pixels(sigma_kms: float, grid: Grid) -> tuple[np.ndarray, int]:
+    a, groups = design_matrix(sigma_kms, grid)
+    return np.flatnonzero((a[:, :len(groups)] != 0).any(1)), len(groups)
 
 
 @cache
-def _outer_matrix(sigma_kms: float, grid: Grid) -> np.ndarray:
-    """Upper triangle of ``a[p] (x) a[p]`` per pixel, (p, k(k+1)/2); built once per width."""
-    return _outer(design_matrix(sigma_kms, grid)[0])
+def _outer_parts(sigma_kms: float, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-hand sides of :func:`_normal_upper` for one width: line pixels, line part, continuum part."""
+    a = design_matrix(sigma_kms, grid)[0]
+    rows, n_lines = _line_pixels(sigma_kms, grid)
+    cont, line = _entries(n_lines, a.shape[1])
+    full = _outer(a)
+    return rows, np.ascontiguousarray(full[rows][:, line]), np.ascontiguousarray(full[:, cont])
+
+
+def _normal_upper(w, sigma_kms: float, grid: Grid, continuum, xp):
+    """Upper triangles of ``A^T W A``, (n, k(k+1)/2), for weights ``w`` (n, p).
+
+    ``continuum`` is the continuum-pair part, ``w @ outer[:, cont]``, which
+    every width shares (pass None to compute it here).  The line entries
+    are summed over the line pixels only, a third of the grid or less.
+    """
+    rows, line_rhs, cont_rhs = _outer_parts(sigma_kms, grid)
+    cont, line = _entries(*_shape(sigma_kms, grid))
+    upper = xp.empty((w.shape[0], cont.size + line.size))
+    upper[:, cont] = w @ xp.asarray(cont_rhs) if continuum is None else continuum
+    upper[:, line] = w[:, rows] @ xp.asarray(line_rhs)
+    return upper
+
+
+def _shape(sigma_kms: float, grid: Grid) -> tuple[int, int]:
+    a, groups = design_matrix(sigma_kms, grid)
+    return len(groups), a.shape[1]
+
+
+@cache
+def _lagged_parts(sigma_kms: float, grid: Grid, lags: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Per lag L: (pixels i with a line at i or i+L, line part, continuum part) of :func:`_lagged_outer`."""
+    a = design_matrix(sigma_kms, grid)[0]
+    line_px, n_lines = _line_pixels(sigma_kms, grid)
+    cont, line = _entries(n_lines, a.shape[1])
+    near = np.zeros(a.shape[0], bool)
+    near[line_px] = True
+    out = []
+    for lag, full in enumerate(_lagged_outer(a, lags), start=1):
+        rows = np.flatnonzero(near[:-lag] | near[lag:])
+        out.append((rows, np.ascontiguousarray(full[rows][:, line]), np.ascontiguousarray(full[:, cont])))
+    return tuple(out)
 
 
 def _outer(a: np.ndarray) -> np.ndarray:
@@ -324,8 +408,10 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         w = xp.asarray(np.where(ok[rows], ivar[rows], 0.0))
         # One column per group, and a group's lines are tied: it is covered when all of them are.
         covered = covered_lines(grid.wavelength, ok[rows], [g.name for g in groups])
-        fits = [_solve_one_width(*_columns(width, grid), y, w, xp, outer=_outer_matrix(float(width), grid),
-                                 covered=covered)
+        # The continuum pairs of A^T W A are the same for every width: summed once.
+        continuum = w @ xp.asarray(_outer_parts(float(widths_kms[0]), grid)[2])
+        fits = [_solve_one_width(*_columns(width, grid), y, w, xp, covered=covered,
+                                 normal=_normal_upper(w, float(width), grid, continuum, xp))
                 for width in widths_kms]
         x, err, chi2, meas, width, near = _best_width([[_to_numpy(v) for v in f[:4]] for f in fits],
                                                       np.log(np.asarray(widths_kms, float)))
@@ -334,10 +420,11 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
             for t, tried in enumerate(widths_kms):
                 at = np.flatnonzero(near == t)
                 if at.size:
-                    _, _, _, _, m, active = fits[t]
+                    _, _, _, _, m, active, cov = fits[t]
                     idx = xp.asarray(at)
-                    lagged = _lagged_outer_matrix(float(tried), grid, len(correlation))
-                    corr = _correlated_err(w[idx], m[idx], active[idx], tuple(correlation), lagged, xp)
+                    lagged = _lagged_parts(float(tried), grid, len(correlation))
+                    corr = _correlated_err(w[idx], m[idx], cov[idx], tuple(correlation), lagged,
+                                           _entries(*_shape(float(tried), grid)), xp)
                     err[at] = np.where(_to_numpy(active[idx]), _to_numpy(corr), err[at])
         n_lines = len(groups)
         x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
