@@ -122,6 +122,20 @@ def test_dropping_columns_downdates_the_inverse_exactly():
     np.testing.assert_allclose(downdated, direct, rtol=0, atol=1e-10 * np.abs(direct).max())
 
 
+def test_block_inverse_equals_the_direct_inverse_over_active_columns():
+    # Lines first (6 here), then continuum; some lines and one continuum column left out.
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(40, 11, 30))
+    m = a @ a.transpose(0, 2, 1)
+    active = rng.random((40, 11)) > 0.3
+    active[:, 6:] = True
+    active[:3, 9] = False
+    m[:3, 9, :] = m[:3, :, 9] = 0.0  # an unmeasurable continuum column: no weight at all
+    direct = fast._active_inverse(m, active, np) * (active[:, :, None] & active[:, None, :])
+    blocks = fast._block_inverse(m, active, 6, fast._continuum_inverse(m[:, 6:, 6:], np), np)
+    np.testing.assert_allclose(blocks, direct, rtol=0, atol=1e-10 * np.abs(direct).max())
+
+
 @pytest.mark.parametrize("width", fast.WIDTHS_KMS)
 def test_normal_matrices_summed_over_line_pixels_lose_nothing(width):
     a, groups = fast.design_matrix(width, GRID)

@@ -18,8 +18,10 @@ its lines, with continuum on both sides (:mod:`survey_denoise.line_windows`);
 elsewhere the line is NaN, never 0.
 
 The weighted normal equations ``(A^T W A) x = A^T W y`` are formed for a
-batch with one batched matrix product and solved through one batched
-inverse of ``A^T W A``.  Line fluxes are kept non-negative, as pPXF keeps
+batch with batched matrix products and solved through the inverse of
+``A^T W A``, by blocks: the continuum block is the same for every line
+width, so it is inverted once and each width inverts only the lines'
+Schur complement.  Line fluxes are kept non-negative, as pPXF keeps
 them, by an active-set loop: lines with a negative flux are removed from
 that spectrum's system and it is solved again (a few passes; exact NNLS
 would also re-admit removed lines, which matters only for lines at S/N < 1).
@@ -166,7 +168,7 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None):
+def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None, continuum_inverse=None):
     """Batched weighted least squares with non-negative line columns.
 
     ``normal`` is the upper triangle of ``A^T W A`` per spectrum, (n,
@@ -174,6 +176,8 @@ def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None):
     ``covered`` (n, n_lines) says which line columns the spectrum covers
     (:mod:`survey_denoise.line_windows`; default all): the others are left
     out of its system, so an uncovered line neither takes nor gives flux.
+    ``continuum_inverse`` is the inverse of the continuum block of
+    ``A^T W A`` (:func:`_continuum_inverse`), the same for every width.
     Returns coefficients, their errors, chi^2 and a measurable mask (all
     (n, k)), then the normal matrices ``A^T W A`` (n, k, k), the final
     active sets (n, k) and the inverses of the normal matrices over those
@@ -190,7 +194,9 @@ def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None):
     measurable = xp.concatenate([covered, xp.ones((n, k - n_lines), bool)], axis=1)
     measurable &= xp.diagonal(m, axis1=1, axis2=2) > 0
     active = measurable.copy()
-    cov = _active_inverse(m, active, xp) * (active[:, :, None] & active[:, None, :])
+    if continuum_inverse is None:
+        continuum_inverse = _continuum_inverse(m[:, n_lines:, n_lines:], xp)
+    cov = _block_inverse(m, active, n_lines, continuum_inverse, xp)
     x = xp.einsum("nij,nj->ni", cov, b)
     first_err = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
     for _ in range(n_lines):
@@ -209,6 +215,38 @@ def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None):
     dof = xp.clip((w > 0).sum(1) - active.sum(1), 1, None)
     chi2 = (w * resid**2).sum(1) / dof
     return x, err, chi2, measurable, m, active, cov
+
+
+def _continuum_inverse(c, xp):
+    """Inverse of each normal matrix's continuum block ``c`` (identity on unmeasurable columns)."""
+    return _active_inverse(c, xp.diagonal(c, axis1=1, axis2=2) > 0, xp)
+
+
+def _block_inverse(m, active, n_lines, continuum_inverse, xp):
+    """Inverse of each normal matrix over its active columns (zero elsewhere), by blocks.
+
+    With lines first, ``M = [[L, B], [B^T, C]]`` and the continuum block
+    ``C`` is the same for every line width, so its inverse is computed once
+    (``continuum_inverse``); each width then inverts only the lines' Schur
+    complement ``S = L - B C^-1 B^T``:
+    ``M^-1 = [[S^-1, -S^-1 D], [-D^T S^-1, C^-1 + D^T S^-1 D]]``, ``D = B C^-1``.
+    Two small inverses instead of one of the full size, and the continuum's
+    is shared: most of the cost of a width's solve.
+    """
+    lines_on, cont_on = active[:, :n_lines], active[:, n_lines:]
+    line_pairs = lines_on[:, :, None] & lines_on[:, None, :]
+    l_block = xp.where(line_pairs, m[:, :n_lines, :n_lines], 0.0) \
+        + xp.eye(n_lines)[None] * (~lines_on)[:, :, None]
+    b_block = xp.where(lines_on[:, :, None] & cont_on[:, None, :], m[:, :n_lines, n_lines:], 0.0)
+    d = b_block @ continuum_inverse
+    s_inv = xp.linalg.inv(l_block - d @ b_block.transpose(0, 2, 1))
+    top_right = -(s_inv @ d)
+    cov = xp.empty_like(m)
+    cov[:, :n_lines, :n_lines] = s_inv
+    cov[:, :n_lines, n_lines:] = top_right
+    cov[:, n_lines:, :n_lines] = top_right.transpose(0, 2, 1)
+    cov[:, n_lines:, n_lines:] = continuum_inverse - d.transpose(0, 2, 1) @ top_right
+    return cov * (active[:, :, None] & active[:, None, :])
 
 
 def _drop_columns(c, drop, xp):
@@ -410,8 +448,11 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         covered = covered_lines(grid.wavelength, ok[rows], [g.name for g in groups])
         # The continuum pairs of A^T W A are the same for every width: summed once.
         continuum = w @ xp.asarray(_outer_parts(float(widths_kms[0]), grid)[2])
+        n_cont = _shape(float(widths_kms[0]), grid)[1] - len(groups)
+        continuum_inverse = _continuum_inverse(_symmetric(continuum, rows.size, n_cont, xp), xp)
         fits = [_solve_one_width(*_columns(width, grid), y, w, xp, covered=covered,
-                                 normal=_normal_upper(w, float(width), grid, continuum, xp))
+                                 normal=_normal_upper(w, float(width), grid, continuum, xp),
+                                 continuum_inverse=continuum_inverse)
                 for width in widths_kms]
         x, err, chi2, meas, width, near = _best_width([[_to_numpy(v) for v in f[:4]] for f in fits],
                                                       np.log(np.asarray(widths_kms, float)))
