@@ -206,7 +206,11 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
         if settings.get("lifetime-stagger"):
             extra += ["--lifetime-stagger", str(settings["lifetime-stagger"])]
     kwargs["worker_extra_args"] = extra
+    # The nannies in the job read MALLOC_TRIM_THRESHOLD_ from their Dask config; a
+    # dict-valued variable keeps the key's case (dask lower-cases variable names).
+    trim = setting("worker.malloc-trim-threshold")
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
+        + [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{{'MALLOC_TRIM_THRESHOLD_': {trim!r}}}\""] \
         + list(settings.get("job-script-prologue") or [])
     kwargs["scheduler_options"] = {"dashboard_address": "127.0.0.1:0",
                                    **dict(settings.get("scheduler-options") or {})}
@@ -251,6 +255,12 @@ def temporary_security():
     return Security.temporary()
 
 
+def _nanny_malloc() -> dict[str, Any]:
+    """The Dask setting that gives worker processes ``worker.malloc-trim-threshold`` (None: unset)."""
+    return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
+            setting("worker.malloc-trim-threshold")}
+
+
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **kwargs):
     """A :class:`distributed.LocalCluster` of worker processes with pinned threads.
 
@@ -270,8 +280,19 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     kwargs.setdefault("dashboard_address", setting("local.dashboard-address"))
     kwargs.setdefault("memory_limit", setting("local.memory-limit"))
     kwargs.setdefault("silence_logs", 40)
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                        processes=True, env=dict(WORKER_ENV), **kwargs)
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    try:
+        # Each nanny reads the environment of its worker process when it is made.
+        with dask.config.set(_nanny_malloc()):
+            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                processes=True, env=dict(WORKER_ENV), **kwargs)
+    finally:
+        # A nanny also copies that environment into this process's own, from
+        # where a later cluster's workers would inherit it.
+        if before is None:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = before
 
 
 def _echo(message: str) -> None:

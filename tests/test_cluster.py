@@ -29,9 +29,19 @@ def test_local_workers_are_single_threaded_with_pinned_libraries():
         assert len(info) == 2 and all(w["nthreads"] == 1 for w in info.values())
         envs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
         assert all(env == WORKER_ENV for env in envs.values())
+        # glibc's adaptive malloc, not Dask's MALLOC_TRIM_THRESHOLD_ (worker.malloc-trim-threshold)
+        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
         assert client.scheduler.address.startswith("tls://")  # TLS by default
         assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
     assert lines and "dashboard http" in lines[0]
+
+
+def test_a_malloc_trim_threshold_in_the_config_reaches_the_workers():
+    with dask.config.set({"survey-denoise.worker.malloc-trim-threshold": 65536}):
+        with connect("local", n_workers=1, echo=None) as client:
+            seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(seen.values()) == {"65536"}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # the driver's own environment is left alone
 
 
 def test_client_without_the_clusters_credentials_cannot_connect():
@@ -92,6 +102,7 @@ def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
             assert cluster.scheduler_address.startswith("tls://")
     for line in ("#SBATCH -p debug", "#SBATCH -A astro", "#SBATCH --cpus-per-task=2",
                  "#SBATCH -t 00:20:00", "#SBATCH --qos=low", "export OMP_NUM_THREADS=1",
+                 "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\"",
                  "--lifetime 15m", "--lifetime-stagger 2m", "--nworkers 2", "--nthreads 1",
                  "--tls-ca-file", "--tls-key"):
         assert line in script, line

@@ -1,5 +1,6 @@
 """Pipelines on a real SLURM through dask-jobqueue (start one with cluster/slurm-up.sh)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,15 @@ def test_pipeline_on_slurm_equals_the_local_run(local_run, tmp_path):
             break
         time.sleep(1)
     assert not jobs_named("sd-equal"), "worker jobs left running"
+
+
+def test_slurm_workers_run_with_pinned_threads_and_glibc_malloc(tmp_path):
+    from survey_denoise.cluster import WORKER_ENV, connect
+
+    with connect(str(cluster_file(tmp_path, "sd-env", jobs=1)), echo=None) as client:
+        names = (*WORKER_ENV, "MALLOC_TRIM_THRESHOLD_")
+        envs = list(client.run(lambda: {k: os.environ.get(k) for k in names}).values())
+    assert envs and all(env == {**WORKER_ENV, "MALLOC_TRIM_THRESHOLD_": None} for env in envs), envs
 
 
 def test_scancel_of_a_worker_job_mid_run_loses_nothing(local_run, tmp_path):
