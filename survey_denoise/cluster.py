@@ -38,7 +38,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +87,24 @@ class UnknownCluster(ValueError):
     """A ``--cluster`` value or cluster file that cannot be used."""
 
 
-@cache
 def _register_jobqueue_defaults() -> None:
     # After dask-jobqueue's own defaults (registered when it is imported), so
     # that ours replace them; values a user set in Dask's config files or
     # environment stay, as for any package's defaults (dask.config.update_defaults).
-    import dask_jobqueue  # noqa: F401
+    import dask_jobqueue
 
+    if _JOBQUEUE_REGISTERED and "slurm" in dask.config.config.get("jobqueue", {}):
+        return
+    if "slurm" not in dask.config.config.get("jobqueue", {}):
+        # A dask.config.set of a jobqueue key made before dask-jobqueue was
+        # imported removes the whole section when it ends: register it again.
+        own = Path(dask_jobqueue.__file__).parent / "jobqueue.yaml"
+        dask.config.update_defaults(yaml.safe_load(own.read_text()))
     dask.config.update_defaults(yaml.safe_load(JOBQUEUE_DEFAULTS_FILE.read_text()))
+    _JOBQUEUE_REGISTERED.append(True)
+
+
+_JOBQUEUE_REGISTERED: list[bool] = []
 
 
 def jobqueue_settings(spec: str) -> dict:
@@ -208,9 +217,12 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     kwargs["worker_extra_args"] = extra
     # The nannies in the job read MALLOC_TRIM_THRESHOLD_ from their Dask config; a
     # dict-valued variable keeps the key's case (dask lower-cases variable names).
+    # The job's own environment is set too: sbatch passes on the submitting
+    # process's, where another cluster's nanny may have left Dask's value.
     trim = setting("worker.malloc-trim-threshold")
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
-        + [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{{'MALLOC_TRIM_THRESHOLD_': {trim!r}}}\""] \
+        + ["unset MALLOC_TRIM_THRESHOLD_" if trim is None else f"export MALLOC_TRIM_THRESHOLD_={trim}",
+           f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{{'MALLOC_TRIM_THRESHOLD_': {trim!r}}}\""] \
         + list(settings.get("job-script-prologue") or [])
     kwargs["scheduler_options"] = {"dashboard_address": "127.0.0.1:0",
                                    **dict(settings.get("scheduler-options") or {})}
@@ -280,19 +292,33 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     kwargs.setdefault("dashboard_address", setting("local.dashboard-address"))
     kwargs.setdefault("memory_limit", setting("local.memory-limit"))
     kwargs.setdefault("silence_logs", 40)
-    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    try:
+    with _malloc_environment(_nanny_malloc()), dask.config.set(_nanny_malloc()):
         # Each nanny reads the environment of its worker process when it is made.
-        with dask.config.set(_nanny_malloc()):
-            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                                processes=True, env=dict(WORKER_ENV), **kwargs)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                            processes=True, env=dict(WORKER_ENV), **kwargs)
+
+
+@contextlib.contextmanager
+def _malloc_environment(nanny_setting: dict[str, Any]) -> Iterator[None]:
+    """This process's MALLOC_TRIM_THRESHOLD_ as the setting says, while workers are spawned.
+
+    Spawned workers inherit this process's environment, where another
+    cluster's nanny may have left Dask's value (a nanny copies its workers'
+    environment into its own process); afterwards it is put back as it was.
+    """
+    key = "MALLOC_TRIM_THRESHOLD_"
+    before, value = os.environ.get(key), next(iter(nanny_setting.values()))
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = str(value)
+    try:
+        yield
     finally:
-        # A nanny also copies that environment into this process's own, from
-        # where a later cluster's workers would inherit it.
         if before is None:
-            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            os.environ.pop(key, None)
         else:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = before
+            os.environ[key] = before
 
 
 def _echo(message: str) -> None:

@@ -36,6 +36,14 @@ def test_local_workers_are_single_threaded_with_pinned_libraries():
     assert lines and "dashboard http" in lines[0]
 
 
+def test_workers_do_not_inherit_a_stray_malloc_trim_threshold(monkeypatch):
+    # As another cluster's nanny leaves it in this process (distributed's own behaviour).
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with connect("local", n_workers=1, echo=None) as client:
+        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # put back
+
+
 def test_a_malloc_trim_threshold_in_the_config_reaches_the_workers():
     with dask.config.set({"survey-denoise.worker.malloc-trim-threshold": 65536}):
         with connect("local", n_workers=1, echo=None) as client:
@@ -102,6 +110,7 @@ def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
             assert cluster.scheduler_address.startswith("tls://")
     for line in ("#SBATCH -p debug", "#SBATCH -A astro", "#SBATCH --cpus-per-task=2",
                  "#SBATCH -t 00:20:00", "#SBATCH --qos=low", "export OMP_NUM_THREADS=1",
+                 "unset MALLOC_TRIM_THRESHOLD_",
                  "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\"",
                  "--lifetime 15m", "--lifetime-stagger 2m", "--nworkers 2", "--nthreads 1",
                  "--tls-ca-file", "--tls-key"):

@@ -81,9 +81,12 @@ def test_pipeline_on_slurm_equals_the_local_run(local_run, tmp_path):
     assert not jobs_named("sd-equal"), "worker jobs left running"
 
 
-def test_slurm_workers_run_with_pinned_threads_and_glibc_malloc(tmp_path):
+def test_slurm_workers_run_with_pinned_threads_and_glibc_malloc(tmp_path, monkeypatch):
     from survey_denoise.cluster import WORKER_ENV, connect
 
+    # sbatch passes this process's environment on; a nanny of an earlier local
+    # cluster may have left Dask's value there.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with connect(str(cluster_file(tmp_path, "sd-env", jobs=1)), echo=None) as client:
         names = (*WORKER_ENV, "MALLOC_TRIM_THRESHOLD_")
         envs = list(client.run(lambda: {k: os.environ.get(k) for k in names}).values())
