@@ -267,10 +267,9 @@ def temporary_security():
     return Security.temporary()
 
 
-def _nanny_malloc() -> dict[str, Any]:
-    """The Dask setting that gives worker processes ``worker.malloc-trim-threshold`` (None: unset)."""
-    return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
-            setting("worker.malloc-trim-threshold")}
+def _nanny_malloc(trim: int | None) -> dict[str, Any]:
+    """The Dask setting that gives worker processes MALLOC_TRIM_THRESHOLD_ ``trim`` (None: unset)."""
+    return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": trim}
 
 
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **kwargs):
@@ -292,14 +291,15 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     kwargs.setdefault("dashboard_address", setting("local.dashboard-address"))
     kwargs.setdefault("memory_limit", setting("local.memory-limit"))
     kwargs.setdefault("silence_logs", 40)
-    with _malloc_environment(_nanny_malloc()), dask.config.set(_nanny_malloc()):
+    trim = setting("worker.malloc-trim-threshold")
+    with _malloc_environment(trim), dask.config.set(_nanny_malloc(trim)):
         # Each nanny reads the environment of its worker process when it is made.
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                             processes=True, env=dict(WORKER_ENV), **kwargs)
 
 
 @contextlib.contextmanager
-def _malloc_environment(nanny_setting: dict[str, Any]) -> Iterator[None]:
+def _malloc_environment(value: int | None) -> Iterator[None]:
     """This process's MALLOC_TRIM_THRESHOLD_ as the setting says, while workers are spawned.
 
     Spawned workers inherit this process's environment, where another
@@ -307,7 +307,7 @@ def _malloc_environment(nanny_setting: dict[str, Any]) -> Iterator[None]:
     environment into its own process); afterwards it is put back as it was.
     """
     key = "MALLOC_TRIM_THRESHOLD_"
-    before, value = os.environ.get(key), next(iter(nanny_setting.values()))
+    before = os.environ.get(key)
     if value is None:
         os.environ.pop(key, None)
     else:

@@ -363,16 +363,12 @@ def _normal_upper(w, sigma_kms: float, grid: Grid, continuum, xp):
     are summed over the line pixels only, a third of the grid or less.
     """
     rows, line_rhs, cont_rhs = _outer_parts(sigma_kms, grid)
-    cont, line = _entries(*_shape(sigma_kms, grid))
+    a, n_lines = _columns(sigma_kms, grid)
+    cont, line = _entries(n_lines, a.shape[1])
     upper = xp.empty((w.shape[0], cont.size + line.size))
     upper[:, cont] = w @ xp.asarray(cont_rhs) if continuum is None else continuum
     upper[:, line] = w[:, rows] @ xp.asarray(line_rhs)
     return upper
-
-
-def _shape(sigma_kms: float, grid: Grid) -> tuple[int, int]:
-    a, groups = design_matrix(sigma_kms, grid)
-    return len(groups), a.shape[1]
 
 
 @cache
@@ -448,7 +444,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         covered = covered_lines(grid.wavelength, ok[rows], [g.name for g in groups])
         # The continuum pairs of A^T W A are the same for every width: summed once.
         continuum = w @ xp.asarray(_outer_parts(float(widths_kms[0]), grid)[2])
-        n_cont = _shape(float(widths_kms[0]), grid)[1] - len(groups)
+        n_cont = _columns(widths_kms[0], grid)[0].shape[1] - len(groups)
         continuum_inverse = _continuum_inverse(_symmetric(continuum, rows.size, n_cont, xp), xp)
         fits = [_solve_one_width(*_columns(width, grid), y, w, xp, covered=covered,
                                  normal=_normal_upper(w, float(width), grid, continuum, xp),
@@ -465,7 +461,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
                     idx = xp.asarray(at)
                     lagged = _lagged_parts(float(tried), grid, len(correlation))
                     corr = _correlated_err(w[idx], m[idx], cov[idx], tuple(correlation), lagged,
-                                           _entries(*_shape(float(tried), grid)), xp)
+                                           _entries(len(groups), m.shape[1]), xp)
                     err[at] = np.where(_to_numpy(active[idx]), _to_numpy(corr), err[at])
         n_lines = len(groups)
         x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
