@@ -223,6 +223,8 @@ def jobqueue_kwargs(settings: dict, security: object | None = None) -> dict:
     kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in WORKER_ENV.items()] \
         + ["unset MALLOC_TRIM_THRESHOLD_" if trim is None else f"export MALLOC_TRIM_THRESHOLD_={trim}",
            f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{{'MALLOC_TRIM_THRESHOLD_': {trim!r}}}\""] \
+        + [f"export DASK_{key.upper().replace('.', '__').replace('-', '_')}={value}"
+           for key, value in server_config().items()] \
         + list(settings.get("job-script-prologue") or [])
     kwargs["scheduler_options"] = {"dashboard_address": "127.0.0.1:0",
                                    **dict(settings.get("scheduler-options") or {})}
@@ -251,7 +253,8 @@ def jobqueue_cluster(spec: str, *, tls: bool | None = None):
     settings = jobqueue_settings(spec)
     security = temporary_security() if (settings["tls"] if tls is None else tls) else None
     cls = getattr(dask_jobqueue, CLUSTER_CLASSES[settings["system"]])
-    cluster = cls(**jobqueue_kwargs(settings, security))
+    with dask.config.set(server_config()):  # the scheduler runs in this process
+        cluster = cls(**jobqueue_kwargs(settings, security))
     cluster.survey_denoise_settings = settings
     return cluster
 
@@ -270,6 +273,16 @@ def temporary_security():
 def _nanny_malloc(trim: int | None) -> dict[str, Any]:
     """The Dask setting that gives worker processes MALLOC_TRIM_THRESHOLD_ ``trim`` (None: unset)."""
     return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": trim}
+
+
+def server_config() -> dict[str, Any]:
+    """Dask settings for the scheduler, nannies and workers this package starts.
+
+    Set while a cluster is made: a server reads them when it is constructed,
+    and a nanny hands its config to the worker process it spawns.
+    """
+    tick = setting("tick-interval")
+    return {} if tick is None else {"distributed.admin.tick.interval": tick}
 
 
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **kwargs):
@@ -292,7 +305,7 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, **k
     kwargs.setdefault("memory_limit", setting("local.memory-limit"))
     kwargs.setdefault("silence_logs", 40)
     trim = setting("worker.malloc-trim-threshold")
-    with _malloc_environment(trim), dask.config.set(_nanny_malloc(trim)):
+    with _malloc_environment(trim), dask.config.set({**_nanny_malloc(trim), **server_config()}):
         # Each nanny reads the environment of its worker process when it is made.
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                             processes=True, env=dict(WORKER_ENV), **kwargs)

@@ -52,6 +52,24 @@ def test_a_malloc_trim_threshold_in_the_config_reaches_the_workers():
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # the driver's own environment is left alone
 
 
+_worker_tick = lambda dask_worker: dask_worker._tick_interval  # noqa: E731
+_scheduler_tick = lambda dask_scheduler: dask_scheduler._tick_interval  # noqa: E731
+
+
+def test_the_tick_interval_setting_reaches_the_scheduler_and_workers():
+    with connect("local", n_workers=1, echo=None) as client:
+        assert client.run_on_scheduler(_scheduler_tick) == 1.0  # the package default, 1s
+        assert set(client.run(_worker_tick).values()) == {1.0}
+    with dask.config.set({"survey-denoise.tick-interval": "250ms"}):
+        with connect("local", n_workers=1, echo=None) as client:
+            assert client.run_on_scheduler(_scheduler_tick) == 0.25
+            assert set(client.run(_worker_tick).values()) == {0.25}
+    with dask.config.set({"survey-denoise.tick-interval": None}):  # Dask's own setting
+        with connect("local", n_workers=1, echo=None) as client:
+            assert client.run_on_scheduler(_scheduler_tick) == 0.02
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"  # left as it was
+
+
 def test_client_without_the_clusters_credentials_cannot_connect():
     security = Security.temporary()
     with local_cluster(1, security=security) as cluster:
@@ -112,7 +130,7 @@ def test_slurm_job_script_has_lifetime_tls_and_thread_pinning(tmp_path):
                  "#SBATCH -t 00:20:00", "#SBATCH --qos=low", "export OMP_NUM_THREADS=1",
                  "unset MALLOC_TRIM_THRESHOLD_",
                  "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\"",
-                 "--lifetime 15m", "--lifetime-stagger 2m", "--nworkers 2", "--nthreads 1",
+                 "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s", "--lifetime 15m", "--lifetime-stagger 2m", "--nworkers 2", "--nthreads 1",
                  "--tls-ca-file", "--tls-key"):
         assert line in script, line
     assert oct((tmp_path / "tls").stat().st_mode)[-3:] == "700"

@@ -81,6 +81,12 @@ def test_pipeline_on_slurm_equals_the_local_run(local_run, tmp_path):
     assert not jobs_named("sd-equal"), "worker jobs left running"
 
 
+# Lambdas, not module functions: they are pickled by value, and a batch job's
+# workers cannot import this test module.
+_worker_tick = lambda dask_worker: dask_worker._tick_interval  # noqa: E731
+_scheduler_tick = lambda dask_scheduler: dask_scheduler._tick_interval  # noqa: E731
+
+
 def test_slurm_workers_run_with_pinned_threads_and_glibc_malloc(tmp_path, monkeypatch):
     from survey_denoise.cluster import WORKER_ENV, connect
 
@@ -90,6 +96,8 @@ def test_slurm_workers_run_with_pinned_threads_and_glibc_malloc(tmp_path, monkey
     with connect(str(cluster_file(tmp_path, "sd-env", jobs=1)), echo=None) as client:
         names = (*WORKER_ENV, "MALLOC_TRIM_THRESHOLD_")
         envs = list(client.run(lambda: {k: os.environ.get(k) for k in names}).values())
+        ticks = set(client.run(_worker_tick).values()) | {client.run_on_scheduler(_scheduler_tick)}
+    assert ticks == {1.0}  # the package's tick-interval, in the job's workers too
     assert envs and all(env == {**WORKER_ENV, "MALLOC_TRIM_THRESHOLD_": None} for env in envs), envs
 
 
