@@ -256,17 +256,20 @@ def run_one(raw_config: dict, workers: int, n_target: int = 1_000_000) -> dict:
     n = config.input.mock.n
     ends: dict[str, float] = {}
     cpu_at: dict[str, float] = {}
+    driver_at: dict[str, tuple[float, float]] = {}
 
     class Timed(Runner):
-        def _record(self, name, record):  # stamp when each stage ends, and the workers' CPU
+        def _record(self, name, record):  # stamp when each stage ends, the workers' and driver's CPU
             ends[name] = time.perf_counter()
             cpu_at[name] = worker_cpu(self.client)
+            driver_at[name] = (time.process_time(), time.thread_time())
             super()._record(name, record)
 
     with connect("local", n_workers=workers, echo=None) as client:
         client.run(_rss_mb)  # workers up before the clock starts
         load0 = _load()
         cpu0, driver0, threads0 = worker_cpu(client), time.process_time(), thread_cpu_s()
+        main0 = time.thread_time()
         transitions0 = client.run_on_scheduler(_transitions)
         with RssSampler(client) as sampler:
             t0 = time.perf_counter()
@@ -282,12 +285,16 @@ def run_one(raw_config: dict, workers: int, n_target: int = 1_000_000) -> dict:
               "denoise": "degraded.zarr", "fit-degraded": "degraded.zarr",
               "fit-denoised": "denoised.zarr"}
     stages = {}
-    before = cpu0
+    before, driver_before = cpu0, (driver0, main0)
     for name, rec in summary.stages.items():
         end = ends[name]
         stage_cpu, before = cpu_at[name] - before, cpu_at[name]
+        (proc, thread), driver_before = (
+            (a - b for a, b in zip(driver_at[name], driver_before, strict=True)), driver_at[name])
         stages[name] = {
             "worker_cpu_ms_per_spectrum": round(1e3 * stage_cpu / n, 3),
+            # the driver's CPU since the stage before ended: all threads, and the main one
+            "driver_cpu_seconds": round(proc, 2), "driver_main_thread_cpu_seconds": round(thread, 2),
             "seconds": round(rec.seconds, 2), "chunks": rec.n_chunks,
             "spectra_per_s_per_core": round(n / rec.seconds / workers, 1) if rec.seconds > 0.5 else None,
             "fused": bool(rec.notes.get("fused")),
@@ -332,16 +339,18 @@ def extrapolate(largest: dict, target: int) -> dict:
 
 def table(runs: list[dict]) -> str:
     rows = [f"{'n':>9} {'stage':<14}{'seconds':>9}{'sp/s/core':>11}{'cpu ms/sp':>11}"
-            f"{'peak MB/wkr':>13}{'written MB':>12}"]
+            f"{'peak MB/wkr':>13}{'written MB':>12}{'driver s':>10}{'main s':>8}"]
     for r in runs:
         for name, st in r["stages"].items():
             rate = st["spectra_per_s_per_core"] or float("nan")
             rows.append(f"{r['n']:>9} {name:<14}{st['seconds']:>9.1f}{rate:>11.1f}"
                         f"{st['worker_cpu_ms_per_spectrum']:>11.3f}{st['peak_rss_mb_worker_sampled']:>13.0f}"
-                        f"{st['bytes_written'] / 1e6:>12.1f}")
+                        f"{st['bytes_written'] / 1e6:>12.1f}{st['driver_cpu_seconds']:>10.1f}"
+                        f"{st['driver_main_thread_cpu_seconds']:>8.1f}")
         rows.append(f"{r['n']:>9} {'TOTAL':<14}{r['seconds']:>9.1f}{r['spectra_per_s_per_core']:>11.1f}"
                     f"{r['worker_cpu_ms_per_spectrum']:>11.3f}{max(r['peak_rss_mb_per_worker']):>13.0f}"
-                    f"{r['bytes_on_disk'] / 1e6:>12.1f}")
+                    f"{r['bytes_on_disk'] / 1e6:>12.1f}{r['driver_cpu_seconds']:>10.1f}"
+                    f"{r['driver_main_thread_cpu_seconds']:>8.1f}")
     for r in runs:
         rows.append(f"{r['n']:>9} driver CPU {r['driver_cpu_seconds']:.1f} s = "
                     f"{100 * (r['driver_cpu_share_of_workers'] or 0):.1f} % of the workers' "
@@ -353,7 +362,8 @@ def table(runs: list[dict]) -> str:
             rows.append(f"{r['n']:>9} {name:<22}{st['files']:>7} files, {st['chunks']} chunks, "
                         f"{st['chunks_per_shard']} per shard; {st[at]} at n={at[9:]} (layout arithmetic)")
     rows.append("cpu ms/sp: worker CPU per spectrum; peak MB/wkr: sampled RSS per stage, "
-                "ru_maxrss (largest worker) in TOTAL; a fused stage runs inside the next one")
+                "ru_maxrss (largest worker) in TOTAL; a fused stage runs inside the next one; "
+                "driver s / main s: the driver's CPU (all threads / main thread) since the stage before")
     return "\n".join(rows)
 
 
