@@ -80,6 +80,15 @@ def test_fused_stages_give_the_same_catalogue_without_intermediate_stores(tmp_pa
                       echo=lambda m: None).run()
         fused = Runner(_fit_config(tmp_path, "fused", []), client, progress=False,
                        echo=lambda m: None).run()
+        ran = client.run_on_scheduler(lambda dask_scheduler: set(dask_scheduler.task_prefixes))
+    # The catalogue files and the report's products are made by worker tasks,
+    # not in the driver that runs the scheduler.
+    assert {"catalogue-files", "examples"} <= ran, sorted(ran)
+    examples = [np.load(tmp_path / name / "examples.npz") for name in ("full", "fused")]
+    assert examples[0]["lines_noisy"].shape == (4, examples[0]["line_keys"].size)
+    assert np.isfinite(examples[0]["lines_noisy"]).any()
+    for key in examples[0].files:
+        np.testing.assert_array_equal(examples[0][key], examples[1][key], err_msg=key)
     assert (tmp_path / "full" / "preprocessed.zarr").exists()
     assert (tmp_path / "full" / "degraded.zarr").exists()
     assert not (tmp_path / "fused" / "preprocessed.zarr").exists()

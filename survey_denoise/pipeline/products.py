@@ -4,6 +4,11 @@ Each function returns in-memory data (arrays, frames, scores) for a bounded
 number of galaxies; the runner writes and records them.  The "test"
 galaxies are those the train stage held out, or every galaxy when nothing
 was held out, capped at ``report.test_galaxies``.
+
+The runner calls each in one task on the cluster
+(:func:`~survey_denoise.pipeline.stages.in_one_task`), so catalogues and the
+truth table arrive as file paths and are read there, only the rows and
+columns a product needs.
 """
 
 from __future__ import annotations
@@ -95,7 +100,47 @@ def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:
     return ds.isel(galaxy=pos).compute()
 
 
-def examples(stores: Mapping[str, xr.Dataset], catalogues: Mapping[str, pd.DataFrame],
+def catalogue_frames(paths: Mapping[str, str | Path], galaxies: np.ndarray | None = None,
+                     columns: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Catalogue stores as DataFrames with a ``galaxy`` column, read from disk.
+
+    Parameters
+    ----------
+    paths : mapping of case to path
+        Written catalogue stores.
+    galaxies : array, optional
+        Only these galaxy ids, where the catalogue has them (default: every row).
+    columns : list of str, optional
+        Only these variables, where the catalogue has them (default: all).
+    """
+    from ..io.store import open_store
+    from .stages import catalogue_frame
+
+    out = {}
+    for case, path in paths.items():
+        cat = open_store(path, spectra=False)
+        if columns is not None:
+            cat = cat[[c for c in columns if c in cat.data_vars]]
+        if galaxies is not None:
+            at = pd.Index(cat["galaxy"].values.astype(str)).get_indexer(np.asarray(galaxies).astype(str))
+            cat = cat.isel(galaxy=np.sort(at[at >= 0]))
+        out[case] = catalogue_frame(cat)
+    return out
+
+
+def read_truth(path: str | Path | None, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The truth table at ``path`` (None: there is none), only ``columns`` where it has them."""
+    if path is None or not Path(path).exists():
+        return None
+    if columns is not None:
+        import pyarrow.parquet as pq
+
+        have = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in have]
+    return pd.read_parquet(path, columns=columns)
+
+
+def examples(stores: Mapping[str, xr.Dataset], catalogues: Mapping[str, str | Path],
              pos: np.ndarray, n: int, keys: list[str]) -> dict[str, np.ndarray]:
     """Spectra of ``n`` test galaxies in every store, with their fitted line fluxes.
 
@@ -116,21 +161,23 @@ def examples(stores: Mapping[str, xr.Dataset], catalogues: Mapping[str, pd.DataF
     for store, name in (("degraded", "noisy"), ("denoised", "rec_denoised")):
         if store in stores:
             out[name] = _flux(stores[store], pick)["flux"].values
-    for case, cat in catalogues.items():
+    cols = [f"{k}_flux" for k in keys]
+    for case, cat in catalogue_frames(catalogues, ids, cols).items():
         frame = cat.set_index(cat["galaxy"].astype(str))
-        cols = [f"{k}_flux" for k in keys]
         out[f"lines_{case}"] = frame.reindex(ids.astype(str)).reindex(columns=cols).to_numpy(float)
     return out
 
 
 def latent(model_dir: Path, noisy: xr.Dataset, pos: np.ndarray,
-           truth: pd.DataFrame | None) -> pd.DataFrame:
+           truth: str | Path | None) -> pd.DataFrame:
     """Latent means ``z0 … z<d-1>`` of the test galaxies, with ``galaxy`` and ``class``.
 
-    The class is the mock's spectral class from ``truth`` ("unknown" without one).
+    The class is the mock's spectral class from the truth table at ``truth``
+    ("unknown" without one).
     """
     from ..models import load_model
 
+    truth = read_truth(truth, ["galaxy", "class"])
     sub = _flux(noisy, pos)
     z = np.asarray(load_model(model_dir).encode(sub))
     table = pd.DataFrame(z, columns=[f"z{i}" for i in range(z.shape[1])])
@@ -223,6 +270,28 @@ def scores(catalogues: Mapping[str, pd.DataFrame], truth: pd.DataFrame | None,
     judged = {c: f for c, f in cats.items() if c != "original"}
     noisy = "noisy" if "noisy" in judged and truth is not None else None
     return score_catalogues(judged, cats["original"], truth, noisy=noisy, keys=keys)
+
+
+def scored(catalogues: Mapping[str, str | Path], truth: str | Path | None,
+           galaxies: np.ndarray | None, with_coverage: bool = True):
+    """:func:`scores` of catalogue stores, with its tables, read from disk.
+
+    Returns
+    -------
+    (Scores, dict) or (None, {})
+        The scores and the tables named by their file stem: ``table6``, the
+        :func:`score_tables` and, with a truth table and ``with_coverage``,
+        ``table6_coverage`` (:func:`coverage`).
+    """
+    frames = catalogue_frames(catalogues, galaxies)
+    true = read_truth(truth)
+    result = scores(frames, true, galaxies)
+    if result is None:
+        return None, {}
+    tables = {"table6": table6(result), **score_tables(result)}
+    if with_coverage:
+        tables["table6_coverage"] = coverage(frames, true, galaxies)
+    return result, tables
 
 
 def table6(scores) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from glob import glob
 from pathlib import Path
 
@@ -84,6 +85,7 @@ class Runner:
         self.fused: set[str] = set()  # stores passed on lazily, never written
         self.stores: dict[str, xr.Dataset] = {}
         self.catalogues: dict[str, xr.Dataset] = {}
+        self.catalogue_stores: dict[str, Path] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -108,6 +110,14 @@ class Runner:
     def _record(self, name: str, record: StageRecord) -> None:
         self.summary.stages[name] = record
         self.log.stage(name, record)
+
+    def _gathered(self, stores: dict[str, xr.Dataset], pos: np.ndarray) -> dict:
+        """The galaxies at ``pos`` of every store, computed together: futures on the cluster."""
+        if self.client is None:
+            return products.subsets(stores, pos)
+        names = list(stores)
+        futures = self.client.compute([stores[name].isel(galaxy=pos) for name in names])
+        return dict(zip(names, futures, strict=True))
 
     # ------------------------------------------------------------ stages
 
@@ -228,34 +238,40 @@ class Runner:
         target = step.store
         cat = self._write(step.name, stages.fit(self.stores[target], self.config.stages.fit),
                           step.outputs[0], spectra=False)
-        self._catalogue_files(cat, catalogue_stem(target))
+        self.catalogue_stores[target] = self.path(step.outputs[0])
+        self._catalogue_files(self.catalogue_stores[target], catalogue_stem(target))
         case = products.CASES[target]
         for path, label in zip(step.outputs, ("-zarr", "", "-fits"), strict=True):
             self.log.output("catalogue", path, step.name, name=case + label)
         self.catalogues[target] = cat
 
-    def _catalogue_files(self, cat: xr.Dataset, stem: str) -> None:
-        """Parquet + FITS of a complete catalogue store, written whole or not at all."""
+    def _catalogue_files(self, store: Path, stem: str) -> None:
+        """Parquet + FITS of a complete catalogue store, written whole or not at all, on the cluster."""
         final = [self.path(f"{stem}.parquet"), self.path(f"{stem}.fits")]
         if all(p.exists() for p in final):
             return
-        with replacing(*final) as staged, _here():
-            stages.write_catalogue(cat, staged[0])
+        with replacing(*final) as staged:
+            stages.in_one_task(self.client, stages.catalogue_files, store, staged[0])
 
-    def _truth_table(self) -> pd.DataFrame | None:
+    def _truth_path(self) -> Path | None:
         cfg = self.config
         path = (cfg.input.store.truth if cfg.input.kind == "store" else self.path("truth.parquet"))
-        return pd.read_parquet(path) if path is not None and Path(path).exists() else None
+        return Path(path) if path is not None and Path(path).exists() else None
 
     def _do_products(self, step: Step) -> None:
-        """The report's small products (``config.report``), each written whole and recorded."""
+        """The report's small products (``config.report``), each written whole and recorded.
+
+        Each product is one task on the cluster (:func:`stages.in_one_task`),
+        given the test galaxies' spectra as futures and the catalogues and
+        truth as paths; the driver only writes the small results.
+        """
         rep, st = self.config.report, self.config.stages
-        stores, catalogues = self.stores, self.catalogues
+        stores = self.stores
+        run = partial(stages.in_one_task, self.client)
         t0 = time.perf_counter()
-        truth = self._truth_table()
+        truth = self._truth_path()
+        cats = {products.CASES[t]: path for t, path in self.catalogue_stores.items()}
         held = pd.read_parquet(self.path(HELDOUT))["galaxy"].to_numpy() if self.path(HELDOUT).exists() else None
-        with _here():
-            frames = {products.CASES[t]: stages.catalogue_frame(c) for t, c in catalogues.items()}
         made = []
         planned = set(step.outputs)  # the plan decided which products this run makes
         if "preprocessed" in stores:
@@ -265,12 +281,12 @@ class Runner:
             wanted = {"preprocessed", "degraded", "denoised"}
             if st.denoise is not None:
                 wanted |= {st.denoise.input, st.train.clean if st.train is not None else "preprocessed"}
-            stores = products.subsets({k: v for k, v in stores.items() if k in wanted}, test)
+            stores = self._gathered({k: v for k, v in stores.items() if k in wanted}, test)
             test = np.arange(test.size)
         if "examples.npz" in planned:
             from ..science.metrics import TABLE6_LINES
 
-            arrays = products.examples(stores, frames, test, rep.examples, list(TABLE6_LINES))
+            arrays = run(products.examples, stores, cats, test, rep.examples, list(TABLE6_LINES))
             with replacing(self.path("examples.npz")) as (tmp,):
                 with open(tmp, "wb") as fh:
                     np.savez(fh, **arrays)
@@ -280,7 +296,7 @@ class Runner:
             model = self._model_dir()
             noisy = stores[st.denoise.input]
             if "latent.parquet" in planned:
-                self._table(products.latent(model, noisy, test, truth), "latent.parquet", "products")
+                self._table(run(products.latent, model, noisy, test, truth), "latent.parquet", "products")
                 made.append("latent")
             if "reconstruction_mse.csv" in planned:
                 clean_name = st.train.clean if st.train is not None else "preprocessed"
@@ -289,21 +305,17 @@ class Runner:
                     full = self.stores
                     at = products.test_positions(full[st.denoise.input], held, rep.test_galaxies,
                                                  trained=True)
-                    train = products.subsets({"noisy": full[st.denoise.input],
-                                              "clean": full[clean_name]}, at)
-                table = products.reconstruction(model, noisy, stores[clean_name], test, train,
-                                                seed=st.train.seed if st.train is not None else 0)
+                    train = self._gathered({"noisy": full[st.denoise.input],
+                                            "clean": full[clean_name]}, at)
+                table = run(products.reconstruction, model, noisy, stores[clean_name], test, train,
+                            st.train.seed if st.train is not None else 0)
                 self._table(table, "reconstruction_mse.csv", "products")
                 made.append("reconstruction_mse")
         if "table6.csv" in planned:
-            scores = products.scores(frames, truth, held)
+            scores, tables = run(products.scored, cats, truth, held, "table6_coverage.csv" in planned)
             if scores is not None:
                 from .. import plots
 
-                self._table(products.table6(scores), "table6.csv", "products")
-                tables = products.score_tables(scores)
-                if "table6_coverage.csv" in planned:
-                    tables["table6_coverage"] = products.coverage(frames, truth, held)
                 for name, table in tables.items():
                     if f"{name}.csv" in planned and table is not None:
                         self._table(table, f"{name}.csv", "products")

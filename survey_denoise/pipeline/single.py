@@ -60,11 +60,10 @@ def run_step(plan, client, *, resume: bool = False, overwrite: bool = False, pro
                          progress=progress, label=label, spectra=not catalogue)
     if catalogue:
         from ..io.outputs import replacing
-        from ..io.store import open_store
-        from .stages import write_catalogue
+        from .stages import catalogue_files, in_one_task
 
         with replacing(*(plan.folder / name for name in step.outputs[1:])) as staged:
-            write_catalogue(open_store(out, spectra=False), staged[0])
+            in_one_task(client, catalogue_files, out, staged[0])
     return report
 
 

@@ -3,18 +3,21 @@
 One small function per stage, each importing its library module only when
 the stage runs (a pipeline without a denoise stage never imports
 TensorFlow).  Nothing here computes or writes: the runner does, except
-:func:`train`, which fits on the driver and saves the model folder; it is
-the one place a model is trained, for a run's train step and for
-``survey-denoise train`` alike.
+:func:`train`, which fits on the driver and saves the model folder (the one
+place a model is trained, for a run's train step and for ``survey-denoise
+train`` alike), and :func:`catalogue_files`, which the runner sends to a
+worker (:func:`in_one_task`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from glob import glob
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -141,10 +144,33 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
     return fit_lines(ds, **kwargs)
 
 
-def write_catalogue(cat: xr.Dataset, path: Path) -> None:
+def catalogue_files(store: Path, path: Path) -> None:
+    """Parquet and FITS (``path`` and its ``.fits`` sibling) of a written catalogue store."""
     from ..fitting.catalogue import write_catalogue as write
+    from ..io.store import open_store
 
-    write(cat, path)
+    write(open_store(store, spectra=False), path)
+
+
+def in_one_task(client, func: Callable, *args):
+    """``func(*args)`` as one task on ``client``'s cluster; here when ``client`` is None.
+
+    For work on whole catalogues and models (catalogue files, report
+    products): the driver, which also runs the scheduler, only plans and
+    records.  Futures among ``args`` (nested in dicts too) arrive as their
+    values.
+    """
+    if client is None:
+        return func(*args)
+    key = f"{func.__name__.strip('_').replace('_', '-')}-{time.time_ns()}"
+    return client.submit(_synchronous, func, *args, pure=False, key=key).result()
+
+
+def _synchronous(func: Callable, *args):
+    # A compute inside a task would otherwise go back to the scheduler, as one
+    # task per variable and chunk of every lazy array it reads.
+    with dask.config.set(scheduler="synchronous"):
+        return func(*args)
 
 
 def catalogue_frame(cat: xr.Dataset) -> pd.DataFrame:
