@@ -192,35 +192,91 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_suffix(".parquet"), stem.with_suffix(".fits")
 
 
+ROWS_PER_PART = 65_536  # galaxies read, converted and written at a time (~55 MB of catalogue)
+
+
 def write_catalogue(cat: xr.Dataset | pd.DataFrame, path: str | Path,
-                    meta: Mapping[str, object] | None = None) -> tuple[Path, Path]:
-    """Write a catalogue as Parquet and FITS side by side.
+                    meta: Mapping[str, object] | None = None, *,
+                    rows_per_part: int = ROWS_PER_PART) -> tuple[Path, Path]:
+    """Write a catalogue as Parquet and FITS side by side, a part of the rows at a time.
+
+    A Dataset (a catalogue store) is read ``rows_per_part`` galaxies at a
+    time and each part is appended to both files (a Parquet row group; rows
+    of the one FITS binary table), so memory stays that of one part however
+    many galaxies there are.  The files are the same as from writing every
+    row at once: string columns get the width of their longest value over
+    all rows.
 
     Parameters
     ----------
     cat : xarray.Dataset or DataFrame
-        From :func:`survey_denoise.fitting.fit_lines` (computed here: a
-        catalogue holds one row per galaxy, small next to the spectra).
+        From :func:`survey_denoise.fitting.fit_lines`, or a catalogue store
+        opened lazily.
     path : str or Path
         ``name.parquet``, ``name.fits`` or ``name``: both ``name.parquet`` and
         ``name.fits`` are written.
     meta : mapping, optional
         Extra metadata (JSON-able), e.g. provenance; ``cat.attrs`` is used too.
+    rows_per_part : int
+        Galaxies per part.
 
     Returns
     -------
     (Path, Path)
         The Parquet and FITS files.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    from astropy.table import Table
 
-    frame = to_frame(cat)
-    info = {**(dict(cat.attrs) if isinstance(cat, xr.Dataset) else dict(frame.attrs)), **(meta or {})}
+    attrs = dict(cat.attrs) if isinstance(cat, xr.Dataset) else dict(cat.attrs)
+    info = {**attrs, **(meta or {})}
     info = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in info.items()}
     pq_path, fits_path = _paths(path)
     pq_path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(cat.sizes["galaxy"]) if isinstance(cat, xr.Dataset) else len(cat)
+    bounds = list(range(0, n, rows_per_part)) or [0]
+    widths = _string_widths(cat, bounds, rows_per_part)
+    writer, fits_file = None, _FitsTable(fits_path, n, info)
+    try:
+        for start in bounds:
+            part = cat.isel(galaxy=slice(start, start + rows_per_part)) if isinstance(cat, xr.Dataset) \
+                else cat.iloc[start:start + rows_per_part]
+            frame = to_frame(part)
+            table = _arrow_table(frame, info, widths)
+            if writer is None:
+                writer = pq.ParquetWriter(pq_path, table.schema)
+            writer.write_table(table)
+            fits_file.append(_astropy_table(frame, widths))
+    finally:
+        if writer is not None:
+            writer.close()
+        fits_file.close()
+    if fits_file.rows != n:
+        raise ValueError(f"{fits_path}: wrote {fits_file.rows} of {n} rows")
+    return pq_path, fits_path
+
+
+def _string_widths(cat: xr.Dataset | pd.DataFrame, bounds: list[int], rows: int) -> dict[str, int]:
+    """Longest value (characters, at least 1) of each string column over every row."""
+    if isinstance(cat, pd.DataFrame):
+        frame = to_frame(cat)
+        return {c: _width(frame[c]) for c in frame.columns if frame[c].dtype.kind not in "biufc"}
+    names = [str(k) for k, v in cat.variables.items() if v.dims == ("galaxy",) and v.dtype.kind not in "biufc"]
+    widths = dict.fromkeys(names, 1)
+    for start in bounds:
+        part = cat[[k for k in names if k != "galaxy"]].isel(galaxy=slice(start, start + rows)).compute()
+        for name in names:
+            widths[name] = max(widths[name], _width(pd.Series(part[name].values)))
+    return widths
+
+
+def _width(values: pd.Series) -> int:
+    return max(1, int(values.astype(str).str.len().max() or 1)) if len(values) else 1
+
+
+def _arrow_table(frame: pd.DataFrame, info: dict[str, str], widths: dict[str, int]):
+    """One part as an Arrow table with the catalogue's schema (units, descriptions, metadata)."""
+    import pyarrow as pa
+
     cols = columns()
     table = pa.Table.from_pandas(frame, preserve_index=False)
     fields = []
@@ -228,22 +284,76 @@ def write_catalogue(cat: xr.Dataset | pd.DataFrame, path: str | Path,
         _, unit, description = cols.get(f.name, ("", "", ""))
         fields.append(f.with_metadata({"unit": unit, "description": description}))
     # astropy's Parquet reader sizes string columns from these keys.
-    lengths = {f"table::len::{c}".encode(): str(max(1, int(frame[c].astype(str).str.len().max() or 1))).encode()
-               for c in frame.columns if frame[c].dtype.kind not in "biufc"}
+    lengths = {f"table::len::{c}".encode(): str(widths[c]).encode() for c in frame.columns if c in widths}
     schema = pa.schema(fields, metadata={**{k.encode(): v.encode() for k, v in info.items()},
                                          **lengths, b"survey_denoise": b"line catalogue"})
-    pq.write_table(table.cast(schema), pq_path)
+    return table.cast(schema)
+
+
+def _astropy_table(frame: pd.DataFrame, widths: dict[str, int]):
+    """One part as an astropy Table: units, descriptions, string columns at their full width."""
+    from astropy.table import Table
 
     t = Table.from_pandas(frame)
+    cols = columns()
     for name in t.colnames:
+        if name in widths:
+            t[name] = t[name].astype(f"U{widths[name]}")
         _, unit, description = cols.get(name, ("", "", ""))
         if unit:
             t[name].unit = unit
         t[name].description = description
-    if info:  # one card (long strings continue): FITS keywords are 8 characters
-        t.meta["SDMETA"] = json.dumps(info)
-    t.write(fits_path, format="fits", overwrite=True)
-    return pq_path, fits_path
+    return t
+
+
+class _FitsTable:
+    """A FITS file with one binary table of ``n`` rows, appended a part at a time.
+
+    The header is the one astropy writes for the first part, with the row
+    count of the whole table; each part's rows are the bytes astropy writes
+    for that part alone (the same columns and formats, so the same record
+    layout); the data end with the zero padding FITS asks for.
+    """
+
+    def __init__(self, path: Path, n: int, info: dict[str, str]) -> None:
+        self.path, self.n, self.info = path, n, info
+        self.file = None
+        self.rows = 0
+        self.header_text: str | None = None  # the first part's, with the whole table's NAXIS2
+
+    def append(self, table) -> None:
+        import io
+
+        from astropy.io import fits
+
+        if self.info:  # one card (long strings continue): FITS keywords are 8 characters
+            table.meta["SDMETA"] = json.dumps(self.info)
+        buffer = io.BytesIO()
+        table.write(buffer, format="fits")  # astropy's own header: units, descriptions, meta
+        raw = buffer.getvalue()
+        with fits.open(io.BytesIO(raw)) as hdus:
+            where, header = hdus.fileinfo(1), hdus[1].header.copy()
+        data = raw[where["datLoc"]:where["datLoc"] + header["NAXIS1"] * header["NAXIS2"]]
+        rows = header["NAXIS2"]
+        header["NAXIS2"] = self.n
+        text = header.tostring()
+        if self.file is None:
+            self.header_text = text
+            self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self.file.write(raw[:where["hdrLoc"]])  # the primary HDU
+            self.file.write(text.encode("ascii"))
+        elif text != self.header_text:
+            raise ValueError(f"{self.path}: a part's FITS columns differ from the first part's")
+        self.file.write(data)
+        self.rows += rows
+
+    def close(self) -> None:
+        if self.file is None:
+            return
+        size = self.file.tell()
+        self.file.write(b"\0" * (-size % 2880))
+        self.file.close()
+        self.file = None
 
 
 def read_catalogue(path: str | Path) -> pd.DataFrame:
