@@ -565,6 +565,7 @@ def _run_units(ds, path, todo, starts, k, client, report):
     # unit at once lets workers read far ahead and hold many chunks in memory.
     window = max(2, -(-2 * sum(client.nthreads().values()) // k))
     pending = iter(todo)
+    whole: dict = {}  # the store's graph, materialised once for every unit (_chunk_graphs)
 
     def submit(first):
         report.units_submitted += 1
@@ -572,7 +573,7 @@ def _run_units(ds, path, todo, starts, k, client, report):
         if unit is None:
             (path / PROGRESS_DIR / f"chunk-{first:06d}").touch()
             return client.submit(int, first, pure=False)
-        return _submit_unit(client, unit)
+        return _submit_unit(client, unit, whole)
 
     futures = {submit(first): first for first in itertools.islice(pending, window)}
     queue = as_completed(list(futures))
@@ -585,7 +586,7 @@ def _run_units(ds, path, todo, starts, k, client, report):
         yield futures.pop(fut)
 
 
-def _submit_unit(client, unit: _Unit):
+def _submit_unit(client, unit: _Unit, whole: dict | None = None):
     """Submit a write unit as one task per chunk and one write task; the write's future.
 
     A fused chain makes a few hundred tasks per chunk (a task per variable
@@ -604,18 +605,21 @@ def _submit_unit(client, unit: _Unit):
     # Futures in a graph (data already on the cluster, e.g. files read by
     # ``ingest``) reach the task as its dependencies.
     parts = [client.submit(_run_graph, graph, keys, outside, key=f"chunk-{j}-{unit.key}-{tag}", pure=False)
-             for j, (graph, keys, outside) in enumerate(_chunk_graphs(unit))]
+             for j, (graph, keys, outside) in enumerate(_chunk_graphs(unit, whole))]
     return client.submit(_write_parts, parts, unit.write, unit.axes, key=f"{unit.key}-{tag}", pure=False)
 
 
-def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list, dict]]:
+def _chunk_graphs(unit: _Unit, whole: dict | None = None) -> list[tuple[bytes, list, dict]]:
     """Per chunk of ``unit``: its culled graph (pickled), its blocks' keys (by variable), its futures.
 
-    The unit's graph is culled once out of the whole store's and then split
-    by chunk.  Futures (results already held on the cluster) are taken out
-    of each graph and returned by key, to be passed to the task as its
-    dependencies.  Graphs are pickled here so that the scheduler does not
-    unpack their tasks as arguments.
+    Each chunk's graph is culled out of the whole store's, materialised into
+    ``whole`` the first time (the same dict is passed for every unit of a
+    store): a cull of the whole high-level graph for each unit made the
+    driver's cost grow as units x chunks.  Futures
+    (results already held on the cluster) are taken out of each graph and
+    returned by key, to be passed to the task as its dependencies.  Graphs
+    are pickled here so that the scheduler does not unpack their tasks as
+    arguments.
     """
     from dask.core import flatten
     from dask.highlevelgraph import HighLevelGraph
@@ -624,7 +628,9 @@ def _chunk_graphs(unit: _Unit) -> list[tuple[bytes, list, dict]]:
     from distributed.protocol.pickle import dumps
 
     blocks, axes = unit.blocks, unit.axes
-    graph = dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)).cull(set(flatten(blocks))))
+    graph = {} if whole is None else whole
+    if not set(flatten(blocks)) <= graph.keys():
+        graph.update(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)))
     n_chunks = max(len(_along_size(b, axis)) for b, axis in zip(blocks, axes, strict=True))
     out = []
     for j in range(n_chunks):

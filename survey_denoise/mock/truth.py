@@ -40,20 +40,34 @@ def truth_table(ds: xr.Dataset) -> pd.DataFrame:
     return df
 
 
-def write_truth(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write :func:`truth_table` of ``ds`` to Parquet with units in the metadata."""
+def write_truth(ds: xr.Dataset, path: str | Path, *, rows_per_part: int = 65_536) -> Path:
+    """Write :func:`truth_table` of ``ds`` to Parquet with units in the metadata.
+
+    ``ds`` is read ``rows_per_part`` galaxies at a time, each part a row
+    group, so memory stays that of one part however large the survey.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    df = truth_table(ds)
     units = {"galaxy": "mock id", "z": "redshift", "class": "spectral class"}
     units.update(json.loads(ds.attrs.get("truth_units", "{}")))
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[UNITS_KEY] = json.dumps(units).encode()
-    meta[b"survey_denoise.provenance"] = str(ds.attrs.get("provenance", "[]")).encode()
-    pq.write_table(table.replace_schema_metadata(meta), path)
+    n = int(ds.sizes["galaxy"])
+    writer = None
+    try:
+        for start in range(0, max(n, 1), rows_per_part):
+            table = pa.Table.from_pandas(truth_table(ds.isel(galaxy=slice(start, start + rows_per_part))),
+                                         preserve_index=False)
+            if writer is None:
+                meta = dict(table.schema.metadata or {})
+                meta[UNITS_KEY] = json.dumps(units).encode()
+                meta[b"survey_denoise.provenance"] = str(ds.attrs.get("provenance", "[]")).encode()
+                schema = table.schema.with_metadata(meta)
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table.cast(schema))
+    finally:
+        if writer is not None:
+            writer.close()
     return path
 
 

@@ -155,7 +155,7 @@ class Runner:
     def _do_mock(self, step: Step) -> None:
         ds = stages.mock(self.config.input.mock, self.config.chunk)
         self.stores[step.store] = self._write("mock", ds, store_file(step.store))
-        self._truth(self.stores[step.store])
+        self._truth(self.path(store_file(step.store)))
 
     def _do_ingest(self, step: Step) -> None:
         ds, skipped = stages.ingest(self.config, self.client)
@@ -188,11 +188,12 @@ class Runner:
                                        notes={"fused": True}))
         return ds
 
-    def _truth(self, raw: xr.Dataset) -> None:
+    def _truth(self, store: Path) -> None:
+        """The mock's truth table, written on the cluster from the store."""
         path = self.path(TRUTH)
         if not path.exists():
-            with replacing(path) as (tmp,), _here():  # a killed run never leaves half a table
-                stages.write_truth(raw, tmp)
+            with replacing(path) as (tmp,):  # a killed run never leaves half a table
+                stages.in_one_task(self.client, stages.truth_file, store, tmp)
         self.log.output("table", path.name, "mock", name="truth")
 
     def _table(self, frame: pd.DataFrame, name: str, step: str) -> None:

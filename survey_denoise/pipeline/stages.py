@@ -5,8 +5,8 @@ the stage runs (a pipeline without a denoise stage never imports
 TensorFlow).  Nothing here computes or writes: the runner does, except
 :func:`train`, which fits on the driver and saves the model folder (the one
 place a model is trained, for a run's train step and for ``survey-denoise
-train`` alike), and :func:`catalogue_files`, which the runner sends to a
-worker (:func:`in_one_task`).
+train`` alike), and :func:`catalogue_files` and :func:`truth_file`, which the runner sends
+to a worker (:func:`in_one_task`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def mock(cfg: MockInput, chunk: int) -> xr.Dataset:
     return generate(ids, MockConfig(**kwargs), chunk_size=chunk, design=cfg.design)
 
 
-def write_truth(raw: xr.Dataset, path: Path) -> None:
-    """The truth table of a mock store, as Parquet with units."""
+def truth_file(store: Path, path: Path) -> None:
+    """The truth table of a written mock store, as Parquet with units."""
+    from ..io.store import open_store
     from ..mock import write_truth as write
 
+    raw = open_store(store)
     # Sorted variables: the order read back from Zarr is not stable, and a
     # resumed run must write the same table as an uninterrupted one.
     names = sorted(str(n) for n in raw.data_vars if str(n).startswith("true_"))
