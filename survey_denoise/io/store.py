@@ -630,7 +630,9 @@ def _chunk_graphs(unit: _Unit, whole: dict | None = None) -> list[tuple[bytes, l
     blocks, axes = unit.blocks, unit.axes
     graph = {} if whole is None else whole
     if not set(flatten(blocks)) <= graph.keys():
-        graph.update(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)))
+        # Layer by layer (to_dict): a key looked up in a high-level graph may
+        # scan every layer, and a mock's graph has a layer per chunk.
+        graph.update(HighLevelGraph.merge(*(a.__dask_graph__() for a in unit.arrays)).to_dict())
     n_chunks = max(len(_along_size(b, axis)) for b, axis in zip(blocks, axes, strict=True))
     out = []
     for j in range(n_chunks):
