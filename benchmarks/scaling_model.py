@@ -33,16 +33,17 @@ in one explicit model (:func:`project`; docs/scaling.md):
   splitting by chunk and pickling each unit's graph, submitting; event loop: the
   in-process scheduler and the client's comms), and the store's files;
 * the driver's cost per write unit as the store grows: the main thread's
-  CPU to build and cull one unit's graph (:func:`survey_denoise.io.store._chunk_graphs`)
-  at two store sizes and two units sizes, fitted as ``c_unit + c_driver k +
-  c_cull n_chunks`` (``k`` chunks per unit; the cull walks the whole
-  store's graph, so it grows with the store's chunks).
+  CPU to cull one unit's graph (:func:`survey_denoise.io.store._chunk_graphs`)
+  out of the store's graph, materialised once per store as the writer does
+  (that once-per-store cost is timed too), at three store sizes and two
+  units sizes, fitted as ``c_unit + c_driver k + c_cull n_chunks`` (``k``
+  chunks per unit; ``c_cull`` is what still grows with the store).
 
-The bytes per spectrum and the report's products step (it runs in the
-driver, after the stores) are taken from a measured 10^6 run (``--e2e``,
-default ``results/end_to_end_1e6_new.json`` if present, else
-``results/end_to_end_1e6.json``), which is also the cross-check; its
-driver CPU is not an input any more.
+The bytes per spectrum and the report's products step (worker tasks on the
+test galaxies only, so a fixed time whatever the survey's size) are taken
+from a measured 10^6 run (``--e2e``, default
+``results/end_to_end_1e6_driver.json`` if present), which is also the
+cross-check; its driver CPU is not an input.
 
 Writes ``benchmarks/results/scaling_model.json`` and prints the projection.
 Usage: ``python benchmarks/scaling_model.py [--smoke] [--out PATH] [--e2e PATH] [--reproject]``
@@ -79,9 +80,11 @@ LOOP = "event loop (scheduler, client comms)"
 
 
 def default_e2e() -> Path:
-    """The newest measured 10^6 run: ``end_to_end_1e6_new.json`` if present, else ``end_to_end_1e6.json``."""
-    new = RESULTS / "end_to_end_1e6_new.json"
-    return new if new.exists() else RESULTS / "end_to_end_1e6.json"
+    """The newest measured 10^6 run: ``end_to_end_1e6_driver.json`` if present, else an older one."""
+    for name in ("end_to_end_1e6_driver.json", "end_to_end_1e6_new.json"):
+        if (RESULTS / name).exists():
+            return RESULTS / name
+    return RESULTS / "end_to_end_1e6.json"
 
 SIZES = {
     "full": {"tasks": (1_000, 10_000, 30_000), "chunks": (250, 1000), "ppxf": 3, "train": 512,
@@ -120,12 +123,12 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
             t_start: float, t_load: float, stores: tuple[Store, ...] = (Store(),),
             tasks_per_chunk: float = 1.0, tasks_per_unit: float = 1.0, c_driver: float = 0.0,
             c_unit: float = 0.0,
-            c_cull: float = 0.0, c_products: float = 0.0, lifetime: float = math.inf,
+            c_cull: float = 0.0, t_products: float = 0.0, lifetime: float = math.inf,
             bytes_per_spectrum: float = 0.0, fs_bytes_per_s: float = math.inf,
             fs_creates_per_s: float = math.inf) -> dict:
     """Projected wall time of one run, term by term.
 
-    ``T = t_start + t_load + max(compute, N b / B, F / R) + scheduler + driver + N c_products``
+    ``T = t_start + t_load + max(compute, N b / B, F / R) + scheduler + driver + t_products``
 
     ``n_chunks = ceil(N / chunk)``.  Each chunk's chain is one task, so the
     work items are the chunks, each ``t_chunk = (N / n_chunks) c_spec +
@@ -140,12 +143,14 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
 
     * ``scheduler = (n_chunks tasks_per_chunk + n_units tasks_per_unit) c_sched``;
     * ``driver = n_chunks c_driver + n_units (c_unit + c_cull n_chunks)``:
-      the driver culls each unit's graph out of the whole store's, so a
-      unit costs more the more chunks the store has;
+      ``c_driver`` holds the chunk's share of building and materialising
+      the store's graph once; ``c_cull`` is what a unit's cull still costs
+      per chunk of the store;
     * ``F = n_units files_per_unit``.
 
-    ``N c_products`` is the report's products step, which runs in the
-    driver after the stores are written.
+    ``t_products`` is the report's products step after the stores are
+    written: a few worker tasks on at most ``report.test_galaxies``
+    galaxies, so it does not grow with ``N``.
 
     Compute and file-system traffic overlap (different workers at
     different moments); the scheduler and the driver are single threads
@@ -179,8 +184,8 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
         Driver CPU per write unit, s.
     c_cull : float
         Driver CPU per write unit per chunk of its store, s.
-    c_products : float
-        Driver time per spectrum of the report's products step, s.
+    t_products : float
+        Wall time of the report's products step, s.
     lifetime : float
         Worker ``--lifetime``, s (inf: workers never retire).
     bytes_per_spectrum : float
@@ -208,7 +213,7 @@ def project(n: float, workers: int, *, c_spec: float, c_chunk: float, c_sched: f
         "fs_metadata": sum(u * s.files_per_unit for u, s in zip(units, stores, strict=True)) / fs_creates_per_s,
         "scheduler": n_tasks * c_sched,
         "driver": len(stores) * n_chunks * c_driver + sum(units) * (c_unit + c_cull * n_chunks),
-        "products": n * c_products,
+        "products": t_products,
         "start": t_start + t_load,
     }
     parallel = max(terms["compute"], terms["fs_bandwidth"], terms["fs_metadata"])
@@ -333,13 +338,15 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
 
     For each store of ``store_chunks`` chunks (of 10 spectra: the graph does
     not depend on the chunk's length): the main thread's CPU and the
-    process's resident memory to build the fused chain's lazy graph; then,
-    for each unit of ``k`` chunks, the mean over ``units`` units of
+    process's resident memory to build the fused chain's lazy graph; the
+    first unit, which materialises the store's graph for every unit as the
+    writer does (less a later unit's cost: ``c_materialise n_chunks``);
+    then, for each unit of ``k`` chunks, the mean over ``units`` units of
     :func:`survey_denoise.io.store._unit_task` plus
     :func:`~survey_denoise.io.store._chunk_graphs` (what the writer's driver does
-    per unit), after one unit to warm up.  Least squares: ``build =
-    c_graph n_chunks`` (+ a constant), ``memory = m_graph n_chunks`` (+ a
-    constant) and ``unit = c_unit + c_driver k + c_cull n_chunks``.
+    per unit).  Least squares: ``build = c_graph n_chunks`` (+ a constant),
+    ``memory = m_graph n_chunks`` (+ a constant), ``materialise =
+    c_materialise n_chunks`` and ``unit = c_unit + c_driver k + c_cull n_chunks``.
     """
     import gc
 
@@ -349,7 +356,7 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
 
     fused_chain(model, 10, 2)  # imports and first-call caches, not the graph's cost
     proc = psutil.Process()
-    points, builds = [], []
+    points, builds, firsts = [], [], []
     for n_chunks in store_chunks:
         gc.collect()
         rss, t = proc.memory_info().rss, time.process_time()
@@ -358,19 +365,27 @@ def driver_scan(model: Path, store_chunks: tuple[int, ...], ks: tuple[int, ...],
         builds.append((n_chunks, time.process_time() - t, proc.memory_info().rss - rss))
         starts = np.concatenate([[0], np.cumsum(store._galaxy_chunks(ds))]).astype(int)
         path = Path("/nonexistent/scan.zarr")  # only named in the graph, never written
-        store._chunk_graphs(store._unit_task(ds, path, 0, starts, 1))
+        whole: dict = {}  # shared by the store's units, as in the writer
+        rss, t = proc.memory_info().rss, time.process_time()
+        store._chunk_graphs(store._unit_task(ds, path, 0, starts, 1), whole)
+        first, grown = time.process_time() - t, proc.memory_info().rss - rss
         for k in ks:
             t = time.process_time()
             for i in range(units):
-                store._chunk_graphs(store._unit_task(ds, path, (i + 1) * k, starts, k))
+                store._chunk_graphs(store._unit_task(ds, path, (i + 1) * k, starts, k), whole)
             points.append((n_chunks, k, (time.process_time() - t) / units))
-        del ds
+        one = [p[2] for p in points if p[0] == n_chunks and p[1] == 1]
+        firsts.append((n_chunks, first - (one[0] if one else 0.0), grown))
+        del ds, whole
     x = np.array([[1.0, k, c] for c, k, _ in points])
     y = np.array([p[2] for p in points])
     (c_unit, c_driver, c_cull), *_ = np.linalg.lstsq(x, y, rcond=None)
     c, build, memory = np.array(builds, float).T
     return {"points_chunks_k_seconds": [[c, k, round(t, 4)] for c, k, t in points],
             "points_chunks_build_seconds_rss_bytes": [[int(a), round(b, 3), int(m)] for a, b, m in builds],
+            "points_chunks_materialise_seconds_rss_bytes": [[c, round(t, 4), int(m)] for c, t, m in firsts],
+            "c_materialise": float(np.polyfit(*np.array(firsts, float)[:, :2].T, 1)[0]),
+            "m_materialise": float(np.polyfit(*np.array(firsts, float)[:, [0, 2]].T, 1)[0]),
             "c_unit": float(c_unit), "c_driver": float(c_driver), "c_cull": float(c_cull),
             "c_graph": float(np.polyfit(c, build, 1)[0]), "m_graph": float(np.polyfit(c, memory, 1)[0])}
 
@@ -502,17 +517,20 @@ def inputs_from(measured: dict, e2e: dict) -> dict:
         "t_templates_ppxf": measured["worker"]["ppxf_templates_seconds"],
         **{f"c_spec_{k}": sum(b[x] for x in v) for k, v in chains.items()},
         **{f"c_chunk_{k}": sum(a[x] for x in v) for k, v in chains.items()},
-        # Per chunk: building its part of the lazy graph, and culling and
-        # pickling it within its unit.
-        "c_driver": max(0.0, scan["c_driver"]) + max(0.0, scan["c_graph"]),
+        # Per chunk: building its part of the lazy graph, materialising it
+        # (once per store), and culling and pickling it within its unit.
+        "c_driver": max(0.0, scan["c_driver"]) + max(0.0, scan["c_graph"]) + max(0.0, scan["c_materialise"]),
         "c_driver_unit_per_chunk": scan["c_driver"], "c_graph": scan["c_graph"],
         "c_unit": max(0.0, scan["c_unit"]), "c_cull": max(0.0, scan["c_cull"]),
         "driver_graph_bytes_per_chunk": scan["m_graph"],
+        "driver_materialised_bytes_per_chunk": scan["m_materialise"],
         "driver_cpu_per_written_chunk": write["driver_cpu_per_chunk"],
         "bytes_per_spectrum": (stages["mock"]["bytes_written"] + stages["fit-denoised"]["bytes_written"])
         / run["n"],
-        # Not measured here: the products step (in the driver) of the 10^6 run.
-        "c_products": stages.get("products", {}).get("seconds", 0.0) / run["n"],
+        # Not measured here: the products step of the 10^6 run (worker tasks
+        # on the test galaxies, a fixed cost).
+        "t_products": stages.get("products", {}).get("seconds", 0.0),
+        "c_materialise": scan["c_materialise"],
         "catalogue_bytes_per_galaxy": write["bytes_per_galaxy_uncompressed"],
         "catalogue_files_per_unit": write["store"]["galaxy_variables"] + 1,
     }
@@ -546,7 +564,7 @@ def catalogue(inp: dict, n: float, chunk: int, min_units: int | None = None) -> 
 def serial(inp: dict) -> dict:
     """The driver's and scheduler's inputs of :func:`project`."""
     return {k: inp[k] for k in ("c_sched", "tasks_per_chunk", "tasks_per_unit", "c_driver", "c_unit", "c_cull",
-                                "c_products")}
+                                "t_products")}
 
 
 def predictions(inp: dict, n: float = 1e7, workers=(10, 100, 1000),
@@ -627,8 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "scaling_model.json")
     ap.add_argument("--e2e", type=Path, default=None,
                     help="a measured 10^6 run of benchmarks/end_to_end.py (bytes per spectrum, "
-                         "cross-check); default: results/end_to_end_1e6_new.json if present, "
-                         "else results/end_to_end_1e6.json")
+                         "products step, cross-check); default: results/end_to_end_1e6_driver.json "
+                         "if present")
     ap.add_argument("--tasks", type=int, nargs=3, default=None,
                     help="trivial-task graph sizes for the scheduler's cost (default 1000 10000 30000)")
     ap.add_argument("--reproject", action="store_true",

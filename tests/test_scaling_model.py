@@ -55,12 +55,12 @@ def test_terms_are_the_formula(model):
     assert model.project(1e7 + 1, 100, **COSTS)["n_chunks"] == n_chunks + 1
 
 
-def test_products_step_is_serial_in_the_driver(model):
+def test_products_step_is_serial_and_does_not_grow_with_the_survey(model):
     base = model.project(1e7, 100, **COSTS)
-    r = model.project(1e7, 100, **COSTS, c_products=5e-5)
-    assert r["products"] == pytest.approx(500.0)
-    assert r["seconds"] == pytest.approx(base["seconds"] + 500.0)
-    assert model.project(1e7, 1000, **COSTS, c_products=5e-5)["products"] == r["products"]
+    r = model.project(1e7, 100, **COSTS, t_products=12.0)
+    assert r["products"] == 12.0
+    assert r["seconds"] == pytest.approx(base["seconds"] + 12.0)
+    assert model.project(1e8, 1000, **COSTS, t_products=12.0)["products"] == r["products"]
 
 
 def test_file_system_overlaps_compute_and_binds_when_slower(model):
@@ -158,7 +158,7 @@ def test_catalogue_shards_follow_the_store_module(model):
 def test_predictions_keep_every_worker_busy_with_few_shards(model):
     inp = {"c_spec_fast": 2e-3, "c_chunk_fast": 0.0, "c_spec_ppxf": 0.3, "c_chunk_ppxf": 0.0,
            "c_sched": 1e-3, "tasks_per_chunk": 1.0, "tasks_per_unit": 1.0, "c_driver": 0.0, "c_unit": 0.1,
-           "c_cull": 0.0, "c_products": 0.0, "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0,
+           "c_cull": 0.0, "t_products": 0.0, "t_start": 30.0, "t_load": 3.0, "t_templates_ppxf": 9.0,
            "bytes_per_spectrum": 7e3, "catalogue_bytes_per_galaxy": 800, "catalogue_files_per_unit": 99}
     rows = model.predictions(inp, lifetime=math.inf)
     for r in rows:
@@ -173,6 +173,8 @@ def test_default_e2e_is_the_newest_run(model, tmp_path, monkeypatch):
     assert model.default_e2e() == tmp_path / "end_to_end_1e6.json"
     (tmp_path / "end_to_end_1e6_new.json").write_text("{}")
     assert model.default_e2e() == tmp_path / "end_to_end_1e6_new.json"
+    (tmp_path / "end_to_end_1e6_driver.json").write_text("{}")
+    assert model.default_e2e() == tmp_path / "end_to_end_1e6_driver.json"
 
 
 def test_cross_check_writes_the_runs_own_stores(model):
@@ -184,7 +186,7 @@ def test_cross_check_writes_the_runs_own_stores(model):
            "stages": {}}
     inp = {"c_spec_chain_1e6": 2e-3, "c_chunk_chain_1e6": 0.1, "c_sched": 0.01, "tasks_per_chunk": 1.0,
            "tasks_per_unit": 1.0,
-           "c_driver": 0.0, "c_unit": 0.5, "c_cull": 0.0, "c_products": 0.0, "t_start": 30.0,
+           "c_driver": 0.0, "c_unit": 0.5, "c_cull": 0.0, "t_products": 0.0, "t_start": 30.0,
            "t_load": 3.0}
     cc = model.cross_check(inp, {"runs": [run], "git": "abc"}, "x.json")
     units = 8 + 34  # 200 chunks in 25s and in 6s
