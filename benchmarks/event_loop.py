@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import dask
 
+sys.path.insert(0, str(Path(__file__).parent))
+from end_to_end import _cpu_s  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_s() -> float:
-    import psutil
-
-    t = psutil.Process().cpu_times()
-    return t.user + t.system
 
 
 def idle(tick: str | None, seconds: float, workers: int) -> dict:

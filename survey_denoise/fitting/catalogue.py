@@ -227,8 +227,7 @@ def write_catalogue(cat: xr.Dataset | pd.DataFrame, path: str | Path,
     """
     import pyarrow.parquet as pq
 
-    attrs = dict(cat.attrs) if isinstance(cat, xr.Dataset) else dict(cat.attrs)
-    info = {**attrs, **(meta or {})}
+    info = {**dict(cat.attrs), **(meta or {})}
     info = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in info.items()}
     pq_path, fits_path = _paths(path)
     pq_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ was held out, capped at ``report.test_galaxies``.
 The runner calls each in one task on the cluster
 (:func:`~survey_denoise.pipeline.stages.in_one_task`), so catalogues and the
 truth table arrive as file paths and are read there, only the rows and
-columns a product needs.
+columns a product needs (:func:`catalogue_frames`, :func:`_truth_columns`).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def catalogue_frames(paths: Mapping[str, str | Path], galaxies: np.ndarray | Non
     return out
 
 
-def read_truth(path: str | Path | None, columns: list[str] | None = None) -> pd.DataFrame | None:
+def _truth_columns(path: str | Path | None, columns: list[str] | None = None) -> pd.DataFrame | None:
     """The truth table at ``path`` (None: there is none), only ``columns`` where it has them."""
     if path is None or not Path(path).exists():
         return None
@@ -177,7 +177,7 @@ def latent(model_dir: Path, noisy: xr.Dataset, pos: np.ndarray,
     """
     from ..models import load_model
 
-    truth = read_truth(truth, ["galaxy", "class"])
+    truth = _truth_columns(truth, ["galaxy", "class"])
     sub = _flux(noisy, pos)
     z = np.asarray(load_model(model_dir).encode(sub))
     table = pd.DataFrame(z, columns=[f"z{i}" for i in range(z.shape[1])])
@@ -284,7 +284,7 @@ def scored(catalogues: Mapping[str, str | Path], truth: str | Path | None,
         ``table6_coverage`` (:func:`coverage`).
     """
     frames = catalogue_frames(catalogues, galaxies)
-    true = read_truth(truth)
+    true = _truth_columns(truth)
     result = scores(frames, true, galaxies)
     if result is None:
         return None, {}
