@@ -169,3 +169,25 @@ def test_log_sfr_column_conventions():
     np.testing.assert_allclose(log_sfr(t, "true_logsfr"), [0.0, 1.0, -1.0])
     with pytest.raises(KeyError, match="no column"):
         log_sfr(t, "sfr")
+
+
+def test_a_noise_bound_counts_the_galaxies_that_could_pass_and_is_saved(sample, tmp_path):
+    truth, cats = sample
+    rng = np.random.default_rng(3)
+    line = rng.uniform(0, 30, len(truth))
+    line[0] = 40.0  # a galaxy that would pass, left out of the bound below
+    # rows in another order, one galaxy the sample lacks, one of the sample missing
+    bound = pd.DataFrame({"galaxy": truth["galaxy"].astype(str), "snr_line": line,
+                          "snr_tied": line * 1.1}).iloc[::-1].iloc[:-1]
+    bound = pd.concat([bound, pd.DataFrame({"galaxy": ["elsewhere"], "snr_line": [99.0],
+                                            "snr_tied": [99.0]})])
+    result = mzr_test(cats, truth, bound=bound)
+    assert result.settings["n_bound_line"] == int(np.sum(line[1:] > 15))
+    assert result.settings["n_bound_tied"] == int(np.sum(line[1:] * 1.1 > 15))
+    assert list(result.bound["galaxy"]) == list(truth["galaxy"].astype(str))
+    assert np.isnan(result.bound["snr_line"].iloc[0])
+    assert f"at most {result.settings['n_bound_line']} of {len(truth)}" in format_comparison(result)
+    again = MZRTest.load(result.save(tmp_path / "t"))
+    pd.testing.assert_frame_equal(again.bound, result.bound)
+    assert again.settings["n_bound_tied"] == result.settings["n_bound_tied"]
+    assert mzr_test(cats, truth).bound is None

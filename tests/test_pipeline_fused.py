@@ -66,7 +66,8 @@ def _fit_config(tmp_path, name: str, keep) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "name": name, "input": {"mock": {"n": 40, "seed": 4, "frame": "rest"}}, "chunk": 15,
         "stages": {"preprocess": {"norm": "l2"}, "degrade": {"noise": "desi", "z_target": 0.1, "seed": 3},
-                   "fit": {"method": "fast"}},
+                   "fit": {"method": "fast", "stores": ["preprocessed", "degraded"]},
+                   "science": {"cases": {"original": "preprocessed", "desi": "degraded"}}},
         "outputs": {"dir": str(tmp_path / name), **({} if keep is None else {"keep": keep})}})
 
 
@@ -81,9 +82,9 @@ def test_fused_stages_give_the_same_catalogue_without_intermediate_stores(tmp_pa
         fused = Runner(_fit_config(tmp_path, "fused", []), client, progress=False,
                        echo=lambda m: None).run()
         ran = client.run_on_scheduler(lambda dask_scheduler: set(dask_scheduler.task_prefixes))
-    # The catalogue files and the report's products are made by worker tasks,
-    # not in the driver that runs the scheduler.
-    assert {"catalogue-files", "examples"} <= ran, sorted(ran)
+    # The catalogue files, the report's products and the science step are made
+    # by worker tasks, not in the driver that runs the scheduler.
+    assert {"catalogue-files", "examples", "mzr"} <= ran, sorted(ran)
     examples = [np.load(tmp_path / name / "examples.npz") for name in ("full", "fused")]
     assert examples[0]["lines_noisy"].shape == (4, examples[0]["line_keys"].size)
     assert np.isfinite(examples[0]["lines_noisy"]).any()
@@ -100,6 +101,23 @@ def test_fused_stages_give_the_same_catalogue_without_intermediate_stores(tmp_pa
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 40 and a["halpha_flux"].notna().sum() > 20
     assert (full.galaxies, full.flagged, full.failed) == (fused.galaxies, fused.flagged, fused.failed)
+    # The science step bounds the Hα S/N of the degraded spectra, from the
+    # written store and from the fused one alike.
+    from survey_denoise.science.mzr_test import MZRTest
+
+    tests = [MZRTest.load(tmp_path / name / "science" / "mzr_test") for name in ("full", "fused")]
+    pd.testing.assert_frame_equal(tests[0].bound, tests[1].bound)
+    assert tests[0].settings == tests[1].settings
+    bound = tests[0].bound.set_index("galaxy")
+    assert len(bound) == 40 and bound["snr_line"].notna().sum() > 20
+    assert (bound["snr_tied"] >= bound["snr_line"] - 1e-9).all()
+    s = tests[0].settings
+    assert s["noisy_case"] == "desi" and 0 <= s["n_bound_line"] <= s["n_bound_tied"] <= 40
+    # the fitted Hα S/N of the degraded spectra scatters about the bound, not far above it
+    fitted = a.set_index(a["galaxy"].astype(str))["halpha_snr"].reindex(bound.index.astype(str))
+    ok = bound["snr_line"].to_numpy() > 3
+    assert np.median(fitted.to_numpy()[ok] / bound["snr_line"].to_numpy()[ok]) < 1.1
+    assert "Cramér-Rao" in (tmp_path / "full" / "science" / "mzr_comparison.txt").read_text()
 
 
 def test_keep_names_only_stores_the_pipeline_makes(tmp_path):

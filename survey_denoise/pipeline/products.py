@@ -294,6 +294,69 @@ def scored(catalogues: Mapping[str, str | Path], truth: str | Path | None,
     return result, tables
 
 
+def mzr(catalogues: Mapping[str, str | Path], truth: str | Path, galaxies: np.ndarray | None,
+        calibration: str, min_halpha_snr: float, noisy_case: str | None = None,
+        noisy: xr.Dataset | None = None):
+    """The science step's MZR test of catalogue stores, on the held-out galaxies.
+
+    Parameters
+    ----------
+    catalogues : mapping of case to path
+        Written catalogue stores, e.g. ``{"original": ..., "desi": ..., "vae": ...}``.
+    truth : path
+        The mock's truth table; its (held-out) galaxies are the sample.
+    galaxies : array, optional
+        Only these galaxy ids (those held out of training).
+    calibration, min_halpha_snr
+        The science stage's settings.
+    noisy_case : str, optional
+        The case fitted on the noisy spectra without de-noising.
+    noisy : xarray.Dataset, optional
+        That case's spectra: with them the Hα S/N bound of their noise
+        (:func:`noise_bound`) joins the result.
+
+    Returns
+    -------
+    MZRTest
+    """
+    from ..science.mzr_test import mzr_test
+
+    table = pd.read_parquet(truth)
+    if galaxies is not None:
+        keep = set(np.asarray(galaxies).astype(str))
+        table = table[table["galaxy"].astype(str).isin(keep)].reset_index(drop=True)
+    frames = catalogue_frames(catalogues, table["galaxy"].to_numpy())
+    sfr = "true_logsfr" if "true_logsfr" in table else "true_sfr"
+    bound = noise_bound(noisy, table) if noisy is not None else None
+    return mzr_test(frames, table, calibration=calibration, min_halpha_snr=min_halpha_snr,
+                    sfr_column=sfr, noisy_case=noisy_case, bound=bound)
+
+
+def noise_bound(noisy: xr.Dataset, truth: pd.DataFrame) -> pd.DataFrame | None:
+    """:func:`~survey_denoise.science.bound.snr_bound` of the truth's galaxies in ``noisy``.
+
+    The true fluxes are moved to the spectra's units by their ``dimming``
+    (1 without one), and every line with a true flux is tied.  None when
+    the truth lacks Hα's flux or the gas dispersion (``true_sigma_gas``).
+    """
+    from ..lines import catalogue_keys
+    from ..science.bound import snr_bound
+
+    keys = [k for k in catalogue_keys() if f"true_{k}_flux" in truth]
+    if "halpha" not in keys or "true_sigma_gas" not in truth:
+        return None
+    at = pd.Index(noisy["galaxy"].values.astype(str)).get_indexer(truth["galaxy"].astype(str))
+    rows = np.flatnonzero(at >= 0)
+    order = np.argsort(at[rows])  # read the store in its own order
+    rows = rows[order]
+    names = ["flux", "ivar", "mask", "norm"] + (["dimming"] if "dimming" in noisy else [])
+    ds = noisy[names].isel(galaxy=at[rows]).compute()
+    dim = ds["dimming"].values if "dimming" in ds else 1.0
+    part = truth.iloc[rows]
+    true = {k: part[f"true_{k}_flux"].to_numpy(float) * dim for k in keys}
+    return snr_bound(ds, true, part["true_sigma_gas"].to_numpy(float))
+
+
 def table6(scores) -> pd.DataFrame:
     """The scores as the run's Table 6 CSV: one row per (case, line), scatter in dex."""
     from ..lines import all_lines

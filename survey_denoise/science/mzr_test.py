@@ -74,13 +74,20 @@ class MZRTest:
     binned : dict of str to DataFrame
         Per case, :func:`~survey_denoise.science.mzr.binned_mzr` of the measured galaxies.
     settings : dict
-        Calibration, S/N cut, reference MZR, column names.
+        Calibration, S/N cut, reference MZR, column names; with a bound,
+        ``n_bound_line`` and ``n_bound_tied``: galaxies whose Hα S/N
+        bound exceeds the cut.
+    bound : DataFrame, optional
+        Per galaxy of the sample, the highest Hα S/N the noisy spectra
+        allow (:func:`~survey_denoise.science.bound.snr_bound`):
+        ``galaxy``, ``snr_line``, ``snr_tied``.
     """
 
     galaxies: dict[str, pd.DataFrame]
     summary: pd.DataFrame
     binned: dict[str, pd.DataFrame]
     settings: dict = field(default_factory=dict)
+    bound: pd.DataFrame | None = None
 
     def comparison(self) -> pd.DataFrame:
         """Paper vs ours: scatter and measurable fraction per case."""
@@ -105,7 +112,8 @@ class MZRTest:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``summary.csv``, ``comparison.csv``, ``binned_<case>.csv``,
-        ``galaxies_<case>.parquet`` and ``settings.json`` into ``directory``."""
+        ``galaxies_<case>.parquet``, ``settings.json`` and (with a bound)
+        ``bound.parquet`` into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.summary.to_csv(d / "summary.csv")
@@ -115,6 +123,8 @@ class MZRTest:
         for case, tab in self.galaxies.items():
             tab.to_parquet(d / f"galaxies_{case}.parquet", index=False)
         (d / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
+        if self.bound is not None:
+            self.bound.to_parquet(d / "bound.parquet", index=False)
         return d
 
     @classmethod
@@ -129,7 +139,8 @@ class MZRTest:
                     if (d / f"galaxies_{c}.parquet").exists()}
         binned = {c: pd.read_csv(d / f"binned_{c}.csv") for c in cases if (d / f"binned_{c}.csv").exists()}
         settings = json.loads((d / "settings.json").read_text()) if (d / "settings.json").exists() else {}
-        return cls(galaxies=galaxies, summary=summary, binned=binned, settings=settings)
+        bound = pd.read_parquet(d / "bound.parquet") if (d / "bound.parquet").exists() else None
+        return cls(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound)
 
 
 def _join(cat: pd.DataFrame, truth: pd.DataFrame, case: str) -> pd.DataFrame:
@@ -155,6 +166,7 @@ def mzr_test(
     sfr_column: str | None = None,
     sfr_is_log: bool | None = None,
     noisy_case: str | None = "desi",
+    bound: pd.DataFrame | None = None,
 ) -> MZRTest:
     """Run the three-way MZR test on line catalogues of the same galaxies.
 
@@ -182,6 +194,10 @@ def mzr_test(
         The case measured on the noisy spectra without de-noising (default
         ``"desi"``; ignored when not among ``catalogues``): its measurable count
         is recorded as ``settings["n_measurable_noisy"]``.
+    bound : DataFrame, optional
+        :func:`~survey_denoise.science.bound.snr_bound` of the noisy
+        spectra (``galaxy``, ``snr_line``, ``snr_tied``): how many of the
+        sample could reach the Hα cut at all, whatever de-noised them.
 
     Returns
     -------
@@ -266,7 +282,11 @@ def mzr_test(
                 "mass_column": mass_column, "sfr_column": sfr_column, "cases": list(catalogues),
                 "n_common": n_common, "noisy_case": noisy,
                 "n_measurable_noisy": int(rows[noisy]["n_measured"]) if noisy else None}
-    return MZRTest(galaxies=galaxies, summary=summary, binned=binned, settings=settings)
+    if bound is not None:
+        bound = _join(bound, truth, "bound")[["galaxy", "snr_line", "snr_tied"]]
+        for col in ("line", "tied"):
+            settings[f"n_bound_{col}"] = int(np.sum(bound[f"snr_{col}"].to_numpy(float) > min_halpha_snr))
+    return MZRTest(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound)
 
 
 def _on_common(g: pd.DataFrame, logmass: np.ndarray, common: np.ndarray, reference: ReferenceMZR,
@@ -302,4 +322,11 @@ def format_comparison(result: MZRTest) -> str:
         total = int(result.summary.loc[noisy, "n_total"])
         lines.append(f"measurable from the {LABELS.get(noisy, noisy)} spectra alone (no de-noising): "
                      f"{result.settings['n_measurable_noisy']} of {total}")
+    if result.settings.get("n_bound_tied") is not None:
+        total = int(result.summary["n_total"].iloc[0])
+        cut = result.settings["min_halpha_snr"]
+        lines.append(f"at most {result.settings['n_bound_line']} of {total} can reach Hα S/N > {cut:g} "
+                     f"from the noisy spectra's noise, {result.settings['n_bound_tied']} with every "
+                     "line ratio known (Cramér-Rao bound at the true fluxes); a de-noiser that "
+                     "passes more takes the rest from its prior")
     return "\n".join(lines)
