@@ -27,9 +27,12 @@ def truth_table(ds: xr.Dataset) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``galaxy``, ``z``, ``class`` (name) and every ``true_*`` variable.
+        Columns ``galaxy``, ``z``, ``class`` (name) and every ``true_*``
+        variable, in name order: the order of variables read back from Zarr
+        is not stable, and a table must not depend on how its store was
+        opened (a resumed run writes the same table as an uninterrupted one).
     """
-    names = [v for v in ds.data_vars if str(v).startswith("true_")]
+    names = sorted(str(v) for v in ds.data_vars if str(v).startswith("true_"))
     if not names:
         raise ValueError("dataset holds no true_* variables: not a mock survey")
     sub = ds[["z", *names]].compute()
