@@ -24,7 +24,9 @@ Output, per galaxy:
   decodes squared; rescaled with the flux.  ``ivar = 0`` where the input
   pixel was missing (see ``extrapolated``).  The rule is recorded in ``attrs["denoise_ivar"]``,
   and the correlation of pixel errors at lags 1-4 (measured on held-out
-  galaxies) in ``attrs["denoise_pixel_correlation"]``;
+  galaxies) in ``attrs["denoise_pixel_correlation"]``, and the factor per
+  line that held-out galaxies put on the fast fitter's line errors in
+  ``attrs["denoise_line_error_scale"]``;
 * ``extrapolated`` (bool, per galaxy and pixel): the input did not have
   the pixel (masked, ``ivar <= 0`` or a non-finite flux: outside the
   observed coverage, or a bad pixel), so the de-noised flux there is the
@@ -245,4 +247,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     # Pixel errors of a decoded spectrum are correlated; the line fitter reads this.
     if "pixel_correlation" in unc:
         out.attrs["denoise_pixel_correlation"] = [float(r) for r in unc["pixel_correlation"]]
+    # and the factor per line that its held-out galaxies put on those line errors
+    if "line_error_scale" in unc:
+        out.attrs["denoise_line_error_scale"] = {k: float(v) for k, v in unc["line_error_scale"].items()}
     return out

@@ -120,6 +120,26 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     from survey_denoise.fitting import fit_lines
 
     assert fit_lines(out).attrs["flux_err_rule"].startswith("pixel errors correlated, by lag")
+    # Each line's formal error is multiplied by the factor the held-out galaxies set for it.
+    scale = out.attrs["denoise_line_error_scale"]
+    assert scale == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_scale"]
+    assert set(scale) >= {"halpha", "hbeta", "oiii_5007"} and all(v > 0 for v in scale.values())
+    with dask.config.set(scheduler="synchronous"):
+        fitted = fit_lines(out).compute()
+        plain = out.copy()
+        plain.attrs = {k: v for k, v in out.attrs.items() if k != "denoise_line_error_scale"}
+        unscaled = fit_lines(plain).compute()
+        pca_like = out.copy()
+        pca_like.attrs = {**out.attrs, "denoise_line_error_scale": {"halpha": -1.0}}
+        with pytest.raises(ValueError, match="must be positive"):
+            fit_lines(pca_like)
+    assert "held-out factor per line" in fitted.attrs["flux_err_rule"]
+    for key in ("halpha", "hbeta"):
+        a, b = fitted[f"{key}_flux_err_stat"].values, unscaled[f"{key}_flux_err_stat"].values
+        ok = np.isfinite(a) & np.isfinite(b)
+        assert ok.sum() > 100
+        np.testing.assert_allclose(a[ok], scale[key] * b[ok], rtol=1e-5)
+        np.testing.assert_array_equal(fitted[f"{key}_flux"].values, unscaled[f"{key}_flux"].values)
     card = json.loads((folder / "card.json").read_text())
     del card["uncertainty"]
     (folder / "card.json").write_text(json.dumps(card))
@@ -167,3 +187,32 @@ def test_callback_puts_back_the_best_epochs_weights():
         cb.on_epoch_end(epoch, {"val_loss": loss})
     cb.on_train_end()
     assert cb.best_epoch == 1 and float(model.layers[0].kernel.numpy()[0, 0]) == seen[1]
+
+
+def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
+    """De-noised pixels with errors declared 2x too wide: the held-out factor brings lines back."""
+    from survey_denoise.fitting.fast import gaussian_profile
+    from survey_denoise.grid import GRID
+    from survey_denoise.lines import wavelength
+    from survey_denoise.models.base import line_error_scales
+
+    n, rng = 600, np.random.default_rng(5)
+    lines = {"halpha": 3.0, "hbeta": 1.0, "oiii_5007": 1.5, "nii_6583": 1.0}
+    amp = rng.uniform(0.2, 2.0, n)
+    true = np.ones((n, GRID.npix))
+    for key, flux in lines.items():
+        true += (amp * flux)[:, None] * gaussian_profile(GRID.edges, wavelength(key), 100.0)[None, :]
+    var_true, t = np.full(true.shape, 0.02**2), np.full(true.shape, 0.01**2)
+    held = {"denoised": true + np.sqrt(var_true) * rng.standard_normal(true.shape),
+            "target": true + np.sqrt(t) * rng.standard_normal(true.shape),
+            "target_var": t, "var": 4.0 * var_true, "good": np.ones(true.shape, bool)}
+    out = line_error_scales(held, [], GRID)
+    # The same pixels with their errors stated right.  Its factors need not be 1: a
+    # line's fitted flux also moves with the fitted width, which the formal error omits.
+    right = line_error_scales({**held, "var": var_true}, [], GRID)
+    for key in lines:
+        assert out[key]["n"] > 500 and not out[key]["at_bound"]
+        assert 0.8 < right[key]["scale"] < 1.6, (key, right[key])
+        assert out[key]["scale"] == pytest.approx(0.5 * right[key]["scale"], rel=0.12), (key, out[key])
+    # a line absent from every spectrum (both fits 0 or NaN) keeps 1
+    assert out["oiii_4363"]["scale"] == 1.0 or out["oiii_4363"]["n"] >= 30

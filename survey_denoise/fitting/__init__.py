@@ -22,8 +22,13 @@ fitter then uses the correlation of pixel errors by lag that the de-noiser
 measured on held-out galaxies (``attrs["denoise_pixel_correlation"]`` of
 the de-noised store; :data:`DENOISED_CORRELATION`, fully correlated over a
 line, when a de-noised store does not record it; see
-:func:`.fast.fit_batch`), recorded in ``attrs["flux_err_rule"]``.  pPXF
-treats pixels as independent.
+:func:`.fast.fit_batch`), and multiplies each line's formal error by the
+factor the de-noiser's held-out galaxies set for that line
+(``attrs["denoise_line_error_scale"]``,
+:func:`survey_denoise.models.base.line_error_scales`; 1 where none is
+recorded), both recorded in ``attrs["flux_err_rule"]``.  pPXF treats
+pixels as independent and applies no factor: the factors were measured
+with the fast fitter.
 
 Each line's ``<key>_flux_err`` is the fitter's formal error with the
 method's systematic errors added in quadrature (continuum mismatch under
@@ -119,11 +124,14 @@ METHODS = tuple(FITTERS)
 
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
-           correlation: tuple[float, ...] = ()) -> xr.Dataset:
+           correlation: tuple[float, ...] = (), line_scale: tuple[tuple[str, float], ...] = ()) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
                           templates=templates)
+    for key, factor in line_scale:
+        if key in fit["flux_err"]:
+            fit["flux_err"][key] = fit["flux_err"][key] * factor
     fit = systematics.apply(fit, grid.wavelength, flux, good, method)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
@@ -131,6 +139,17 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
         covered &= from_bits(ds["lines_covered"].values)
     return catalogue.from_fit(ds["galaxy"].values, ds["z"].values, ds["norm"].values,
                               ds["flags"].values, fit, method, covered=covered)
+
+
+def _line_scale(attrs: dict) -> tuple[tuple[str, float], ...]:
+    """The de-noiser's factors on line errors, as sorted (key, factor) pairs (none: ())."""
+    scale = attrs.get("denoise_line_error_scale") or {}
+    if isinstance(scale, str):
+        scale = json.loads(scale)
+    bad = {k: v for k, v in scale.items() if not (np.isfinite(float(v)) and float(v) > 0)}
+    if bad:
+        raise ValueError(f"de-noised store's line-error factors must be positive, got {bad}")
+    return tuple(sorted((str(k), float(v)) for k, v in scale.items()))
 
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
@@ -191,6 +210,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                            noise_source=source, denoised_noise=noise if denoised else None)
     attrs["flux_err_rule"] = ("pixel errors correlated, by lag " + ", ".join(f"{r:.3g}" for r in correlation)
                               if correlation and method == "fast" else "pixel errors independent")
+    line_scale = _line_scale(ds.attrs) if denoised and method == "fast" else ()
+    if line_scale:
+        attrs["flux_err_rule"] += "; x the de-noiser's held-out factor per line (" + ", ".join(
+            f"{k} {v:.3g}" for k, v in line_scale) + ")"
     attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
@@ -198,7 +221,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     if denoised:
         attrs["denoised_noise"] = noise
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation)
+            correlation, line_scale)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:
