@@ -214,5 +214,11 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
         assert out[key]["n"] > 500 and not out[key]["at_bound"]
         assert 0.8 < right[key]["scale"] < 1.6, (key, right[key])
         assert out[key]["scale"] == pytest.approx(0.5 * right[key]["scale"], rel=0.12), (key, out[key])
-    # a line absent from every spectrum (both fits 0 or NaN) keeps 1
-    assert out["oiii_4363"]["scale"] == 1.0 or out["oiii_4363"]["n"] >= 30
+    # a line absent from every spectrum (both fits 0, or too few galaxies) keeps 1
+    assert out["oiii_4363"]["scale"] == 1.0 and not out["oiii_4363"]["identified"]
+    # Targets ten times noisier than the de-noised error: their noise alone covers the
+    # differences, so no factor can be told from them, and none is applied.
+    noisy_targets = {**held, "target": true + 0.2 * rng.standard_normal(true.shape),
+                     "target_var": np.full(true.shape, 0.2**2)}
+    kept = line_error_scales(noisy_targets, [], GRID)
+    assert all(kept[k]["scale"] == 1.0 and not kept[k]["identified"] for k in lines)

@@ -69,6 +69,14 @@ ONE_SIGMA = 0.6827
 CORRELATION_WINDOW = 5
 """Lags 1 ... 4 of the pixel-error correlation are measured (a line and its wings; ~276 km/s a pixel)."""
 
+DETECTED = 3.0
+"""Target S/N above which a held-out line calibrates its errors (below it the non-negative
+fits clip both fluxes at 0, and the differences of clipped fluxes understate the error)."""
+
+MIN_ERROR_RATIO = 0.5
+"""Median de-noised / target line error below which the targets cannot calibrate a line:
+at 0.5 the de-noised error adds only 12 % to the combined one."""
+
 MIN_LINE_ROWS = 30
 """Held-out galaxies with a line (in either fit) needed to calibrate that line's errors."""
 
@@ -185,16 +193,23 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     correlation, and the targets with their own variance.  For each line
     the scale ``s`` is set so that 68.27 % of ``|F_den - F_target|`` lie
     within ``sqrt((s sigma_den)^2 + sigma_target^2)``: the target's own
-    noise is allowed for, as in the pixel calibration.  Galaxies where
-    both fits give 0 (the line absent, or clipped by the non-negative
-    fit) say nothing about the error and are left out; a line with fewer
-    than :data:`MIN_LINE_ROWS` others keeps 1.  ``s`` is bounded to
+    noise is allowed for, as in the pixel calibration.  Only galaxies
+    whose target detects the line (S/N > :data:`DETECTED`) are used: the
+    fits keep fluxes non-negative, and differences of fluxes clipped at 0
+    understate the error (on pure noise, by a factor ~2.5), so a line's
+    faint cases get the factor of its detected ones.  A line with fewer
+    than :data:`MIN_LINE_ROWS` such galaxies keeps 1, and so does a line whose
+    differences the target's noise alone covers 68.27 % of the time, or
+    whose de-noised errors are a median below :data:`MIN_ERROR_RATIO` of
+    the target's (noisy targets: the de-noised error cannot be told from
+    them, and shrinking it would be a guess).  ``s`` is bounded to
     [1/20, 20] (``at_bound`` says when it reached one).
 
     Returns
     -------
     dict
-        ``{key: {"scale": s, "n": galaxies used, "at_bound": bool}}``.
+        ``{key: {"scale": s, "n": galaxies used, "at_bound": bool,
+        "identified": False where the factor was kept at 1}}``.
     """
     from .. import lines
     from ..fitting import fast
@@ -210,11 +225,17 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
         fd, ed = den["flux"][key], den["flux_err"][key]
         fc, ec = tgt["flux"][key], tgt["flux_err"][key]
         use = (np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0)
-               & ((fd > 0) | (fc > 0)))
+               & (fc > DETECTED * ec))
         if use.sum() < MIN_LINE_ROWS:
-            out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False}
+            out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
             continue
         gap, ed, ec = np.abs(fd - fc)[use], ed[use], ec[use]
+        if np.mean(gap <= ec) >= ONE_SIGMA or np.median(ed / ec) < MIN_ERROR_RATIO:
+            # The target's own noise covers the differences, or so dominates them that
+            # the de-noised error moves the combined one by little: it cannot be told
+            # from these targets, so it is kept.
+            out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
+            continue
         lo, hi = np.log(1 / 20), np.log(20.0)
         a, b = lo, hi
         for _ in range(50):
@@ -225,7 +246,7 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
                 b = mid
         at = 0.5 * (a + b)
         out[key] = {"scale": float(np.exp(at)), "n": int(use.sum()),
-                    "at_bound": bool(min(at - lo, hi - at) < 1e-6)}
+                    "at_bound": bool(min(at - lo, hi - at) < 1e-6), "identified": True}
     return out
 
 
@@ -340,6 +361,7 @@ class Denoiser(abc.ABC):
                 "rule": "fast fitter, held-out galaxies: 68.27 % of |F_den - F_target| within "
                         "sqrt((s sigma_den)^2 + sigma_target^2)",
                 "n": {k: v["n"] for k, v in lines_cal.items()},
+                "not_identified": sorted(k for k, v in lines_cal.items() if not v["identified"]),
                 "at_bound": sorted(k for k, v in lines_cal.items() if v["at_bound"])},
             "rows": "validation" if parts.validation.size else "training (no validation split)",
             "n_galaxy": resid["n_galaxy"],
