@@ -108,6 +108,16 @@ def rescaled(cat: pd.DataFrame, factor: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def trained(model, noisy, clean, folder: Path) -> tuple[Path, dict]:
+    """Fit ``model`` on (noisy, clean) and save it; its folder and training facts for the JSON."""
+    t1 = time.perf_counter()
+    model.fit(noisy, clean)
+    path = model.save(folder)
+    return path, {"seconds": time.perf_counter() - t1, "epochs_run": model.epochs_run_,
+                  "best_epoch": model.best_epoch_, "val_mse": model.card_["metrics"]["val_mse"],
+                  "variance_scale": model.card_["uncertainty"]["variance_scale"]}
+
+
 def score(cats: dict, original: pd.DataFrame, truth: pd.DataFrame) -> dict:
     truth = truth.rename(columns={f"{k}_flux": f"true_{k}_flux" for k in LINES})
     s = score_catalogues(cats, original, truth, noisy="desi-like", keys=LINES).summary
@@ -156,13 +166,9 @@ def main() -> None:
             cond, cov = VARIANTS[name]
             model = VAEDenoiser(args.latent, conditioning=cond, coverage=cov, epochs=args.epochs,
                                 seed=args.seed)
-            t1 = time.perf_counter()
-            model.fit(noisy.isel(galaxy=train), clean.isel(galaxy=train))
-            folder = model.save(Path(workdir) / name)
-            models[name] = {"conditioning": cond, "coverage": cov, "seconds": time.perf_counter() - t1,
-                            "epochs_run": model.epochs_run_, "best_epoch": model.best_epoch_,
-                            "val_mse": model.card_["metrics"]["val_mse"],
-                            "variance_scale": model.card_["uncertainty"]["variance_scale"]}
+            folder, facts = trained(model, noisy.isel(galaxy=train), clean.isel(galaxy=train),
+                                    Path(workdir) / name)
+            models[name] = {"conditioning": cond, "coverage": cov, **facts}
             print(f"{name}: trained in {models[name]['seconds']:.0f} s", flush=True)
             for case, ds in inputs.items():
                 den = denoise(ds, folder).compute()

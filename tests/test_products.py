@@ -44,3 +44,23 @@ def test_small_or_unchunked_stores_keep_every_candidate():
     eager = _store(300, 100).compute()
     pos = products.test_positions(eager, None, 100)
     assert pos.size == 100 and pos[0] == 0 and pos[-1] == 299
+
+
+def test_the_noise_bound_is_read_a_part_at_a_time_in_the_truths_order(monkeypatch):
+    import dask
+    import pandas as pd
+
+    from survey_denoise.mock import MockConfig, generate, truth_table
+    from survey_denoise.noise import DesiNoise, degrade
+
+    raw = generate(np.arange(30), MockConfig(seed=3, rest=True), chunk_size=10)
+    with dask.config.set(scheduler="synchronous"):
+        noisy = degrade(raw, DesiNoise(exptime=180), seed=1, z_target=0.1).persist()
+        truth = truth_table(raw).sample(frac=1.0, random_state=2).iloc[:25]  # shuffled, 5 absent
+        whole = products.noise_bound(noisy, truth)
+        monkeypatch.setattr(products, "BOUND_ROWS", 7)
+        parts = products.noise_bound(noisy, truth)
+    pd.testing.assert_frame_equal(parts, whole)
+    assert sorted(whole["galaxy"].astype(str)) == sorted(truth["galaxy"].astype(str))
+    assert whole["snr_line"].notna().sum() > 15
+    assert products.noise_bound(noisy, truth.drop(columns="true_sigma_gas")) is None
