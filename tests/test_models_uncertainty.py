@@ -134,11 +134,32 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
         with pytest.raises(ValueError, match="must be positive"):
             fit_lines(pca_like)
     assert "held-out factor per line" in fitted.attrs["flux_err_rule"]
+    # The rule itself: a factor above 1 widens every error; below 1 only detected lines'.
+    # Errors of this toy's lines span S/N 3 once each galaxy's ivar is cut by up to 10^6.
+    cut = np.logspace(0, 6, out.sizes["galaxy"])[:, None].astype(np.float32)
+    faded = out.assign(ivar=out["ivar"] / cut)
+    faded.attrs = {k: v for k, v in out.attrs.items() if k != "denoise_line_error_scale"}
+    halves = faded.copy()
+    halves.attrs = {**faded.attrs, "denoise_line_error_scale": {"halpha": 0.5, "hbeta": 2.0}}
+    with dask.config.set(scheduler="synchronous"):
+        base, ruled = fit_lines(faded).compute(), fit_lines(halves).compute()
+    e = base["halpha_flux_err_stat"].values
+    got = ruled["halpha_flux_err_stat"].values
+    snr = base["halpha_flux"].values / e
+    det, faint = snr >= 3, snr < 3
+    assert det.sum() > 10 and faint.sum() > 10
+    np.testing.assert_allclose(got[det], 0.5 * e[det], rtol=1e-5)
+    np.testing.assert_allclose(got[faint], e[faint], rtol=1e-5)
+    np.testing.assert_allclose(ruled["hbeta_flux_err_stat"].values, 2 * base["hbeta_flux_err_stat"].values,
+                               rtol=1e-5)
     for key in ("halpha", "hbeta"):
         a, b = fitted[f"{key}_flux_err_stat"].values, unscaled[f"{key}_flux_err_stat"].values
         ok = np.isfinite(a) & np.isfinite(b)
         assert ok.sum() > 100
-        np.testing.assert_allclose(a[ok], scale[key] * b[ok], rtol=1e-5)
+        # a factor below 1 only where the line is detected: it was measured on detected lines
+        flux = unscaled[f"{key}_flux"].values[ok]
+        keep = (scale[key] < 1) & ~(flux / b[ok] >= 3)
+        np.testing.assert_allclose(a[ok], np.where(keep, 1.0, scale[key]) * b[ok], rtol=1e-5)
         np.testing.assert_array_equal(fitted[f"{key}_flux"].values, unscaled[f"{key}_flux"].values)
     card = json.loads((folder / "card.json").read_text())
     del card["uncertainty"]

@@ -26,9 +26,11 @@ line, when a de-noised store does not record it; see
 factor the de-noiser's held-out galaxies set for that line
 (``attrs["denoise_line_error_scale"]``,
 :func:`survey_denoise.models.base.line_error_scales`; 1 where none is
-recorded), both recorded in ``attrs["flux_err_rule"]``.  pPXF treats
-pixels as independent and applies no factor: the factors were measured
-with the fast fitter.
+recorded; a factor below 1 only where the line is detected, S/N >=
+:data:`DETECTED_SNR`, since it was measured on detected lines), both
+recorded in ``attrs["flux_err_rule"]``.  pPXF treats pixels as
+independent and applies no factor: the factors were measured with the
+fast fitter.
 
 Each line's ``<key>_flux_err`` is the fitter's formal error with the
 method's systematic errors added in quadrature (continuum mismatch under
@@ -59,6 +61,9 @@ from . import catalogue, systematics
 
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
+DETECTED_SNR = 3.0
+"""S/N above which a line counts as detected (the de-noiser's line-error factors are measured,
+and shrink errors, only on detected lines; the painted-line rate counts detections)."""
 DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
 """Pixel-error correlation at lags 1-4 assumed for a de-noised store that records none (the bound)."""
 VELSCALE_RATIO = 2
@@ -131,7 +136,14 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                           templates=templates)
     for key, factor in line_scale:
         if key in fit["flux_err"]:
-            fit["flux_err"][key] = fit["flux_err"][key] * factor
+            err = fit["flux_err"][key]
+            scaled = np.full(err.shape, factor)
+            if factor < 1:
+                # Measured on detected lines only: a faint line keeps its wider error,
+                # and is not made a detection by the factor.
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    scaled[~(fit["flux"][key] / err >= DETECTED_SNR)] = 1.0
+            fit["flux_err"][key] = err * scaled
     fit = systematics.apply(fit, grid.wavelength, flux, good, method)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
@@ -212,7 +224,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                               if correlation and method == "fast" else "pixel errors independent")
     line_scale = _line_scale(ds.attrs) if denoised and method == "fast" else ()
     if line_scale:
-        attrs["flux_err_rule"] += "; x the de-noiser's held-out factor per line (" + ", ".join(
+        attrs["flux_err_rule"] += "; x the de-noiser's held-out factor per line, below 1 only at S/N >= 3 (" + ", ".join(
             f"{k} {v:.3g}" for k, v in line_scale) + ")"
     attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
                                      else "none (formal errors only)")

@@ -69,10 +69,6 @@ ONE_SIGMA = 0.6827
 CORRELATION_WINDOW = 5
 """Lags 1 ... 4 of the pixel-error correlation are measured (a line and its wings; ~276 km/s a pixel)."""
 
-DETECTED = 3.0
-"""Target S/N above which a held-out line calibrates its errors (below it the non-negative
-fits clip both fluxes at 0, and the differences of clipped fluxes understate the error)."""
-
 MIN_ERROR_RATIO = 0.5
 """Median de-noised / target line error below which the targets cannot calibrate a line:
 at 0.5 the de-noised error adds only 12 % to the combined one."""
@@ -194,10 +190,10 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     the scale ``s`` is set so that 68.27 % of ``|F_den - F_target|`` lie
     within ``sqrt((s sigma_den)^2 + sigma_target^2)``: the target's own
     noise is allowed for, as in the pixel calibration.  Only galaxies
-    whose target detects the line (S/N > :data:`DETECTED`) are used: the
+    whose target detects the line (S/N > ``fitting.DETECTED_SNR``) are used: the
     fits keep fluxes non-negative, and differences of fluxes clipped at 0
-    understate the error (on pure noise, by a factor ~2.5), so a line's
-    faint cases get the factor of its detected ones.  A line with fewer
+    understate the error (on pure noise, by a factor ~2.5); the fitter
+    therefore applies a factor below 1 to detected lines only.  A line with fewer
     than :data:`MIN_LINE_ROWS` such galaxies keeps 1, and so does a line whose
     differences the target's noise alone covers 68.27 % of the time, or
     whose de-noised errors are a median below :data:`MIN_ERROR_RATIO` of
@@ -212,7 +208,7 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
         "identified": False where the factor was kept at 1}}``.
     """
     from .. import lines
-    from ..fitting import fast
+    from ..fitting import DETECTED_SNR, fast
 
     good = held["good"]
     with np.errstate(divide="ignore"):
@@ -225,7 +221,7 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
         fd, ed = den["flux"][key], den["flux_err"][key]
         fc, ec = tgt["flux"][key], tgt["flux_err"][key]
         use = (np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0)
-               & (fc > DETECTED * ec))
+               & (fc > DETECTED_SNR * ec))
         if use.sum() < MIN_LINE_ROWS:
             out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
             continue

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from .. import lines
+from ..fitting import DETECTED_SNR
 from ..fitting.catalogue import not_covered
 
 TABLE6_LINES = ("halpha", "hdelta", "oiii_4363", "sii_6716", "oiii_5007", "nii_6583")
@@ -65,7 +66,7 @@ N_BINS = 10
 """Bins in the reference flux (the paper's choice)."""
 LIMIT_SIGMA = 1.0
 """An upper limit sits at this many times the line's flux error (see the module docstring)."""
-DETECTION_SNR = 3.0
+DETECTION_SNR = DETECTED_SNR
 """S/N above which a line counts as detected, and the detection floor in units of the noisy error."""
 
 _BIN_COLUMNS = ["lo", "hi", "centre", "count", "n_upper", "filled", "p16", "p50", "p84", "d16", "d50", "d84"]
