@@ -6,8 +6,10 @@ original spectra, the same made DESI-like at z = 0.1, and those de-noised by a
 the science stage writes the full MZR-test results of the galaxies held out of
 the VAE's training to ``RUN/science/mzr_test/``; this prints the
 paper-vs-ours table (each case on its own measurable galaxies, then every
-case on the galaxies measurable in all of them, and how many the DESI-like
-spectra alone make measurable) and writes ``RUN/report.html``.
+case on the galaxies measurable in all of them, how many the DESI-like
+spectra alone make measurable, and how many their noise lets reach the Hα
+cut at all: a Cramér-Rao bound, :mod:`survey_denoise.science.bound`) and
+writes ``RUN/report.html``.
 
     python pipelines/mzr_test.py                       # paper scale
     python pipelines/mzr_test.py --n 1000 --out runs/mzr_small
