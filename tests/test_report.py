@@ -42,7 +42,9 @@ def make_run(d: Path, *, with_mzr: bool = True) -> Path:
     truth.to_parquet(d / "truth.parquet")
     rec.add_output("table", "truth.parquet", "mock", name="truth")
     if with_mzr:
-        mzr_test(cats, truth).save(d / "science" / "mzr_test")
+        snr = np.linspace(0, 30, len(truth))  # a noise bound: half the sample above 15
+        bound = pd.DataFrame({"galaxy": truth["galaxy"], "snr_line": snr, "snr_tied": snr * 1.05})
+        mzr_test(cats, truth, bound=bound).save(d / "science" / "mzr_test")
         rec.add_output("table", "science/mzr_test", "science", name="mzr_test")
     scores = products.scores(frames, truth, None)
     products.table6(scores).to_csv(d / "table6.csv", index=False)
@@ -90,6 +92,9 @@ def test_full_report(tmp_path):
     assert 'class="missing"' not in html and "not made by this run" not in html
     assert "mzr-test-small" in html and "Stages" in html and "last run: cluster" in html
     assert "Package versions" in html and "Outputs of the run" in html
+    # how many the noisy spectra make measurable, and at most could
+    assert "Measurable from the DESI-like, z = 0.1 spectra alone" in html
+    assert "At most 400 of 800 can reach Hα S/N &gt; 15" in html.replace("S/N > 15", "S/N &gt; 15")
     comp = pd.read_csv(files / "table_mzr_comparison.csv", index_col=0)
     assert comp.loc["original", "paper_scatter_dex"] == 0.09
     t6 = pd.read_csv(files / "table6_line_scatter.csv")

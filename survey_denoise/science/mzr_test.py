@@ -317,16 +317,22 @@ def format_comparison(result: MZRTest) -> str:
         n_common = int(tab["ours_n_common"].iloc[0])
         same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
         lines.append(f"on the same {n_common} galaxies (measurable in every case), scatter (dex): {same}")
+    return "\n".join(lines + reach(result))
+
+
+def reach(result: MZRTest) -> list[str]:
+    """Sentences on how many galaxies the noisy spectra make measurable, and at most could."""
+    out = []
     noisy = result.settings.get("noisy_case")
     if noisy and result.settings.get("n_measurable_noisy") is not None and noisy in result.summary.index:
         total = int(result.summary.loc[noisy, "n_total"])
-        lines.append(f"measurable from the {LABELS.get(noisy, noisy)} spectra alone (no de-noising): "
-                     f"{result.settings['n_measurable_noisy']} of {total}")
+        out.append(f"measurable from the {LABELS.get(noisy, noisy)} spectra alone (no de-noising): "
+                   f"{result.settings['n_measurable_noisy']} of {total}")
     if result.settings.get("n_bound_tied") is not None:
         total = int(result.summary["n_total"].iloc[0])
         cut = result.settings["min_halpha_snr"]
-        lines.append(f"at most {result.settings['n_bound_line']} of {total} can reach Hα S/N > {cut:g} "
-                     f"from the noisy spectra's noise, {result.settings['n_bound_tied']} with every "
-                     "line ratio known (Cramér-Rao bound at the true fluxes); a de-noiser that "
-                     "passes more takes the rest from its prior")
-    return "\n".join(lines)
+        out.append(f"at most {result.settings['n_bound_line']} of {total} can reach Hα S/N > {cut:g} "
+                   f"from the noisy spectra's noise, {result.settings['n_bound_tied']} with every "
+                   "line ratio known (Cramér-Rao bound at the true fluxes); a de-noiser that "
+                   "passes more takes the rest from its prior")
+    return out
