@@ -46,15 +46,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from conditioning import LINES, errors, rescaled, score, trained  # noqa: E402
 
-from survey_denoise import lines, noise  # noqa: E402
+from survey_denoise import noise  # noqa: E402
 from survey_denoise.fitting import fit_lines  # noqa: E402
 from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
-from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
+from survey_denoise.mock import MockConfig, generate, select, truth_table  # noqa: E402
 from survey_denoise.mock.priors import default_priors  # noqa: E402
 from survey_denoise.models import VAEDenoiser  # noqa: E402
+from survey_denoise.pipeline.products import noise_bound  # noqa: E402
 from survey_denoise.preprocess import preprocess  # noqa: E402
-from survey_denoise.science.bound import snr_bound  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SNR_CUT = 15.0
@@ -66,10 +66,7 @@ def epochs_for(n: int, budget: int, lo: int, hi: int) -> int:
 
 def bound_shares(test_noisy, test_clean, prior_dex: float) -> dict:
     """Share of test galaxies whose Hα S/N bound exceeds the cut, per bound."""
-    dim = test_noisy["dimming"].values
-    keys = [k for k in lines.catalogue_keys() if f"true_{k}_flux" in test_clean]
-    true = {k: test_clean[f"true_{k}_flux"].values * dim for k in keys}
-    b = snr_bound(test_noisy, true, test_clean["true_sigma_gas"].values, prior_dex=prior_dex)
+    b = noise_bound(test_noisy, truth_table(test_clean), prior_dex=prior_dex)
     out = {}
     for col in ("snr_line", "snr_tied", "snr_tied_prior"):
         v = b[col].to_numpy(float)

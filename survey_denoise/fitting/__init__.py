@@ -224,8 +224,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                               if correlation and method == "fast" else "pixel errors independent")
     line_scale = _line_scale(ds.attrs) if denoised and method == "fast" else ()
     if line_scale:
-        attrs["flux_err_rule"] += "; x the de-noiser's held-out factor per line, below 1 only at S/N >= 3 (" + ", ".join(
-            f"{k} {v:.3g}" for k, v in line_scale) + ")"
+        attrs["flux_err_rule"] += (f"; x the de-noiser's held-out factor per line, below 1 only at "
+                                   f"S/N >= {DETECTED_SNR:g} ("
+                                   + ", ".join(f"{k} {v:.3g}" for k, v in line_scale) + ")")
     attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,

@@ -74,7 +74,7 @@ MIN_ERROR_RATIO = 0.5
 at 0.5 the de-noised error adds only 12 % to the combined one."""
 
 MIN_LINE_ROWS = 30
-"""Held-out galaxies with a line (in either fit) needed to calibrate that line's errors."""
+"""Held-out galaxies whose target detects a line needed to calibrate that line's errors."""
 
 CALIBRATION_ROWS = 5_000
 """Held-out galaxies kept in memory for the calibration (the first ones, if more; ~100 MB)."""
@@ -160,21 +160,24 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     if predicts:
         v = np.concatenate(vv)
         ok = good & np.isfinite(v) & (v > 0)
-        r2o, to, vo = r2[ok], t[ok], v[ok]
-        lo, hi = -12.0, 12.0  # log(scale)
-        for _ in range(50):
-            mid = 0.5 * (lo + hi)
-            if np.mean(r2o <= np.exp(mid) * vo + to) < ONE_SIGMA:
-                lo = mid
-            else:
-                hi = mid
-        scale = float(np.exp(0.5 * (lo + hi)))
-    var = (scale * np.concatenate(vv) if predicts
-           else np.broadcast_to(pixel_var, r2.shape)).astype(np.float32)
+        scale = float(np.exp(_coverage_scale(r2[ok], v[ok], t[ok], (-12.0, 12.0))))
+    var = (scale * v if predicts else np.broadcast_to(pixel_var, r2.shape)).astype(np.float32)
     held = {"denoised": np.concatenate(dd), "target": np.concatenate(yy),
             "target_var": t.astype(np.float32), "var": var, "good": good & (t > 0)}
     return {"pixel_var": pixel_var, "variance_scale": scale, "pixel_correlation": rho,
             "n_galaxy": int(n), "held_out": held}
+
+
+def _coverage_scale(sq: np.ndarray, var: np.ndarray, floor: np.ndarray, bounds: tuple[float, float]) -> float:
+    """log s with which ONE_SIGMA of ``sq <= s var + floor`` hold, by bisection within ``bounds`` (log s)."""
+    lo, hi = bounds
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if np.mean(sq <= np.exp(mid) * var + floor) < ONE_SIGMA:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, dict[str, float]]:
@@ -222,27 +225,19 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
         fc, ec = tgt["flux"][key], tgt["flux_err"][key]
         use = (np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0)
                & (fc > DETECTED_SNR * ec))
-        if use.sum() < MIN_LINE_ROWS:
-            out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
-            continue
         gap, ed, ec = np.abs(fd - fc)[use], ed[use], ec[use]
-        if np.mean(gap <= ec) >= ONE_SIGMA or np.median(ed / ec) < MIN_ERROR_RATIO:
-            # The target's own noise covers the differences, or so dominates them that
-            # the de-noised error moves the combined one by little: it cannot be told
-            # from these targets, so it is kept.
+        if (use.sum() < MIN_LINE_ROWS or np.mean(gap <= ec) >= ONE_SIGMA
+                or np.median(ed / ec) < MIN_ERROR_RATIO):
+            # Too few detections, or the target's own noise covers the differences or so
+            # dominates them that the de-noised error moves the combined one by little:
+            # the factor cannot be told from these targets, so it is kept.
             out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
             continue
-        lo, hi = np.log(1 / 20), np.log(20.0)
-        a, b = lo, hi
-        for _ in range(50):
-            mid = 0.5 * (a + b)
-            if np.mean(gap <= np.sqrt(np.exp(2 * mid) * ed**2 + ec**2)) < ONE_SIGMA:
-                a = mid
-            else:
-                b = mid
-        at = 0.5 * (a + b)
-        out[key] = {"scale": float(np.exp(at)), "n": int(use.sum()),
-                    "at_bound": bool(min(at - lo, hi - at) < 1e-6), "identified": True}
+        # On variances: 68.27 % of gap^2 <= s^2 ed^2 + ec^2, s within [1/20, 20].
+        bounds = (2 * np.log(1 / 20), 2 * np.log(20.0))
+        at = _coverage_scale(gap**2, ed**2, ec**2, bounds)
+        out[key] = {"scale": float(np.exp(0.5 * at)), "n": int(use.sum()),
+                    "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6), "identified": True}
     return out
 
 

@@ -334,12 +334,13 @@ def mzr(catalogues: Mapping[str, str | Path], truth: str | Path, galaxies: np.nd
                     sfr_column=sfr, noisy_case=noisy_case, bound=bound)
 
 
-def noise_bound(noisy: xr.Dataset, truth: pd.DataFrame) -> pd.DataFrame | None:
+def noise_bound(noisy: xr.Dataset, truth: pd.DataFrame, prior_dex: float | None = None) -> pd.DataFrame | None:
     """:func:`~survey_denoise.science.bound.snr_bound` of the truth's galaxies in ``noisy``.
 
     The true fluxes are moved to the spectra's units by their ``dimming``
-    (1 without one), and every line with a true flux is tied.  None when
-    the truth lacks Hα's flux or the gas dispersion (``true_sigma_gas``).
+    (1 without one), and every line with a true flux is tied; ``prior_dex``
+    is passed on.  None when the truth lacks Hα's flux or the gas
+    dispersion (``true_sigma_gas``).
     """
     from ..lines import catalogue_keys
     from ..science.bound import snr_bound
@@ -359,7 +360,7 @@ def noise_bound(noisy: xr.Dataset, truth: pd.DataFrame) -> pd.DataFrame | None:
         dim = ds["dimming"].values if "dimming" in ds else 1.0
         part = truth.iloc[sel]
         true = {k: part[f"true_{k}_flux"].to_numpy(float) * dim for k in keys}
-        parts.append(snr_bound(ds, true, part["true_sigma_gas"].to_numpy(float)))
+        parts.append(snr_bound(ds, true, part["true_sigma_gas"].to_numpy(float), prior_dex=prior_dex))
     return pd.concat(parts, ignore_index=True) if parts else None
 
 

@@ -17,10 +17,11 @@ inverse variance ``w``, the Fisher information on the flux ``F`` is
 Two more generous bounds are given:
 
 * **tied**: every line's flux known up to one common factor (all line
-  ratios exact).  The model is ``A * T`` with ``T = sum_i F_i g_i``; the
-  bound on A's S/N is ``sqrt(sum_p w_p T_p**2)``, which carries over to
-  Hα because ``F_Hα = A F_Hα``.  Overlapping lines are counted once; a blend such as [OII]3727 is one
-  Gaussian at its members' mean wavelength (narrower than the doublet).
+  ratios exact).  The model is ``A * T`` with ``T = sum_i F_i g_i`` and
+  ``A = 1`` at the truth; the bound on A's S/N is ``sqrt(sum_p w_p
+  T_p**2)``, and Hα's estimate ``A F_Hα`` has the same S/N.  Overlapping
+  lines are counted once; a blend such as [OII]3727 is one Gaussian at its
+  members' mean wavelength (narrower than the doublet).
 * **tied + prior**: a log-normal prior on the line of width ``prior_dex``
   (what the rest of the spectrum predicts; on the mock, the scatter of the
   10-Myr SFR about the 100-Myr one that shapes the continuum) adds
