@@ -59,7 +59,6 @@ chunk.
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import xarray as xr
@@ -193,6 +192,7 @@ def norm_factor(flux: np.ndarray, good: np.ndarray, method: str) -> np.ndarray:
     """
     if method not in METHODS:
         raise ValueError(f"unknown normalisation {method!r}; use one of {METHODS}")
+    good = good & np.isfinite(flux)
     flux = np.where(good, np.asarray(flux, dtype=np.float64), 0.0)
     if method == "l2":
         k = np.sqrt(np.sum(flux * flux, axis=1))
@@ -201,9 +201,9 @@ def norm_factor(flux: np.ndarray, good: np.ndarray, method: str) -> np.ndarray:
     else:
         k = np.full(flux.shape[0], np.nan)
         some = good.any(axis=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # rows with few good pixels
-            k[some] = np.nanmedian(np.where(good[some], flux[some], np.nan), axis=1)
+        # Only rows with a good pixel: an all-NaN row would warn, and silencing
+        # warnings is not thread-safe under Dask's threaded workers.
+        k[some] = np.nanmedian(np.where(good[some], flux[some], np.nan), axis=1)
     return np.where(good.any(axis=1), k, np.nan)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from astropy.io import fits
 from survey_denoise.cluster import connect
 from survey_denoise.io.desi import read_desi
 from survey_denoise.io.ingest import NothingRead, Skipped, ingest, summarise
+from survey_denoise.io.registry import ReadError, _data_size, read
 from survey_denoise.io.sdss import LOGLAM_STEP, read_sdss
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.schema import validate
@@ -55,6 +58,46 @@ def test_nothing_readable_raises_with_every_file(bad_files):
     with pytest.raises(NothingRead, match="none of the 3 files") as info:
         ingest(list(bad_files.values()), progress=False)
     assert len(info.value.skipped) == 3
+
+
+@pytest.mark.parametrize("source", [NGC3073, COADDS[0]], ids=["sdss", "desi"])
+def test_a_file_cut_anywhere_is_an_error_not_a_warning(tmp_path, source):
+    """Inside a header, inside a data unit, inside the padding: each names the file.
+
+    The suite turns warnings into errors, so an astropy warning fails here too.
+    """
+    data = source.read_bytes()
+    with fits.open(source) as hdul:
+        spans = [(h.fileinfo()["datLoc"], _data_size(h.header)) for h in hdul]
+    start, length = next((loc, n) for loc, n in spans if n % 2880)  # first HDU with padding
+    cuts = {"in a header": spans[1][0] - 100, "in a data unit": start + length // 2,
+            "in the padding": start + length + 1, "one byte short": len(data) - 1}
+    for where, cut in cuts.items():
+        path = tmp_path / f"cut-{cut}.fits"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ReadError, match="truncated") as info:
+            read(path)
+        assert path.name in str(info.value), where
+    with pytest.raises(ReadError, match="not a readable FITS file"):
+        (tmp_path / "text.fits").write_bytes(b"SIMPLE? no. " * 300)
+        read(tmp_path / "text.fits")
+
+
+def test_reading_in_threads_leaves_the_warning_filters_alone(bad_files):
+    """Readers run in worker threads; changing the process-wide filters there races."""
+    before = list(warnings.filters)
+    paths = [bad_files["truncated"], bad_files["foreign"], NGC3073] * 8
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            list(pool.map(_try_read, paths))
+    assert warnings.filters == before
+
+
+def _try_read(path):
+    try:
+        return read(path).sizes["galaxy"]
+    except ReadError:
+        return 0
 
 
 def test_common_wavelength_axis_without_resampling():

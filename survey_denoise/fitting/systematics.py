@@ -41,7 +41,6 @@ at 1 sigma (docs/line_errors.md gives the measured coverage).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -108,9 +107,12 @@ def local_continuum(wavelength: np.ndarray, flux: np.ndarray, good: np.ndarray,
         dv = np.abs(wavelength / lines.wavelength(key) - 1.0) * C_KMS
         band = (dv > INNER_KMS) & (dv < OUTER_KMS)
         if band.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN side bands: NaN, as documented
-                out[:, j] = np.nanmedian(flux[:, band], axis=1)
+            side = flux[:, band]
+            # Rows without a good side-band pixel stay NaN. They are skipped rather
+            # than silenced: warning filters are process-wide, so changing them in
+            # one of Dask's worker threads races with every other thread.
+            some = np.isfinite(side).any(axis=1)
+            out[some, j] = np.nanmedian(side[some], axis=1)
     return out
 
 

@@ -20,7 +20,6 @@ import importlib
 import importlib.metadata
 import pkgutil
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +137,13 @@ def get_reader(name: str) -> Reader:
 def open_fits(path: str | Path) -> Iterator[Any]:
     """Open a FITS file, check that every HDU is complete, and close it afterwards.
 
-    Astropy only warns about a truncated file, and only when the missing data
-    are touched; here a truncation is an error that names the file.  Use as
-    ``with open_fits(path) as hdul:`` and copy the data needed inside the block.
+    Astropy only *warns* about a truncated file or a damaged header, and then
+    reads what it can; here either is an error that names the file.  The
+    structure is checked before astropy sees the file (:func:`_check_structure`)
+    rather than by turning astropy's warnings into errors: warning filters are
+    process-wide, and readers run in Dask's worker threads, where one thread
+    restoring the filters undoes another's.  Use as ``with open_fits(path) as
+    hdul:`` and copy the data needed inside the block.
 
     Yields
     ------
@@ -151,7 +154,7 @@ def open_fits(path: str | Path) -> Iterator[Any]:
     FileNotFoundError
         If ``path`` does not exist.
     ReadError
-        If the file is not FITS, or is truncated.
+        If the file is not FITS, is truncated, or has a damaged header.
     """
     from astropy.io import fits
 
@@ -162,28 +165,79 @@ def open_fits(path: str | Path) -> Iterator[Any]:
         raise ReadError(f"{path}: is a directory, not a FITS file")
     # The file object is ours, so it is closed even when astropy fails half-way.
     with open(path, "rb") as fh:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            try:
-                hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
-            except Exception as err:  # astropy raises OSError, ValueError, warnings... for bad files
-                raise ReadError(f"{path}: not a readable FITS file ({_reason(err)})") from None
+        _check_structure(fh, path)
+        fh.seek(0)
+        try:
+            hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
+        except Exception as err:  # astropy raises OSError, ValueError... for what the walk lets through
+            raise ReadError(f"{path}: not a readable FITS file ({_reason(err)})") from None
         with hdul:
-            _check_complete(hdul, path)
             yield hdul
 
 
-def _check_complete(hdul, path: Path) -> None:
+_BLOCK = 2880  # bytes; FITS headers and data come in whole blocks (FITS 4.0, sect. 3.1)
+_CARD = 80
+
+
+def _check_structure(fh, path: Path) -> None:
+    """Walk the HDUs of an open FITS file: every header ends, every data unit is whole.
+
+    The last data unit may lack its padding to a whole block (some writers
+    leave it out), but padding is never cut short.  Raises :class:`ReadError`
+    naming the first fault.
+    """
+    from astropy.io import fits
+
     size = path.stat().st_size
-    for hdu in hdul:
-        info = hdu.fileinfo()
-        if not info:
-            continue
-        # Exact data bytes (without the padding some writers leave out).
-        end = info["datLoc"] + getattr(hdu, "_data_size", info["datSpan"])
+    pos, index = 0, 0
+    while pos < size:
+        raw = _header_bytes(fh, path, pos, index)
+        try:
+            header = fits.Header.fromstring(raw.decode("ascii"))
+            data_size = _data_size(header)
+        except Exception as err:  # damaged cards: UnicodeDecodeError, ValueError, KeyError...
+            raise ReadError(f"{path}: not a readable FITS file (header of HDU {index}: {_reason(err)})") from None
+        name = header.get("EXTNAME", index)
+        end = pos + len(raw) + data_size
         if end > size:
-            raise ReadError(f"{path}: truncated FITS file (HDU {hdu.name or hdu.ver!r} needs "
-                            f"{end} bytes, the file has {size})")
+            raise ReadError(f"{path}: truncated FITS file (HDU {name!r} needs {end} bytes, the file has {size})")
+        pos = end + (-data_size) % _BLOCK
+        if end < size < pos:  # padding cut short: whatever followed is lost
+            raise ReadError(f"{path}: truncated FITS file (it ends inside the padding after HDU {name!r}, "
+                            f"at byte {size} of {pos})")
+        index += 1
+
+
+def _header_bytes(fh, path: Path, pos: int, index: int) -> bytes:
+    """The header blocks of HDU ``index``, which starts at byte ``pos``, up to its END card."""
+    key = b"SIMPLE  =" if index == 0 else b"XTENSION="
+    fh.seek(pos)
+    raw = b""
+    while True:
+        block = fh.read(_BLOCK)
+        if len(block) < _BLOCK:
+            if index == 0 and not raw:
+                raise ReadError(f"{path}: not a readable FITS file (shorter than one {_BLOCK}-byte block)")
+            raise ReadError(f"{path}: truncated FITS file (header of HDU {index} has no END card "
+                            f"before the end of the file)")
+        if not raw and not block.startswith(key):
+            where = "" if index == 0 else f" after HDU {index - 1}, at byte {pos}"
+            raise ReadError(f"{path}: not a readable FITS file (no {key[:8].decode().strip()} card{where})")
+        raw += block
+        if any(block[i:i + 8] == b"END     " for i in range(0, _BLOCK, _CARD)):
+            return raw
+
+
+def _data_size(header) -> int:
+    """Bytes in the data unit described by ``header`` (FITS 4.0, eqs. 1-2), without padding."""
+    naxis = int(header["NAXIS"])
+    if naxis == 0:
+        return 0
+    axes = [int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
+    if header.get("GROUPS") is True and axes[0] == 0:  # random groups: NAXIS1 = 0 is not an axis
+        axes = axes[1:]
+    return abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * (
+        int(header.get("PCOUNT", 0)) + int(np.prod(axes, dtype=np.int64)))
 
 
 def _reason(err: BaseException) -> str:
