@@ -88,7 +88,7 @@ def test_the_plan_names_every_step_its_inputs_outputs_mode_and_chunks(tmp_path):
     assert degrade.inputs == ("preprocessed",) and degrade.outputs == ("degraded.zarr",)
     assert not degrade.written and not denoise.written and p.step("preprocess").written
     assert denoise.inputs == ("degraded", "m") and denoise.chunks == 3 and degrade.where == "cluster"
-    assert p.step("products").where == "driver"
+    assert p.step("products").where == "task"
     text = repr(p)
     lines = text.splitlines()
     assert lines[0] == f"plan 't': 250 galaxies in chunks of 100, cluster slurm, outputs in {tmp_path / 'run'}"

@@ -57,8 +57,9 @@ class Step:
         The spectra store it makes (or, for a fit, the store it measures).
     written : bool
         False when its store is fused into the step that reads it.
-    where : {"cluster", "driver"}
-        Mapped over the workers chunk by chunk, or run by the driving process.
+    where : {"cluster", "task", "driver"}
+        Mapped over the workers chunk by chunk, one task on a worker, or run
+        by the driving process.
     chunks : int or None
         Galaxy chunks it maps over (None when not known before the run).
     """
@@ -251,10 +252,10 @@ def plan(config: PipelineConfig, cluster: str = "local") -> Plan:
                           (f"{stem}.zarr", f"{stem}.parquet", f"{stem}.fits"), target, chunks=chunks))
     made = _products(config)
     if made:
-        steps.append(Step("products", "products", _product_inputs(config), tuple(made), where="driver"))
+        steps.append(Step("products", "products", _product_inputs(config), tuple(made), where="task"))
     if st.science is not None:
         steps.append(Step("science", "science", tuple(catalogue_stem(t) for t in st.science.cases.values()),
-                          ("science/",), where="driver"))
+                          ("science/",), where=STAGES["science"].where))
     if config.report.html:
         steps.append(Step("report", "report", ("run.json",), ("report.html",), where="driver"))
     return Plan(config, tuple(steps), galaxies, cluster)

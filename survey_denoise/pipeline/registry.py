@@ -40,9 +40,10 @@ class StageSpec:
         The spectra store it makes (:data:`.params.SPECTRA`), or None.
     reads : callable
         ``reads(params) -> list of store names`` it reads.
-    where : {"cluster", "driver"}
-        ``cluster``: mapped chunk by chunk over the workers; ``driver``: runs
-        in the process that drives the run (training, small tables).
+    where : {"cluster", "task", "driver"}
+        ``cluster``: mapped chunk by chunk over the workers; ``task``: one
+        task on a worker, reading whole tables (the science step);
+        ``driver``: runs in the process that drives the run (training).
     kernel : callable or None
         ``kernel(*inputs, params) -> Dataset`` (lazy); None for stages the
         runner carries out itself (training, science).
@@ -54,7 +55,7 @@ class StageSpec:
     params: type[BaseModel]
     makes: str | None
     reads: Callable[[BaseModel], list[str]]
-    where: Literal["cluster", "driver"]
+    where: Literal["cluster", "task", "driver"]
     kernel: Callable | None
     summary: str
 
@@ -70,7 +71,7 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
               stages.denoise, "De-noise a store with a saved model."),
     StageSpec("fit", params.Fit, None, lambda p: list(p.stores), "cluster",
               stages.fit, "Measure emission lines into a catalogue (pPXF or fast)."),
-    StageSpec("science", params.Science, None, lambda p: [], "driver",
+    StageSpec("science", params.Science, None, lambda p: [], "task",
               None, "The mass-metallicity test of the fitted cases against the truth."),
 )}
 """Every stage, in the order a run carries them out."""
