@@ -25,8 +25,9 @@ Output, per galaxy:
   pixel was missing (see ``extrapolated``).  The rule is recorded in ``attrs["denoise_ivar"]``,
   and the correlation of pixel errors at lags 1-4 (measured on held-out
   galaxies) in ``attrs["denoise_pixel_correlation"]``, and the factor per
-  line that held-out galaxies put on the fast fitter's line errors in
-  ``attrs["denoise_line_error_scale"]``;
+  line that held-out galaxies put on the fast fitter's line errors, and the
+  fractional term they add, in ``attrs["denoise_line_error_scale"]`` and
+  ``attrs["denoise_line_error_frac"]``;
 * ``extrapolated`` (bool, per galaxy and pixel): the input did not have
   the pixel (masked, ``ivar <= 0`` or a non-finite flux: outside the
   observed coverage, or a bad pixel), so the de-noised flux there is the
@@ -247,7 +248,8 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     # Pixel errors of a decoded spectrum are correlated; the line fitter reads this.
     if "pixel_correlation" in unc:
         out.attrs["denoise_pixel_correlation"] = [float(r) for r in unc["pixel_correlation"]]
-    # and the factor per line that its held-out galaxies put on those line errors
-    if "line_error_scale" in unc:
-        out.attrs["denoise_line_error_scale"] = {k: float(v) for k, v in unc["line_error_scale"].items()}
+    # and the factor and fractional term per line that its held-out galaxies put on those line errors
+    for name in ("line_error_scale", "line_error_frac"):
+        if name in unc:
+            out.attrs[f"denoise_{name}"] = {k: float(v) for k, v in unc[name].items()}
     return out

@@ -127,22 +127,27 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     with dask.config.set(scheduler="synchronous"):
         fitted = fit_lines(out).compute()
         plain = out.copy()
-        plain.attrs = {k: v for k, v in out.attrs.items() if k != "denoise_line_error_scale"}
+        plain.attrs = {k: v for k, v in out.attrs.items() if not k.startswith("denoise_line_error")}
         unscaled = fit_lines(plain).compute()
         pca_like = out.copy()
         pca_like.attrs = {**out.attrs, "denoise_line_error_scale": {"halpha": -1.0}}
         with pytest.raises(ValueError, match="must be positive"):
             fit_lines(pca_like)
-    assert "held-out factor per line" in fitted.attrs["flux_err_rule"]
+    assert "held-out factor s per line" in fitted.attrs["flux_err_rule"]
+    frac = out.attrs["denoise_line_error_frac"]
+    assert frac == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_frac"]
+    assert set(frac) == set(scale) and all(0 <= v <= 0.5 for v in frac.values())
     # The rule itself: a factor above 1 widens every error; below 1 only detected lines'.
     # Errors of this toy's lines span S/N 3 once each galaxy's ivar is cut by up to 10^6.
     cut = np.logspace(0, 6, out.sizes["galaxy"])[:, None].astype(np.float32)
     faded = out.assign(ivar=out["ivar"] / cut)
-    faded.attrs = {k: v for k, v in out.attrs.items() if k != "denoise_line_error_scale"}
+    faded.attrs = {k: v for k, v in out.attrs.items() if not k.startswith("denoise_line_error")}
     halves = faded.copy()
     halves.attrs = {**faded.attrs, "denoise_line_error_scale": {"halpha": 0.5, "hbeta": 2.0}}
+    tenth = halves.copy()
+    tenth.attrs = {**halves.attrs, "denoise_line_error_frac": {"hbeta": 0.1}}
     with dask.config.set(scheduler="synchronous"):
-        base, ruled = fit_lines(faded).compute(), fit_lines(halves).compute()
+        base, ruled, fractional = fit_lines(faded).compute(), fit_lines(halves).compute(), fit_lines(tenth).compute()
     e = base["halpha_flux_err_stat"].values
     got = ruled["halpha_flux_err_stat"].values
     snr = base["halpha_flux"].values / e
@@ -152,6 +157,11 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     np.testing.assert_allclose(got[faint], e[faint], rtol=1e-5)
     np.testing.assert_allclose(ruled["hbeta_flux_err_stat"].values, 2 * base["hbeta_flux_err_stat"].values,
                                rtol=1e-5)
+    # The fractional term adds f x flux in quadrature; a line without one is as before.
+    np.testing.assert_allclose(fractional["hbeta_flux_err_stat"].values,
+                               np.hypot(2 * base["hbeta_flux_err_stat"].values, 0.1 * base["hbeta_flux"].values),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(fractional["halpha_flux_err_stat"].values, got)
     for key in ("halpha", "hbeta"):
         a, b = fitted[f"{key}_flux_err_stat"].values, unscaled[f"{key}_flux_err_stat"].values
         ok = np.isfinite(a) & np.isfinite(b)
@@ -159,7 +169,8 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
         # a factor below 1 only where the line is detected: it was measured on detected lines
         flux = unscaled[f"{key}_flux"].values[ok]
         keep = (scale[key] < 1) & ~(flux / b[ok] >= 3)
-        np.testing.assert_allclose(a[ok], np.where(keep, 1.0, scale[key]) * b[ok], rtol=1e-5)
+        np.testing.assert_allclose(a[ok], np.hypot(np.where(keep, 1.0, scale[key]) * b[ok], frac[key] * flux),
+                                   rtol=1e-5)
         np.testing.assert_array_equal(fitted[f"{key}_flux"].values, unscaled[f"{key}_flux"].values)
     card = json.loads((folder / "card.json").read_text())
     del card["uncertainty"]
@@ -233,6 +244,9 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     right = line_error_scales({**held, "var": var_true}, [], GRID)
     for key in lines:
         assert out[key]["n"] > 500 and not out[key]["at_bound"]
+        # The fractional term is the fitter's own (a fitted width moves the flux), not
+        # the misstatement's: the same, and small, with the errors stated right.
+        assert out[key]["frac"] == right[key]["frac"] <= 0.1 and out[key]["bright_covered"], (key, out[key])
         assert 0.8 < right[key]["scale"] < 1.6, (key, right[key])
         assert out[key]["scale"] == pytest.approx(0.5 * right[key]["scale"], rel=0.12), (key, out[key])
     # a line absent from every spectrum (both fits 0, or too few galaxies) keeps 1
@@ -242,4 +256,35 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     noisy_targets = {**held, "target": true + 0.2 * rng.standard_normal(true.shape),
                      "target_var": np.full(true.shape, 0.2**2)}
     kept = line_error_scales(noisy_targets, [], GRID)
-    assert all(kept[k]["scale"] == 1.0 and not kept[k]["identified"] for k in lines)
+    assert all(kept[k]["scale"] == 1.0 and kept[k]["frac"] == 0.0 and not kept[k]["identified"] for k in lines)
+
+
+def test_line_error_model_covers_the_tails_of_an_error_that_grows_with_the_line():
+    """Lines drawn 20 % off, on top of pixel noise: one factor cannot cover faint and bright lines."""
+    from survey_denoise.fitting.fast import gaussian_profile
+    from survey_denoise.grid import GRID
+    from survey_denoise.lines import wavelength
+    from survey_denoise.models.base import line_error_scales
+
+    n, rng, frac = 1500, np.random.default_rng(8), 0.2
+    amp = np.logspace(-0.5, 1.5, n)
+    profile = gaussian_profile(GRID.edges, wavelength("halpha"), 100.0)[None, :]
+    true = 1.0 + 3.0 * amp[:, None] * profile
+    drawn = 1.0 + 3.0 * (amp * (1 + frac * rng.standard_normal(n)))[:, None] * profile
+    var, t = np.full(true.shape, 0.02**2), np.full(true.shape, 0.005**2)
+    held = {"denoised": drawn + 0.02 * rng.standard_normal(true.shape),
+            "target": true + 0.005 * rng.standard_normal(true.shape),
+            "target_var": t, "var": var, "good": np.ones(true.shape, bool)}
+    got = line_error_scales(held, [], GRID)["halpha"]
+    assert got["bright_covered"] and 0.5 * frac < got["frac"] < 1.5 * frac, got
+    # Coverage of the truth by the bright third's errors, with and without the term.
+    from survey_denoise.fitting import fast
+
+    fit = fast.fit_batch(held["denoised"], 1 / var, grid=GRID)
+    flux, err = fit["flux"]["halpha"], fit["flux_err"]["halpha"]
+    truth = fast.fit_batch(true, 1 / var, grid=GRID)["flux"]["halpha"]
+    bright = amp > np.quantile(amp, 2 / 3)
+    gap = np.abs(flux - truth)[bright]
+    modelled = np.hypot(got["scale"] * err, got["frac"] * flux)[bright]
+    assert 0.6 <= np.mean(gap <= modelled) <= 0.76 and 0.88 <= np.mean(gap <= 2 * modelled) <= 0.99
+    assert np.mean(gap <= got["scale"] * err[bright]) < 0.3  # the factor alone: far too narrow

@@ -27,7 +27,9 @@ factor the de-noiser's held-out galaxies set for that line
 (``attrs["denoise_line_error_scale"]``,
 :func:`survey_denoise.models.base.line_error_scales`; 1 where none is
 recorded; a factor below 1 only where the line is detected, S/N >=
-:data:`DETECTED_SNR`, since it was measured on detected lines), both
+:data:`DETECTED_SNR`, since it was measured on detected lines), then adds
+in quadrature the line's fractional term times its flux
+(``attrs["denoise_line_error_frac"]``; 0 where none is recorded), all
 recorded in ``attrs["flux_err_rule"]``.  pPXF treats pixels as
 independent and applies no factor: the factors were measured with the
 fast fitter.
@@ -134,16 +136,16 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
                           templates=templates)
-    for key, factor in line_scale:
+    for key, factor, frac in line_scale:
         if key in fit["flux_err"]:
-            err = fit["flux_err"][key]
+            err, line = fit["flux_err"][key], fit["flux"][key]
             scaled = np.full(err.shape, factor)
             if factor < 1:
                 # Measured on detected lines only: a faint line keeps its wider error,
                 # and is not made a detection by the factor.
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    scaled[~(fit["flux"][key] / err >= DETECTED_SNR)] = 1.0
-            fit["flux_err"][key] = err * scaled
+                    scaled[~(line / err >= DETECTED_SNR)] = 1.0
+            fit["flux_err"][key] = np.hypot(err * scaled, frac * line)
     fit = systematics.apply(fit, grid.wavelength, flux, good, method)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
@@ -153,15 +155,20 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                               ds["flags"].values, fit, method, covered=covered)
 
 
-def _line_scale(attrs: dict) -> tuple[tuple[str, float], ...]:
-    """The de-noiser's factors on line errors, as sorted (key, factor) pairs (none: ())."""
-    scale = attrs.get("denoise_line_error_scale") or {}
-    if isinstance(scale, str):
-        scale = json.loads(scale)
-    bad = {k: v for k, v in scale.items() if not (np.isfinite(float(v)) and float(v) > 0)}
+def _line_scale(attrs: dict) -> tuple[tuple[str, float, float], ...]:
+    """The de-noiser's error model per line, as sorted (key, factor, fractional term) (none: ())."""
+    scale, frac = ({k: float(v) for k, v in _attr_dict(attrs, f"denoise_line_error_{name}").items()}
+                   for name in ("scale", "frac"))
+    bad = {k: v for k, v in scale.items() if not (np.isfinite(v) and v > 0)}
+    bad.update({f"{k} (fractional)": v for k, v in frac.items() if not (np.isfinite(v) and v >= 0)})
     if bad:
         raise ValueError(f"de-noised store's line-error factors must be positive, got {bad}")
-    return tuple(sorted((str(k), float(v)) for k, v in scale.items()))
+    return tuple((k, scale.get(k, 1.0), frac.get(k, 0.0)) for k in sorted(set(scale) | set(frac)))
+
+
+def _attr_dict(attrs: dict, name: str) -> dict:
+    value = attrs.get(name) or {}
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
@@ -224,9 +231,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                               if correlation and method == "fast" else "pixel errors independent")
     line_scale = _line_scale(ds.attrs) if denoised and method == "fast" else ()
     if line_scale:
-        attrs["flux_err_rule"] += (f"; x the de-noiser's held-out factor per line, below 1 only at "
-                                   f"S/N >= {DETECTED_SNR:g} ("
-                                   + ", ".join(f"{k} {v:.3g}" for k, v in line_scale) + ")")
+        attrs["flux_err_rule"] += (f"; x the de-noiser's held-out factor s per line, below 1 only at "
+                                   f"S/N >= {DETECTED_SNR:g}, and its fractional term f x flux added in "
+                                   "quadrature (s / f: "
+                                   + ", ".join(f"{k} {v:.3g} / {f:.3g}" for k, v, f in line_scale) + ")")
     attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,

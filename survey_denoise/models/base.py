@@ -66,6 +66,9 @@ def target_variance(w: np.ndarray) -> np.ndarray:
 ONE_SIGMA = 0.6827
 """Fraction of a Gaussian within 1 sigma: the held-out coverage the variances are set to."""
 
+MAX_FRAC = 0.5
+"""Largest fractional term of a line error (:func:`line_error_scales`); searched in steps of 0.005."""
+
 CORRELATION_WINDOW = 5
 """Lags 1 ... 4 of the pixel-error correlation are measured (a line and its wings; ~276 km/s a pixel)."""
 
@@ -181,23 +184,38 @@ def _coverage_scale(sq: np.ndarray, var: np.ndarray, floor: np.ndarray, bounds: 
 
 
 def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, dict[str, float]]:
-    """Per catalogue line, the factor that makes de-noised line errors cover held-out targets.
+    """Per catalogue line, the error model that makes de-noised line errors cover held-out targets.
 
     The pixel variance is calibrated over all pixels at once, and its
     correlation model is one set of lags for the whole spectrum, so the
     line errors the fast fitter derives from them can be too wide for one
-    line and too narrow for another.  The held-out galaxies of
-    :func:`held_out_residuals` are fitted twice with the fast fitter:
-    the de-noised spectra with their calibrated variance and pixel
-    correlation, and the targets with their own variance.  For each line
-    the scale ``s`` is set so that 68.27 % of ``|F_den - F_target|`` lie
-    within ``sqrt((s sigma_den)^2 + sigma_target^2)``: the target's own
-    noise is allowed for, as in the pixel calibration.  Only galaxies
-    whose target detects the line (S/N > ``fitting.DETECTED_SNR``) are used: the
-    fits keep fluxes non-negative, and differences of fluxes clipped at 0
-    understate the error (on pure noise, by a factor ~2.5); the fitter
-    therefore applies a factor below 1 to detected lines only.  A line with fewer
-    than :data:`MIN_LINE_ROWS` such galaxies keeps 1, and so does a line whose
+    line and too narrow for another; and a decoder's error on a bright
+    line grows with the line (a line drawn 20 % too strong is 20 % off
+    however bright it is), which no pixel variance of the output carries.
+    The held-out galaxies of :func:`held_out_residuals` are fitted twice
+    with the fast fitter: the de-noised spectra with their calibrated
+    variance and pixel correlation, and the targets with their own
+    variance.  Each line gets a factor ``s`` and a fractional term ``f``,
+    the de-noised error becoming ``sqrt((s sigma_den)^2 + (f F_den)^2)``:
+
+    - ``s`` puts 68.27 % of ``|F_den - F_target|`` within
+      ``sqrt((s sigma_den)^2 + (f F_den)^2 + sigma_target^2)``, the
+      target's own noise allowed for, as in the pixel calibration;
+    - ``f`` is the smallest of 0, 0.005, ... :data:`MAX_FRAC` with which,
+      ``s`` refitted, the brighter half of the galaxies (by de-noised S/N)
+      is covered 68.27 % of the time too (the largest when none is;
+      ``bright_covered`` says which).  With ``f = 0``, one factor fitted
+      to all galaxies leaves the faint lines' errors too wide and the
+      bright ones' too narrow.  ``s`` is fitted to all galaxies, and the
+      faint half, where ``f F_den`` is small, sets it: ``f`` cannot take
+      over the whole error.
+
+    Only galaxies whose target detects the line (S/N >
+    ``fitting.DETECTED_SNR``) are used: the fits keep fluxes non-negative,
+    and differences of fluxes clipped at 0 understate the error (on pure
+    noise, by a factor ~2.5); the fitter therefore applies a factor below 1
+    to detected lines only.  A line with fewer than :data:`MIN_LINE_ROWS`
+    such galaxies keeps ``s = 1, f = 0``, and so does a line whose
     differences the target's noise alone covers 68.27 % of the time, or
     whose de-noised errors are a median below :data:`MIN_ERROR_RATIO` of
     the target's (noisy targets: the de-noised error cannot be told from
@@ -207,8 +225,9 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     Returns
     -------
     dict
-        ``{key: {"scale": s, "n": galaxies used, "at_bound": bool,
-        "identified": False where the factor was kept at 1}}``.
+        ``{key: {"scale": s, "frac": f, "n": galaxies used, "at_bound":
+        bool, "bright_covered": bool, "identified": False where s and f
+        were kept}}``.
     """
     from .. import lines
     from ..fitting import DETECTED_SNR, fast
@@ -225,20 +244,31 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
         fc, ec = tgt["flux"][key], tgt["flux_err"][key]
         use = (np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0)
                & (fc > DETECTED_SNR * ec))
-        gap, ed, ec = np.abs(fd - fc)[use], ed[use], ec[use]
+        gap, fd, ed, ec = np.abs(fd - fc)[use], fd[use], ed[use], ec[use]
         if (use.sum() < MIN_LINE_ROWS or np.mean(gap <= ec) >= ONE_SIGMA
                 or np.median(ed / ec) < MIN_ERROR_RATIO):
             # Too few detections, or the target's own noise covers the differences or so
             # dominates them that the de-noised error moves the combined one by little:
             # the factor cannot be told from these targets, so it is kept.
-            out[key] = {"scale": 1.0, "n": int(use.sum()), "at_bound": False, "identified": False}
+            out[key] = {"scale": 1.0, "frac": 0.0, "n": int(use.sum()), "at_bound": False,
+                        "bright_covered": False, "identified": False}
             continue
-        # On variances: 68.27 % of gap^2 <= s^2 ed^2 + ec^2, s within [1/20, 20].
-        bounds = (2 * np.log(1 / 20), 2 * np.log(20.0))
-        at = _coverage_scale(gap**2, ed**2, ec**2, bounds)
-        out[key] = {"scale": float(np.exp(0.5 * at)), "n": int(use.sum()),
-                    "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6), "identified": True}
+        out[key] = {**_line_error_model(gap**2, ed**2, fd**2, ec**2), "n": int(use.sum()), "identified": True}
     return out
+
+
+def _line_error_model(sq, var, flux_sq, floor) -> dict:
+    """``s`` and ``f`` of :func:`line_error_scales` from squared gaps and the variances, per galaxy."""
+    bounds = (2 * np.log(1 / 20), 2 * np.log(20.0))  # on variances: log s^2
+    bright = flux_sq / var >= np.median(flux_sq / var)
+    for frac in np.linspace(0.0, MAX_FRAC, 101):
+        extra = floor + frac**2 * flux_sq
+        at = _coverage_scale(sq, var, extra, bounds)
+        if np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA:
+            break
+    return {"scale": float(np.exp(0.5 * at)), "frac": float(frac),
+            "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6),
+            "bright_covered": bool(np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA)}
 
 
 class NotFittedError(RuntimeError):
@@ -348,12 +378,16 @@ class Denoiser(abc.ABC):
             "predicted": self.predicts_variance(), "variance_scale": self.variance_scale_,
             "pixel_correlation": resid["pixel_correlation"],
             "line_error_scale": {k: v["scale"] for k, v in lines_cal.items()},
+            "line_error_frac": {k: v["frac"] for k, v in lines_cal.items()},
             "line_error_calibration": {
-                "rule": "fast fitter, held-out galaxies: 68.27 % of |F_den - F_target| within "
-                        "sqrt((s sigma_den)^2 + sigma_target^2)",
+                "rule": "fast fitter, held-out galaxies whose target detects the line: 68.27 % of "
+                        "|F_den - F_target| within sqrt((s sigma_den)^2 + (f F_den)^2 + sigma_target^2), "
+                        "f the smallest with which the brighter half (de-noised S/N) is covered 68.27 % too",
                 "n": {k: v["n"] for k, v in lines_cal.items()},
                 "not_identified": sorted(k for k, v in lines_cal.items() if not v["identified"]),
-                "at_bound": sorted(k for k, v in lines_cal.items() if v["at_bound"])},
+                "at_bound": sorted(k for k, v in lines_cal.items() if v["at_bound"]),
+                "bright_not_covered": sorted(k for k, v in lines_cal.items()
+                                             if v["identified"] and not v["bright_covered"])},
             "rows": "validation" if parts.validation.size else "training (no validation split)",
             "n_galaxy": resid["n_galaxy"],
             "target_noise": "accounted for: r^2 = (d - y)^2 compared with var + t, "
