@@ -121,7 +121,7 @@ def main() -> None:
             folder, facts = trained(model, noisy.isel(galaxy=train), clean.isel(galaxy=train),
                                     Path(workdir) / name)
             models[name] = {"n_train": n, "epochs_cap": epochs, **facts,
-                            "line_error_scale": model.card_["uncertainty"].get("line_error_scale")}
+                            **{k: model.card_["uncertainty"].get(k) for k in ("line_error_scale", "line_error_frac")}}
             with dask.config.set(scheduler="synchronous"):
                 den = denoise(te_noisy, folder).compute()
                 factor = norm_ratio / model.card_["output_norm"]["ratio"]
