@@ -206,9 +206,11 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
       is covered 68.27 % of the time too (the largest when none is;
       ``bright_covered`` says which).  With ``f = 0``, one factor fitted
       to all galaxies leaves the faint lines' errors too wide and the
-      bright ones' too narrow.  ``s`` is fitted to all galaxies, and the
-      faint half, where ``f F_den`` is small, sets it: ``f`` cannot take
-      over the whole error.
+      bright ones' too narrow.  ``s`` is fitted to all galaxies.  Where
+      ``f F_den`` alone covers them (errors that are all in proportion to
+      the line), ``s`` falls to its lower bound (``at_bound``): a detected
+      line's error is then ``f F_den``, an undetected one's at least
+      ``sigma_den``.
 
     Only galaxies whose target detects the line (S/N >
     ``fitting.DETECTED_SNR``) are used: the fits keep fluxes non-negative,
@@ -264,11 +266,11 @@ def _line_error_model(sq, var, flux_sq, floor) -> dict:
     for frac in np.linspace(0.0, MAX_FRAC, 101):
         extra = floor + frac**2 * flux_sq
         at = _coverage_scale(sq, var, extra, bounds)
-        if np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA:
+        covered = bool(np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA)
+        if covered:
             break
-    return {"scale": float(np.exp(0.5 * at)), "frac": float(frac),
-            "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6),
-            "bright_covered": bool(np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA)}
+    return {"scale": float(np.exp(0.5 * at)), "frac": float(frac), "bright_covered": covered,
+            "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6)}
 
 
 class NotFittedError(RuntimeError):
