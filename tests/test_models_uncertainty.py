@@ -259,7 +259,7 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     assert all(kept[k]["scale"] == 1.0 and kept[k]["frac"] == 0.0 and not kept[k]["identified"] for k in lines)
 
 
-def test_line_error_model_covers_the_tails_of_an_error_that_grows_with_the_line():
+def test_line_error_model_covers_the_bright_lines_when_the_error_grows_with_the_line():
     """Lines drawn 20 % off, on top of pixel noise: one factor cannot cover faint and bright lines."""
     from survey_denoise.fitting.fast import gaussian_profile
     from survey_denoise.grid import GRID
