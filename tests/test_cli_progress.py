@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select as real_select
+import threading
 from pathlib import Path
 
 import click
@@ -10,7 +13,7 @@ import pytest
 from _cli import run, run_in_process
 from _denoise_data import datasets
 
-from survey_denoise.cli import COMMANDS, LazyGroup
+from survey_denoise.cli import COMMANDS, LazyGroup, quiet
 from survey_denoise.cli.quiet import strip_noise
 from survey_denoise.io.store import PROGRESS_DIR, write_store
 
@@ -45,6 +48,40 @@ def test_tensorflow_start_up_lines_are_noise_and_nothing_else_is():
                  b"E0000 00:00:1714557600.123456    1234 op_kernel.cc:1840] OP_REQUIRES failed",
                  b"Traceback (most recent call last):", b""):
         assert strip_noise(kept) == kept + b"\n"
+
+
+def test_the_last_line_written_before_the_filter_stops_is_shown(monkeypatch):
+    """A warning printed just before the command ends reaches the terminal.
+
+    The filter's thread waits in ``select``; the command writes its last line
+    and sets stop while that wait is ending empty.  The line must still be
+    read from the pipe and forwarded, not left there.
+    """
+    read_fd, write_fd = os.pipe()
+    out_read, out_write = os.pipe()
+    stop = threading.Event()
+    calls = []
+
+    class Interleaved:
+        @staticmethod
+        def select(r, w, x, timeout):
+            calls.append(timeout)
+            if len(calls) == 1:  # the wait ends empty; then the command finishes
+                os.write(write_fd, b"warning: last words\n")
+                stop.set()
+                return [], [], []
+            return real_select.select(r, w, x, timeout)
+
+    monkeypatch.setattr(quiet, "select", Interleaved)
+    quiet._pump(read_fd, out_write, stop)
+    os.close(out_write)
+    shown = b""
+    while chunk := os.read(out_read, 1 << 16):
+        shown += chunk
+    for fd in (read_fd, write_fd, out_read):
+        os.close(fd)
+    assert shown == b"warning: last words\n"
+    assert calls[-1] == 0  # once stopping, the pipe is drained without waiting
 
 
 # ---------------------------------------------------------------- bars count galaxies

@@ -65,12 +65,17 @@ def _pump(read_fd: int, out_fd: int, stop: threading.Event) -> None:
             pass
 
     while True:
-        ready, _, _ = select.select([read_fd], [], [], _IDLE)
+        # Read before select: the command writes its last lines, then sets
+        # stop.  Bytes that arrive between an empty select and a look at stop
+        # would otherwise be left in the pipe; a stop seen here means every
+        # byte written before it is already in the pipe for this select.
+        stopping = stop.is_set()
+        ready, _, _ = select.select([read_fd], [], [], 0 if stopping else _IDLE)
         if not ready:
             if pending:  # a bar being redrawn, or a prompt: not a log line
                 write(pending)
                 pending = b""
-            if stop.is_set():
+            if stopping:
                 break
             continue
         chunk = os.read(read_fd, 1 << 16)
