@@ -29,6 +29,10 @@ Removing a column downdates the inverse by a rank-one step instead of
 inverting again, since small batched inverses are the fitter's largest cost.
 Errors are the square roots of the diagonal of ``(A^T W A)^-1`` for the
 final set (for a removed line: from the first, unconstrained solve).
+``fit_batch(..., nonnegative=False)`` skips that loop and returns signed
+fluxes: their errors are unbiased Gaussian ones, which the de-noiser's
+calibration of line errors needs (differences of fluxes clipped at 0
+understate the error of faint lines).
 
 Line widths differ between galaxies (gas dispersion plus instrument), so
 the fit is repeated for each width in :data:`WIDTHS_KMS`; per spectrum a
@@ -168,8 +172,9 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     return matrix, tuple(groups)
 
 
-def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None, continuum_inverse=None):
-    """Batched weighted least squares with non-negative line columns.
+def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None, continuum_inverse=None,
+                     nonnegative=True):
+    """Batched weighted least squares with non-negative line columns (signed: ``nonnegative=False``).
 
     ``normal`` is the upper triangle of ``A^T W A`` per spectrum, (n,
     k(k+1)/2), where the caller has it (:func:`_normal_upper`).
@@ -199,7 +204,7 @@ def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None, continuum_
     cov = _block_inverse(m, active, n_lines, continuum_inverse, xp)
     x = xp.einsum("nij,nj->ni", cov, b)
     first_err = xp.sqrt(xp.clip(xp.diagonal(cov, axis1=1, axis2=2), 0, None))
-    for _ in range(n_lines):
+    for _ in range(n_lines if nonnegative else 0):
         neg = active[:, :n_lines] & (x[:, :n_lines] < 0)
         rows = xp.flatnonzero(neg.any(1))
         if rows.size == 0:
@@ -393,7 +398,7 @@ def _outer(a: np.ndarray) -> np.ndarray:
 
 def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None, *,
               grid: Grid = GRID, widths_kms: tuple[float, ...] = WIDTHS_KMS, xp=np,
-              correlation: tuple[float, ...] = ()) -> dict:
+              correlation: tuple[float, ...] = (), nonnegative: bool = True) -> dict:
     """Fit every spectrum of a batch on ``grid``.
 
     Parameters
@@ -414,6 +419,9 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         numbers is off smoothly over a whole line, so its pixel errors do not
         average out); treating them as independent (the default, ``()``)
         then understates the line errors.  The fluxes are the same.
+    nonnegative : bool
+        Keep line fluxes >= 0, as pPXF does (the catalogues).  False gives
+        signed fluxes with unbiased errors (calibrating line errors).
 
     Returns
     -------
@@ -448,7 +456,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         continuum_inverse = _continuum_inverse(_symmetric(continuum, rows.size, n_cont, xp), xp)
         fits = [_solve_one_width(*_columns(width, grid), y, w, xp, covered=covered,
                                  normal=_normal_upper(w, float(width), grid, continuum, xp),
-                                 continuum_inverse=continuum_inverse)
+                                 continuum_inverse=continuum_inverse, nonnegative=nonnegative)
                 for width in widths_kms]
         x, err, chi2, meas, width, near = _best_width([[_to_numpy(v) for v in f[:4]] for f in fits],
                                                       np.log(np.asarray(widths_kms, float)))
@@ -464,7 +472,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
                                            _entries(len(groups), m.shape[1]), xp)
                     err[at] = np.where(_to_numpy(active[idx]), _to_numpy(corr), err[at])
         n_lines = len(groups)
-        x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
+        if nonnegative:
+            x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
         _store(out, rows, groups, x, err, meas)
         out["chi2"][rows], out["width"][rows] = chi2, width
         bad = ~np.isfinite(chi2)
