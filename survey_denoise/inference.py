@@ -26,7 +26,9 @@ Output, per galaxy:
   and the correlation of pixel errors at lags 1-4 (measured on held-out
   galaxies) in ``attrs["denoise_pixel_correlation"]``, and the factor per
   line that held-out galaxies put on the fast fitter's line errors, and the
-  fractional term they add, in ``attrs["denoise_line_error_scale"]`` and
+  fractional term they add, in ``attrs["denoise_line_error_scale"]`` (lines at
+  or above the formal S/N ``attrs["denoise_line_error_snr_split"]``),
+  ``attrs["denoise_line_error_scale_faint"]`` (below it) and
   ``attrs["denoise_line_error_frac"]``;
 * ``extrapolated`` (bool, per galaxy and pixel): the input did not have
   the pixel (masked, ``ivar <= 0`` or a non-finite flux: outside the
@@ -249,7 +251,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     if "pixel_correlation" in unc:
         out.attrs["denoise_pixel_correlation"] = [float(r) for r in unc["pixel_correlation"]]
     # and the factor and fractional term per line that its held-out galaxies put on those line errors
-    for name in ("line_error_scale", "line_error_frac"):
+    for name in ("line_error_scale", "line_error_scale_faint", "line_error_snr_split", "line_error_frac"):
         if name in unc:
             out.attrs[f"denoise_{name}"] = {k: float(v) for k, v in unc[name].items()}
     return out

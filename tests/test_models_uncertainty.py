@@ -133,11 +133,15 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
         pca_like.attrs = {**out.attrs, "denoise_line_error_scale": {"halpha": -1.0}}
         with pytest.raises(ValueError, match="must be positive"):
             fit_lines(pca_like)
-    assert "held-out factor s per line" in fitted.attrs["flux_err_rule"]
+    assert "s at formal S/N >= its split and s_faint below" in fitted.attrs["flux_err_rule"]
+    faint_scale, split = out.attrs["denoise_line_error_scale_faint"], out.attrs["denoise_line_error_snr_split"]
+    assert faint_scale == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_scale_faint"]
+    assert set(faint_scale) == set(scale) == set(split) and all(v > 0 for v in faint_scale.values())
     frac = out.attrs["denoise_line_error_frac"]
     assert frac == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_frac"]
     assert set(frac) == set(scale) and all(0 <= v <= 0.5 for v in frac.values())
-    # The rule itself: a factor above 1 widens every error; below 1 only detected lines'.
+    # The rule of models calibrated on detected lines only (no faint factors): a factor
+    # above 1 widens every error; below 1 only detected lines'.
     # Errors of this toy's lines span S/N 3 once each galaxy's ivar is cut by up to 10^6.
     cut = np.logspace(0, 6, out.sizes["galaxy"])[:, None].astype(np.float32)
     faded = out.assign(ivar=out["ivar"] / cut)
@@ -146,8 +150,13 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     halves.attrs = {**faded.attrs, "denoise_line_error_scale": {"halpha": 0.5, "hbeta": 2.0}}
     tenth = halves.copy()
     tenth.attrs = {**halves.attrs, "denoise_line_error_frac": {"hbeta": 0.1}}
+    regimes = halves.copy()
+    regimes.attrs = {**halves.attrs, "denoise_line_error_scale_faint": {"halpha": 0.25}}
+    moved = regimes.copy()
+    moved.attrs = {**regimes.attrs, "denoise_line_error_snr_split": {"halpha": 4.0}}
     with dask.config.set(scheduler="synchronous"):
         base, ruled, fractional = fit_lines(faded).compute(), fit_lines(halves).compute(), fit_lines(tenth).compute()
+        by_regime, by_split = fit_lines(regimes).compute(), fit_lines(moved).compute()
     e = base["halpha_flux_err_stat"].values
     got = ruled["halpha_flux_err_stat"].values
     snr = base["halpha_flux"].values / e
@@ -155,9 +164,16 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     assert det.sum() > 10 and faint.sum() > 10
     np.testing.assert_allclose(got[det], 0.5 * e[det], rtol=1e-5)
     np.testing.assert_allclose(got[faint], e[faint], rtol=1e-5)
+    # With faint factors, each side of the S/N split (3 where none is recorded) gets its own.
+    np.testing.assert_allclose(by_regime["halpha_flux_err_stat"].values, np.where(det, 0.5, 0.25) * e,
+                               rtol=1e-5)
+    assert (snr >= 4).sum() > 5 and ((snr >= 3) & (snr < 4)).sum() > 5
+    np.testing.assert_allclose(by_split["halpha_flux_err_stat"].values, np.where(snr >= 4, 0.5, 0.25) * e,
+                               rtol=1e-5)
     np.testing.assert_allclose(ruled["hbeta_flux_err_stat"].values, 2 * base["hbeta_flux_err_stat"].values,
                                rtol=1e-5)
-    # The fractional term adds f x flux in quadrature; a line without one is as before.
+    # The fractional term adds f x flux in quadrature (at every S/N in a store without faint
+    # factors); a line without one is as before.
     np.testing.assert_allclose(fractional["hbeta_flux_err_stat"].values,
                                np.hypot(2 * base["hbeta_flux_err_stat"].values, 0.1 * base["hbeta_flux"].values),
                                rtol=1e-5)
@@ -166,11 +182,10 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
         a, b = fitted[f"{key}_flux_err_stat"].values, unscaled[f"{key}_flux_err_stat"].values
         ok = np.isfinite(a) & np.isfinite(b)
         assert ok.sum() > 100
-        # a factor below 1 only where the line is detected: it was measured on detected lines
         flux = unscaled[f"{key}_flux"].values[ok]
-        keep = (scale[key] < 1) & ~(flux / b[ok] >= 3)
-        np.testing.assert_allclose(a[ok], np.hypot(np.where(keep, 1.0, scale[key]) * b[ok], frac[key] * flux),
-                                   rtol=1e-5)
+        bright = flux / b[ok] >= split[key]
+        expected = np.hypot(np.where(bright, scale[key], faint_scale[key]) * b[ok], np.where(bright, frac[key], 0) * flux)
+        np.testing.assert_allclose(a[ok], expected, rtol=1e-5)
         np.testing.assert_array_equal(fitted[f"{key}_flux"].values, unscaled[f"{key}_flux"].values)
     card = json.loads((folder / "card.json").read_text())
     del card["uncertainty"]
@@ -221,6 +236,20 @@ def test_callback_puts_back_the_best_epochs_weights():
     assert cb.best_epoch == 1 and float(model.layers[0].kernel.numpy()[0, 0]) == seen[1]
 
 
+def modelled_error(model: dict, flux: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """A line's error under a model of :func:`line_error_scales`, by the fitter's rule."""
+    bright = flux / err >= model["snr_split"]
+    return np.hypot(np.where(bright, model["scale"], model["scale_faint"]) * err,
+                    np.where(bright, model["frac"], 0.0) * flux)
+
+
+def assert_covers(gap: np.ndarray, error: np.ndarray, what: str) -> None:
+    """Errors set to cover 68.27 % at 1 sigma and 95.45 % at 2 sigma, the tighter one binding (within a few %)."""
+    one, two = np.mean(gap <= error), np.mean(gap <= 2 * error)
+    assert one >= 0.62 and 0.93 <= two <= 0.99, (what, one, two)
+    assert one <= 0.75 or two <= 0.975, (what, one, two)  # one of the two binds
+
+
 def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     """De-noised pixels with errors declared 2x too wide: the held-out factor brings lines back."""
     from survey_denoise.fitting.fast import gaussian_profile
@@ -243,20 +272,51 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     # line's fitted flux also moves with the fitted width, which the formal error omits.
     right = line_error_scales({**held, "var": var_true}, [], GRID)
     for key in lines:
-        assert out[key]["n"] > 500 and not out[key]["at_bound"]
+        assert out[key]["n"] + out[key]["n_faint"] == n and out[key]["n"] >= n // 2 and not out[key]["at_bound"]
         # The fractional term is the fitter's own (a fitted width moves the flux), not
-        # the misstatement's: the same, and small, with the errors stated right.
-        assert out[key]["frac"] == right[key]["frac"] <= 0.1 and out[key]["bright_covered"], (key, out[key])
-        assert 0.8 < right[key]["scale"] < 1.6, (key, right[key])
-        assert out[key]["scale"] == pytest.approx(0.5 * right[key]["scale"], rel=0.12), (key, out[key])
-    # a line absent from every spectrum (both fits 0, or too few galaxies) keeps 1
-    assert out["oiii_4363"]["scale"] == 1.0 and not out["oiii_4363"]["identified"]
+        # the misstatement's: small either way.  (Not the same: the S/N that sorts the
+        # galaxies into halves is the formal one, so the halves differ.)
+        assert out[key]["frac"] <= 0.1 and right[key]["frac"] <= 0.1 and out[key]["bright_covered"], key
+    # Applied as the fitter applies it, the model covers the truth of these galaxies as
+    # it should, though every pixel error it was given was twice too wide.
+    from survey_denoise.fitting import fast
+
+    fit = fast.fit_batch(held["denoised"], 1 / held["var"], grid=GRID)
+    truth = fast.fit_batch(true, 1 / var_true, grid=GRID)["flux"]
+    for key in lines:
+        m, flux, err = out[key], fit["flux"][key], fit["flux_err"][key]
+        modelled = modelled_error(m, flux, err)
+        assert_covers(np.abs(flux - truth[key]), modelled, key)
+        stated = np.abs(flux - truth[key]) <= err
+        assert np.mean(stated) > 0.85, key  # as given: far too wide
+    # A line absent from every spectrum is calibrated too: its signed fluxes scatter about
+    # 0 with the pixel noise, which fluxes clipped at 0 would hide.
+    absent = out["oiii_4363"]
+    assert absent["identified"] and absent["identified_faint"] and absent["n"] + absent["n_faint"] == n
+    assert abs(absent["snr_split"]) < 0.2
+    signed = fast.fit_batch(held["denoised"], 1 / held["var"], grid=GRID, nonnegative=False)
+    flux, err = signed["flux"]["oiii_4363"], signed["flux_err"]["oiii_4363"]
+    modelled = modelled_error(absent, flux, err)
+    # (the fractional term, set on the noise peaks of the bright half, widens the tails)
+    one, two = np.mean(np.abs(flux) <= modelled), np.mean(np.abs(flux) <= 2 * modelled)
+    assert 0.62 <= one <= 0.75 and two >= 0.93, (one, two)
+    assert np.mean(np.abs(flux) <= err) > 0.9  # as stated
+    # A line that too few spectra cover keeps 1.
+    from survey_denoise.line_windows import covered_lines
+
+    cut = held["good"].copy()
+    cut[20:, np.abs(GRID.wavelength - wavelength("oi_6300")) < 40] = False
+    assert covered_lines(GRID.wavelength, cut, ["oi_6300"]).sum() == 20
+    few = line_error_scales({**held, "good": cut}, [], GRID)["oi_6300"]
+    assert few["scale"] == few["scale_faint"] == 1.0 and not (few["identified"] or few["identified_faint"])
+    assert few["n"] + few["n_faint"] == 20
     # Targets ten times noisier than the de-noised error: their noise alone covers the
     # differences, so no factor can be told from them, and none is applied.
     noisy_targets = {**held, "target": true + 0.2 * rng.standard_normal(true.shape),
                      "target_var": np.full(true.shape, 0.2**2)}
     kept = line_error_scales(noisy_targets, [], GRID)
-    assert all(kept[k]["scale"] == 1.0 and kept[k]["frac"] == 0.0 and not kept[k]["identified"] for k in lines)
+    assert all(kept[k]["scale"] == kept[k]["scale_faint"] == 1.0 and kept[k]["frac"] == 0.0
+               and not (kept[k]["identified"] or kept[k]["identified_faint"]) for k in lines)
 
 
 def test_line_error_model_covers_the_bright_lines_when_the_error_grows_with_the_line():
@@ -285,6 +345,43 @@ def test_line_error_model_covers_the_bright_lines_when_the_error_grows_with_the_
     truth = fast.fit_batch(true, 1 / var, grid=GRID)["flux"]["halpha"]
     bright = amp > np.quantile(amp, 2 / 3)
     gap = np.abs(flux - truth)[bright]
-    modelled = np.hypot(got["scale"] * err, got["frac"] * flux)[bright]
+    modelled = modelled_error(got, flux, err)[bright]
     assert 0.6 <= np.mean(gap <= modelled) <= 0.76 and 0.88 <= np.mean(gap <= 2 * modelled) <= 0.99
     assert np.mean(gap <= got["scale"] * err[bright]) < 0.3  # the factor alone: far too narrow
+
+
+def test_faint_lines_are_covered_where_the_decoder_under_draws_bright_ones():
+    """Each S/N regime is calibrated on its own galaxies, so faint-looking lines that are bright are allowed for.
+
+    Two galaxies in five have their line drawn at a tenth of its flux
+    (a decoder pulling a strong line towards the mean spectrum).  Most land
+    below S/N 3, among truly faint lines whose errors are right: only a
+    factor measured on the faint galaxies covers both.
+    """
+    from survey_denoise.fitting import fast
+    from survey_denoise.fitting.fast import gaussian_profile
+    from survey_denoise.grid import GRID
+    from survey_denoise.lines import wavelength
+    from survey_denoise.models.base import line_error_scales
+
+    n, rng = 2000, np.random.default_rng(9)
+    amp = 10 ** rng.uniform(-1.5, 1.0, n)
+    drawn_amp = np.where(rng.random(n) < 0.4, 0.1 * amp, amp)
+    profile = gaussian_profile(GRID.edges, wavelength("oiii_5007"), 100.0)[None, :]
+    true = 1.0 + amp[:, None] * profile
+    var, t = np.full(true.shape, 0.02**2), np.full(true.shape, 0.005**2)
+    held = {"denoised": 1.0 + drawn_amp[:, None] * profile + 0.02 * rng.standard_normal(true.shape),
+            "target": true + 0.005 * rng.standard_normal(true.shape),
+            "target_var": t, "var": var, "good": np.ones(true.shape, bool)}
+    got = line_error_scales(held, [], GRID)["oiii_5007"]
+    assert got["identified_faint"] and got["n_faint"] > 500 and got["scale_faint"] > 1.3, got
+
+    test = {**held, "denoised": 1.0 + drawn_amp[:, None] * profile + 0.02 * rng.standard_normal(true.shape)}
+    fit = fast.fit_batch(test["denoised"], 1 / var, grid=GRID)
+    flux, err = fit["flux"]["oiii_5007"], fit["flux_err"]["oiii_5007"]
+    truth = fast.fit_batch(true, 1 / var, grid=GRID)["flux"]["oiii_5007"]
+    faint = ~(flux / err >= got["snr_split"])
+    modelled = modelled_error(got, flux, err)
+    assert_covers(np.abs(flux - truth)[faint], modelled[faint], "faint")
+    # As stated, the faint errors leave the under-drawn lines out.
+    assert np.mean(np.abs(flux - truth)[faint] <= err[faint]) < 0.6

@@ -24,12 +24,17 @@ the de-noised store; :data:`DENOISED_CORRELATION`, fully correlated over a
 line, when a de-noised store does not record it; see
 :func:`.fast.fit_batch`), and multiplies each line's formal error by the
 factor the de-noiser's held-out galaxies set for that line
-(``attrs["denoise_line_error_scale"]``,
-:func:`survey_denoise.models.base.line_error_scales`; 1 where none is
-recorded; a factor below 1 only where the line is detected, S/N >=
-:data:`DETECTED_SNR`, since it was measured on detected lines), then adds
-in quadrature the line's fractional term times its flux
-(``attrs["denoise_line_error_frac"]``; 0 where none is recorded), all
+(:func:`survey_denoise.models.base.line_error_scales`): where the
+de-noised line's formal S/N is at least the split the held-out galaxies
+set (``attrs["denoise_line_error_snr_split"]``, their median),
+``attrs["denoise_line_error_scale"]``, below it
+``attrs["denoise_line_error_scale_faint"]``, each measured on the
+held-out galaxies of its side (1 where none is recorded; a store without
+faint factors has a factor measured on detected lines only, and keeps one
+below 1 off lines under S/N :data:`DETECTED_SNR`), then adds
+in quadrature the line's fractional term times its flux, at or above the
+split (``attrs["denoise_line_error_frac"]``; 0 where none is recorded; at
+every S/N in a store without faint factors), all
 recorded in ``attrs["flux_err_rule"]``.  pPXF treats pixels as
 independent and applies no factor: the factors were measured with the
 fast fitter.
@@ -64,8 +69,8 @@ from . import catalogue, systematics
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
 DETECTED_SNR = 3.0
-"""S/N above which a line counts as detected (the de-noiser's line-error factors are measured,
-and shrink errors, only on detected lines; the painted-line rate counts detections)."""
+"""S/N above which a line counts as detected (the painted-line rate counts detections; a
+de-noiser calibrated on detected lines only shrinks errors there)."""
 DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
 """Pixel-error correlation at lags 1-4 assumed for a de-noised store that records none (the bound)."""
 VELSCALE_RATIO = 2
@@ -131,21 +136,20 @@ METHODS = tuple(FITTERS)
 
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
-           correlation: tuple[float, ...] = (), line_scale: tuple[tuple[str, float], ...] = ()) -> xr.Dataset:
+           correlation: tuple[float, ...] = (),
+           line_scale: tuple[tuple[str, float, float, float, float, float], ...] = ()) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
                           templates=templates)
-    for key, factor, frac in line_scale:
+    for key, factor, faint, split, frac, frac_faint in line_scale:
         if key in fit["flux_err"]:
             err, line = fit["flux_err"][key], fit["flux"][key]
-            scaled = np.full(err.shape, factor)
-            if factor < 1:
-                # Measured on detected lines only: a faint line keeps its wider error,
-                # and is not made a detection by the factor.
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    scaled[~(line / err >= DETECTED_SNR)] = 1.0
-            fit["flux_err"][key] = np.hypot(err * scaled, frac * line)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                # The side is the one the factors were calibrated by: the formal S/N.
+                bright = line / err >= split
+            fit["flux_err"][key] = np.hypot(err * np.where(bright, factor, faint),
+                                            np.where(bright, frac, frac_faint) * line)
     fit = systematics.apply(fit, grid.wavelength, flux, good, method)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
@@ -155,15 +159,30 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                               ds["flags"].values, fit, method, covered=covered)
 
 
-def _line_scale(attrs: dict) -> tuple[tuple[str, float, float], ...]:
-    """The de-noiser's error model per line, as sorted (key, factor, fractional term) (none: ())."""
-    scale, frac = ({k: float(v) for k, v in _attr_dict(attrs, f"denoise_line_error_{name}").items()}
-                   for name in ("scale", "frac"))
+def _line_scale(attrs: dict) -> tuple[tuple[str, float, float, float, float, float], ...]:
+    """The de-noiser's error model per line, sorted by key.
+
+    Each entry is (key, factor, faint factor, S/N split, fractional term,
+    fractional term below the split: 0).  A store without faint factors
+    (older models, calibrated on detected lines only) keeps a factor below
+    1 off lines under S/N :data:`DETECTED_SNR` and its fractional term at
+    every S/N.
+    """
+    scale, faint, split, frac = (
+        {k: float(v) for k, v in _attr_dict(attrs, f"denoise_line_error_{name}").items()}
+        for name in ("scale", "scale_faint", "snr_split", "frac"))
     bad = {k: v for k, v in scale.items() if not (np.isfinite(v) and v > 0)}
+    bad.update({f"{k} (faint)": v for k, v in faint.items() if not (np.isfinite(v) and v > 0)})
     bad.update({f"{k} (fractional)": v for k, v in frac.items() if not (np.isfinite(v) and v >= 0)})
+    bad.update({f"{k} (S/N split)": v for k, v in split.items() if not np.isfinite(v)})
     if bad:
-        raise ValueError(f"de-noised store's line-error factors must be positive, got {bad}")
-    return tuple((k, scale.get(k, 1.0), frac.get(k, 0.0)) for k in sorted(set(scale) | set(frac)))
+        raise ValueError(f"de-noised store's line-error factors must be positive (S/N splits finite), "
+                         f"got {bad}")
+    keys = sorted(set(scale) | set(faint) | set(frac))
+    old = not faint
+    return tuple((k, scale.get(k, 1.0), faint.get(k, max(scale.get(k, 1.0), 1.0)),
+                  split.get(k, DETECTED_SNR), frac.get(k, 0.0), frac.get(k, 0.0) if old else 0.0)
+                 for k in keys)
 
 
 def _attr_dict(attrs: dict, name: str) -> dict:
@@ -231,10 +250,12 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                               if correlation and method == "fast" else "pixel errors independent")
     line_scale = _line_scale(ds.attrs) if denoised and method == "fast" else ()
     if line_scale:
-        attrs["flux_err_rule"] += (f"; x the de-noiser's held-out factor s per line, below 1 only at "
-                                   f"S/N >= {DETECTED_SNR:g}, and its fractional term f x flux added in "
-                                   "quadrature (s / f: "
-                                   + ", ".join(f"{k} {v:.3g} / {f:.3g}" for k, v, f in line_scale) + ")")
+        attrs["flux_err_rule"] += ("; x the de-noiser's held-out factor per line, s at formal S/N >= its "
+                                   "split and s_faint below, and its fractional term f x flux added in "
+                                   "quadrature " + ("at or above the split" if ds.attrs.get("denoise_line_error_scale_faint")
+                                                    else "at every S/N") + " (s / s_faint / split / f: "
+                                   + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
+                                               for k, v, w, q, f, _ in line_scale) + ")")
     attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,

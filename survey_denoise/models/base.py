@@ -65,6 +65,8 @@ def target_variance(w: np.ndarray) -> np.ndarray:
 
 ONE_SIGMA = 0.6827
 """Fraction of a Gaussian within 1 sigma: the held-out coverage the variances are set to."""
+TWO_SIGMA = 0.9545
+"""Fraction within 2 sigma: line errors are also set to cover this (:func:`line_error_scales`)."""
 
 MAX_FRAC = 0.5
 """Largest fractional term of a line error (:func:`line_error_scales`); searched in steps of 0.005."""
@@ -171,12 +173,13 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
             "n_galaxy": int(n), "held_out": held}
 
 
-def _coverage_scale(sq: np.ndarray, var: np.ndarray, floor: np.ndarray, bounds: tuple[float, float]) -> float:
-    """log s with which ONE_SIGMA of ``sq <= s var + floor`` hold, by bisection within ``bounds`` (log s)."""
+def _coverage_scale(sq: np.ndarray, var: np.ndarray, floor: np.ndarray, bounds: tuple[float, float],
+                    level: float = ONE_SIGMA) -> float:
+    """log s with which ``level`` of ``sq <= s var + floor`` hold, by bisection within ``bounds`` (log s)."""
     lo, hi = bounds
     for _ in range(50):
         mid = 0.5 * (lo + hi)
-        if np.mean(sq <= np.exp(mid) * var + floor) < ONE_SIGMA:
+        if np.mean(sq <= np.exp(mid) * var + floor) < level:
             lo = mid
         else:
             hi = mid
@@ -195,78 +198,131 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     The held-out galaxies of :func:`held_out_residuals` are fitted twice
     with the fast fitter: the de-noised spectra with their calibrated
     variance and pixel correlation, and the targets with their own
-    variance.  Each line gets a factor ``s`` and a fractional term ``f``,
-    the de-noised error becoming ``sqrt((s sigma_den)^2 + (f F_den)^2)``:
+    variance.  Both fits are signed (``nonnegative=False``): differences of
+    fluxes clipped at 0 understate the error of a faint line (on pure
+    noise, by a factor ~2.5).
 
-    - ``s`` puts 68.27 % of ``|F_den - F_target|`` within
-      ``sqrt((s sigma_den)^2 + (f F_den)^2 + sigma_target^2)``, the
-      target's own noise allowed for, as in the pixel calibration;
+    The de-noised error becomes ``sqrt((s sigma_den)^2 + (f F_den)^2)``
+    (``f = 0`` below the split), with ``s`` set per half of the held-out
+    galaxies by the de-noised
+    line's own formal S/N (``F_den / sigma_den``, signed, before any
+    factor; the fitter sees that S/N when it applies the model):
+    ``scale`` at or above the median, ``snr_split``, and ``scale_faint``
+    below it.  Each is calibrated on its own half.  A factor measured on
+    bright lines and applied to faint ones shrank the faint errors of
+    lines the decoder under-draws (a bright [OIII] drawn faint); a fixed
+    split at S/N 3 left too few galaxies above it (the formal de-noised
+    errors are wide before the factor).
+
     - ``f`` is the smallest of 0, 0.005, ... :data:`MAX_FRAC` with which,
-      ``s`` refitted, the brighter half of the galaxies (by de-noised S/N)
-      is covered 68.27 % of the time too (the largest when none is;
-      ``bright_covered`` says which).  With ``f = 0``, one factor fitted
-      to all galaxies leaves the faint lines' errors too wide and the
-      bright ones' too narrow.  ``s`` is fitted to all galaxies.  Where
-      ``f F_den`` alone covers them (errors that are all in proportion to
-      the line), ``s`` falls to its lower bound (``at_bound``): a detected
-      line's error is then ``f F_den``, an undetected one's at least
-      ``sigma_den``.
+      ``scale`` refitted to the bright half, the brighter half of that
+      half (by de-noised S/N) is covered as well (the largest when none
+      is; ``bright_covered`` says which).  A line drawn
+      20 % too strong is 20 % off however bright it is; one factor leaves
+      the brightest lines' errors too narrow.  Where ``f F_den`` alone
+      covers them, ``scale`` falls to its lower bound (``at_bound``).
+    - Each ``s`` is the smallest that puts 68.27 % of its half's
+      ``|F_den - F_target|`` within ``sqrt((s sigma_den)^2 + (f F_den)^2 +
+      sigma_target^2)`` (no ``f`` in the faint half) and 95.45 % within
+      twice that, the target's own
+      noise allowed for, as in the pixel calibration.  The differences
+      have wider tails than a Gaussian's (a decoder that misses a line
+      misses it by far): set at 1 sigma alone, the 2-sigma intervals, and
+      the S/N cuts, would be too narrow.
 
-    Only galaxies whose target detects the line (S/N >
-    ``fitting.DETECTED_SNR``) are used: the fits keep fluxes non-negative,
-    and differences of fluxes clipped at 0 understate the error (on pure
-    noise, by a factor ~2.5); the fitter therefore applies a factor below 1
-    to detected lines only.  A line with fewer than :data:`MIN_LINE_ROWS`
-    such galaxies keeps ``s = 1, f = 0``, and so does a line whose
-    differences the target's noise alone covers 68.27 % of the time, or
-    whose de-noised errors are a median below :data:`MIN_ERROR_RATIO` of
-    the target's (noisy targets: the de-noised error cannot be told from
-    them, and shrinking it would be a guess).  ``s`` is bounded to
-    [1/20, 20] (``at_bound`` says when it reached one).
+    A half with fewer than :data:`MIN_LINE_ROWS` galaxies keeps ``s = 1``
+    (and the bright one ``f = 0``), and so does one whose differences the
+    target's noise alone covers 68.27 % of the time, or whose de-noised
+    errors are a median below :data:`MIN_ERROR_RATIO` of the target's
+    (noisy targets: the de-noised error cannot be told from them, and
+    shrinking it would be a guess).  ``s`` is bounded to [1/20, 20].
 
     Returns
     -------
     dict
-        ``{key: {"scale": s, "frac": f, "n": galaxies used, "at_bound":
-        bool, "bright_covered": bool, "identified": False where s and f
-        were kept}}``.
+        ``{key: {"scale": s, "scale_faint": s, "frac": f, "snr_split":
+        S/N, "n": galaxies of the bright half, "n_faint": of the faint,
+        "at_bound": bool, "bright_covered": bool, "identified": False
+        where the bright half kept s and f, "identified_faint": the same
+        for the faint}}``.
     """
     from .. import lines
-    from ..fitting import DETECTED_SNR, fast
+    from ..fitting import fast
 
     good = held["good"]
     with np.errstate(divide="ignore"):
         w_den = np.where(good, 1.0 / held["var"].astype(np.float64), 0.0)
         w_tgt = np.where(good, 1.0 / held["target_var"].astype(np.float64), 0.0)
-    den = fast.fit_batch(held["denoised"], w_den, good, grid=grid, correlation=tuple(correlation))
-    tgt = fast.fit_batch(held["target"], w_tgt, good, grid=grid)
+    den = fast.fit_batch(held["denoised"], w_den, good, grid=grid, correlation=tuple(correlation),
+                         nonnegative=False)
+    tgt = fast.fit_batch(held["target"], w_tgt, good, grid=grid, nonnegative=False)
     out = {}
     for key in lines.catalogue_keys():
         fd, ed = den["flux"][key], den["flux_err"][key]
         fc, ec = tgt["flux"][key], tgt["flux_err"][key]
-        use = (np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0)
-               & (fc > DETECTED_SNR * ec))
+        use = np.isfinite(fd) & np.isfinite(ed) & np.isfinite(fc) & np.isfinite(ec) & (ed > 0) & (ec > 0)
         gap, fd, ed, ec = np.abs(fd - fc)[use], fd[use], ed[use], ec[use]
-        if (use.sum() < MIN_LINE_ROWS or np.mean(gap <= ec) >= ONE_SIGMA
-                or np.median(ed / ec) < MIN_ERROR_RATIO):
-            # Too few detections, or the target's own noise covers the differences or so
-            # dominates them that the de-noised error moves the combined one by little:
-            # the factor cannot be told from these targets, so it is kept.
-            out[key] = {"scale": 1.0, "frac": 0.0, "n": int(use.sum()), "at_bound": False,
-                        "bright_covered": False, "identified": False}
-            continue
-        out[key] = {**_line_error_model(gap**2, ed**2, fd**2, ec**2), "n": int(use.sum()), "identified": True}
+        snr = fd / ed
+        split = float(np.median(snr)) if snr.size else 0.0
+        bright = snr >= split
+        model = {"scale": 1.0, "frac": 0.0, "at_bound": False, "bright_covered": False,
+                 "identified": _identifiable(gap[bright], ed[bright], ec[bright])}
+        if model["identified"]:
+            model.update(_line_error_model(gap[bright] ** 2, ed[bright] ** 2, fd[bright], ec[bright] ** 2))
+        faint = ~bright
+        model["identified_faint"] = _identifiable(gap[faint], ed[faint], ec[faint])
+        model["scale_faint"] = 1.0
+        if model["identified_faint"]:
+            # No fractional term below the split: it is set on the bright lines, and
+            # on a faint one (or one clipped to 0 in a catalogue) it would stand in for s.
+            at = _covering_scale(gap[faint] ** 2, ed[faint] ** 2, ec[faint] ** 2)
+            model["scale_faint"] = float(np.exp(0.5 * at))
+        out[key] = {**model, "snr_split": split, "n": int(bright.sum()), "n_faint": int(faint.sum())}
     return out
 
 
-def _line_error_model(sq, var, flux_sq, floor) -> dict:
-    """``s`` and ``f`` of :func:`line_error_scales` from squared gaps and the variances, per galaxy."""
-    bounds = (2 * np.log(1 / 20), 2 * np.log(20.0))  # on variances: log s^2
-    bright = flux_sq / var >= np.median(flux_sq / var)
+_LOG_S2_BOUNDS = (2 * np.log(1 / 20), 2 * np.log(20.0))
+"""Bounds of a line-error factor s, on log s^2."""
+
+
+def _identifiable(gap, ed, ec) -> bool:
+    """Whether a factor on the de-noised errors ``ed`` can be told from targets of errors ``ec``.
+
+    Not with too few galaxies, nor where the target's own noise covers the
+    differences or so dominates them that the de-noised error moves the
+    combined one by little.
+    """
+    return bool(gap.size >= MIN_LINE_ROWS and np.mean(gap <= ec) < ONE_SIGMA
+                and np.median(ed / ec) >= MIN_ERROR_RATIO)
+
+
+def _covering_scale(sq, var, floor) -> float:
+    """log s^2 with which ``sqrt(s^2 var + floor)`` covers the gaps ``sqrt(sq)`` at 1 and 2 sigma.
+
+    68.27 % within 1x and 95.45 % within 2x: differences with wider tails
+    than a Gaussian's would otherwise leave 2-sigma intervals, and S/N cuts,
+    too narrow.  The larger of the two factors.
+    """
+    return max(_coverage_scale(sq, var, floor, _LOG_S2_BOUNDS),
+               _coverage_scale(sq / 4.0, var, floor, _LOG_S2_BOUNDS, level=TWO_SIGMA))
+
+
+def _covered(sq, var, floor) -> bool:
+    """Whether ``sqrt(var + floor)`` covers the gaps ``sqrt(sq)`` at 1 and 2 sigma."""
+    total = var + floor
+    return bool(np.mean(sq <= total) >= ONE_SIGMA and np.mean(sq <= 4.0 * total) >= TWO_SIGMA)
+
+
+def _line_error_model(sq, var, flux, floor) -> dict:
+    """``scale`` and ``frac`` of :func:`line_error_scales` from squared gaps, fluxes and variances."""
+    bounds = _LOG_S2_BOUNDS
+    snr = flux / np.sqrt(var)
+    bright = snr >= np.median(snr)
+    flux_sq = flux**2
     for frac in np.linspace(0.0, MAX_FRAC, 101):
         extra = floor + frac**2 * flux_sq
-        at = _coverage_scale(sq, var, extra, bounds)
-        covered = bool(np.mean(sq[bright] <= np.exp(at) * var[bright] + extra[bright]) >= ONE_SIGMA)
+        at = _covering_scale(sq, var, extra)
+        covered = _covered(sq[bright], np.exp(at) * var[bright], extra[bright])
         if covered:
             break
     return {"scale": float(np.exp(0.5 * at)), "frac": float(frac), "bright_covered": covered,
@@ -380,13 +436,20 @@ class Denoiser(abc.ABC):
             "predicted": self.predicts_variance(), "variance_scale": self.variance_scale_,
             "pixel_correlation": resid["pixel_correlation"],
             "line_error_scale": {k: v["scale"] for k, v in lines_cal.items()},
+            "line_error_scale_faint": {k: v["scale_faint"] for k, v in lines_cal.items()},
+            "line_error_snr_split": {k: v["snr_split"] for k, v in lines_cal.items()},
             "line_error_frac": {k: v["frac"] for k, v in lines_cal.items()},
             "line_error_calibration": {
-                "rule": "fast fitter, held-out galaxies whose target detects the line: 68.27 % of "
-                        "|F_den - F_target| within sqrt((s sigma_den)^2 + (f F_den)^2 + sigma_target^2), "
-                        "f the smallest with which the brighter half (de-noised S/N) is covered 68.27 % too",
+                "rule": "fast fitter, signed fluxes, held-out galaxies in halves by the de-noised line's "
+                        "formal S/N (at or above snr_split, the median: scale; below: scale_faint): "
+                        "68.27 % of |F_den - F_target| within sqrt((s sigma_den)^2 + (f F_den)^2 + "
+                        "sigma_target^2) and 95.45 % within twice that (f = 0 below the split), f the "
+                        "smallest with which the brighter half of the bright half is covered too",
                 "n": {k: v["n"] for k, v in lines_cal.items()},
+                "n_faint": {k: v["n_faint"] for k, v in lines_cal.items()},
                 "not_identified": sorted(k for k, v in lines_cal.items() if not v["identified"]),
+                "not_identified_faint": sorted(k for k, v in lines_cal.items()
+                                               if not v["identified_faint"]),
                 "at_bound": sorted(k for k, v in lines_cal.items() if v["at_bound"]),
                 "bright_not_covered": sorted(k for k, v in lines_cal.items()
                                              if v["identified"] and not v["bright_covered"])},
