@@ -121,7 +121,9 @@ def main() -> None:
             folder, facts = trained(model, noisy.isel(galaxy=train), clean.isel(galaxy=train),
                                     Path(workdir) / name)
             models[name] = {"n_train": n, "epochs_cap": epochs, **facts,
-                            **{k: model.card_["uncertainty"].get(k) for k in ("line_error_scale", "line_error_frac")}}
+                            **{k: model.card_["uncertainty"].get(k)
+                               for k in ("line_error_scale", "line_error_scale_faint", "line_error_snr_split",
+                                         "line_error_frac")}}
             with dask.config.set(scheduler="synchronous"):
                 den = denoise(te_noisy, folder).compute()
                 factor = norm_ratio / model.card_["output_norm"]["ratio"]
