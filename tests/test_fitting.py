@@ -218,6 +218,40 @@ def test_ppxf_and_fast_agree_with_truth_and_each_other():
         assert np.all(np.abs(ratio) < 0.1), (key, ratio)
 
 
+def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error_model():
+    # A decoded spectrum is off smoothly over a whole line (its store records pixel errors
+    # fully correlated), but pPXF treats its pixels as independent.  With the de-noiser's
+    # line-error model the pPXF catalogue keeps pPXF's fluxes and takes the model's error,
+    # applied to the fast fitter's, as the fast catalogue does.
+    from survey_denoise.schema import add_provenance
+
+    flux, ivar, truth = _spectra(6, seed=12, noise=0.002)
+    ds = _dataset(flux, ivar)
+    ds.attrs = add_provenance(ds.attrs, "denoise", model="toy")
+    ds.attrs.update(denoise_pixel_correlation=[1.0, 1.0, 1.0, 1.0],
+                    denoise_line_error_scale={"halpha": 1.5, "hbeta": 2.0},
+                    denoise_line_error_scale_faint={"halpha": 1.5, "hbeta": 2.0},
+                    denoise_line_error_snr_split={"halpha": 0.0, "hbeta": 0.0},
+                    denoise_line_error_frac={"halpha": 0.3, "hbeta": 0.0})
+    plain = ds.copy()
+    plain.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("denoise_line_error")}
+    cat_p, cat_f = fit_lines(ds, method="ppxf"), fit_lines(ds, method="fast")
+    own = fit_lines(plain, method="ppxf")
+    assert cat_p.attrs["flux_err_rule"].startswith("line errors from a fast fit of the same spectrum")
+    assert own.attrs["flux_err_rule"] == "pixel errors independent"
+    for key in ("halpha", "hbeta"):
+        np.testing.assert_allclose(cat_p[f"{key}_flux_err_stat"].values, cat_f[f"{key}_flux_err_stat"].values,
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(cat_p[f"{key}_flux"].values, own[f"{key}_flux"].values)
+        assert not np.array_equal(cat_p[f"{key}_flux"].values, cat_f[f"{key}_flux"].values)
+        # pPXF's own errors, pixels independent, are several times smaller.
+        assert np.all(own[f"{key}_flux_err_stat"].values < 0.5 * cat_p[f"{key}_flux_err_stat"].values), key
+    halpha = cat_f["halpha_flux"].values
+    assert np.all(cat_p["halpha_flux_err_stat"].values >= 0.3 * halpha * (1 - 1e-9))
+    # Lines without a model keep pPXF's errors.
+    np.testing.assert_array_equal(cat_p["oiii_5007_flux_err_stat"].values, own["oiii_5007_flux_err_stat"].values)
+
+
 @pytest.mark.parametrize("method", ["fast", "ppxf"])
 def test_each_line_is_fitted_only_where_the_spectrum_covers_it(method):
     # Rows: fully covered; red end lost at 6400 A (no Halpha, [NII], [SII]); lost at 6585 A
