@@ -47,6 +47,11 @@ class Flag(enum.IntFlag):
     (:mod:`survey_denoise.line_windows`), so the line is missing: flux and error NaN."""
     DENOISE_EXTRAPOLATED = 1 << 13
     """Some de-noised pixels were missing from the input (variable ``extrapolated``; their ivar is 0)."""
+    LINE_NOT_IN_INPUT = 1 << 14
+    """Per line (catalogue column ``<key>_status``) of a de-noised catalogue: the spectrum the
+    de-noiser read does not detect the line (S/N below 3 in a fast fit, systematic terms
+    included; the de-noised store's ``lines_detected_input``), so its de-noised value comes
+    from what the model learned of similar galaxies, not from this galaxy's data."""
 
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM

@@ -42,6 +42,14 @@ Output, per galaxy:
   any such pixel gets ``DENOISE_EXTRAPOLATED``;
 * ``flux_std`` (only when ``n_samples > 0``): spread of the K decodes (a
   part of the error only; the fitters use ``ivar``);
+* ``lines_detected_input`` (uint32 bits, like ``lines_covered``): the
+  catalogue lines the *input* spectrum detects on its own, S/N >= 3 in a
+  fast fit with its systematic terms
+  (:func:`survey_denoise.fitting.detected_lines`).  A de-noiser draws the
+  lines the data cannot show from what it learned of similar galaxies; the
+  line catalogue marks those (``<key>_status`` LINE_NOT_IN_INPUT), so a
+  user can tell a line this galaxy's data support from one the model's
+  prior supplies;
 * ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values
   (flux 0, ivar 0).  Spectra already dropped upstream pass through
   unchanged, with their flags.
@@ -49,6 +57,7 @@ Output, per galaxy:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -57,7 +66,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .fitting import DETECTED_SNR, DETECTION_WIDTH_KMS, INPUT_DETECTIONS
 from .flags import DROP, Flag
+from .grid import Grid
+from .line_windows import lines_covered_attrs, to_bits
 from .models.card import card_hash, check, read_card
 from .schema import add_provenance, validate
 
@@ -149,6 +161,15 @@ def _run_batches(model, spectra, ids, keep, out, batch_size, n_samples, seed) ->
                 model_input(flux, ivar, mask, with_ivar=conditioned))
 
 
+def _input_detections(flux, ivar, mask, flags, *, grid: str) -> np.ndarray:
+    """Bits of the catalogue lines each input spectrum of a chunk detects (0 for dropped ones)."""
+    from .fitting import detected_lines
+
+    found = detected_lines(flux, ivar, mask, Grid.from_dict(json.loads(grid)))
+    found[(np.asarray(flags).reshape(-1) & int(DROP)) != 0] = False
+    return to_bits(found)
+
+
 def _uncertainty(card: dict, model_dir: str) -> dict:
     unc = card.get("uncertainty")
     if not unc:
@@ -159,7 +180,7 @@ def _uncertainty(card: dict, model_dir: str) -> dict:
 
 
 def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_samples: int = 0,
-            seed: int = 0) -> xr.Dataset:
+            seed: int = 0, input_detections: bool = True) -> xr.Dataset:
     """De-noise a rest-frame dataset lazily, one galaxy chunk per task.
 
     Parameters
@@ -175,6 +196,10 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         spread gives ``flux_std`` and ``ivar``.
     seed : int
         Seed of the posterior draws (streams keyed by galaxy id).
+    input_detections : bool
+        Record ``lines_detected_input``: one single-width fast fit of each
+        input spectrum (:func:`survey_denoise.fitting.detected_lines`),
+        several times the CPU of the de-noising itself.
 
     Returns
     -------
@@ -229,6 +254,11 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     new_flags = da.where(extrapolated.any(axis=1), new_flags | np.uint32(Flag.DENOISE_EXTRAPOLATED),
                          new_flags).astype(np.uint32)
 
+    if input_detections:
+        detected = da.map_blocks(_input_detections, flux, ivar_in, mask, flags[:, None],
+                                 grid=json.dumps(Grid.from_dataset(ds).to_dict()), drop_axis=1,
+                                 dtype=np.uint32, meta=np.empty((0,), np.uint32))
+
     dims = ("galaxy", "wavelength")
     out = ds.copy()
     out["flux"] = xr.Variable(dims, new_flux, ds["flux"].attrs)
@@ -238,6 +268,13 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         "description": "the input did not have this pixel (masked, ivar 0 or outside the observed "
                        "coverage): the de-noised flux is a prediction from the other pixels, its ivar 0",
         "flag": "DENOISE_EXTRAPOLATED"})
+    if input_detections:
+        out[INPUT_DETECTIONS] = xr.Variable(("galaxy",), detected, {
+            **lines_covered_attrs(), "long_name": "catalogue lines the de-noiser's input spectrum detects",
+            "rule": (f"S/N >= {DETECTED_SNR:g} in a fast fit of the input (its ivar, one line width "
+                     f"of {DETECTION_WIDTH_KMS:g} km/s, systematic terms added)")})
+    elif INPUT_DETECTIONS in out:
+        out = out.drop_vars(INPUT_DETECTIONS)  # a de-noised store's input: not this store's
     if n_samples > 0:
         out["flux_std"] = xr.Variable(dims, da.where(bad, np.float32(0), std).astype(np.float32),
                                       {**ds["flux"].attrs, "description": "spread of the VAE decodes"})

@@ -58,6 +58,43 @@ def test_denoise_is_lazy_flags_failures_and_passes_dropped_spectra(pca_dir):
     assert np.mean((res["flux"].values[keep] - clean["flux"].values[keep]) ** 2) < mse_in / 5
 
 
+def test_store_and_catalogue_say_which_lines_the_input_alone_detects(pca_dir):
+    # A de-noiser draws lines the noisy data cannot show; the catalogue marks them.
+    from survey_denoise.fitting import DETECTED_SNR, detected_lines, fit_lines
+    from survey_denoise.fitting.catalogue import not_covered, not_in_input, to_frame
+    from survey_denoise.line_windows import from_bits
+
+    ds, clean = datasets(120, seed=34)
+    ds["flags"].values[4] = np.uint32(Flag.NO_IVAR)
+    ds = ds.chunk({"galaxy": 50})
+    with dask.config.set(scheduler="synchronous"):
+        out = denoise(ds, pca_dir).compute()
+        den, inp = to_frame(fit_lines(out)), to_frame(fit_lines(ds))
+    grid = Grid.from_dataset(ds)
+    expect = detected_lines(ds["flux"].values, ds["ivar"].values, ds["mask"].values, grid)
+    expect[4] = False  # dropped: nothing is detected
+    got = from_bits(out["lines_detected_input"].values)
+    np.testing.assert_array_equal(got, expect)
+    assert "S/N >= 3" in out["lines_detected_input"].attrs["rule"]
+    # The input's own catalogue (five line widths to the detection's one) nearly always agrees.
+    snr = (inp["halpha_flux"] / inp["halpha_flux_err"]).to_numpy()
+    fitted = np.isfinite(snr)
+    assert np.mean((snr >= DETECTED_SNR)[fitted] == got[fitted, _key("halpha")]) >= 0.95
+    # Both kinds occur: galaxies without lines, and lines drowned by sigma = 0.04.
+    halpha = got[:, _key("halpha")]
+    assert 5 <= halpha.sum() <= 110
+    for key in ("halpha", "hbeta", "oiii_5007"):
+        flagged = not_in_input(den, key)
+        np.testing.assert_array_equal(flagged, ~got[:, _key(key)] & ~not_covered(den, key))
+        assert not not_in_input(inp, key).any()  # a spectrum that was not de-noised is its own input
+
+
+def _key(key):
+    from survey_denoise import lines
+
+    return lines.catalogue_keys().index(key)
+
+
 def test_mismatch_refused_before_any_graph(pca_dir):
     with pytest.raises(SchemaError, match="'l2'-normalised.*'sum'-normalised"):
         denoise(datasets(10, norm="sum")[0].chunk({"galaxy": 5}), pca_dir)

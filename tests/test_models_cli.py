@@ -57,6 +57,13 @@ def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
     assert code == 0, err
     den, noisy = open_store(tmp_path / "den.zarr"), open_store(stores / "test_noisy.zarr")
     np.testing.assert_allclose(den["flux"].values, load_model(model).denoise(noisy), rtol=1e-5, atol=1e-7)
+    assert "lines_detected_input" in den  # on by default; switched off for throughput
+    code, _, err = run_in_process(["denoise", stores / "test_noisy.zarr", "--model", model, "--out",
+                         tmp_path / "bare.zarr", "--workers", 1, "--no-input-detections"], capsys)
+    assert code == 0, err
+    bare = open_store(tmp_path / "bare.zarr")
+    assert "lines_detected_input" not in bare
+    np.testing.assert_array_equal(bare["flux"].values, den["flux"].values)
     # Same model against a store of another normalisation: one line, exit 2.
     other, _ = datasets(10, norm="sum")
     write_store(other.chunk({"galaxy": 10}), tmp_path / "sum.zarr", progress=False)

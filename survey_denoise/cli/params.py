@@ -67,7 +67,10 @@ def declared(model: type[BaseModel], *, skip: tuple[str, ...] = ()):
             kind, flag = _click_type(info.annotation)
             default = None if info.is_required() else info.get_default(call_default_factory=True)
             extra = {"is_flag": True} if flag else {"type": kind}
-            command = click.option(option_name(name), name, default=default,
+            opt = option_name(name)
+            if flag and default:  # a switch that is on by default is turned off with --no-...
+                opt = f"{opt}/--no-{opt[2:]}"
+            command = click.option(opt, name, default=default,
                                    required=info.is_required(), show_default=default is not None,
                                    help=info.description, **extra)(command)
         return command

@@ -66,6 +66,7 @@ import json
 import numpy as np
 import xarray as xr
 
+from .. import lines
 from ..grid import Grid
 from ..line_windows import covered_lines, from_bits
 from ..schema import add_provenance, validate
@@ -78,6 +79,10 @@ DETECTED_SNR = 3.0
 de-noiser calibrated on detected lines only shrinks errors there)."""
 DENOISED_CORRELATION = (1.0, 1.0, 1.0, 1.0)
 """Pixel-error correlation at lags 1-4 assumed for a de-noised store that records none (the bound)."""
+DETECTION_WIDTH_KMS = 120.0
+"""Line width (sigma, km/s) of :func:`detected_lines`' fit: the middle of the fast fitter's widths."""
+INPUT_DETECTIONS = "lines_detected_input"
+"""A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
 VELSCALE_RATIO = 2
 """Template pixels per grid pixel for pPXF on the grid (1 lets the gas sigma collapse)."""
 
@@ -160,8 +165,46 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.
         covered &= from_bits(ds["lines_covered"].values)
+    detected = from_bits(ds[INPUT_DETECTIONS].values) if INPUT_DETECTIONS in ds else None
     return catalogue.from_fit(ds["galaxy"].values, ds["z"].values, ds["norm"].values,
-                              ds["flags"].values, fit, method, covered=covered)
+                              ds["flags"].values, fit, method, covered=covered, input_detected=detected)
+
+
+def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """Which catalogue lines each spectrum detects on its own: S/N >= :data:`DETECTED_SNR`.
+
+    A fast fit with the spectrum's own ``ivar`` (pixels independent) and the
+    fast fitter's systematic terms (:mod:`.systematics`), with one line
+    width, :data:`DETECTION_WIDTH_KMS`, instead of the catalogue's five: a
+    third of the CPU, and on the mock (uniform-Halpha design, sigma = 0.04)
+    the same call as the five-width fit's S/N >= 3 for 98.7-99.7 % of the
+    Table 6 lines and Hbeta.  The de-noiser
+    records it for its input (``lines_detected_input``), so a de-noised
+    catalogue can say which of its lines the galaxy's data alone support.
+
+    Parameters
+    ----------
+    flux, ivar : ndarray (n, npix)
+        Spectra on ``grid`` and their inverse variance.
+    mask : ndarray of bool (n, npix)
+        Bad pixels.
+    grid : Grid
+
+    Returns
+    -------
+    ndarray of bool (n, n_catalogue_keys)
+        False where a line is not covered or the fit failed.
+    """
+    from . import fast
+
+    flux = np.asarray(flux, np.float64)
+    ivar = np.asarray(ivar, np.float64)
+    good = ~np.asarray(mask, bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    fit = fast.fit_batch(flux, np.where(good, ivar, 0.0), good, grid=grid, widths_kms=(DETECTION_WIDTH_KMS,))
+    fit = systematics.apply(fit, grid.wavelength, flux, good, "fast")
+    keys = lines.catalogue_keys()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([fit["flux"][k] / fit["flux_err"][k] >= DETECTED_SNR for k in keys], axis=1)
 
 
 def _modelled_errors(fit: dict, line_scale) -> dict[str, np.ndarray]:
@@ -258,7 +301,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     correlation = tuple(float(r) for r in correlation)
     if any(not -1.0 <= r <= 1.0 for r in correlation):
         raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
-    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + (["lines_covered"] if "lines_covered" in ds else [])
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + [
+        v for v in ("lines_covered", INPUT_DETECTIONS) if v in ds and (denoised or v != INPUT_DETECTIONS)]
     src = ds[names]
     src.attrs = {}
     source = "ivar, else constant" if denoised else "ivar"

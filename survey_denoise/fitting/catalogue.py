@@ -18,7 +18,10 @@ degree of freedom), ``method``, and for each key of
 * ``<key>_snr``: ``flux / flux_err``;
 * ``<key>_status``: 0, or :data:`~survey_denoise.flags.Flag.LINE_NOT_COVERED`
   when the observed spectrum does not cover the line with its fitting
-  window and continuum (:mod:`survey_denoise.line_windows`).
+  window and continuum (:mod:`survey_denoise.line_windows`); in a
+  de-noised catalogue, :data:`~survey_denoise.flags.Flag.LINE_NOT_IN_INPUT`
+  where the spectrum the de-noiser read does not detect the line (the
+  value comes from the model's prior, not from the galaxy's data).
 
 A line the spectrum does not cover is *missing*: NaN flux and NaN error,
 status LINE_NOT_COVERED, never 0 (a zero flux with an error is an upper
@@ -67,8 +70,10 @@ def columns() -> dict[str, tuple[str, str, str]]:
         out[f"{key}_flux_norm"] = ("float64", NORM_UNIT, f"{label} flux, normalised units")
         out[f"{key}_flux_norm_err"] = ("float64", NORM_UNIT, f"{label} flux error, normalised units")
         out[f"{key}_snr"] = ("float64", "", f"{label} signal-to-noise ratio")
-        out[f"{key}_status"] = ("uint32", "", f"{label}: 0, or Flag.LINE_NOT_COVERED "
-                                f"({int(Flag.LINE_NOT_COVERED)}): not observed, flux NaN")
+        out[f"{key}_status"] = ("uint32", "", f"{label}: 0, or Flag bits LINE_NOT_COVERED "
+                                f"({int(Flag.LINE_NOT_COVERED)}): not observed, flux NaN; "
+                                f"LINE_NOT_IN_INPUT ({int(Flag.LINE_NOT_IN_INPUT)}): de-noised, "
+                                "and the de-noiser's input alone does not detect it")
     return out
 
 
@@ -79,7 +84,7 @@ def optional_columns() -> tuple[str, ...]:
 
 def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndarray,
              fit: Mapping, method: str, frame_factor: np.ndarray | float = 1.0,
-             covered: np.ndarray | None = None) -> xr.Dataset:
+             covered: np.ndarray | None = None, input_detected: np.ndarray | None = None) -> xr.Dataset:
     """Catalogue rows from a fitter's output.
 
     Parameters
@@ -101,10 +106,16 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         (:func:`survey_denoise.line_windows.covered_lines`); an uncovered line
         gets NaN flux and error and ``<key>_status`` LINE_NOT_COVERED.
         Default: every line covered.
+    input_detected : ndarray of bool (n, n_keys), optional
+        De-noised spectra: whether the spectrum the de-noiser read detects
+        each line; a covered line it does not detect gets ``<key>_status``
+        LINE_NOT_IN_INPUT.  Default: no such bit.
     """
     n = len(galaxy)
     keys = lines.catalogue_keys()
     covered = np.ones((n, len(keys)), bool) if covered is None else np.asarray(covered, bool).reshape(n, len(keys))
+    if input_detected is not None:
+        input_detected = np.asarray(input_detected, bool).reshape(n, len(keys))
     norm = np.asarray(norm, np.float64)
     scale = norm * np.broadcast_to(np.asarray(frame_factor, np.float64), (n,))
     data = {
@@ -124,7 +135,10 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         data[f"{key}_flux_norm_err"] = e * (scale / norm)
         with np.errstate(divide="ignore", invalid="ignore"):
             data[f"{key}_snr"] = np.where(e > 0, f / e, np.nan)
-        data[f"{key}_status"] = np.where(covered[:, j], 0, int(Flag.LINE_NOT_COVERED)).astype(np.uint32)
+        status = np.where(covered[:, j], 0, int(Flag.LINE_NOT_COVERED))
+        if input_detected is not None:
+            status |= np.where(covered[:, j] & ~input_detected[:, j], int(Flag.LINE_NOT_IN_INPUT), 0)
+        data[f"{key}_status"] = status.astype(np.uint32)
     cols = columns()
     return xr.Dataset(
         {name: ("galaxy", values, _var_attrs(cols[name])) for name, values in data.items()},
@@ -142,12 +156,30 @@ def not_covered(cat: pd.DataFrame, key: str) -> np.ndarray:
     -------
     ndarray of bool (n_rows,)
     """
+    return _status_bit(cat, key, Flag.LINE_NOT_COVERED)
+
+
+def not_in_input(cat: pd.DataFrame, key: str) -> np.ndarray:
+    """Whether line ``key`` of each de-noised row is one the de-noiser's input does not detect.
+
+    Reads ``<key>_status`` (LINE_NOT_IN_INPUT); False where the column is
+    absent, the row has no value, or the catalogue is not of de-noised
+    spectra.
+
+    Returns
+    -------
+    ndarray of bool (n_rows,)
+    """
+    return _status_bit(cat, key, Flag.LINE_NOT_IN_INPUT)
+
+
+def _status_bit(cat: pd.DataFrame, key: str, bit: Flag) -> np.ndarray:
     name = f"{key}_status"
     if name not in cat.columns:
         return np.zeros(len(cat), bool)
     status = cat[name].to_numpy(np.float64)
     bits = np.where(np.isfinite(status), status, 0).astype(np.int64)
-    return (bits & int(Flag.LINE_NOT_COVERED)) != 0
+    return (bits & int(bit)) != 0
 
 
 def _var_attrs(spec: tuple[str, str, str]) -> dict:

@@ -110,6 +110,9 @@ class Denoise(Strict):
     samples: int = Field(0, ge=0, description=(
         "VAE only: posterior decodes per spectrum; their spread gives flux_std and widens ivar."))
     seed: int = Field(0, description="Seed of the posterior draws.")
+    input_detections: bool = Field(True, description=(
+        "Record which lines the input alone detects (a single-width fast fit of every input "
+        "spectrum); the line catalogue marks the others LINE_NOT_IN_INPUT."))
     input: Literal[SPECTRA] = Field("degraded", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
 
 

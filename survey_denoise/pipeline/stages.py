@@ -131,7 +131,8 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
 def denoise(ds: xr.Dataset, model_dir: Path, cfg: Denoise) -> xr.Dataset:
     from ..inference import denoise as run
 
-    return run(ds, model_dir, batch_size=cfg.batch_size, n_samples=cfg.samples, seed=cfg.seed)
+    return run(ds, model_dir, batch_size=cfg.batch_size, n_samples=cfg.samples, seed=cfg.seed,
+               input_detections=cfg.input_detections)
 
 
 def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:

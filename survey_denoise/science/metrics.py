@@ -58,7 +58,7 @@ import pandas as pd
 
 from .. import lines
 from ..fitting import DETECTED_SNR
-from ..fitting.catalogue import not_covered
+from ..fitting.catalogue import not_covered, not_in_input
 
 TABLE6_LINES = ("halpha", "hdelta", "oiii_4363", "sii_6716", "oiii_5007", "nii_6583")
 """Lines of the paper's Table 6 and Figure 9, in its order."""
@@ -274,6 +274,17 @@ def painted_rate(true_flux: np.ndarray, floor: np.ndarray, flux: np.ndarray, flu
         ``n_painted / n_faint`` (NaN when no galaxy is faint).
     n_painted, n_faint : int
     """
+    faint, painted = painted_lines(true_flux, floor, flux, flux_err, snr=snr)
+    n_faint, n_painted = int(faint.sum()), int(painted.sum())
+    return (n_painted / n_faint if n_faint else float("nan")), n_painted, n_faint
+
+
+def painted_lines(true_flux: np.ndarray, floor: np.ndarray, flux: np.ndarray, flux_err: np.ndarray, *,
+                  snr: float = DETECTION_SNR) -> tuple[np.ndarray, np.ndarray]:
+    """Per galaxy: faint (true flux below the floor) and painted (faint, yet reported at S/N > ``snr``).
+
+    The masks behind :func:`painted_rate`, same parameters; each an ndarray of bool (n,).
+    """
     t = np.asarray(true_flux, np.float64)
     fl = np.asarray(floor, np.float64)
     f = np.asarray(flux, np.float64)
@@ -281,9 +292,7 @@ def painted_rate(true_flux: np.ndarray, floor: np.ndarray, flux: np.ndarray, flu
     faint = np.isfinite(t) & np.isfinite(fl) & (t < fl)
     with np.errstate(divide="ignore", invalid="ignore"):
         detected = np.isfinite(f) & np.isfinite(e) & (e > 0) & (f > snr * e)
-    n_faint = int(faint.sum())
-    n_painted = int((faint & detected).sum())
-    return (n_painted / n_faint if n_faint else float("nan")), n_painted, n_faint
+    return faint, faint & detected
 
 
 def binned_offsets(true_flux: np.ndarray, judged: np.ndarray, reference: np.ndarray | None = None, *,
@@ -370,7 +379,9 @@ def _aligned(cat: pd.DataFrame, ids: np.ndarray, keys: Sequence[str], name: str)
     missing = [c for c in ["galaxy"] + cols if c not in cat.columns]
     if missing:
         raise KeyError(f"catalogue {name!r} lacks columns {missing}")
-    keyed = cat[["galaxy"] + cols].assign(galaxy=cat["galaxy"].astype(str))
+    # the status bits ride along: LINE_NOT_IN_INPUT of a de-noised catalogue is counted
+    status = [f"{k}_status" for k in keys if f"{k}_status" in cat.columns]
+    keyed = cat[["galaxy"] + cols + status].assign(galaxy=cat["galaxy"].astype(str))
     for k in keys:
         keyed.loc[not_covered(cat, k), [f"{k}_flux", f"{k}_flux_err"]] = np.nan
     if keyed["galaxy"].duplicated().any():
@@ -397,7 +408,10 @@ class Scores:
         (against the true flux, bins in true flux), ``painted_rate``,
         ``n_painted``, ``n_faint`` (:func:`painted_rate`, over every galaxy
         with a true flux and a noisy error, so lines absent from the mock
-        count too; the same galaxies for every method), ``faint_offset`` (dex)
+        count too; the same galaxies for every method),
+        ``painted_rate_input`` (the painted lines a de-noised catalogue
+        does not mark LINE_NOT_IN_INPUT, over ``n_faint``: the rate left
+        to a user who drops the marked lines), ``faint_offset`` (dex)
         and ``n_faint_bin`` (:func:`faint_offset`).  Truth columns are NaN
         without a truth table; ``original`` has no painted rate (its faint
         detections are real).
@@ -496,7 +510,7 @@ def score_catalogues(judged: Mapping[str, pd.DataFrame], original: pd.DataFrame,
             else:
                 row.update(sigma_orig=nan, sigma_fill_orig=nan, offset_orig=nan)
             row.update(sigma_truth=nan, sigma_fill_truth=nan, offset_truth=nan, painted_rate=nan,
-                       n_painted=0, n_faint=0, faint_offset=nan, n_faint_bin=0)
+                       n_painted=0, n_faint=0, painted_rate_input=nan, faint_offset=nan, n_faint_bin=0)
             if t_c is not None and edges_true is not None:
                 st = scatter_dex(t_c, v, upper_b=up, edges=edges_true, line=k)
                 fo, nf = faint_offset(t_c, v, edges_true)
@@ -508,9 +522,14 @@ def score_catalogues(judged: Mapping[str, pd.DataFrame], original: pd.DataFrame,
                 c = cats[m]
                 # over every galaxy with a truth and a floor, not the common set: a line
                 # absent from the mock (true flux 0) is the plainest case of painting
-                rate, n_p, n_f = painted_rate(t, floor, c[f"{k}_flux"].to_numpy(float),
-                                              c[f"{k}_flux_err"].to_numpy(float), snr=snr)
-                row.update(painted_rate=rate, n_painted=n_p, n_faint=n_f)
+                faint, painted = painted_lines(t, floor, c[f"{k}_flux"].to_numpy(float),
+                                               c[f"{k}_flux_err"].to_numpy(float), snr=snr)
+                n_f, n_p = int(faint.sum()), int(painted.sum())
+                # A de-noised catalogue marks the lines its input does not detect; what is
+                # painted among the rest is what a user who drops the marked lines still gets.
+                n_kept = int((painted & ~not_in_input(c, k)).sum())
+                row.update(painted_rate=n_p / n_f if n_f else nan, n_painted=n_p, n_faint=n_f,
+                           painted_rate_input=n_kept / n_f if n_f else nan)
             summary.append(row)
         values[k] = vals
     bin_cols = ["line", "method", "lo", "hi", "centre", "count", "n_upper", "offset_truth", "sigma_truth",
