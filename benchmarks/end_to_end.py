@@ -224,7 +224,8 @@ def config_for(n: int, out: Path, args, model: str | None, train: bool = False) 
         stages["train"] = {"kind": "vae", "latent": 6, "epochs": args.epochs, "seed": 3}
         stages["denoise"] = {"model": "train", "batch_size": args.batch}
     elif model is not None:
-        stages["denoise"] = {"model": model, "batch_size": args.batch}
+        stages["denoise"] = {"model": model, "batch_size": args.batch,
+                             "input_detections": not getattr(args, "no_input_detections", False)}
     if not train:
         stages["fit"] = {"method": "fast", "stores": ["denoised" if "denoise" in stages else "degraded"]}
     outputs = {"dir": str(out)}
@@ -380,6 +381,8 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--no-denoise", action="store_true")
+    ap.add_argument("--no-input-detections", action="store_true",
+                    help="de-noise without recording which lines the input detects (its cost)")
     ap.add_argument("--fuse", action="store_true",
                     help="outputs.keep: [] (stages fused, no intermediate stores)")
     ap.add_argument("--work", default="/tmp/survey-denoise-bench", help="scratch folder for the stores")
@@ -393,6 +396,7 @@ def main() -> None:
     result: dict = {"command": "python benchmarks/end_to_end.py " + " ".join(
                         os.sys.argv[1:]), "mock": args.mock, "survey": args.survey,
                     "noise": args.noise, "fused": args.fuse, "chunk": args.chunk,
+                    "input_detections": not args.no_input_detections,
                     "cores": os.cpu_count(),
                     "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                           text=True).stdout.strip()}
