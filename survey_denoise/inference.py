@@ -198,8 +198,8 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         Seed of the posterior draws (streams keyed by galaxy id).
     input_detections : bool
         Record ``lines_detected_input``: one single-width fast fit of each
-        input spectrum (:func:`survey_denoise.fitting.detected_lines`),
-        several times the CPU of the de-noising itself.
+        input spectrum (:func:`survey_denoise.fitting.detected_lines`; +2 %
+        of the workers' CPU in ``benchmarks/end_to_end.py --fuse``).
 
     Returns
     -------
