@@ -204,7 +204,7 @@ def store_files(path: Path, n_target: int) -> dict:
     else:
         per_target = 1
     units = math.ceil(target_chunks / per_target)
-    return {"files": _files(path), "chunks": n_chunks, "chunks_per_shard": per_shard,
+    return {"files": _files(path), "data_files": n_data, "chunks": n_chunks, "chunks_per_shard": per_shard,
             "galaxy_variables": len(arrays),
             f"files_at_{n_target}": len(arrays) * units + units + other,
             f"chunks_per_shard_at_{n_target}": per_target}
