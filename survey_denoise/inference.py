@@ -57,7 +57,6 @@ Output, per galaxy:
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -161,11 +160,11 @@ def _run_batches(model, spectra, ids, keep, out, batch_size, n_samples, seed) ->
                 model_input(flux, ivar, mask, with_ivar=conditioned))
 
 
-def _input_detections(flux, ivar, mask, flags, *, grid: str) -> np.ndarray:
+def _input_detections(flux, ivar, mask, flags, *, grid: Grid) -> np.ndarray:
     """Bits of the catalogue lines each input spectrum of a chunk detects (0 for dropped ones)."""
     from .fitting import detected_lines
 
-    found = detected_lines(flux, ivar, mask, Grid.from_dict(json.loads(grid)))
+    found = detected_lines(flux, ivar, mask, grid)
     found[(np.asarray(flags).reshape(-1) & int(DROP)) != 0] = False
     return to_bits(found)
 
@@ -256,7 +255,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
 
     if input_detections:
         detected = da.map_blocks(_input_detections, flux, ivar_in, mask, flags[:, None],
-                                 grid=json.dumps(Grid.from_dataset(ds).to_dict()), drop_axis=1,
+                                 grid=Grid.from_dataset(ds), drop_axis=1,
                                  dtype=np.uint32, meta=np.empty((0,), np.uint32))
 
     dims = ("galaxy", "wavelength")

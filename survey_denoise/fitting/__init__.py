@@ -301,8 +301,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     correlation = tuple(float(r) for r in correlation)
     if any(not -1.0 <= r <= 1.0 for r in correlation):
         raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
-    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + [
-        v for v in ("lines_covered", INPUT_DETECTIONS) if v in ds and (denoised or v != INPUT_DETECTIONS)]
+    optional = ["lines_covered"] + ([INPUT_DETECTIONS] if denoised else [])
+    names = ["flux", "ivar", "mask", "z", "norm", "flags"] + [v for v in optional if v in ds]
     src = ds[names]
     src.attrs = {}
     source = "ivar, else constant" if denoised else "ivar"
