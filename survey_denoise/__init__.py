@@ -70,6 +70,7 @@ _LAZY = {
     "Scores": "survey_denoise.science.metrics",
     "scatter_dex": "survey_denoise.science.metrics",
     "painted_rate": "survey_denoise.science.metrics",
+    "spurious_lines": "survey_denoise.science.metrics",
     "coverage": "survey_denoise.science.calibration",
     "line_coverage": "survey_denoise.science.calibration",
     "pixel_coverage": "survey_denoise.science.calibration",

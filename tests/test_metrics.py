@@ -95,6 +95,15 @@ def test_painted_rate_of_a_known_case():
                                          np.array([1.0]))[0])
 
 
+def test_spurious_lines_of_a_known_case():
+    true = np.array([0.0, 2.0, 10.0, 10.0, 10.0, 10.0, np.nan])
+    flux = np.array([4.0, 3.5, 11.0, 16.0, 2.0, np.nan, 5.0])
+    err = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # absent line; truth below 3 errors; recovered; 6 errors off; not detected; no fit; no truth
+    np.testing.assert_array_equal(metrics.spurious_lines(true, flux, err),
+                                  [True, True, False, True, False, False, False])
+
+
 def test_binned_offsets_and_faint_offset_by_hand():
     true = np.array([1.0, 1.0, 1.0, 100.0, 100.0])
     judged = np.array([10.0, 10.0, 1.0, 100.0, 10.0])
@@ -200,10 +209,21 @@ def test_painted_rate_and_bins_through_the_catalogues():
                                   truth, noisy="noisy", n_bins=2)
     s = sc.summary.set_index(["method", "line"])
     assert s.loc[("painter", "halpha"), "painted_rate"] == 1.0
+    # painted at 5 +- 0.1 where the truth is 1 (or 0): none of it is supported
+    assert s.loc[("painter", "halpha"), "spurious_rate"] == 1.0
+    recovered = keeper.copy()                                              # 1 +- 0.2 at S/N 5
+    recovered["halpha_flux"], recovered["halpha_flux_err"] = np.r_[np.full(20, 100.0), np.ones(20)], 0.2
+    sc_r = metrics.score_catalogues({"recovered": recovered, "noisy": noisy}, original, truth,
+                                    noisy="noisy", n_bins=2).summary.set_index(["method", "line"])
+    # below the input's floor, so painted; within its honest error, so not spurious,
+    # except the line absent from the mock
+    assert sc_r.loc[("recovered", "halpha"), "painted_rate"] == 1.0
+    assert sc_r.loc[("recovered", "halpha"), "spurious_rate"] == pytest.approx(1 / 20)
     # the absent line has no log (not in the scatter) but its painting counts
     assert s.loc[("painter", "halpha"), "n"] == 39 and s.loc[("painter", "halpha"), "n_faint"] == 20
     assert s.loc[("dropper", "halpha"), "painted_rate"] == 0.0
     assert s.loc[("noisy", "halpha"), "painted_rate"] == 0.0          # S/N 1.5 and 0.5
+    assert s.loc[("noisy", "halpha"), "spurious_rate"] == 0.0
     assert np.isnan(s.loc[("original", "halpha"), "painted_rate"])
     assert s.loc[("original", "halpha"), "sigma_truth"] == pytest.approx(0.0)
     b = sc.bins[(sc.bins["line"] == "halpha") & (sc.bins["method"] == "painter")]

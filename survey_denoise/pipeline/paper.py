@@ -101,9 +101,11 @@ def table6_markdown(config: dict, keys: list[str], tables: dict[str, pd.DataFram
             "painted: share of galaxies with true flux below 3x the noisy error reported at S/N > 3; "
             "painted, input: those of them the catalogue does not mark LINE_NOT_IN_INPUT (the "
             "de-noiser's input alone detects the line); "
+            "spurious: painted lines whose true flux is below 3x the case's own error or outside "
+            "2 of its errors (the truth does not support them; for the noisy case, every painted line); "
             "faint offset: median log10(case / true) in the faintest true-flux bin (dex).", "",
             _rows(scores, ["line", "name", "n_measured_all", "n_upper_all", "n_missing_all", "n_common",
-                           "offset_orig", "offset_truth", "painted_rate", "painted_rate_input",
+                           "offset_orig", "offset_truth", "painted_rate", "painted_rate_input", "spurious_rate",
                            "faint_offset"])]
     cov = tables.get("table6_coverage")
     if cov is not None:

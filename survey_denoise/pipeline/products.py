@@ -374,7 +374,8 @@ def table6(scores) -> pd.DataFrame:
                              "offset_orig": "median_offset"})
             .assign(label=lambda t: t["line"].map(lambda k: labels.get(k, k)))
             [["case", "line", "label", "n", "n_upper", "sigma", "sigma_fill", "median_offset",
-              "sigma_truth", "sigma_fill_truth", "painted_rate", "painted_rate_input"]]
+              "sigma_truth", "sigma_fill_truth", "painted_rate", "painted_rate_input",
+              "spurious_rate"]]
             .reset_index(drop=True))
 
 

@@ -41,8 +41,10 @@ methods and shows it in its ``n_missing``, and one that fits them at zero is
 scored at its limits.
 
 Against a mock's truth table the same statistics are computed with the
-true flux as the reference (bins in true flux), and two numbers say whether
-a de-noiser invents lines (:func:`painted_rate`) or inflates the faint end
+true flux as the reference (bins in true flux), and three numbers say whether
+a de-noiser invents lines (:func:`painted_rate`), whether its detections of
+lines the input cannot show are real at its own precision
+(:func:`spurious_lines`), and whether it inflates the faint end
 (:func:`faint_offset`).  A true flux of 0 (a line absent from the mock) has
 no logarithm either: such galaxies are outside the common set of the
 scatter statistics but count in the painted-line rate.
@@ -68,6 +70,9 @@ LIMIT_SIGMA = 1.0
 """An upper limit sits at this many times the line's flux error (see the module docstring)."""
 DETECTION_SNR = DETECTED_SNR
 """S/N above which a line counts as detected, and the detection floor in units of the noisy error."""
+
+SUPPORT_SIGMA = 2.0
+"""A detection is supported by the truth only within this many of its errors (:func:`spurious_lines`)."""
 
 _BIN_COLUMNS = ["lo", "hi", "centre", "count", "n_upper", "filled", "p16", "p50", "p84", "d16", "d50", "d84"]
 
@@ -295,6 +300,44 @@ def painted_lines(true_flux: np.ndarray, floor: np.ndarray, flux: np.ndarray, fl
     return faint, faint & detected
 
 
+def spurious_lines(true_flux: np.ndarray, flux: np.ndarray, flux_err: np.ndarray, *,
+                   snr: float = DETECTION_SNR, within: float = SUPPORT_SIGMA) -> np.ndarray:
+    """Per galaxy: a detection the truth does not support at the catalogue's own precision.
+
+    :func:`painted_lines` asks whether the *input* could show a line; a
+    de-noiser exists to recover lines it cannot, so a painted line may be
+    a real recovery.  This asks whether the *truth* supports what the
+    catalogue claims: the line is reported at S/N > ``snr`` while the true
+    flux is below ``snr`` times the reported error (too faint to detect at
+    that precision) or outside ``within`` errors of the reported flux (the
+    value is wrong by more than its error says).  On the noisy catalogue,
+    whose error sets the painted-line floor, every painted line is
+    spurious; on a de-noised one the painted lines that are not spurious
+    are real lines recovered with an honest error.
+
+    Parameters
+    ----------
+    true_flux, flux, flux_err : ndarray (n,)
+        True flux, and the judged catalogue's fitted flux and 1-sigma
+        error (one unit).
+    snr : float
+        S/N that counts as a detection.
+    within : float
+        Errors within which the truth must lie.
+
+    Returns
+    -------
+    ndarray of bool (n,)
+    """
+    t = np.asarray(true_flux, np.float64)
+    f = np.asarray(flux, np.float64)
+    e = np.asarray(flux_err, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        detected = np.isfinite(f) & np.isfinite(e) & (e > 0) & (f > snr * e)
+        unsupported = (t < snr * e) | (np.abs(f - t) > within * e)
+    return detected & np.isfinite(t) & unsupported
+
+
 def binned_offsets(true_flux: np.ndarray, judged: np.ndarray, reference: np.ndarray | None = None, *,
                    upper: np.ndarray | None = None, edges: np.ndarray) -> pd.DataFrame:
     """Per bin of true flux: how far the judged fluxes sit from the truth and from a reference.
@@ -411,7 +454,10 @@ class Scores:
         count too; the same galaxies for every method),
         ``painted_rate_input`` (the painted lines a de-noised catalogue
         does not mark LINE_NOT_IN_INPUT, over ``n_faint``: the rate left
-        to a user who drops the marked lines), ``faint_offset`` (dex)
+        to a user who drops the marked lines), ``spurious_rate`` (the
+        painted lines that are also :func:`spurious_lines`, over
+        ``n_faint``: lines that are not there at the claimed precision;
+        equal to ``painted_rate`` for the noisy catalogue), ``faint_offset`` (dex)
         and ``n_faint_bin`` (:func:`faint_offset`).  Truth columns are NaN
         without a truth table; ``original`` has no painted rate (its faint
         detections are real).
@@ -510,7 +556,8 @@ def score_catalogues(judged: Mapping[str, pd.DataFrame], original: pd.DataFrame,
             else:
                 row.update(sigma_orig=nan, sigma_fill_orig=nan, offset_orig=nan)
             row.update(sigma_truth=nan, sigma_fill_truth=nan, offset_truth=nan, painted_rate=nan,
-                       n_painted=0, n_faint=0, painted_rate_input=nan, faint_offset=nan, n_faint_bin=0)
+                       n_painted=0, n_faint=0, painted_rate_input=nan, spurious_rate=nan,
+                       faint_offset=nan, n_faint_bin=0)
             if t_c is not None and edges_true is not None:
                 st = scatter_dex(t_c, v, upper_b=up, edges=edges_true, line=k)
                 fo, nf = faint_offset(t_c, v, edges_true)
@@ -522,14 +569,16 @@ def score_catalogues(judged: Mapping[str, pd.DataFrame], original: pd.DataFrame,
                 c = cats[m]
                 # over every galaxy with a truth and a floor, not the common set: a line
                 # absent from the mock (true flux 0) is the plainest case of painting
-                faint, painted = painted_lines(t, floor, c[f"{k}_flux"].to_numpy(float),
-                                               c[f"{k}_flux_err"].to_numpy(float), snr=snr)
+                flux, err = c[f"{k}_flux"].to_numpy(float), c[f"{k}_flux_err"].to_numpy(float)
+                faint, painted = painted_lines(t, floor, flux, err, snr=snr)
                 n_f, n_p = int(faint.sum()), int(painted.sum())
                 # A de-noised catalogue marks the lines its input does not detect; what is
                 # painted among the rest is what a user who drops the marked lines still gets.
                 n_kept = int((painted & ~not_in_input(c, k)).sum())
+                n_spurious = int((painted & spurious_lines(t, flux, err, snr=snr)).sum())
                 row.update(painted_rate=n_p / n_f if n_f else nan, n_painted=n_p, n_faint=n_f,
-                           painted_rate_input=n_kept / n_f if n_f else nan)
+                           painted_rate_input=n_kept / n_f if n_f else nan,
+                           spurious_rate=n_spurious / n_f if n_f else nan)
             summary.append(row)
         values[k] = vals
     bin_cols = ["line", "method", "lo", "hi", "centre", "count", "n_upper", "offset_truth", "sigma_truth",
