@@ -272,7 +272,8 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
     # line's fitted flux also moves with the fitted width, which the formal error omits.
     right = line_error_scales({**held, "var": var_true}, [], GRID)
     for key in lines:
-        assert out[key]["n"] + out[key]["n_faint"] == n and out[key]["n"] >= n // 2 and not out[key]["at_bound"]
+        assert out[key]["n"] + out[key]["n_faint"] == n and out[key]["n"] >= n // 2
+        assert not out[key]["at_bound"] and not out[key]["at_bound_faint"], key
         # The fractional term is the fitter's own (a fitted width moves the flux), not
         # the misstatement's: small either way.  (Not the same: the S/N that sorts the
         # galaxies into halves is the formal one, so the halves differ.)
@@ -289,6 +290,12 @@ def test_line_error_scales_undo_a_known_misstatement_of_the_pixel_errors():
         assert_covers(np.abs(flux - truth[key]), modelled, key)
         stated = np.abs(flux - truth[key]) <= err
         assert np.mean(stated) > 0.85, key  # as given: far too wide
+    # Errors stated 400x too wide want factors of ~1/400 in both halves: they stop at the
+    # bound (1/20), and the model says so for each half.
+    wide = line_error_scales({**held, "var": 1.6e5 * var_true}, [], GRID)
+    for key in lines:
+        assert wide[key]["at_bound"] and wide[key]["at_bound_faint"], key
+        assert wide[key]["scale_faint"] == pytest.approx(1 / 20, rel=1e-5), key
     # A line absent from every spectrum is calibrated too: its signed fluxes scatter about
     # 0 with the pixel noise, which fluxes clipped at 0 would hide.
     absent = out["oiii_4363"]

@@ -242,7 +242,8 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     dict
         ``{key: {"scale": s, "scale_faint": s, "frac": f, "snr_split":
         S/N, "n": galaxies of the bright half, "n_faint": of the faint,
-        "at_bound": bool, "bright_covered": bool, "identified": False
+        "at_bound": bool, "at_bound_faint": bool (``scale_faint`` at a
+        bound), "bright_covered": bool, "identified": False
         where the bright half kept s and f, "identified_faint": the same
         for the faint}}``.
     """
@@ -271,12 +272,13 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
             model.update(_line_error_model(gap[bright] ** 2, ed[bright] ** 2, fd[bright], ec[bright] ** 2))
         faint = ~bright
         model["identified_faint"] = _identifiable(gap[faint], ed[faint], ec[faint])
-        model["scale_faint"] = 1.0
+        model["scale_faint"], model["at_bound_faint"] = 1.0, False
         if model["identified_faint"]:
             # No fractional term below the split: it is set on the bright lines, and
             # on a faint one (or one clipped to 0 in a catalogue) it would stand in for s.
             at = _covering_scale(gap[faint] ** 2, ed[faint] ** 2, ec[faint] ** 2)
             model["scale_faint"] = float(np.exp(0.5 * at))
+            model["at_bound_faint"] = _at_bound(at)
         out[key] = {**model, "snr_split": split, "n": int(bright.sum()), "n_faint": int(faint.sum())}
     return out
 
@@ -315,7 +317,6 @@ def _covered(sq, var, floor) -> bool:
 
 def _line_error_model(sq, var, flux, floor) -> dict:
     """``scale`` and ``frac`` of :func:`line_error_scales` from squared gaps, fluxes and variances."""
-    bounds = _LOG_S2_BOUNDS
     snr = flux / np.sqrt(var)
     bright = snr >= np.median(snr)
     flux_sq = flux**2
@@ -326,7 +327,13 @@ def _line_error_model(sq, var, flux, floor) -> dict:
         if covered:
             break
     return {"scale": float(np.exp(0.5 * at)), "frac": float(frac), "bright_covered": covered,
-            "at_bound": bool(min(at - bounds[0], bounds[1] - at) < 2e-6)}
+            "at_bound": _at_bound(at)}
+
+
+def _at_bound(log_s2: float) -> bool:
+    """Whether a factor's bisection ended at a bound of :data:`_LOG_S2_BOUNDS`."""
+    lo, hi = _LOG_S2_BOUNDS
+    return bool(min(log_s2 - lo, hi - log_s2) < 2e-6)
 
 
 class NotFittedError(RuntimeError):
@@ -451,6 +458,7 @@ class Denoiser(abc.ABC):
                 "not_identified_faint": sorted(k for k, v in lines_cal.items()
                                                if not v["identified_faint"]),
                 "at_bound": sorted(k for k, v in lines_cal.items() if v["at_bound"]),
+                "at_bound_faint": sorted(k for k, v in lines_cal.items() if v["at_bound_faint"]),
                 "bright_not_covered": sorted(k for k, v in lines_cal.items()
                                              if v["identified"] and not v["bright_covered"])},
             "rows": "validation" if parts.validation.size else "training (no validation split)",
