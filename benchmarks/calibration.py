@@ -68,7 +68,12 @@ from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
 from survey_denoise.models import PCADenoiser, VAEDenoiser  # noqa: E402
 from survey_denoise.preprocess import preprocess  # noqa: E402
-from survey_denoise.science.calibration import COVERAGE_LINES, line_coverage, pixel_coverage  # noqa: E402
+from survey_denoise.science.calibration import (  # noqa: E402
+    COVERAGE_LINES,
+    line_coverage,
+    pixel_coverage,
+    tally,
+)
 
 RESULTS = Path(__file__).parent / "results"
 LINES = ("halpha", "hbeta", "hdelta", "oiii_5007", "nii_6583", "sii_6716", "oiii_4363")
@@ -222,8 +227,10 @@ def run_model(name, model, noisy, clean, test_noisy, test_clean, truth, workdir,
                 ("after", den, None))
     for label, store, rho in variants:
         cat = to_frame(fit_lines(store, method="fast", correlation=rho).compute())
-        res[label] = tables(line_coverage(cat, truth, edges=edges, min_count=20))
+        cov = line_coverage(cat, truth, edges=edges, min_count=20)
+        res[label] = tables(cov)
         if label == "after":
+            res["after_tally"] = tally(pd.concat(cov.values(), ignore_index=True))
             res["halpha_scatter_dex"] = halpha_scatter(cat, truth)
             # the same fit, formal errors only: what the systematic terms change
             formal = cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in COVERAGE_LINES})
@@ -246,6 +253,9 @@ def print_result(name: str, res: dict) -> None:
                                  res["after"][key], strict=True):
             print(f"{key:<10}{b['bin']:>18}{b['count']:>6}   "
                   + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, i, c, f, a)))
+    t = res["after_tally"]
+    print(f"after, per bin: {t['in_band']} of {t['measures']} in the band, {t['too_small']} below, "
+          f"{t['too_wide']} above; beyond counting noise {t['narrow']} narrow, {t['wide']} wide")
 
 
 def main() -> None:

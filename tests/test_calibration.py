@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from survey_denoise.science.calibration import coverage, in_target, line_coverage, pixel_coverage
+from survey_denoise.science.calibration import (
+    coverage,
+    in_target,
+    line_coverage,
+    pixel_coverage,
+    tally,
+)
 
 
 def test_honest_gaussian_errors_cover_68_and_95_percent():
@@ -28,6 +34,28 @@ def test_errors_too_small_or_too_large_fall_outside_the_target():
     assert not in_target(coverage(measured, np.full(5000, 0.3), true))
     assert not in_target(coverage(measured, np.full(5000, 3.0), true))
     assert in_target(coverage(measured, np.ones(5000), true))
+
+
+def test_small_bins_are_judged_against_counting_noise():
+    rng = np.random.default_rng(5)
+    true = 10 ** rng.uniform(0, 3, 600)
+    edges = np.linspace(0, 3, 11)                   # ten bins of ~60 values
+    z = rng.standard_normal(true.size)
+    honest = coverage(true + z, np.ones(true.size), true, edges=edges)
+    # exact errors: out of the band in some bins, as 60 values allow, but never beyond chance
+    t = tally(honest)
+    assert t["measures"] == 20 and t["in_band"] + t["too_small"] + t["too_wide"] == 20
+    assert t["narrow"] == t["wide"] == 0 and (honest["p_1sigma"] > 0.01).all()
+    # 60 of 60 within 2 sigma is out of the band yet happens 6 % of the time with exact errors
+    full = coverage(np.r_[np.full(41, 0.5), np.full(19, 1.5)], np.ones(60), np.zeros(60))
+    assert full["within_2sigma"].iloc[-1] == 1.0 and full["p_2sigma"].iloc[-1] == pytest.approx(0.116, abs=0.01)
+    t = tally(full.assign(bin="one bin"))
+    assert (t["in_band"], t["too_wide"], t["wide"]) == (1, 1, 0)
+    # errors off by a factor 2 either way are told apart from chance in most bins
+    short = tally(coverage(true + z, np.full(true.size, 0.5), true, edges=edges))
+    long = tally(coverage(true + z, np.full(true.size, 2.0), true, edges=edges))
+    assert short["narrow"] >= 15 and short["wide"] == 0
+    assert long["wide"] >= 10 and long["narrow"] == 0
 
 
 def test_bad_entries_are_left_out_and_lengths_checked():

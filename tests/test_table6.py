@@ -54,6 +54,11 @@ def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     judged = scores[scores["method"] != "original"]
     assert np.isfinite(judged[["sigma_orig", "sigma_truth"]].to_numpy(float)).all()
     assert judged["painted_rate"].between(0, 1).all() | judged["painted_rate"].isna().all()
+    # spurious detections are among the painted ones; for the noisy input they are all of them
+    both = judged.dropna(subset=["painted_rate"])
+    assert (both["spurious_rate"] <= both["painted_rate"]).all()
+    noisy_both = both[both["method"] == "noisy"]
+    np.testing.assert_array_equal(noisy_both["spurious_rate"], noisy_both["painted_rate"])
     assert np.isfinite(judged["faint_offset"]).all()
     # the original and noisy spectra are the same in every variant
     noisy = scores[scores["method"] == "noisy"]
@@ -70,11 +75,13 @@ def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     assert len(overall) == 3 * 3 * overall["line"].nunique()
     assert overall[["within_1sigma", "within_2sigma"]].stack().between(0, 1).all()
     assert (overall["within_2sigma"] >= overall["within_1sigma"]).all()
+    assert calib[["p_1sigma", "p_2sigma"]].stack().between(0, 1).all()
 
     md = (out / "table6.md").read_text()
     assert "Are the errors honest?" in md and "| vae (paper) | 0.36 | 0.29 |" in md
     assert '"method": "fast"' in md and '"n": 80' in md
     assert "Against the mock's true fluxes" in md and "painted" in md and "N common" in md
+    assert "spurious_rate" in md and "beyond counting noise" in md
     for kind in kinds:
         for name in ("figure9-noisy.png", "figure9-denoised.png", "table6_coverage.csv"):
             assert (out / kind / name).stat().st_size > 0

@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..science.calibration import SIGNIFICANCE, tally
 from ..science.metrics import TABLE6_LINES
 
 PAPER = {  # Scourfield et al. (2023) Table 6: (sigma, sigma_fill) in dex, 4-d models, pPXF on SDSS
@@ -115,4 +116,12 @@ def table6_markdown(config: dict, keys: list[str], tables: dict[str, pd.DataFram
                  "calibrated errors give 0.60-0.76 and 0.90-0.98 (per bin: sweep-table6_coverage.csv).",
                  "", _rows(cov[cov["bin"] == "all"], ["line", "name", "count", "within_1sigma",
                                                        "within_2sigma"])]
+        if "p_1sigma" in cov:
+            per_bin = pd.DataFrame([{"name": name, **tally(sub)}
+                                    for name, sub in cov.groupby("name", sort=False)])
+            text += ["Per bin of true flux (every line, both levels): fractions in the band, below "
+                     "and above it, and those below (narrow) or above (wide) the Gaussian fraction "
+                     f"beyond counting noise (two-sided binomial p < {SIGNIFICANCE:g}).", "",
+                     _rows(per_bin, ["name", "measures", "in_band", "too_small", "too_wide", "narrow",
+                                     "wide"])]
     return "\n".join(text)
