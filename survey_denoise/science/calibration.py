@@ -30,6 +30,8 @@ from scipy import stats
 
 TARGET = {1.0: (0.60, 0.76), 2.0: (0.90, 0.98)}
 """Acceptable fraction within k sigma, k -> (low, high)."""
+COVERAGE_LINES = ("halpha", "hdelta", "sii_6716", "oiii_5007", "nii_6583")
+"""The Table 6 lines whose coverage is measured ([OIII]4363 is rarely detected on the mock)."""
 SIGNIFICANCE = 0.01
 """A bin's fraction differs from the Gaussian one when its two-sided binomial p-value is below this."""
 
@@ -37,9 +39,6 @@ SIGNIFICANCE = 0.01
 def gaussian_fraction(k: float) -> float:
     """Fraction of a Gaussian within ``k`` sigma of its mean (0.6827 at 1, 0.9545 at 2)."""
     return math.erf(k / math.sqrt(2.0))
-
-COVERAGE_LINES = ("halpha", "hdelta", "sii_6716", "oiii_5007", "nii_6583")
-"""The Table 6 lines whose coverage is measured ([OIII]4363 is rarely detected on the mock)."""
 
 
 def _fractions(z: np.ndarray, levels: Sequence[float]) -> dict[str, float]:
