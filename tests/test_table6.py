@@ -30,6 +30,33 @@ def test_set_overrides_a_config_value_and_is_checked():
     assert_user_error(run("run", CONFIG, "--set", "stages.fit.method", "--check"), "KEY=VALUE")
 
 
+def test_fitting_only_the_heldout_galaxies_needs_a_holdout():
+    assert_user_error(run("run", CONFIG, *SMALL, "--set", "stages.fit.galaxies=heldout",
+                          "--set", "stages.train.holdout=0", "--check"), "stages.fit.galaxies")
+
+
+@pytest.mark.slow
+def test_fitting_only_the_heldout_galaxies(tmp_path):
+    import json
+
+    out = tmp_path / "held"
+    result = subprocess.run([sys.executable, "-c", "from survey_denoise.cli import main; main()", "run",
+                             str(CONFIG), *SMALL, "--set", "sweep=null", "--set", "stages.train.kind=pca",
+                             "--set", "stages.fit.galaxies=heldout", "--out", str(out), "--workers", "1",
+                             "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    held = pd.read_parquet(out / "heldout.parquet")["galaxy"].astype(str)
+    assert len(held) == 16
+    for stem in ("preprocessed", "degraded", "denoised"):
+        cat = pd.read_parquet(out / f"catalogue-{stem}.parquet")
+        assert sorted(cat["galaxy"].astype(str)) == sorted(held), stem
+        assert np.isfinite(cat["halpha_flux"]).all()
+    scores = pd.read_csv(out / "table6_scores.csv")
+    assert (scores["n_total"] == 16).all() and (scores["n_common"] <= 16).all()
+    summary = json.loads((out / "run.json").read_text())["invocations"][-1]["summary"]
+    assert summary["galaxies"] == 80 and summary["failed"] == 0
+
+
 @pytest.mark.slow
 def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     out = tmp_path / "t6"

@@ -339,6 +339,8 @@ def check(config: PipelineConfig) -> list[str]:
         if target not in made:
             problems.append(f"stages.fit.stores: '{target}' is not made by this pipeline "
                             f"(made: {', '.join(made)})")
+    if st.fit is not None and st.fit.galaxies == "heldout" and (st.train is None or st.train.holdout <= 0):
+        problems.append("stages.fit.galaxies: 'heldout' needs stages.train with holdout > 0")
     if st.fit is not None and st.fit.templates is not None and not st.fit.templates.exists():
         problems.append(f"stages.fit.templates: {st.fit.templates} does not exist")
     if st.science is not None:

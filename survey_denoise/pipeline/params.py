@@ -124,6 +124,9 @@ class Fit(Strict):
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
         default_factory=list, json_schema_extra=PIPELINE_ONLY,
         description="stores to fit (default: the last one made)")
+    galaxies: Literal["all", "heldout"] = Field("all", json_schema_extra=PIPELINE_ONLY, description=(
+        "fit every galaxy, or only those the train stage holds out (stages.train.holdout > 0): "
+        "the scores and the science stage measure only these, and pPXF's cost falls with them"))
 
     @model_validator(mode="after")
     def _templates(self) -> Fit:

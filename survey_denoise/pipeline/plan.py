@@ -246,10 +246,13 @@ def plan(config: PipelineConfig, cluster: str = "local") -> Plan:
         written = config.writes(spec.makes)
         steps.append(Step(name, name, reads, (store_file(spec.makes),), spec.makes,
                           written=written, chunks=chunks))
+    fit_chunks = chunks
+    if st.fit is not None and st.fit.galaxies == "heldout" and galaxies is not None and st.train is not None:
+        fit_chunks = max(1, math.ceil(round(st.train.holdout * galaxies) / config.chunk))
     for target in config.fit_targets():
         stem = catalogue_stem(target)
         steps.append(Step(f"fit-{target}", "fit", (target,),
-                          (f"{stem}.zarr", f"{stem}.parquet", f"{stem}.fits"), target, chunks=chunks))
+                          (f"{stem}.zarr", f"{stem}.parquet", f"{stem}.fits"), target, chunks=fit_chunks))
     made = _products(config)
     if made:
         steps.append(Step("products", "products", _product_inputs(config), tuple(made), where="task"))

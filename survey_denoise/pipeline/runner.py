@@ -236,9 +236,12 @@ class Runner:
         return out
 
     def _do_fit(self, step: Step) -> None:
-        target = step.store
-        cat = self._write(step.name, stages.fit(self.stores[target], self.config.stages.fit),
-                          step.outputs[0], spectra=False)
+        target, st = step.store, self.config.stages
+        spectra = self.stores[target]
+        if st.fit.galaxies == "heldout":
+            # the same draw as the train stage's (stages.holdout): the galaxies it never saw
+            spectra = spectra.isel(galaxy=stages.holdout(int(spectra.sizes["galaxy"]), st.train))
+        cat = self._write(step.name, stages.fit(spectra, st.fit), step.outputs[0], spectra=False)
         self.catalogue_stores[target] = self.path(step.outputs[0])
         self._catalogue_files(self.catalogue_stores[target], catalogue_stem(target))
         case = products.CASES[target]
@@ -371,11 +374,17 @@ class Runner:
         self.summary.galaxies = int(first.sizes["galaxy"])
         flags = np.zeros(self.summary.galaxies, dtype=np.uint32)
         written = [ds for key, ds in stores.items() if key not in self.fused]
+        ids = None
         with _here():
             for ds in written + list(catalogues.values()):
+                # a catalogue of some galaxies only (stages.fit.galaxies) is placed by id
+                at = slice(None)
+                if ds.sizes["galaxy"] != flags.size:
+                    ids = pd.Index(first["galaxy"].values.astype(str)) if ids is None else ids
+                    at = ids.get_indexer(ds["galaxy"].values.astype(str))
                 for name in ("flags", "status"):
                     if name in ds and np.issubdtype(ds[name].dtype, np.integer):
-                        flags |= ds[name].values.astype(np.uint32)
+                        flags[at] |= ds[name].values.astype(np.uint32)
         self.summary.flagged = int(np.count_nonzero(flags))
         self.summary.failed = int(np.count_nonzero(flags & np.uint32(FAILED)))
 
