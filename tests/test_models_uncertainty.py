@@ -392,3 +392,31 @@ def test_faint_lines_are_covered_where_the_decoder_under_draws_bright_ones():
     assert_covers(np.abs(flux - truth)[faint], modelled[faint], "faint")
     # As stated, the faint errors leave the under-drawn lines out.
     assert np.mean(np.abs(flux - truth)[faint] <= err[faint]) < 0.6
+
+
+def test_pca_calibration_keeps_every_held_out_galaxy_when_the_norms_differ():
+    """The target's variance is rescaled to the input's normalisation after, not before, its softening.
+
+    A PCA model's output keeps the noisy input's normalisation, so the
+    target is compared as ``y * norm_clean / norm_noisy``.  Subtracting the
+    weights' softening after that rescaling clipped to zero the variance of
+    every pixel whose own variance is below ~1.8x the softening (at a norm
+    ratio 0.6), and the line errors were calibrated on the few galaxies
+    left.
+    """
+    from survey_denoise.models.base import held_out_residuals
+    from survey_denoise.models.data import SOFTENING, SpectraPairs
+
+    noisy, clean = datasets(300, seed=45)
+    clean = clean.assign(norm=clean["norm"] * 0.0 + 0.6, ivar=clean["ivar"] * 0.0 + 1e6)
+    noisy = noisy.assign(norm=noisy["norm"] * 0.0 + 1.0)
+    model = PCADenoiser(4).fit(noisy, clean)
+    rows = np.arange(200, 300)
+    held = held_out_residuals(model, SpectraPairs(noisy, clean), rows)["held_out"]
+    assert held["good"].all()
+    own = 1.0 / pixel_weights(np.full((1, 1), 1e6))[0, 0] - SOFTENING
+    np.testing.assert_allclose(held["target_var"], 0.36 * own, rtol=1e-4)
+    # Every validation galaxy calibrates each line's errors (a half each side of the split).
+    cal = model.card_["uncertainty"]["line_error_calibration"]
+    n_val = model.card_["training"]["n_validation"]
+    assert cal["n"]["halpha"] + cal["n_faint"]["halpha"] == n_val

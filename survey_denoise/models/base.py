@@ -144,8 +144,10 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         for lag in range(1, CORRELATION_WINDOW):
             lagged[lag] += float(np.sum(r[:, lag:] * r[:, :-lag]))
         r2.append(r ** 2)
-        w = w / f ** 2
-        tv.append(target_variance(w))
+        # The target's variance, then its rescaling: the softening belongs to the
+        # weights in the target's own normalisation, and subtracting it after
+        # dividing w by f^2 < 1 would clip most pixels' variance to 0.
+        tv.append(target_variance(w) * f ** 2)
         if predicts:
             vv.append(np.asarray(v, np.float64))
         n += x.shape[0]
