@@ -18,6 +18,10 @@ wrote, how much of the miss any such factor can remove:
   whichever is larger), but set *against the truth* on a random half of the
   galaxies and scored on the other half, so it is the best such a model
   could learn with unlimited calibration data;
+* ``input_tension``: lines whose de-noised flux and the noisy input's
+  differ by more than 2, 2.5 or 3 combined errors, set aside as a flag
+  would set them: the share flagged, how many of the lines off the truth
+  by more than 2 errors they hold, and the tally of the rest;
 * ``oracle_bins``: per bin of true flux, whether any single factor at all
   (one that knows the bin's truth) puts both fractions in the band, and the
   ratio of the 95.45 % to the 68.27 % quantile of ``|fitted - true| /
@@ -51,6 +55,7 @@ from survey_denoise.science.calibration import (
 
 STORES = ("denoised", "degraded", "preprocessed")
 BINS = (1, 2, 3, 5, 8)
+TENSION = (2.0, 2.5, 3.0)
 
 
 def _read(folder: Path, store: str) -> pd.DataFrame:
@@ -108,6 +113,23 @@ def _refit(cat: pd.DataFrame, snr: pd.DataFrame, truth: pd.DataFrame, calib: np.
     return out
 
 
+def _tension(cat: pd.DataFrame, noisy: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """Would a flag on de-noised lines that the noisy input contradicts catch the tails?"""
+    out = {}
+    for threshold in TENSION:
+        kept, flagged, caught = cat.copy(), {}, {}
+        for key in COVERAGE_LINES:
+            f, e = cat[f"{key}_flux"], cat[f"{key}_flux_err"]
+            z = (f - noisy.loc[cat.index, f"{key}_flux"]) / np.hypot(e, noisy.loc[cat.index, f"{key}_flux_err"])
+            flag = (np.abs(z) > threshold).to_numpy()
+            off = (np.abs(f - truth[f"{key}_flux"]) / e > 2.0).to_numpy()
+            flagged[key] = float(flag.mean())
+            caught[key] = [int((flag & off).sum()), int(off.sum())]
+            kept[f"{key}_flux_err"] = e.where(~flag)
+        out[f"{threshold:g}"] = {"flagged": flagged, "off_by_2_caught": caught, "tally": _tally(kept, truth)}
+    return out
+
+
 def _oracle(cat: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """Bins of true flux where one factor can meet both bands, and the tail ratio per bin."""
     tables = line_coverage(cat.reset_index(), truth.reset_index())
@@ -144,6 +166,8 @@ def measure(run: Path, seed: int = 0) -> dict:
             entry = {"as_written": _tally(cat, truth), "as_written_test_half": _tally(cat[test], truth[test]),
                      "as_written_by_reported": _by_reported(cat, truth),
                      "oracle_bins": _oracle(cat, truth), "refit": {}}
+            if store == "denoised":
+                entry["input_tension"] = _tension(cat, noisy, truth)
             for source, s in snr.items():
                 for n_bins in BINS:
                     refit = _refit(cat, s, truth, calib, n_bins)
@@ -168,6 +192,11 @@ def main() -> None:
               f"({o['tail_ratio_min']:.2f}-{o['tail_ratio_max']:.2f}, Gaussian 2)")
         print("    refit on truth, in band on the test half: "
               + ", ".join(f"{k} {v['in_band']}" for k, v in e["refit"].items()))
+        for thr, t in e.get("input_tension", {}).items():
+            caught = sum(c[0] for c in t["off_by_2_caught"].values())
+            off = sum(c[1] for c in t["off_by_2_caught"].values())
+            print(f"    input tension > {thr}: {100 * np.mean(list(t['flagged'].values())):.1f} % flagged, "
+                  f"{caught} of {off} lines off by > 2 errors, {t['tally']['in_band']}/50 in band without them")
     name = args.name or args.run.name
     path = Path(__file__).parent / "results" / f"coverage_ceiling_{name}.json"
     path.write_text(json.dumps({"command": f"python benchmarks/coverage_ceiling.py {args.run} --name {name}",
