@@ -18,13 +18,11 @@ are written under staging names and renamed into place when complete
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
-from glob import glob
 from pathlib import Path
 
 import dask
@@ -33,10 +31,11 @@ import pandas as pd
 import xarray as xr
 
 from ..flags import Flag
-from ..io.outputs import check_overlap, replacing
+from ..io.outputs import replacing
 from ..io.store import open_store, write_store
 from . import products, stages
 from .config import ConfigError, PipelineConfig
+from .folder import check_folder, clear_run
 from .plan import HELDOUT, MODEL, TRUTH, Plan, Step, catalogue_stem, store_file
 from .plan import plan as make_plan
 from .registry import STAGES
@@ -400,64 +399,6 @@ def _here():
     return dask.config.set(scheduler="threads")
 
 
-def check_folder(config: PipelineConfig, resume: bool, overwrite: bool = False) -> dict:
-    """Refuse to start over a finished or different run; return the config as JSON data.
-
-    Parameters
-    ----------
-    config : PipelineConfig
-        The run's config.
-    resume : bool
-        Finish the run in ``outputs.dir``.
-    overwrite : bool
-        The run in ``outputs.dir`` will be replaced: nothing to refuse.
-
-    Raises
-    ------
-    FileExistsError
-        If the outputs folder holds a run and neither ``resume`` nor ``overwrite`` is set.
-    ConfigError
-        If resuming a run that was started with another config.
-    """
-    folder = Path(config.outputs.dir)
-    check_overlap([folder], _inputs(config))
-    recorded = RunLog.recorded_config(folder) if folder.exists() else None
-    mine = json.loads(config.model_dump_json())
-    if overwrite:
-        return mine
-    if recorded is not None and not resume:
-        raise FileExistsError(f"{folder} holds a run already; pass --resume to finish it, "
-                              "--overwrite to replace it, or --out DIR to write elsewhere")
-    if recorded is not None and recorded != mine:
-        changed = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
-        raise ConfigError(f"{folder}: cannot resume, the config changed since the run "
-                          f"started ({', '.join(changed)}); pass --overwrite to replace the "
-                          "run, or --out DIR to write elsewhere")
-    return mine
-
-
-def _clear_run(folder: Path) -> None:
-    # Only a folder holding a run log is removed: outputs.dir could name a
-    # folder that holds something else.
-    if RunLog.recorded_config(folder) is not None:
-        shutil.rmtree(folder)
-
-
-def _inputs(config: PipelineConfig) -> list[Path]:
-    """Every file or folder a run reads that it did not make itself."""
-    found: list[Path] = []
-    if config.input.kind == "store":
-        found += [config.input.store.path, config.input.store.truth]
-    elif config.input.kind == "files":
-        found += [Path(p) for pattern in config.input.files.paths for p in glob(pattern)]
-    st = config.stages
-    if st.denoise is not None and st.denoise.model != "train":
-        found.append(Path(st.denoise.model))
-    if st.fit is not None and st.fit.templates is not None:
-        found.append(Path(st.fit.templates))
-    return [p for p in found if p is not None]
-
-
 def _needs_rechunk(ds: xr.Dataset, chunk: int) -> bool:
     chunks = ds.chunks.get("galaxy") if ds.chunks else None
     return not chunks or max(chunks) > chunk
@@ -505,7 +446,7 @@ def run_pipeline(config: PipelineConfig, *, cluster: str = "local", workers: int
             raise ConfigError(f"stages.denoise.model: {err}") from None
     with connect(cluster, n_workers=workers, echo=echo) as client:
         if overwrite:
-            _clear_run(Path(config.outputs.dir))
+            clear_run(Path(config.outputs.dir))
         summary = make_plan(config, cluster).execute(client, resume=resume, progress=progress,
                                                      echo=echo)
     echo(str(summary))

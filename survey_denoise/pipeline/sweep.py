@@ -147,7 +147,7 @@ def run_sweep(config: PipelineConfig, *, cluster: str = "local", workers: int | 
         One per variant, in sweep order.
     """
     from ..cluster import connect
-    from .runner import _clear_run, check_folder
+    from .folder import check_folder, clear_run
 
     found = plans(config, cluster)
     for _, p in found:
@@ -157,7 +157,7 @@ def run_sweep(config: PipelineConfig, *, cluster: str = "local", workers: int | 
         for values, p in found:
             echo(f"sweep: {p.folder.name} ({', '.join(f'{k}={v}' for k, v in values.items())})")
             if overwrite:
-                _clear_run(p.folder)
+                clear_run(p.folder)
             summaries.append(p.execute(client, resume=resume, progress=progress, echo=echo))
             echo(str(summaries[-1]))
     shown = json.loads(config.model_dump_json())
