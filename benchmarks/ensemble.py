@@ -49,12 +49,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from calibration import mock_spectra  # noqa: E402
+from calibration import fit_fast, mock_spectra  # noqa: E402
 from coverage_ceiling import _oracle, _refit, _tally  # noqa: E402
 
 from survey_denoise import noise  # noqa: E402
-from survey_denoise.fitting import fit_lines  # noqa: E402
-from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.models import AEDenoiser, VAEDenoiser  # noqa: E402
 from survey_denoise.science.calibration import COVERAGE_LINES  # noqa: E402
@@ -66,7 +64,7 @@ KEYS = tuple(dict.fromkeys((*TABLE6_LINES, *COVERAGE_LINES)))
 
 
 def _fit(ds) -> pd.DataFrame:
-    cat = to_frame(fit_lines(ds, method="fast").compute())
+    cat = fit_fast(ds)
     return cat.assign(galaxy=cat["galaxy"].astype(str))
 
 
@@ -144,7 +142,7 @@ def main() -> None:
                                                      for k in KEYS}})
         original = _fit(clean.isel(galaxy=test))
         cats = {"noisy": _fit(noisy.isel(galaxy=test))}
-        members, card = [], []
+        members, trained = [], []
         for k in range(args.members):
             model = model_class(args.latent, epochs=args.epochs, seed=args.seed + k)
             t1 = time.perf_counter()
@@ -152,15 +150,15 @@ def main() -> None:
             folder = model.save(Path(workdir) / f"{args.kind}{k}")
             den = denoise(noisy.isel(galaxy=test), folder).compute()
             members.append(_fit(den))
-            card.append({"seed": args.seed + k, "train_seconds": time.perf_counter() - t1,
+            trained.append({"seed": args.seed + k, "train_seconds": time.perf_counter() - t1,
                          "epochs_run": len(model.card_["history"].get("loss", [])),
                          "val_mse": model.card_["metrics"].get("val_mse")})
-            print(f"member {k}: {card[-1]}", flush=True)
+            print(f"member {k}: {trained[-1]}", flush=True)
     for c in members:
         assert np.array_equal(c["galaxy"].to_numpy(), ids)
     calib = np.random.default_rng(0).random(ids.size) < 0.5
     cats |= {"single": members[0], "ensemble": combine(members, 1.0)}
-    result = {"members": card, "scores": scores_table(cats, original, truth_cols),
+    result = {"members": trained, "scores": scores_table(cats, original, truth_cols),
               "coverage": {m: judge(cats[m], truth, calib) for m in ("noisy", "single", "ensemble")},
               "spread_weight": {f"{g:g}": judge(combine(members, g), truth, calib) for g in SPREAD_WEIGHTS},
               "spread_where_off": spread_where_off(members, truth),
