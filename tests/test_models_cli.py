@@ -97,6 +97,43 @@ def test_random_search_scores_trials_and_writes_the_table(tmp_path):
     assert saved.loc[saved["chosen"], "units"].item() == " ".join(map(str, best["units"]))
 
 
+
+
+def test_search_trials_run_on_a_cluster_from_store_paths(stores, tmp_path):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client, \
+            get_task_stream(client) as stream:
+        best, table = random_search("ae", 2, str(stores / "noisy.zarr"), str(stores / "clean.zarr"),
+                                    n_trials=2, epochs=1, seed=5, client=client,
+                                    table=tmp_path / "search.csv")
+        workers = set(client.scheduler_info()["workers"])
+    trained = [t for t in stream.data if str(t["key"]).startswith("run_trial")]
+    assert len(trained) == 2 and {t["worker"] for t in trained} <= workers
+    assert list(table["trial"]) == [0, 1] and np.isfinite(table["score"]).all()
+    assert best["score"] == table["score"].min()
+    assert list(pd.read_csv(tmp_path / "search.csv")["trial"]) == [0, 1]
+
+def test_a_search_stopped_part_way_keeps_the_trials_it_finished(tmp_path, monkeypatch):
+    from survey_denoise.models import search
+
+    noisy, clean = spectra(96, seed=43)
+    real = search.run_trial
+
+    def dies_on_the_third(kind, latent, trial, *args, **kwargs):
+        if trial["trial"] == 2:
+            raise KeyboardInterrupt("stopped")
+        return real(kind, latent, trial, *args, **kwargs)
+
+    monkeypatch.setattr(search, "run_trial", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        search.random_search("ae", 2, noisy, clean, n_trials=4, epochs=1, seed=5,
+                             table=tmp_path / "search.csv")
+    saved = pd.read_csv(tmp_path / "search.csv")
+    assert list(saved["trial"]) == [0, 1] and saved["chosen"].sum() == 1
+    assert np.isfinite(saved["score"]).all()
+
 def test_train_preset_paper_records_the_papers_choices_and_matches_the_yaml_default(stores, tmp_path,
                                                                                    capsys):
     import click

@@ -89,30 +89,52 @@ def random_search(kind: str, latent: int, noisy, clean, *, n_trials: int, epochs
     client : distributed.Client, optional
         Run trials as Dask tasks (one per trial); default: one after another here.
     table : path, optional
-        CSV written with every trial and a ``chosen`` column.
+        CSV of every finished trial and a ``chosen`` column, rewritten as
+        each trial finishes.
     preset : str
         Training choices of every trial (see :data:`~.training.PRESETS`);
         the trial's dropout and widths replace the preset's.
     """
     if kind not in ("ae", "vae"):
         raise ValueError(f"random search is for the ae and vae models, not {kind!r}")
+    if n_trials < 1:
+        raise ValueError(f"a search needs at least one trial, got n_trials={n_trials}")
     trials = sample_trials(n_trials, seed)
     kwargs = {"epochs": epochs, "seed": seed, "executions": executions, "preset": preset}
+    results: list[dict] = []
     if client is not None:
+        from distributed import as_completed
+
         futures = client.map(run_trial, [kind] * n_trials, [latent] * n_trials, trials,
                              [noisy] * n_trials, [clean] * n_trials, pure=False, **kwargs)
-        results = client.gather(futures)
+        finished = (f.result() for f in as_completed(futures))
     else:
-        results = [run_trial(kind, latent, t, noisy, clean, **kwargs) for t in trials]
-    frame = pd.DataFrame(results)
+        finished = (run_trial(kind, latent, t, noisy, clean, **kwargs) for t in trials)
+    for result in finished:
+        results.append(result)
+        # Rewritten after every trial: a search stopped part-way keeps what it ran.
+        frame = trial_table(results, kind, latent)
+        if table is not None:
+            write_table(frame, table)
+    best = frame.loc[frame["chosen"], "trial"].item()
+    return next(r for r in results if r["trial"] == best), frame
+
+
+def trial_table(results: list[dict], kind: str, latent: int) -> pd.DataFrame:
+    """Finished trials in trial order, with a ``chosen`` column (lowest score)."""
+    frame = pd.DataFrame(results).sort_values("trial", ignore_index=True)
     frame.insert(1, "kind", kind)
     frame.insert(2, "latent", latent)
     frame["layers"] = frame["units"].map(len)
-    best = int(frame["score"].idxmin())
-    frame["chosen"] = frame.index == best
-    if table is not None:
-        out = frame.copy()
-        for col in ("units", "final_val_losses", "epochs_run"):
-            out[col] = out[col].map(lambda v: " ".join(str(x) for x in v))
-        out.to_csv(table, index=False)
-    return results[best], frame
+    frame["chosen"] = frame.index == int(frame["score"].idxmin())
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """The trial table as CSV, list columns as space-separated numbers."""
+    out = frame.copy()
+    for col in ("units", "final_val_losses", "epochs_run"):
+        out[col] = out[col].map(lambda v: " ".join(str(x) for x in v))
+    tmp = Path(path).with_suffix(".tmp")
+    out.to_csv(tmp, index=False)
+    tmp.replace(path)
