@@ -93,6 +93,10 @@ def _match_threads() -> None:
         nthreads = get_worker().state.nthreads
     except (ImportError, ValueError):
         return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return  # another Keras back-end sizes its own pools
     import tensorflow as tf
 
     try:

@@ -423,10 +423,13 @@ class KerasDenoiser(Denoiser):
     # -- inference -------------------------------------------------------------------
     @staticmethod
     def _batched(fn, X: np.ndarray) -> list[np.ndarray]:
+        from keras import ops
+
         outs = []
         for i in range(0, max(X.shape[0], 1), PREDICT_BATCH):
             out = fn(X[i:i + PREDICT_BATCH])
-            outs.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
+            outs.append([ops.convert_to_numpy(o)
+                         for o in (out if isinstance(out, (list, tuple)) else [out])])
         return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
@@ -472,14 +475,20 @@ class KerasDenoiser(Denoiser):
         cached = getattr(self, "_traced_fn", None)
         if cached is not None and cached[0] is self.model_ and cached[1] == npix:
             return cached[2]
-        import tensorflow as tf
+        import keras
 
         net = self.model_
 
-        @tf.function(input_signature=[tf.TensorSpec([None, npix], tf.float32)])
         def whole(x):
             z = net.encoder(x, training=False)
             return net.decoder(z[0] if isinstance(z, (list, tuple)) else z, training=False)
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            whole = tf.function(whole, input_signature=[tf.TensorSpec([None, npix], tf.float32)])
+        # Under another Keras back-end (JAX, PyTorch: a GPU machine without
+        # TensorFlow) the two calls run eagerly, as Keras' own predict would.
 
         self._traced_fn = (net, npix, whole)
         return whole
