@@ -465,7 +465,7 @@ class KerasDenoiser(Denoiser):
         return {k: v for k, v in self.__dict__.items() if k != "_traced_fn"}
 
     def _traced(self, npix: int):
-        """Encoder (posterior mean) -> decoder as one traced TensorFlow graph.
+        """Encoder (posterior mean) -> decoder as one traced TensorFlow graph (TensorFlow back-end).
 
         Two eager Keras calls with a NumPy round trip between them reached
         55-72 % of the float32 matmul limit at batches >= 1024 and 13 % at 64;
@@ -487,8 +487,8 @@ class KerasDenoiser(Denoiser):
             import tensorflow as tf
 
             whole = tf.function(whole, input_signature=[tf.TensorSpec([None, npix], tf.float32)])
-        # Under another Keras back-end (JAX, PyTorch: a GPU machine without
-        # TensorFlow) the two calls run eagerly, as Keras' own predict would.
+        # Under another back-end (JAX, PyTorch: a GPU machine without
+        # TensorFlow) the two calls run eagerly.
 
         self._traced_fn = (net, npix, whole)
         return whole
