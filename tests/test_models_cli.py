@@ -95,6 +95,7 @@ def test_random_search_scores_trials_and_writes_the_table(tmp_path):
     saved = pd.read_csv(tmp_path / "search.csv")
     assert list(saved["trial"]) == [0, 1, 2] and saved["chosen"].sum() == 1
     assert saved.loc[saved["chosen"], "units"].item() == " ".join(map(str, best["units"]))
+    assert (saved["seconds"] > 0).all()  # what each trial cost, to size a larger search
 
 
 
@@ -111,6 +112,9 @@ def test_search_trials_run_on_a_cluster_from_store_paths(stores, tmp_path):
         workers = set(client.scheduler_info()["workers"])
     trained = [t for t in stream.data if str(t["key"]).startswith("run_trial")]
     assert len(trained) == 2 and {t["worker"] for t in trained} <= workers
+    # Each trial reads its stores itself: no task but the trials reaches the
+    # cluster (reads sent back to it let a worker start a second trial on its core).
+    assert [str(t["key"]) for t in stream.data if t not in trained] == []
     assert list(table["trial"]) == [0, 1] and np.isfinite(table["score"]).all()
     assert best["score"] == table["score"].min()
     assert list(pd.read_csv(tmp_path / "search.csv")["trial"]) == [0, 1]
