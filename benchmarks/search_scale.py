@@ -147,6 +147,9 @@ def summarise(table: pd.DataFrame, reference: dict | None) -> dict:
                                      "median": float(g["score"].median())}
                             for k, g in trials.groupby("layers")},
     }
+    if "seconds" in trials:  # tables written before trials were timed have no column
+        out["trial_seconds"] = {"median": float(trials["seconds"].median()),
+                                "max": float(trials["seconds"].max())}
     if reference is not None:
         out["reference"] = reference
         out["best_vs_reference"] = float(best["score"]) / reference["score"]
@@ -214,16 +217,20 @@ def main() -> None:
     result.update(build(args.n, args.seed, args.work, ids))
     print(json.dumps(result), flush=True)
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from survey_denoise.cluster import local_cluster
     from survey_denoise.models import model_class
     from survey_denoise.models.search import random_search, run_trial
 
     dropout, units = model_class(args.kind)(args.latent).architecture()
     noisy, clean = str(args.work / "noisy.zarr"), str(args.work / "clean.zarr")
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", memory_limit=0) as cluster, Client(cluster) as client:
+    # The library's workers (one TensorFlow thread each, glibc's adaptive
+    # malloc): a plain LocalCluster lets every worker's TensorFlow use every
+    # core, and two trials then fight over them.
+    with local_cluster(args.workers, dashboard_address=":0", memory_limit=0) as cluster, \
+            Client(cluster) as client:
         if args.library:
             client.run(use_library, str(args.library))
         reference = client.submit(run_trial, args.kind, args.latent,
