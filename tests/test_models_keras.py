@@ -46,6 +46,35 @@ def test_rule_forgives_a_reduction_once_the_loss_falls_again():
     assert actions[16] == "stop"
 
 
+def test_training_does_not_read_pythons_global_random(data):
+    """A Dask worker's event loop draws from Python's ``random`` while a trial trains there."""
+    import random
+    import threading
+
+    noisy, clean = data
+
+    def weights():
+        model = VAEDenoiser(2, epochs=2, seed=3, **SMALL).fit(noisy, clean)
+        return model.model_.get_weights()
+
+    quiet = weights()
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.wait(1e-4):  # draws all through the training, GIL left free between
+            random.random()
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        busy = weights()
+    finally:
+        stop.set()
+        thread.join()
+    for a, b in zip(quiet, busy, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_callback_divides_learning_rate_then_stops_in_a_real_fit(data):
     noisy, clean = data
     # A zero learning rate keeps the loss flat: the rule must act at epochs 5 and 10.

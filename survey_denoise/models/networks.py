@@ -56,6 +56,7 @@ so ``model.keras`` files load with ``safe_mode=True`` (no lambdas).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import keras
@@ -91,7 +92,19 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def _init(dropout: float, after_dropout: bool):
+def _draw(rng: random.Random | None) -> int | None:
+    """A seed as Keras draws one for an unseeded initialiser or layer; None leaves it to Keras.
+
+    Keras draws those seeds from Python's global ``random``.  In a Dask
+    worker the event loop draws from it too, at times of its own, so a
+    network built there would start from other weights on every run; a
+    private stream seeded like the global one gives the same seeds, in the
+    same order, wherever the network is built.
+    """
+    return None if rng is None else rng.randint(1, int(1e9))
+
+
+def _init(dropout: float, after_dropout: bool, rng: random.Random | None = None):
     """Glorot-uniform kernels, shrunk by ``1 - dropout`` for a layer fed by a Dropout layer.
 
     Keras' (inverted) dropout multiplies the second moment of its output by
@@ -105,16 +118,19 @@ def _init(dropout: float, after_dropout: bool):
     dropout variance in batch normalization and weight initialization").
     """
     scale = 1.0 - dropout if after_dropout else 1.0
-    return keras.initializers.VarianceScaling(scale, mode="fan_avg", distribution="uniform")
+    return keras.initializers.VarianceScaling(scale, mode="fan_avg", distribution="uniform",
+                                              seed=_draw(rng))
 
 
-def _stack(x, units: Sequence[int], dropout: float, prefix: str, seed: int | None):
+def _stack(x, units: Sequence[int], dropout: float, prefix: str, seed: int | None,
+           rng: random.Random | None = None):
     for i, n in enumerate(units):
         x = layers.Dense(int(n), name=f"{prefix}_dense_{i}",
-                         kernel_initializer=_init(dropout, after_dropout=i > 0))(x)
+                         kernel_initializer=_init(dropout, after_dropout=i > 0, rng=rng))(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{prefix}_leaky_{i}")(x)
-        x = layers.Dropout(dropout, seed=None if seed is None else seed + i,
-                           name=f"{prefix}_dropout_{i}")(x)
+        # Keras draws a seed for an unseeded Dropout only when its rate is > 0.
+        drop_seed = seed + i if seed is not None else (_draw(rng) if dropout > 0 else None)
+        x = layers.Dropout(dropout, seed=drop_seed, name=f"{prefix}_dropout_{i}")(x)
     return x
 
 
@@ -157,12 +173,13 @@ class ConditionedInput(layers.Layer):
 def build_encoder(npix: int, latent: int, units: Sequence[int], dropout: float, *,
                   variational: bool, seed: int | None = None, scale: float = 1.0,
                   offset: Sequence[float] | None = None, conditioning: str = "none",
-                  ivar_ref: float = 1.0) -> keras.Model:
+                  ivar_ref: float = 1.0, rng: random.Random | None = None) -> keras.Model:
     """Spectrum (npix) -> latent code, or (mean, log-variance) for the VAE.
 
     The spectrum enters the first Dense layer as ``(x - offset) * scale``
     (see :class:`SpectrumAutoencoder`).  With ``conditioning="ivar"`` the
     input is ``(flux, ivar)``, ``2 * npix`` wide (:class:`ConditionedInput`).
+    ``rng`` draws the initial weights' seeds (None: Keras' global stream).
     """
     if conditioning == "ivar":
         inputs = keras.Input(shape=(2 * npix,), name="spectrum_and_ivar")
@@ -172,8 +189,9 @@ def build_encoder(npix: int, latent: int, units: Sequence[int], dropout: float, 
         x = inputs
         if scale != 1.0 or offset is not None:
             x = _affine(npix, offset, scale, invert=False, name="input_scale")(x)
-    x = _stack(x, units, dropout, "encoder", seed)
-    init = _init(dropout, after_dropout=bool(units))
+    x = _stack(x, units, dropout, "encoder", seed, rng)
+    # One initialiser, so the two VAE heads start from the same kernel.
+    init = _init(dropout, after_dropout=bool(units), rng=rng)
     if variational:
         mean = layers.Dense(latent, name="z_mean", kernel_initializer=init)(x)
         logvar = layers.Dense(latent, name="z_log_var", kernel_initializer=init)(x)
@@ -201,7 +219,8 @@ class LogVariance(layers.Layer):
 
 def build_decoder(npix: int, latent: int, units: Sequence[int], dropout: float, *,
                   seed: int | None = None, scale: float = 1.0,
-                  offset: Sequence[float] | None = None, heteroscedastic: bool = False) -> keras.Model:
+                  offset: Sequence[float] | None = None, heteroscedastic: bool = False,
+                  rng: random.Random | None = None) -> keras.Model:
     """Latent vector -> spectrum (npix), mirroring the encoder, linear output.
 
     The linear output ``o`` is returned as ``o / scale + offset`` (see
@@ -209,17 +228,19 @@ def build_decoder(npix: int, latent: int, units: Sequence[int], dropout: float, 
     returns ``[spectrum, log-variance]``, the second from its own linear
     head on the last hidden layer, in (normalised flux)^2; its bias starts
     at 0, a variance of one output spread^2 (the error of the mean spectrum).
+    ``rng`` as for :func:`build_encoder`.
     """
     inputs = keras.Input(shape=(latent,), name="latent")
-    x = _stack(inputs, list(units)[::-1], dropout, "decoder", None if seed is None else seed + 100)
+    x = _stack(inputs, list(units)[::-1], dropout, "decoder", None if seed is None else seed + 100,
+               rng)
     out = layers.Dense(npix, name="spectrum_out",
-                       kernel_initializer=_init(dropout, after_dropout=bool(units)))(x)
+                       kernel_initializer=_init(dropout, after_dropout=bool(units), rng=rng))(x)
     if scale != 1.0 or offset is not None:
         out = _affine(npix, offset, scale, invert=True, name="output_scale")(out)
     if not heteroscedastic:
         return keras.Model(inputs, out, name="decoder")
     s = layers.Dense(npix, name="logvar_out",
-                     kernel_initializer=_init(dropout, after_dropout=bool(units)))(x)
+                     kernel_initializer=_init(dropout, after_dropout=bool(units), rng=rng))(x)
     return keras.Model(inputs, [out, LogVariance(scale, name="logvar_scale")(s)], name="decoder")
 
 
@@ -261,6 +282,11 @@ class SpectrumAutoencoder(keras.Model):
         the option have ``"none"``.
     ivar_ref : float
         The ivar given weight 0.5 (``conditioning="ivar"``), (normalised flux)^-2.
+    init_seed : int, optional
+        Seed of the stream that seeds the initial weights (and dropout and
+        sampling when ``seed`` is None), so that a network built in a Dask
+        worker starts where one built here does.  None: Keras' global stream.
+        Not saved: a loaded model's weights replace the initial ones.
     """
 
     def __init__(self, npix: int, latent: int, units: Sequence[int], dropout: float,
@@ -268,7 +294,7 @@ class SpectrumAutoencoder(keras.Model):
                  input_offset: Sequence[float] | None = None, input_scale: float = 1.0,
                  output_offset: Sequence[float] | None = None, output_scale: float = 1.0,
                  likelihood: str = "mse", conditioning: str = "none", ivar_ref: float = 1.0,
-                 **kwargs) -> None:
+                 init_seed: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if likelihood not in LOSSES:
             raise ValueError(f"likelihood must be one of {LOSSES}, got {likelihood!r}")
@@ -283,13 +309,15 @@ class SpectrumAutoencoder(keras.Model):
         self.input_offset = None if input_offset is None else [float(v) for v in input_offset]
         self.output_offset = None if output_offset is None else [float(v) for v in output_offset]
         self.input_scale, self.output_scale = float(input_scale), float(output_scale)
+        rng = None if init_seed is None else random.Random(init_seed)
         self.encoder = build_encoder(npix, latent, self.units, dropout, variational=variational,
                                      seed=seed, scale=self.input_scale, offset=self.input_offset,
-                                     conditioning=conditioning, ivar_ref=self.ivar_ref)
+                                     conditioning=conditioning, ivar_ref=self.ivar_ref, rng=rng)
         self.decoder = build_decoder(npix, latent, self.units, dropout, seed=seed,
                                      scale=self.output_scale, offset=self.output_offset,
-                                     heteroscedastic=likelihood == "gaussian")
-        self.sampling = Sampling(seed=seed, name="sampling") if variational else None
+                                     heteroscedastic=likelihood == "gaussian", rng=rng)
+        self.sampling = (Sampling(seed=seed if seed is not None else _draw(rng), name="sampling")
+                         if variational else None)
 
     def build(self, input_shape) -> None:
         # The encoder and decoder are functional models, built when constructed.

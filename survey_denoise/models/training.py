@@ -346,7 +346,7 @@ class KerasDenoiser(Denoiser):
             return getattr(net, "likelihood", "mse") == "gaussian"
         return self.settings()["likelihood"] == "gaussian"
 
-    def _build(self, npix: int, transform: dict | None = None):
+    def _build(self, npix: int, transform: dict | None = None, init_seed: int | None = None):
         import keras
 
         from .networks import SpectrumAutoencoder
@@ -357,7 +357,8 @@ class KerasDenoiser(Denoiser):
         opts = self.settings()
         model = SpectrumAutoencoder(npix, self.latent, units, dropout, variational=self.variational,
                                     seed=self.seed, name=self.kind, likelihood=opts["likelihood"],
-                                    conditioning=opts["conditioning"], **(transform or {}))
+                                    conditioning=opts["conditioning"], init_seed=init_seed,
+                                    **(transform or {}))
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
         model.build((None, model.input_width))
         return model
@@ -366,14 +367,15 @@ class KerasDenoiser(Denoiser):
         import keras
 
         # The split's seed is always set (drawn when none was given), so a run
-        # can be repeated from its card.
+        # can be repeated from its card; it also seeds the initial weights,
+        # through a stream of the network's own (networks._draw).
         keras.utils.set_random_seed(parts.seed)
         pairs.with_ivar = self.settings()["conditioning"] == "ivar"
         pairs.coverage = self.coverage_masks()
         transform = standardisation(pairs, parts.train) if self.standardise else None
         if transform is None and pairs.with_ivar:
             transform = {"ivar_ref": standardisation(pairs, parts.train)["ivar_ref"]}
-        self.model_ = self._build(pairs.npix, transform)
+        self.model_ = self._build(pairs.npix, transform, init_seed=parts.seed)
         train = batches(pairs, parts.train, self.batch_size, shuffle=True, seed=parts.seed)
         val = (batches(pairs, parts.validation, max(self.batch_size, 1024), shuffle=False)
                if parts.validation.size else None)
@@ -387,7 +389,12 @@ class KerasDenoiser(Denoiser):
         callbacks = [callback]
         if self.verbose == 1:  # Keras' own bar counts batches; ours counts epochs
             callbacks.append(epoch_bar(self.epochs, desc=self.kind))
-        history = self.model_.fit(train, validation_data=val, epochs=self.epochs,
+        # shuffle=False: the batches shuffle themselves, chunk by chunk, from the
+        # split's seed.  Keras' shuffle would reorder them across chunks with
+        # Python's global random: each chunk read many times an epoch and, in a
+        # Dask worker whose event loop draws from that stream too, an order no
+        # second run repeats.
+        history = self.model_.fit(train, validation_data=val, epochs=self.epochs, shuffle=False,
                                   callbacks=callbacks, verbose=2 if self.verbose == 2 else 0)
         self.epochs_run_ = len(history.history.get("loss", []))
         self.best_epoch_ = callback.best_epoch
