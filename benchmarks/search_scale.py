@@ -39,6 +39,15 @@ selection measures candidates serially: minutes at 10^5).
         --trials 100 --workers 12 --out DIR
     python benchmarks/search_scale.py --summarise DIR/search.csv --out DIR
 
+``--rerun CSV --at-dropout D`` trains the architectures of an earlier
+search's table again (its first ``--trials``, in trial order) at dropout
+``D``, on the same data and split: a paired comparison of each
+architecture at its sampled rate and at ``D`` (the summary's
+``paired``), for a rate the random draws missed.  ``--reference-executions
+K`` trains the reference K times from K initial-weight seeds (the split
+and batch order fixed), so its spread measures how far apart two
+trainings of one architecture land.
+
 Writes ``DIR/search.csv`` and ``DIR/search_scale.json``.
 """
 
@@ -128,6 +137,22 @@ def _words(v) -> str:
     return " ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
 
 
+def read_trials(path: Path, n: int, dropout: float) -> list[dict]:
+    """The first ``n`` trials of a search table, at ``dropout``; ``sampled_dropout`` kept."""
+    table = pd.read_csv(path).query("trial >= 0").sort_values("trial").head(n)
+    return [{"trial": int(r.trial), "dropout": float(dropout),
+             "units": [int(u) for u in str(r.units).split()], "sampled_dropout": float(r.dropout),
+             "sampled_score": float(r.score)} for r in table.itertuples()]
+
+
+def paired(table: pd.DataFrame) -> dict:
+    """Each rerun architecture's score at the new rate over its score at the sampled rate."""
+    ratio = table["score"] / table["sampled_score"]
+    return {"n": int(len(table)), "median_ratio": float(ratio.median()),
+            "min_ratio": float(ratio.min()), "max_ratio": float(ratio.max()),
+            "better_at_new_rate": int((ratio < 1).sum())}
+
+
 def summarise(table: pd.DataFrame, reference: dict | None) -> dict:
     """Best trial, top decile, scores by dropout and depth; against the reference if given."""
     trials = table[table["trial"] >= 0].sort_values("score", ignore_index=True)
@@ -150,8 +175,14 @@ def summarise(table: pd.DataFrame, reference: dict | None) -> dict:
     if "seconds" in trials:  # tables written before trials were timed have no column
         out["trial_seconds"] = {"median": float(trials["seconds"].median()),
                                 "max": float(trials["seconds"].max())}
+    if "sampled_score" in trials:
+        out["paired"] = paired(trials)
     if reference is not None:
         out["reference"] = reference
+        finals = reference["final_val_losses"]
+        if len(finals) > 1:
+            out["reference_spread"] = {"min": float(min(finals)), "max": float(max(finals)),
+                                       "max_over_min": float(max(finals) / min(finals))}
         out["best_vs_reference"] = float(best["score"]) / reference["score"]
         out["trials_better_than_reference"] = int((trials["score"] < reference["score"]).sum())
     return out
@@ -175,6 +206,10 @@ def main() -> None:
     ap.add_argument("--save-ids", type=Path, help="write the uniform-Halpha selection of --n "
                                                   "galaxies here and stop (it runs serially)")
     ap.add_argument("--summarise", type=Path, help="summarise this search.csv and stop")
+    ap.add_argument("--rerun", type=Path, help="train this search.csv's architectures again")
+    ap.add_argument("--at-dropout", type=float, help="the dropout rate of --rerun")
+    ap.add_argument("--reference-executions", type=int, default=1,
+                    help="trainings of the reference, from as many initial-weight seeds")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.save_library:
@@ -196,6 +231,8 @@ def main() -> None:
         return
     if args.n == 0:
         return
+    if args.rerun and args.at_dropout is None:
+        raise SystemExit("--rerun needs --at-dropout")
     ids = None
     if args.ids:
         ids = np.load(args.ids)
@@ -221,7 +258,7 @@ def main() -> None:
 
     from survey_denoise.cluster import local_cluster
     from survey_denoise.models import model_class
-    from survey_denoise.models.search import random_search, run_trial
+    from survey_denoise.models.search import random_search, run_trial, run_trials
 
     dropout, units = model_class(args.kind)(args.latent).architecture()
     noisy, clean = str(args.work / "noisy.zarr"), str(args.work / "clean.zarr")
@@ -235,15 +272,21 @@ def main() -> None:
             client.run(use_library, str(args.library))
         reference = client.submit(run_trial, args.kind, args.latent,
                                   {"trial": -1, "dropout": dropout, "units": units}, noisy, clean,
-                                  epochs=args.epochs, seed=args.seed, pure=False)
+                                  epochs=args.epochs, seed=args.seed,
+                                  executions=args.reference_executions, pure=False)
 
         def keep_reference(fut) -> None:
             (args.out / "reference.json").write_text(json.dumps(fut.result()))
 
         reference.add_done_callback(keep_reference)
-        _, table = random_search(args.kind, args.latent, noisy, clean, n_trials=args.trials,
-                                 epochs=args.epochs, seed=args.seed, client=client,
-                                 table=args.out / "search.csv")
+        if args.rerun:
+            trials = read_trials(args.rerun, args.trials, args.at_dropout)
+            _, table = run_trials(args.kind, args.latent, trials, noisy, clean, epochs=args.epochs,
+                                  seed=args.seed, client=client, table=args.out / "search.csv")
+        else:
+            _, table = random_search(args.kind, args.latent, noisy, clean, n_trials=args.trials,
+                                     epochs=args.epochs, seed=args.seed, client=client,
+                                     table=args.out / "search.csv")
         ref = reference.result()
     result["search_s"] = time.perf_counter() - t0
     result.update(summarise(table, ref))

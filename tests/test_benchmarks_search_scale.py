@@ -60,3 +60,23 @@ def test_search_runs_from_saved_library_without_the_grids(tmp_path):
     _run(["--summarise", out / "search.csv", "--out", out], tmp_path)
     summary = json.loads((out / "search_scale_summary.json").read_text())
     assert summary["best"] == result["best"] and summary["score_by_dropout"] == result["score_by_dropout"]
+
+    # The same architectures again at dropout 0, and the reference from two
+    # initial-weight seeds: paired scores and the reference's own spread.
+    rerun = tmp_path / "rerun"
+    _run(["--n", n, "--library", tmp_path / "ssp.npz", "--ids", tmp_path / "ids.npy",
+          "--trials", 2, "--epochs", 1, "--workers", 2, "--work", tmp_path / "work2",
+          "--rerun", out / "search.csv", "--at-dropout", 0, "--reference-executions", 2,
+          "--out", rerun], tmp_path, env)
+    again = json.loads((rerun / "search_scale.json").read_text())
+    zero = pd.read_csv(rerun / "search.csv")
+    assert (zero["dropout"] == 0).all() and list(zero["trial"]) == [0, 1]
+    assert zero["units"].tolist() == table["units"].tolist()
+    assert zero["sampled_dropout"].tolist() == table["dropout"].tolist()
+    assert again["paired"]["n"] == 2
+    assert again["paired"]["median_ratio"] == pytest.approx(
+        (zero["score"] / table["score"]).median())
+    finals = again["reference"]["final_val_losses"]
+    assert len(finals) == 2 and again["reference_spread"]["max_over_min"] >= 1
+    # One TensorFlow thread per worker: the first seed's training is the first run's.
+    assert finals[0] == result["reference"]["score"]

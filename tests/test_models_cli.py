@@ -12,7 +12,7 @@ from _denoise_data import datasets, spectra
 
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.models import load_model
-from survey_denoise.models.search import random_search, sample_trials
+from survey_denoise.models.search import random_search, run_trials, sample_trials
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,23 @@ def test_random_search_scores_trials_and_writes_the_table(tmp_path):
     assert (saved["seconds"] > 0).all()  # what each trial cost, to size a larger search
 
 
+def test_given_trials_repeat_a_search_exactly_and_run_at_another_dropout(tmp_path):
+    noisy, clean = spectra(96, seed=43)
+    _, table = random_search("ae", 2, noisy, clean, n_trials=2, epochs=2, seed=5)
+    trials = sample_trials(2, seed=5)
+    # A training is repeatable from its seeds (on the same number of threads),
+    # so a search's table can be checked by running its trials again.
+    _, again = run_trials("ae", 2, trials, noisy, clean, epochs=2, seed=5)
+    assert again["score"].tolist() == table["score"].tolist()
+    at_zero = [{**t, "dropout": 0.0, "sampled_dropout": t["dropout"]} for t in trials]
+    best, zero = run_trials("ae", 2, at_zero, noisy, clean, epochs=2, seed=5,
+                            table=tmp_path / "rerun.csv")
+    saved = pd.read_csv(tmp_path / "rerun.csv")
+    assert (saved["dropout"] == 0).all() and saved["chosen"].sum() == 1
+    assert saved["sampled_dropout"].tolist() == [t["dropout"] for t in trials]
+    assert best["score"] == zero["score"].min()
+    with pytest.raises(ValueError, match="no trials"):
+        run_trials("ae", 2, [], noisy, clean)
 
 
 def test_search_trials_run_on_a_cluster_from_store_paths(stores, tmp_path):
@@ -118,6 +135,7 @@ def test_search_trials_run_on_a_cluster_from_store_paths(stores, tmp_path):
     assert list(table["trial"]) == [0, 1] and np.isfinite(table["score"]).all()
     assert best["score"] == table["score"].min()
     assert list(pd.read_csv(tmp_path / "search.csv")["trial"]) == [0, 1]
+
 
 def test_a_search_stopped_part_way_keeps_the_trials_it_finished(tmp_path, monkeypatch):
     from survey_denoise.models import search

@@ -103,18 +103,35 @@ def random_search(kind: str, latent: int, noisy, clean, *, n_trials: int, epochs
         Training choices of every trial (see :data:`~.training.PRESETS`);
         the trial's dropout and widths replace the preset's.
     """
-    if kind not in ("ae", "vae"):
-        raise ValueError(f"random search is for the ae and vae models, not {kind!r}")
     if n_trials < 1:
         raise ValueError(f"a search needs at least one trial, got n_trials={n_trials}")
-    trials = sample_trials(n_trials, seed)
+    return run_trials(kind, latent, sample_trials(n_trials, seed), noisy, clean, epochs=epochs,
+                      seed=seed, executions=executions, client=client, table=table, preset=preset)
+
+
+def run_trials(kind: str, latent: int, trials: list[dict], noisy, clean, *, epochs: int = 25,
+               seed: int = 0, executions: int = 1, client=None, table: str | Path | None = None,
+               preset: str = "default") -> tuple[dict, pd.DataFrame]:
+    """Train and score the given trials; return the best trial and the table of all.
+
+    :func:`random_search` on architectures chosen elsewhere: a search's
+    trials again at another dropout rate, or a shortlist with more
+    executions.  ``trials`` are dicts with ``trial`` (an int id),
+    ``dropout`` and ``units``; the other parameters are those of
+    :func:`random_search`.
+    """
+    if kind not in ("ae", "vae"):
+        raise ValueError(f"random search is for the ae and vae models, not {kind!r}")
+    if not trials:
+        raise ValueError("no trials to run")
     kwargs = {"epochs": epochs, "seed": seed, "executions": executions, "preset": preset}
     results: list[dict] = []
     if client is not None:
         from distributed import as_completed
 
-        futures = client.map(run_trial, [kind] * n_trials, [latent] * n_trials, trials,
-                             [noisy] * n_trials, [clean] * n_trials, pure=False, **kwargs)
+        n = len(trials)
+        futures = client.map(run_trial, [kind] * n, [latent] * n, trials,
+                             [noisy] * n, [clean] * n, pure=False, **kwargs)
         finished = (f.result() for f in as_completed(futures))
     else:
         finished = (run_trial(kind, latent, t, noisy, clean, **kwargs) for t in trials)
