@@ -67,6 +67,7 @@ from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
 from survey_denoise.models import PCADenoiser, VAEDenoiser  # noqa: E402
+from survey_denoise.pipeline import runlog  # noqa: E402
 from survey_denoise.preprocess import preprocess  # noqa: E402
 from survey_denoise.science.calibration import (  # noqa: E402
     COVERAGE_LINES,
@@ -196,6 +197,7 @@ def originals(args) -> None:
     out = args.out if args.out != RESULTS / "calibration.json" else (
         RESULTS / f"calibration_originals_{args.design}_{args.survey}_seed{args.seed}.json")
     meta |= {"systematics": systematics.provenance(), "seconds": time.perf_counter() - t0,
+             "versions": runlog.versions(),
              "coverage": "fraction of |fast-fitted - true| within 1 and 2 sigma; before: formal "
                          "errors (<key>_flux_err_stat), after: total (<key>_flux_err)"}
     out.write_text(json.dumps({"meta": meta, "original": cov}, indent=1, default=float))
@@ -327,7 +329,9 @@ def main() -> None:
                         "systematic (after)",
             "coverage": "fraction of |fast-fitted - true| within 1 and 2 fitted sigma, per bin of "
                         "log10 true flux (1e-17 erg/s/cm2); target 0.60-0.76 and 0.90-0.98",
-            "seconds": {"data": t_data, "total": time.perf_counter() - t0}}
+            "seconds": {"data": t_data, "total": time.perf_counter() - t0},
+            # The figures move with the installed packages (the fitter's numerics).
+            "versions": runlog.versions()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, **results}, indent=1, default=float))
     print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")

@@ -42,7 +42,7 @@ def test_save_load_denoise_identical_and_card_complete(tmp_path):
     assert card["training"]["validation_seed"] == 7
     assert card["hyperparameters"] == {"latent": 4, "seed": 7}
     assert 0 < card["metrics"]["val_mse"] < 1e-3
-    assert {"numpy", "scikit-learn", "survey_denoise"} <= set(card["versions"])
+    assert {"numpy", "scipy", "scikit-learn", "survey_denoise"} <= set(card["versions"])
     assert len(card["history"]["explained_variance_ratio"]) == 4
 
 

@@ -159,7 +159,7 @@ def test_run_writes_every_stage_and_a_run_log(reference):
     assert summary.galaxies == 48 and summary.failed <= summary.flagged <= 48
     log = json.loads((folder / "run.json").read_text())
     assert log["status"] == "complete" and log["config"]["name"] == "test"
-    assert {"numpy", "dask", "distributed", "xarray", "zarr"} <= set(log["versions"])
+    assert {"numpy", "scipy", "dask", "distributed", "xarray", "zarr"} <= set(log["versions"])
     inv = log["invocations"][0]
     assert inv["summary"]["galaxies"] == 48 and not inv["resume"]
     assert all(rec["seconds"] >= 0 and rec["skipped"] == 0 for rec in inv["stages"].values())

@@ -29,11 +29,15 @@ CARD_VERSION = 2
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a model's numbers."""
+    """Versions of the packages that shape a model's numbers.
+
+    scipy is among them: the card's line-error calibration is fitted with the
+    fast fitter, which uses it.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("survey_denoise", "numpy", "scikit-learn", "keras", "tensorflow", "tensorflow-cpu"):
+    for name in ("survey_denoise", "numpy", "scipy", "scikit-learn", "keras", "tensorflow", "tensorflow-cpu"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -26,7 +26,7 @@ from .record import Output, RunRecord
 RUN_JSON = "run.json"
 RUN_LOG = "run.log"
 _PACKAGES = ("survey_denoise", "numpy", "xarray", "zarr", "dask", "distributed", "dask-jobqueue",
-             "scikit-learn", "keras", "tensorflow-cpu", "tensorflow", "ppxf", "astropy", "pandas")
+             "scikit-learn", "scipy", "keras", "tensorflow-cpu", "tensorflow", "ppxf", "astropy", "pandas")
 
 
 def versions() -> dict[str, str]:
