@@ -40,6 +40,8 @@ the default preset's own run then has the default rate.
     OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --originals-only [--design mzr] [--survey desi] [--seed 12]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --fit-systematics [--n 3000] [--seed 11]
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py --model-seed 12 --out run12.json
+    python benchmarks/calibration.py --compare run*.json --out seeds.json
 
 Writes ``benchmarks/results/calibration.json`` (or ``--out``; the dropout sweep of
 ``--dropout-sweep`` is kept in ``results/calibration_dropout_sweep.json``).  One
@@ -260,12 +262,37 @@ def print_result(name: str, res: dict) -> None:
           f"{t['too_wide']} above; beyond counting noise {t['narrow']} narrow, {t['wide']} wide")
 
 
+def compare(paths: list[Path], out: Path) -> None:
+    """Per run of this benchmark (e.g. one per ``--model-seed``): test MSE, Halpha scatter, tally."""
+    runs = []
+    for path in paths:
+        d = json.loads(path.read_text())
+        row = {"file": path.name, "command": d["meta"]["command"],
+               "model_seed": d["meta"].get("model_seed", d["meta"]["mock"]["seed"])}
+        for name in ("pca", "vae_paper", "vae_default"):
+            r = d[name]
+            row[name] = {"test_mse": r["test_mse_vs_clean"], "halpha_scatter_dex": r["halpha_scatter_dex"],
+                         **{k: r["after_tally"][k] for k in ("in_band", "measures", "narrow", "wide")}}
+        runs.append(row)
+    print(f"{'model seed':>10}" + "".join(f"{n:>30}" for n in ("pca", "vae_paper", "vae_default")))
+    print(f"{'':>10}" + f"{'MSE / Ha dex / in band':>30}" * 3)
+    for row in runs:
+        print(f"{row['model_seed']:>10}" + "".join(
+            f"{row[n]['test_mse']:>14.3g} / {row[n]['halpha_scatter_dex']:.3f} / {row[n]['in_band']:>2}"
+            for n in ("pca", "vae_paper", "vae_default")))
+    out.write_text(json.dumps({"runs": runs}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="galaxies (80 %% train, 20 %% test)")
     ap.add_argument("--latent", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--model-seed", type=int, default=None,
+                    help="seed of the models' weights, batches and validation split (default: --seed); "
+                         "the mock, its noise and the test galaxies stay --seed's")
     ap.add_argument("--dropout-sweep", action="store_true",
                     help="also train the default VAE with dropout 0, 0.1, 0.3 and the paper's rate")
     ap.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
@@ -275,7 +302,12 @@ def main() -> None:
                     help="only the original spectra's coverage, formal vs total errors; no training")
     ap.add_argument("--fit-systematics", action="store_true",
                     help="calibrate the fast fitter's systematic constants on this mock and write them")
+    ap.add_argument("--compare", type=Path, nargs="+",
+                    help="summarise these runs' JSONs side by side (into --out) and stop")
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare, args.out)
+        return
     if args.originals_only or args.fit_systematics:
         originals(args)
         return
@@ -297,16 +329,17 @@ def main() -> None:
         results = {"original": original_coverage(fit_fast(clean.isel(galaxy=test)),
                                                  truth_frame(raw.isel(galaxy=test), LINES))}
         print_original("original", results["original"])
+        mseed = args.seed if args.model_seed is None else args.model_seed
         runs = {
-            "pca": PCADenoiser(args.latent, seed=args.seed),
-            "vae_paper": VAEDenoiser(args.latent, preset="paper", epochs=args.epochs, seed=args.seed),
-            "vae_default": VAEDenoiser(args.latent, epochs=args.epochs, seed=args.seed),
+            "pca": PCADenoiser(args.latent, seed=mseed),
+            "vae_paper": VAEDenoiser(args.latent, preset="paper", epochs=args.epochs, seed=mseed),
+            "vae_default": VAEDenoiser(args.latent, epochs=args.epochs, seed=mseed),
         }
         if args.dropout_sweep:
             paper_rate = VAEDenoiser(args.latent, preset="paper").architecture()[0]
             for rate in (0.0, 0.3, paper_rate):
                 runs[f"vae_default_dropout_{rate:g}"] = VAEDenoiser(args.latent, dropout=rate,
-                                                                    epochs=args.epochs, seed=args.seed)
+                                                                    epochs=args.epochs, seed=mseed)
         for name, model in runs.items():
             print(f"{name}: training {model!r}", flush=True)
             results[name] = run_model(name, model, noisy.isel(galaxy=train), clean.isel(galaxy=train),
@@ -314,10 +347,13 @@ def main() -> None:
                                       workdir, None)
             print_result(name, results[name])
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/calibration.py --n {args.n} --latent {args.latent} "
-           f"--epochs {args.epochs} --seed {args.seed}" + (" --dropout-sweep" if args.dropout_sweep else ""))
+           f"--epochs {args.epochs} --seed {args.seed}"
+           + ("" if args.model_seed is None else f" --model-seed {args.model_seed}")
+           + (" --dropout-sweep" if args.dropout_sweep else ""))
     meta = {"command": cmd,
             "mock": {"design": "uniform-halpha", "survey": "sdss", "seed": args.seed, "n": args.n,
                      "n_train": n_train, "n_test": args.n - n_train},
+            "model_seed": mseed,
             "noise": "uniform sigma = 0.04 (normalised units), renormalised",
             "before": "constant ivar = 1 / val_mse per pixel (the previous rule)",
             "after_independent": "the de-noised store's per-galaxy, per-pixel ivar; pixels independent",
