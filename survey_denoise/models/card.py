@@ -28,16 +28,17 @@ CARD_VERSION = 2
 """2: adds the ``uncertainty`` section (and ``uncertainty.npz``); 1 had none."""
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a model's numbers.
+MODEL_PACKAGES = ("survey_denoise", "numpy", "scipy", "scikit-learn", "keras", "tensorflow", "tensorflow-cpu")
+"""The packages that shape a model's numbers.  scipy is among them: the card's
+line-error calibration is fitted with the fast fitter, which uses it."""
 
-    scipy is among them: the card's line-error calibration is fitted with the
-    fast fitter, which uses it.
-    """
+
+def package_versions(names: tuple[str, ...] = MODEL_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (those not installed are left out), without importing them."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("survey_denoise", "numpy", "scipy", "scikit-learn", "keras", "tensorflow", "tensorflow-cpu"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -17,10 +17,10 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..models.card import package_versions
 from .record import Output, RunRecord
 
 RUN_JSON = "run.json"
@@ -30,14 +30,8 @@ _PACKAGES = ("survey_denoise", "numpy", "xarray", "zarr", "dask", "distributed",
 
 
 def versions() -> dict[str, str]:
-    """Installed versions of the packages a run depends on (without importing them)."""
-    out = {"python": sys.version.split()[0]}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """Python's and the installed versions of the packages a run depends on (without importing them)."""
+    return {"python": sys.version.split()[0], **package_versions(_PACKAGES)}
 
 
 def _now() -> str:
