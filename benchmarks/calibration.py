@@ -69,6 +69,7 @@ from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
 from survey_denoise.models import PCADenoiser, VAEDenoiser  # noqa: E402
+from survey_denoise.models.training import NOISE_DRAWS  # noqa: E402
 from survey_denoise.pipeline import runlog  # noqa: E402
 from survey_denoise.preprocess import preprocess  # noqa: E402
 from survey_denoise.science.calibration import (  # noqa: E402
@@ -293,6 +294,8 @@ def main() -> None:
     ap.add_argument("--model-seed", type=int, default=None,
                     help="seed of the models' weights, batches and validation split (default: --seed); "
                          "the mock, its noise and the test galaxies stay --seed's")
+    ap.add_argument("--noise-draws", choices=NOISE_DRAWS, default=None,
+                    help="the default-preset VAE's training noise (default: the preset's)")
     ap.add_argument("--dropout-sweep", action="store_true",
                     help="also train the default VAE with dropout 0, 0.1, 0.3 and the paper's rate")
     ap.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
@@ -333,7 +336,8 @@ def main() -> None:
         runs = {
             "pca": PCADenoiser(args.latent, seed=mseed),
             "vae_paper": VAEDenoiser(args.latent, preset="paper", epochs=args.epochs, seed=mseed),
-            "vae_default": VAEDenoiser(args.latent, epochs=args.epochs, seed=mseed),
+            "vae_default": VAEDenoiser(args.latent, epochs=args.epochs, seed=mseed,
+                                       noise_draws=args.noise_draws),
         }
         if args.dropout_sweep:
             paper_rate = VAEDenoiser(args.latent, preset="paper").architecture()[0]
@@ -349,6 +353,7 @@ def main() -> None:
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/calibration.py --n {args.n} --latent {args.latent} "
            f"--epochs {args.epochs} --seed {args.seed}"
            + ("" if args.model_seed is None else f" --model-seed {args.model_seed}")
+           + ("" if args.noise_draws is None else f" --noise-draws {args.noise_draws}")
            + (" --dropout-sweep" if args.dropout_sweep else ""))
     meta = {"command": cmd,
             "mock": {"design": "uniform-halpha", "survey": "sdss", "seed": args.seed, "n": args.n,

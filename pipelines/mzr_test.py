@@ -14,6 +14,7 @@ writes ``RUN/report.html``.
     python pipelines/mzr_test.py                       # paper scale
     python pipelines/mzr_test.py --n 1000 --out runs/mzr_small
     python pipelines/mzr_test.py --resume              # finish a killed run
+    python pipelines/mzr_test.py --set stages.train.noise_draws=per-epoch
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="run folder (default: the config's outputs.dir)")
     ap.add_argument("--n", type=int, default=None, help="galaxies (default: the config's)")
     ap.add_argument("--epochs", type=int, default=None, help="VAE epochs (default: the config's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="replace a config value, as 'survey-denoise run --set' does (repeatable)")
     ap.add_argument("--cluster", default="local")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
 
-    config = load_config(args.config, out=args.out)
+    config = load_config(args.config, out=args.out, overrides=args.overrides)
     if args.n is not None:
         mock = config.input.mock.model_copy(update={"n": args.n})
         config = config.model_copy(update={"input": config.input.model_copy(update={"mock": mock})})

@@ -49,6 +49,7 @@ _LAZY = {
     "degrade": "survey_denoise.noise",
     "UniformNoise": "survey_denoise.noise",
     "DesiNoise": "survey_denoise.noise",
+    "NoiseRecord": "survey_denoise.noise",
     "denoise": "survey_denoise.inference",
     "fit_lines": "survey_denoise.fitting",
     "write_catalogue": "survey_denoise.fitting.catalogue",

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from survey_denoise.flags import Flag
+from survey_denoise.grid import Grid
 from survey_denoise.io.store import open_store, write_store
 from survey_denoise.models.data import SOFTENING, SpectraPairs, batches, pixel_weights, split
+from survey_denoise.noise import UniformNoise, degrade
 
 
 class CountingPairs(SpectraPairs):
@@ -99,3 +101,45 @@ def test_mismatched_stores_refused(stores, tmp_path):
         SpectraPairs(noisy, clean.isel(galaxy=slice(0, 100)))
     with pytest.raises(TypeError, match="both"):
         SpectraPairs(noisy, clean["flux"].values)
+
+
+def test_noise_drawn_again_every_training_epoch_validation_keeps_the_stored_draw(tmp_path):
+    _, mem_clean = datasets(120, seed=4)
+    write_store(mem_clean.chunk({"galaxy": 40}), tmp_path / "clean.zarr", progress=False)
+    clean = open_store(tmp_path / "clean.zarr")
+    write_store(degrade(clean, UniformNoise(SIGMA), seed=8), tmp_path / "noisy.zarr", progress=False)
+    noisy = open_store(tmp_path / "noisy.zarr")
+    pairs = SpectraPairs(noisy, clean)
+    pairs.redraw_noise()
+    parts = split(pairs, 0.25, seed=2)
+    train = batches(pairs, parts.train, 200, shuffle=True, seed=parts.seed)
+    val = batches(pairs, parts.validation, 200, shuffle=False)
+    record, edges = pairs.noise_record, Grid.from_dataset(mem_clean).edges
+    stored = noisy["flux"].values
+    seen = [{}, {}]
+    for epoch in range(2):
+        for i in range(len(train)):
+            x, y, _ = train[i]
+            rows = [int(np.argmin(np.abs(mem_clean["flux"].values - r).sum(1))) for r in y]
+            # The input is this epoch's draw of the store's own noise, not the stored draw.
+            drawn = record.draw(mem_clean.isel(galaxy=rows), edges, f"train-{parts.seed}-{epoch}")[0]
+            np.testing.assert_array_equal(x, drawn)
+            assert not np.allclose(x, stored[rows])
+            seen[epoch].update(zip(rows, x, strict=True))
+        train.on_epoch_end()
+        for i in range(len(val)):  # held-out loss stays comparable between epochs
+            x, y, _ = val[i]
+            rows = [int(np.argmin(np.abs(mem_clean["flux"].values - r).sum(1))) for r in y]
+            np.testing.assert_array_equal(x, stored[rows])
+        val.on_epoch_end()
+    row = int(parts.train[0])
+    assert sorted(seen[0]) == parts.train.tolist()
+    assert not np.array_equal(seen[0][row], seen[1][row])
+
+
+def test_noise_is_drawn_again_only_from_a_degraded_store(stores):
+    noisy, clean, mem_noisy, mem_clean = stores
+    with pytest.raises(ValueError, match="Datasets .* not arrays"):
+        SpectraPairs(mem_noisy["flux"].values, mem_clean["flux"].values).redraw_noise()
+    with pytest.raises(ValueError, match="records no noise"):
+        SpectraPairs(noisy, clean).redraw_noise()

@@ -7,9 +7,10 @@ import pytest
 from _denoise_data import datasets, spectra
 
 from survey_denoise.grid import Grid
-from survey_denoise.io.store import write_store
+from survey_denoise.io.store import open_store, write_store
 from survey_denoise.models import AEDenoiser, VAEDenoiser, load_model, read_card
 from survey_denoise.models.training import PlateauRule
+from survey_denoise.noise import UniformNoise, degrade
 from survey_denoise.schema import SchemaError
 
 SMALL = {"units": [64, 32], "dropout": 0.1, "batch_size": 32, "learning_rate": 1e-3}
@@ -113,7 +114,7 @@ def test_default_preset_keeps_the_papers_widths_with_measured_choices():
     assert model.architecture() == (0.0, [800, 800, 700, 600])
     assert model.settings() == {"likelihood": "gaussian", "dropout": 0.0, "patience": 5,
                                 "min_delta": 0.002, "restore_best": True, "conditioning": "ivar",
-                                "coverage": "desi-bgs"}
+                                "coverage": "desi-bgs", "noise_draws": "fixed"}
     assert VAEDenoiser(6, dropout=0.2).architecture()[0] == 0.2
     with pytest.raises(ValueError, match="unknown preset 'tuned'.*default.*paper"):
         VAEDenoiser(6, preset="tuned")
@@ -263,3 +264,21 @@ def test_vae_trains_under_mixed_bfloat16(data):
         keras.mixed_precision.set_global_policy("float32")
     loss = model.card_["history"]["loss"]
     assert len(loss) == 2 and np.all(np.isfinite(loss)) and np.all(np.isfinite(out))
+
+
+def test_vae_trains_on_fresh_noise_every_epoch_and_its_card_says_so(tmp_path):
+    _, clean = datasets(160, seed=13)
+    write_store(clean.chunk({"galaxy": 64}), tmp_path / "clean.zarr", progress=False)
+    write_store(degrade(open_store(tmp_path / "clean.zarr"), UniformNoise(0.04), seed=3),
+                tmp_path / "noisy.zarr", progress=False)
+    model = VAEDenoiser(2, epochs=3, noise_draws="per-epoch", **SMALL).fit(
+        str(tmp_path / "noisy.zarr"), str(tmp_path / "clean.zarr"))
+    card = read_card(model.save(tmp_path / "vae"))
+    assert card["training_choices"]["noise_draws"] == "per-epoch"
+    loss = card["history"]["loss"]
+    assert len(loss) == 3 and loss[-1] < loss[0]
+    assert VAEDenoiser(2).settings()["noise_draws"] == "fixed"
+    with pytest.raises(ValueError, match="noise_draws must be one of"):
+        VAEDenoiser(2, noise_draws="sometimes")
+    with pytest.raises(ValueError, match="not arrays"):
+        VAEDenoiser(2, epochs=1, noise_draws="per-epoch", **SMALL).fit(*spectra(64, seed=1))

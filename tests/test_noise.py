@@ -24,6 +24,7 @@ from survey_denoise.noise import (
     degrade,
     dimming_factor,
 )
+from survey_denoise.noise.redraw import NoiseRecord
 from survey_denoise.preprocess import preprocess
 from survey_denoise.rng import standard_normal
 from survey_denoise.schema import make_spectra
@@ -295,3 +296,49 @@ def test_from_coadds_in_memory_equals_the_shipped_file():
     s2 = shipped.sigma_rest(GRID.edges, np.array([0.1]))
     np.testing.assert_allclose(s1, s2, rtol=1e-4)
     assert len(build_desi_curve(COADDS[:1])) == len(shipped.table)
+
+
+# -- drawing a store's noise again (training augmentation) ---------------------------
+@pytest.mark.parametrize("model,z_target", [(UniformNoise(0.04), None), (DesiNoise(exptime=180), 0.1)],
+                         ids=["uniform", "desi-moved"])
+def test_noise_record_redraws_the_store_itself_and_new_realisations_of_it(tmp_path, model, z_target):
+    clean = clean_rest(n=30)
+    write_store(degrade(clean.chunk({"galaxy": 10}), model, seed=4, z_target=z_target),
+                tmp_path / "noisy.zarr", progress=False)
+    noisy = open_store(tmp_path / "noisy.zarr").compute()  # the record read back from disk
+    rec = NoiseRecord.from_dataset(noisy, clean)
+    assert rec.seed == 4 and rec.z_target == z_target and rec.noise == model
+    # No key: the record's own seed, so the store itself, bit for bit.
+    flux, ivar, mask = rec.draw(clean, GRID.edges)
+    np.testing.assert_array_equal(flux, noisy["flux"].values)
+    np.testing.assert_array_equal(ivar, noisy["ivar"].values)
+    np.testing.assert_array_equal(mask, noisy["mask"].values)
+    # A key: the same noise model (same ivar up to the re-normalisation), a new draw.
+    f1, i1, m1 = rec.draw(clean, GRID.edges, "train-0-1")
+    f1b, _, _ = rec.draw(clean, GRID.edges, "train-0-1")
+    f2, _, _ = rec.draw(clean, GRID.edges, "train-0-2")
+    np.testing.assert_array_equal(f1, f1b)
+    np.testing.assert_array_equal(m1, noisy["mask"].values)
+    good = ~m1
+    # Two independent draws about the same signal differ by sqrt(2) sigma, in sigma units.
+    pull = (f1 - f2)[good] * np.sqrt(i1[good] / 2)
+    assert abs(pull.std() - 1) < 0.05 and not np.array_equal(f1, flux)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(good, i1 / noisy["ivar"].values, np.nan)
+    assert np.nanmax(np.nanmax(ratio, 1) / np.nanmin(ratio, 1) - 1) < 1e-5  # only the norm moved
+
+
+def test_noise_record_refuses_what_it_cannot_draw_again():
+    clean = clean_rest(n=4)
+    noisy = degrade(clean, UniformNoise(0.04), seed=1).compute()
+    with pytest.raises(ValueError, match="records no noise"):
+        NoiseRecord.from_dataset(noisy.assign_attrs(noise=None), clean)
+    rec = json.loads(noisy.attrs["noise"])
+    with pytest.raises(ValueError, match="'poisson' is not one this version can draw"):
+        NoiseRecord.from_dataset(noisy.assign_attrs(noise=json.dumps({**rec, "model": "poisson"})), clean)
+    with pytest.raises(ValueError, match="differs from the rebuilt model in \\['units'\\]"):
+        NoiseRecord.from_dataset(noisy.assign_attrs(noise=json.dumps({**rec, "units": "counts"})), clean)
+    desi = degrade(clean, DesiNoise(), seed=1).compute()
+    rec = json.loads(desi.attrs["noise"])
+    with pytest.raises(ValueError, match="curve 'mine.ecsv'.*cannot be drawn again"):
+        NoiseRecord.from_dataset(desi.assign_attrs(noise=json.dumps({**rec, "curve": "mine.ecsv"})), clean)

@@ -27,7 +27,11 @@ non-finite flux or ivar; :func:`model_input`).  With ``coverage`` set (a
 :class:`~survey_denoise.models.coverage.CoverageMasks`), the batches of
 :func:`batches` also remove the input pixels a survey would not have
 observed at a redshift drawn per galaxy; the target and its weights are
-untouched, so the loss still counts every pixel the target covers.
+untouched, so the loss still counts every pixel the target covers.  With
+:meth:`SpectraPairs.redraw_noise` called (Datasets made by ``degrade``
+only), the training batches' inputs are the clean spectra with a new
+realisation of the store's own noise every epoch
+(:mod:`survey_denoise.noise.redraw`); validation keeps the stored draw.
 """
 
 from __future__ import annotations
@@ -142,11 +146,15 @@ class SpectraPairs:
         a noise-conditioned model before it reads.
     coverage : CoverageMasks or None
         Coverage masks applied by :meth:`load` when given a draw key.
+    noise_record : NoiseRecord or None
+        Set by :meth:`redraw_noise`: :meth:`load` draws the input's noise
+        again when given a noise key.
     """
 
     def __init__(self, noisy, clean, weights=None, input_ivar=None) -> None:
         self.with_ivar = False
         self.coverage = None
+        self.noise_record = None
         self.wavelength = None
         self.is_dataset = hasattr(noisy, "data_vars")
         if self.is_dataset != hasattr(clean, "data_vars"):
@@ -182,12 +190,33 @@ class SpectraPairs:
     def n_chunks(self) -> int:
         return len(self.starts) - 1
 
-    def load(self, c: int, draw: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def redraw_noise(self) -> None:
+        """Let :meth:`load` draw the noisy input again from the clean target (see the module notes).
+
+        Raises
+        ------
+        ValueError
+            For in-memory arrays (they record no noise model), or a noisy
+            store whose noise cannot be drawn again
+            (:meth:`~survey_denoise.noise.redraw.NoiseRecord.from_dataset`).
+        """
+        if not self.is_dataset:
+            raise ValueError("drawing the noise again needs the noisy and clean Datasets (a store made "
+                             "by 'degrade' from the clean one), not arrays")
+        from ..noise.redraw import NoiseRecord
+
+        self.noise_record = NoiseRecord.from_dataset(self.noisy, self.clean)
+
+    def load(self, c: int, draw: str | None = None,
+             noise_draw: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Chunk ``c`` as (model input, clean flux, weights), float32 (rows, npix or 2 npix).
 
         With ``draw`` (a key such as ``"epoch-3"``) and :attr:`coverage`
         set, input pixels outside a coverage drawn per galaxy are removed
-        (:func:`remove_pixels`); the same key draws the same masks.
+        (:func:`remove_pixels`); the same key draws the same masks.  With
+        ``noise_draw`` and :attr:`noise_record` set, the input is the clean
+        target with that key's realisation of the store's noise instead of
+        the stored noisy spectra.
         """
         a, b = int(self.starts[c]), int(self.starts[c + 1])
         if not self.is_dataset:
@@ -197,11 +226,19 @@ class SpectraPairs:
         else:
             # Synchronous: the reader runs inside Keras' loop; a Zarr chunk is one task.
             names = ["flux", "ivar", "mask"] if self.with_ivar else ["flux"]
+            redraw = noise_draw is not None and self.noise_record is not None
             with dask.config.set(scheduler="synchronous"):
-                inp = self.noisy[names].isel(galaxy=slice(a, b)).compute()
-                target = self.clean[["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
-            x = (model_input(inp["flux"].values, inp["ivar"].values, inp["mask"].values, with_ivar=True)
-                 if self.with_ivar else as_flux(inp["flux"].values))
+                target = self.clean[["flux", "ivar", "mask", "z", "norm", "flags"]
+                                    if redraw else ["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
+                if redraw:
+                    from ..grid import Grid
+
+                    inp = dict(zip(("flux", "ivar", "mask"), self.noise_record.draw(
+                        target, Grid.from_dataset(self.clean).edges, noise_draw), strict=True))
+                else:
+                    inp = {k: v.values for k, v in self.noisy[names].isel(galaxy=slice(a, b)).compute().items()}
+            x = (model_input(inp["flux"], inp["ivar"], inp["mask"], with_ivar=True)
+                 if self.with_ivar else as_flux(inp["flux"]))
             y = as_flux(target["flux"].values)
             w = (np.asarray(self.weights[a:b]) if self.weights is not None
                  else pixel_weights(target["ivar"].values, target["mask"].values))
@@ -259,7 +296,9 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
     every epoch from ``seed`` and the epoch number.  With ``pairs.coverage``
     set, coverage masks are drawn afresh every epoch when shuffling (an
     augmentation), and once for all epochs otherwise (validation: its loss
-    stays comparable between epochs).
+    stays comparable between epochs).  With ``pairs.noise_record`` set, the
+    input's noise is drawn afresh every epoch when shuffling; otherwise the
+    stored draw is read.
     """
     import keras
 
@@ -289,11 +328,13 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
         def __getitem__(self, idx: int):
             c, r = self.plan[idx]
             if self.cached is None or self.cached[0] != c:
-                if pairs.coverage is None:
-                    self.cached = (c, pairs.load(c))
-                else:
-                    draw = f"train-{seed}-{self.epoch}" if shuffle else f"fixed-{seed}"
-                    self.cached = (c, pairs.load(c, draw))
+                draw = f"train-{seed}-{self.epoch}" if shuffle else f"fixed-{seed}"
+                keys = {}
+                if pairs.coverage is not None:
+                    keys["draw"] = draw
+                if shuffle and pairs.noise_record is not None:
+                    keys["noise_draw"] = draw
+                self.cached = (c, pairs.load(c, **keys))
             x, y, w = self.cached[1]
             local = r - pairs.starts[c]
             return x[local], y[local], w[local]
@@ -301,7 +342,7 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
         def on_epoch_end(self) -> None:
             self.epoch += 1
             self.plan = self._plan()
-            if shuffle and pairs.coverage is not None:
-                self.cached = None  # this epoch's masks are drawn anew
+            if shuffle and (pairs.coverage is not None or pairs.noise_record is not None):
+                self.cached = None  # this epoch's masks and noise are drawn anew
 
     return _Batches()

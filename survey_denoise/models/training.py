@@ -34,11 +34,15 @@ PREDICT_BATCH = 8192
 """Spectra per forward pass at inference (large batches keep the matmuls efficient)."""
 
 
+NOISE_DRAWS = ("fixed", "per-epoch")
+"""The training inputs' noise: the stored draw, or the store's noise drawn again every epoch."""
+
 PRESETS: dict[str, dict] = {
     "paper": {"likelihood": "mse", "dropout": None, "patience": 5, "min_delta": 0.1,
-              "restore_best": False, "conditioning": "none", "coverage": "none"},
+              "restore_best": False, "conditioning": "none", "coverage": "none", "noise_draws": "fixed"},
     "default": {"likelihood": "gaussian", "dropout": 0.0, "patience": 5, "min_delta": 0.002,
-                "restore_best": True, "conditioning": "ivar", "coverage": "desi-bgs"},
+                "restore_best": True, "conditioning": "ivar", "coverage": "desi-bgs",
+                "noise_draws": "fixed"},
 }
 """Training choices by name; ``dropout: None`` is the paper's Table 4/5 rate for the latent size."""
 
@@ -284,7 +288,7 @@ class KerasDenoiser(Denoiser):
                  learning_rate: float = 1e-4, patience: int | None = None,
                  min_delta: float | None = None, restore_best: bool | None = None,
                  conditioning: str | None = None, coverage: str | Mapping | None = None,
-                 seed: int | None = 0, verbose: int = 0, standardise: bool = True) -> None:
+                 noise_draws: str | None = None, seed: int | None = 0, verbose: int = 0, standardise: bool = True) -> None:
         super().__init__(latent=latent, seed=seed)
         preset_settings(preset)  # refuses an unknown name now, not after loading the data
         self.preset = preset
@@ -303,12 +307,16 @@ class KerasDenoiser(Denoiser):
         self.conditioning = conditioning
         CoverageMasks.from_spec(coverage)  # refuses a bad description now
         self.coverage = dict(coverage) if isinstance(coverage, Mapping) else coverage
+        if noise_draws is not None and noise_draws not in NOISE_DRAWS:
+            raise ValueError(f"noise_draws must be one of {NOISE_DRAWS}, got {noise_draws!r}")
+        self.noise_draws = noise_draws
         self.verbose = verbose
 
     def settings(self) -> dict:
         """The training choices used: those given, else the preset's (dropout: see :meth:`architecture`)."""
         out = preset_settings(self.preset)
-        for key in ("likelihood", "patience", "min_delta", "restore_best", "conditioning", "coverage"):
+        for key in ("likelihood", "patience", "min_delta", "restore_best", "conditioning", "coverage",
+                    "noise_draws"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["dropout"] = self.architecture()[0]
@@ -372,6 +380,17 @@ class KerasDenoiser(Denoiser):
         keras.utils.set_random_seed(parts.seed)
         pairs.with_ivar = self.settings()["conditioning"] == "ivar"
         pairs.coverage = self.coverage_masks()
+        self.noise_draws_, self.noise_note_ = self.settings()["noise_draws"], None
+        if self.noise_draws_ == "per-epoch":
+            try:
+                pairs.redraw_noise()
+            except ValueError as err:
+                if self.noise_draws is not None:  # asked for by name: refused
+                    raise
+                # The preset's choice applies where the data allow it: arrays,
+                # or a noisy store not made by degrade (real repeat observations),
+                # train on the noise they carry; the card says so.
+                self.noise_draws_, self.noise_note_ = "fixed", f"the preset's per-epoch draws not possible: {err}"
         transform = standardisation(pairs, parts.train) if self.standardise else None
         if transform is None and pairs.with_ivar:
             transform = {"ivar_ref": standardisation(pairs, parts.train)["ivar_ref"]}
@@ -409,6 +428,8 @@ class KerasDenoiser(Denoiser):
         opts = self.settings()
         self.card_["training_choices"] = {
             "preset": self.preset, **opts, "monitor": self.monitor_, "best_epoch": self.best_epoch_,
+            "noise_draws": self.noise_draws_,
+            **({"noise_draws_note": self.noise_note_} if self.noise_note_ else {}),
             "weights": "best epoch" if opts["restore_best"] else "last epoch",
             "reasons": REASONS[self.preset]}
         net = self.model_

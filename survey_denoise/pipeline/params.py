@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..fitting import METHODS
 from ..models import KINDS
 from ..models.coverage import SURVEYS
-from ..models.training import CONDITIONINGS, PRESETS
+from ..models.training import CONDITIONINGS, NOISE_DRAWS, PRESETS
 from ..schema import NORMS
 
 SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
@@ -87,6 +87,10 @@ class Train(Strict):
     coverage: Literal[("none", *SURVEYS)] | None = Field(  # type: ignore[valid-type]
         None, description="AE/VAE training coverage masks: none, or a survey's (desi-bgs: DESI "
                           "3600-9824 A at BGS-like redshifts); default: the preset's.")
+    noise_draws: Literal[NOISE_DRAWS] | None = Field(  # type: ignore[valid-type]
+        None, description="AE/VAE training inputs: the stored noisy spectra (fixed), or the "
+                          "degraded store's noise drawn again every epoch (per-epoch); default: "
+                          "the preset's.")
     seed: int = Field(0, description="Seed of weights, dropout, shuffling and the validation split.")
     validation_split: float = Field(0.2, ge=0, lt=1, description=(
         "Fraction of training galaxies held out for validation (early stopping, calibration)."))
@@ -100,7 +104,8 @@ class Train(Strict):
     def options(self) -> dict:
         """Keyword arguments of :func:`survey_denoise.models.build_model`."""
         return {"seed": self.seed, "epochs": self.epochs, "preset": self.preset,
-                "conditioning": self.conditioning, "coverage": self.coverage}
+                "conditioning": self.conditioning, "coverage": self.coverage,
+                "noise_draws": self.noise_draws}
 
 
 class Denoise(Strict):
