@@ -114,3 +114,20 @@ def test_line_without_data_says_so_and_axes_carry_units():
     drawn = [ax for ax in fig.axes if ax.axison]
     assert len(drawn) == 1
     assert "erg/s/cm²" in drawn[0].get_xlabel() and "erg/s/cm²" in drawn[0].get_ylabel()
+
+
+def test_loss_curves_show_the_reconstruction_term_of_a_negative_likelihood(tmp_path):
+    from survey_denoise.models.figures import loss_curves
+
+    # A Gaussian likelihood's total is negative; on a log axis it would draw nothing (and warn).
+    history = {"loss": [-900.0, -1500.0, -1700.0], "val_loss": [-800.0, -1400.0, -1500.0],
+               "reconstruction": [1400.0, 900.0, 700.0], "val_reconstruction": [1500.0, 1000.0, 800.0],
+               "learning_rate": [1e-4, 1e-4, 1e-5]}
+    fig = loss_curves(history, save=tmp_path / "loss.png")
+    ax = fig.axes[0]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [history["reconstruction"],
+                                                                  history["val_reconstruction"]]
+    assert "reconstruction" in ax.get_ylabel()
+    _png_ok(tmp_path / "loss.png")
+    mse = loss_curves({"loss": [3.0, 2.0], "val_loss": [3.5, 2.5]})
+    assert [list(line.get_ydata()) for line in mse.axes[0].get_lines()] == [[3.0, 2.0], [3.5, 2.5]]

@@ -12,19 +12,26 @@ def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "",
                 save: str | Path | None = None) -> Figure:
     """Training and validation loss per epoch (log scale), learning rate below.
 
+    A history with a reconstruction term is shown by that term: the total
+    adds the VAE's KL term, or is the Gaussian likelihood of a variance
+    head, dominated by ``sum(log v)`` and negative.
+
     Parameters
     ----------
     history : mapping
-        Keras history: ``loss``, optionally ``val_loss`` and ``learning_rate``.
+        Keras history: ``loss``, optionally ``val_loss``, ``reconstruction``,
+        ``val_reconstruction`` and ``learning_rate``.
     """
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax, lx = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    for key, label in (("loss", "training"), ("val_loss", "validation")):
+    term, ylabel = (("reconstruction", "reconstruction term (½ Σ w Δ²)") if history.get("reconstruction")
+                    else ("loss", "loss (½ Σ w Δ² [+ KL])"))
+    for key, label in ((term, "training"), (f"val_{term}", "validation")):
         if history.get(key):
             epochs = range(1, len(history[key]) + 1)
             ax.plot(epochs, history[key], "o-", ms=2, label=label)
     ax.set_yscale("log")
-    ax.set_ylabel("loss (½ Σ w Δ² [+ KL])")
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.set_title(title, fontsize=9)
     if history.get("learning_rate"):
