@@ -272,8 +272,12 @@ def compare(paths: list[Path], out: Path) -> None:
                "model_seed": d["meta"].get("model_seed", d["meta"]["mock"]["seed"])}
         for name in ("pca", "vae_paper", "vae_default"):
             r = d[name]
+            pix = r["pixel_coverage_vs_clean"]
             row[name] = {"test_mse": r["test_mse_vs_clean"], "halpha_scatter_dex": r["halpha_scatter_dex"],
-                         **{k: r["after_tally"][k] for k in ("in_band", "measures", "narrow", "wide")}}
+                         **{k: r["after_tally"][k] for k in ("in_band", "measures", "narrow", "wide")},
+                         "variance_scale": r["card_uncertainty"].get("variance_scale"),
+                         "pixels_within_1_2_sigma": [pix["within_1sigma"], pix["within_2sigma"]],
+                         "noise_draws": r.get("training_choices", {}).get("noise_draws", "fixed")}
         runs.append(row)
     print(f"{'model seed':>10}" + "".join(f"{n:>30}" for n in ("pca", "vae_paper", "vae_default")))
     print(f"{'':>10}" + f"{'MSE / Ha dex / in band':>30}" * 3)

@@ -114,7 +114,7 @@ def test_default_preset_keeps_the_papers_widths_with_measured_choices():
     assert model.architecture() == (0.0, [800, 800, 700, 600])
     assert model.settings() == {"likelihood": "gaussian", "dropout": 0.0, "patience": 5,
                                 "min_delta": 0.002, "restore_best": True, "conditioning": "ivar",
-                                "coverage": "desi-bgs", "noise_draws": "fixed"}
+                                "coverage": "desi-bgs", "noise_draws": "per-epoch"}
     assert VAEDenoiser(6, dropout=0.2).architecture()[0] == 0.2
     with pytest.raises(ValueError, match="unknown preset 'tuned'.*default.*paper"):
         VAEDenoiser(6, preset="tuned")
@@ -271,14 +271,18 @@ def test_vae_trains_on_fresh_noise_every_epoch_and_its_card_says_so(tmp_path):
     write_store(clean.chunk({"galaxy": 64}), tmp_path / "clean.zarr", progress=False)
     write_store(degrade(open_store(tmp_path / "clean.zarr"), UniformNoise(0.04), seed=3),
                 tmp_path / "noisy.zarr", progress=False)
-    model = VAEDenoiser(2, epochs=3, noise_draws="per-epoch", **SMALL).fit(
+    model = VAEDenoiser(2, epochs=3, **SMALL).fit(
         str(tmp_path / "noisy.zarr"), str(tmp_path / "clean.zarr"))
     card = read_card(model.save(tmp_path / "vae"))
     assert card["training_choices"]["noise_draws"] == "per-epoch"
     loss = card["history"]["loss"]
     assert len(loss) == 3 and loss[-1] < loss[0]
-    assert VAEDenoiser(2).settings()["noise_draws"] == "fixed"
+    assert VAEDenoiser(2, preset="paper").settings()["noise_draws"] == "fixed"
     with pytest.raises(ValueError, match="noise_draws must be one of"):
         VAEDenoiser(2, noise_draws="sometimes")
+    # Asked for by name, refused where the data record no noise; the preset's
+    # choice trains on the noise the data carry, and the card says why.
     with pytest.raises(ValueError, match="not arrays"):
         VAEDenoiser(2, epochs=1, noise_draws="per-epoch", **SMALL).fit(*spectra(64, seed=1))
+    choices = VAEDenoiser(2, epochs=1, **SMALL).fit(*spectra(64, seed=1)).card_["training_choices"]
+    assert choices["noise_draws"] == "fixed" and "not arrays" in choices["noise_draws_note"]

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
               "restore_best": False, "conditioning": "none", "coverage": "none", "noise_draws": "fixed"},
     "default": {"likelihood": "gaussian", "dropout": 0.0, "patience": 5, "min_delta": 0.002,
                 "restore_best": True, "conditioning": "ivar", "coverage": "desi-bgs",
-                "noise_draws": "fixed"},
+                "noise_draws": "per-epoch"},
 }
 """Training choices by name; ``dropout: None`` is the paper's Table 4/5 rate for the latent size."""
 
@@ -69,6 +69,14 @@ REASONS: dict[str, dict[str, str]] = {
                     "without, a red end cut as at z = 0.4 raised [NII] from 0.28 to 0.37 dex and "
                     "left 12-27 % of Halpha within 1 sigma; with, red-cut scores stay within 0.04 "
                     "dex of full-coverage ones (docs/models.md)",
+        "noise_draws": "per-epoch: the inputs are the clean spectra with a new draw of the degraded "
+                       "store's own noise every epoch, so a network cannot learn its training "
+                       "galaxies' noise; calibration benchmark (4-d VAE, 2,400 galaxies, 15 epochs, "
+                       "five seeds): Halpha 0.41-0.46 dex against 0.48-0.51 with the stored draw, test "
+                       "MSE 6.8-7.3e-6 against 7.3-7.7e-6, held-out variance scale 0.6-1.2 (3.5 with "
+                       "the stored draw); full-size Table 6, fast fitter: [OIII]5007 and [NII] 0.06 "
+                       "dex lower, [OIII]4363 0.12 higher (docs/models.md). Data without a noise "
+                       "record (arrays, real repeat observations) keep their own noise",
     },
 }
 
