@@ -149,12 +149,16 @@ class SpectraPairs:
     noise_record : NoiseRecord or None
         Set by :meth:`redraw_noise`: :meth:`load` draws the input's noise
         again when given a noise key.
+    noise_edges : ndarray or None
+        Pixel edges of the clean store's grid, Å, read once by
+        :meth:`redraw_noise` for every redrawn chunk.
     """
 
     def __init__(self, noisy, clean, weights=None, input_ivar=None) -> None:
         self.with_ivar = False
         self.coverage = None
         self.noise_record = None
+        self.noise_edges = None
         self.wavelength = None
         self.is_dataset = hasattr(noisy, "data_vars")
         if self.is_dataset != hasattr(clean, "data_vars"):
@@ -203,9 +207,11 @@ class SpectraPairs:
         if not self.is_dataset:
             raise ValueError("drawing the noise again needs the noisy and clean Datasets (a store made "
                              "by 'degrade' from the clean one), not arrays")
+        from ..grid import Grid
         from ..noise.redraw import NoiseRecord
 
         self.noise_record = NoiseRecord.from_dataset(self.noisy, self.clean)
+        self.noise_edges = Grid.from_dataset(self.clean).edges
 
     def load(self, c: int, draw: str | None = None,
              noise_draw: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,10 +237,8 @@ class SpectraPairs:
                 target = self.clean[["flux", "ivar", "mask", "z", "norm", "flags"]
                                     if redraw else ["flux", "ivar", "mask"]].isel(galaxy=slice(a, b)).compute()
                 if redraw:
-                    from ..grid import Grid
-
                     inp = dict(zip(("flux", "ivar", "mask"), self.noise_record.draw(
-                        target, Grid.from_dataset(self.clean).edges, noise_draw), strict=True))
+                        target, self.noise_edges, noise_draw), strict=True))
                 else:
                     inp = {k: v.values for k, v in self.noisy[names].isel(galaxy=slice(a, b)).compute().items()}
             x = (model_input(inp["flux"], inp["ivar"], inp["mask"], with_ivar=True)
