@@ -228,7 +228,7 @@ def _line_fluxes(rec: RunRecord, w: _Writer) -> Section | None:
 
 
 def _mzr(rec: RunRecord, w: _Writer) -> Section | None:
-    from .science.mzr_test import MZRTest, reach
+    from .science.mzr_test import MZRTest, reach, slopes
 
     out = rec.get("table", "mzr_test")
     if out is None:
@@ -246,7 +246,7 @@ def _mzr(rec: RunRecord, w: _Writer) -> Section | None:
         f"Metallicity: {result.settings.get('calibration', 'o3n2').upper()} (Pettini & Pagel 2004), "
         f"measurable when Hα S/N > {result.settings.get('min_halpha_snr', 15)}. "
         f"Reference MZR: {ref.get('reference', 'unknown')}.")
-    s.paragraphs.extend(f"{line[0].upper()}{line[1:]}." for line in reach(result))
+    s.paragraphs.extend(f"{line[0].upper()}{line[1:]}." for line in slopes(result) + reach(result))
     return s
 
 

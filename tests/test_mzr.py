@@ -1,4 +1,4 @@
-"""Reference MZR, scatter, binned MZR and the SFR trend on data with known answers."""
+"""Reference MZR, scatter, binned MZR, slope and the SFR trend on data with known answers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from survey_denoise.science.mzr import (
     running_median,
     scatter,
     sfr_trend,
+    slope,
 )
 
 
@@ -123,3 +124,30 @@ def test_sfr_trend_none_and_too_few():
     t = sfr_trend(m, SCHOLTE24(m) + rng.normal(0, 0.1, m.size), rng.normal(0, 0.3, m.size))
     assert abs(t["spearman_r"]) < 0.05
     assert np.isnan(sfr_trend(m[:5], m[:5], m[:5])["spearman_r"])
+
+
+def test_slope_recovers_a_known_relation_inside_its_range_only():
+    rng = np.random.default_rng(6)
+    m = rng.uniform(8.5, 11.5, 4000)
+    inside = (m >= 9.1) & (m <= 10.1)
+    # steep in the range, flat above it and a different slope below it: only the range counts
+    rise = np.where(m < 9.1, 8.0 + 0.6 * (m - 9.1), 8.0 + 0.3 * (m - 9.1))
+    z = np.where(m > 10.1, 8.3, rise) + rng.normal(0, 0.05, m.size)
+    s = slope(m, z)
+    assert s["n"] == inside.sum()
+    assert s["slope"] == pytest.approx(0.3, abs=3 * s["slope_err"])
+    # the bootstrap error is the least-squares one: sigma / (std(M) sqrt(n))
+    expected_err = 0.05 / (np.std(m[inside]) * np.sqrt(inside.sum()))
+    assert s["slope_err"] == pytest.approx(expected_err, rel=0.3)
+    # another range is another answer
+    assert slope(m, z, (8.6, 9.0))["slope"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_slope_ignores_non_finite_values_and_refuses_too_few():
+    m = np.linspace(9.2, 10.0, 12)
+    z = 8.0 + 0.2 * m
+    assert slope(np.append(m, [np.nan, 9.5]), np.append(z, [8.0, np.inf]))["slope"] == pytest.approx(0.2)
+    few = slope(m[:9], z[:9])
+    assert few["n"] == 9 and np.isnan(few["slope"]) and np.isnan(few["slope_err"])
+    flat = slope(np.full(20, 9.5), np.linspace(8, 9, 20))
+    assert flat["n"] == 20 and np.isnan(flat["slope"])

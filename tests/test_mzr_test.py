@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from _mzr_sample import synthetic_catalogues, synthetic_truth
 
-from survey_denoise.science.mzr import SCHOLTE24
+from survey_denoise.science.mzr import SCHOLTE24, slope
 from survey_denoise.science.mzr_test import MZRTest, format_comparison, log_sfr, mzr_test
 
 
@@ -136,6 +136,35 @@ def test_comparison_table_and_text(result):
     assert c.loc["vae", "ours_fraction"] == pytest.approx(result.summary.loc["vae", "fraction"], abs=1e-3)
     text = format_comparison(result)
     assert "DESI-like + 6-d VAE" in text and "0.09" in text and "0.12" in text
+
+
+def test_mzr_slope_follows_the_truth_and_is_compared_with_the_originals(sample, result):
+    truth, _ = sample
+    s, c = result.summary, result.comparison()
+    true = slope(truth["true_logmass"], truth["true_oh"])
+    assert s.loc["original", "mzr_slope"] == pytest.approx(true["slope"], abs=3 * s.loc["original", "mzr_slope_err"])
+    # the noisier the catalogue, the fewer galaxies in the range and the wider the error;
+    # the noisiest keeps too few low-mass galaxies for a slope
+    assert s.loc["desi", "mzr_slope_n"] < s.loc["vae", "mzr_slope_n"] < s.loc["original", "mzr_slope_n"]
+    assert s.loc["vae", "mzr_slope_err"] > s.loc["original", "mzr_slope_err"]
+    assert s.loc["desi", "mzr_slope_n"] < 10 and np.isnan(c.loc["desi", "ours_mzr_slope"])
+    assert c.loc["original", "ours_mzr_slope_ratio"] == pytest.approx(1.0)
+    assert c.loc["vae", "ours_mzr_slope_ratio"] == pytest.approx(
+        s.loc["vae", "mzr_slope"] / s.loc["original", "mzr_slope"])
+    assert result.settings["slope_range"] == [9.1, 10.1]
+    # on the galaxies both measure, noise without bias leaves the slope where it was
+    truth, cats = sample
+    two = mzr_test({"original": cats["original"], "vae": cats["vae"]}, truth).summary
+    a, b = two["mzr_slope_common"], two["mzr_slope_err_common"]
+    assert abs(a["vae"] - a["original"]) < 3 * np.hypot(b["vae"], b["original"])
+    text = format_comparison(result)
+    assert "MZR slope over log M* 9.1-10.1" in text and "x the original's" in text
+    assert f"DESI-like, z = 0.1: - ({s.loc['desi', 'mzr_slope_n']} galaxies)" in text
+    # results saved before slopes were measured still compare, without a slope
+    old = MZRTest(galaxies=result.galaxies, binned=result.binned, settings=result.settings,
+                  summary=s.drop(columns=["mzr_slope", "mzr_slope_err", "mzr_slope_n"]))
+    assert old.comparison()["ours_mzr_slope_ratio"].isna().all()
+    assert "MZR slope" not in format_comparison(old)
 
 
 def test_save_load_round_trip(result, tmp_path):

@@ -97,6 +97,9 @@ def test_full_report(tmp_path):
     assert "At most 400 of 800 can reach Hα S/N &gt; 15" in html.replace("S/N > 15", "S/N &gt; 15")
     comp = pd.read_csv(files / "table_mzr_comparison.csv", index_col=0)
     assert comp.loc["original", "paper_scatter_dex"] == 0.09
+    # the slope below the turnover, each case against the originals'
+    assert "MZR slope over log M* 9.1-10.1 (dex per dex): original spectra: +" in html
+    assert comp.loc["original", "ours_mzr_slope_ratio"] == 1.0
     t6 = pd.read_csv(files / "table6_line_scatter.csv")
     pd.testing.assert_frame_equal(t6, pd.read_csv(run / "table6.csv"))
     assert set(t6["case"]) == {"noisy", "denoised"}

@@ -4,8 +4,9 @@ One mock star-forming sample is measured three times: from the original
 spectra, from the same spectra made DESI-like (dimmed to z = 0.1, DESI noise),
 and from those DESI-like spectra de-noised by the 6-d VAE.  For each line
 catalogue this module reports how many galaxies get a metallicity, whether
-they are a biased subset in mass, the scatter about the reference MZR, and
-whether the SFR dependence at fixed mass survives.
+they are a biased subset in mass, the scatter about the reference MZR, the
+slope of the relation below its turnover, and whether the SFR dependence at
+fixed mass survives.
 
 :func:`mzr_test` takes the catalogues and the truth table (plain DataFrames)
 so a pipeline can call it after the fitting stage; :class:`MZRTest` holds the
@@ -26,12 +27,14 @@ from scipy import stats
 from .metallicity import flag_counts, metallicity
 from .mzr import (
     SCHOLTE24,
+    SLOPE_RANGE,
     ReferenceMZR,
     binned_mzr,
     default_bins,
     running_median,
     scatter,
     sfr_trend,
+    slope,
 )
 
 PAPER: dict[str, dict[str, object]] = {
@@ -44,6 +47,9 @@ PAPER: dict[str, dict[str, object]] = {
 """Published numbers (or their verbal description) for the comparison table."""
 
 LABELS = {"original": "original spectra", "desi": "DESI-like, z = 0.1", "vae": "DESI-like + 6-d VAE"}
+
+REFERENCE_CASE = "original"
+"""The case the others' MZR slopes are divided by in :meth:`MZRTest.comparison`."""
 
 
 def log_sfr(truth: pd.DataFrame, column: str = "true_sfr", is_log: bool | None = None) -> np.ndarray:
@@ -90,9 +96,17 @@ class MZRTest:
     bound: pd.DataFrame | None = None
 
     def comparison(self) -> pd.DataFrame:
-        """Paper vs ours: scatter and measurable fraction per case."""
+        """Paper vs ours: scatter, measurable fraction and MZR slope per case.
+
+        ``ours_mzr_slope_ratio`` divides each case's slope by that of
+        :data:`REFERENCE_CASE` (NaN without it, or in results saved before
+        slopes were measured).
+        """
         rows = []
+        ref = (self.summary.loc[REFERENCE_CASE, "mzr_slope"]
+               if "mzr_slope" in self.summary and REFERENCE_CASE in self.summary.index else np.nan)
         for case, row in self.summary.iterrows():
+            case_slope = float(row["mzr_slope"]) if "mzr_slope" in row else np.nan
             paper = PAPER.get(str(case), {})
             rows.append({
                 "case": case,
@@ -107,6 +121,10 @@ class MZRTest:
                 "ours_n_common": int(row["n_common"]) if "n_common" in row else None,
                 "ours_scatter_common_dex": (round(float(row["scatter_std_common"]), 3)
                                             if "scatter_std_common" in row else None),
+                "ours_mzr_slope": case_slope,
+                "ours_mzr_slope_err": float(row["mzr_slope_err"]) if "mzr_slope_err" in row else np.nan,
+                "ours_mzr_slope_n": int(row["mzr_slope_n"]) if "mzr_slope_n" in row else 0,
+                "ours_mzr_slope_ratio": case_slope / ref if np.isfinite(ref) and ref != 0 else np.nan,
             })
         return pd.DataFrame(rows).set_index("case")
 
@@ -167,6 +185,7 @@ def mzr_test(
     sfr_is_log: bool | None = None,
     noisy_case: str | None = "desi",
     bound: pd.DataFrame | None = None,
+    slope_range: tuple[float, float] = SLOPE_RANGE,
 ) -> MZRTest:
     """Run the three-way MZR test on line catalogues of the same galaxies.
 
@@ -198,6 +217,9 @@ def mzr_test(
         :func:`~survey_denoise.science.bound.snr_bound` of the noisy
         spectra (``galaxy``, ``snr_line``, ``snr_tied``): how many of the
         sample could reach the Hα cut at all, whatever de-noised them.
+    slope_range : (float, float)
+        log10(M*/M_sun) range of the MZR slope
+        (:func:`~survey_denoise.science.mzr.slope`).
 
     Returns
     -------
@@ -207,10 +229,13 @@ def mzr_test(
         statistic, measured vs all), ``scatter_std``, ``scatter_rms``,
         ``scatter_offset``, ``scatter_nmad``, ``median_oh_err``,
         ``bias_vs_true``/``std_vs_true`` (if ``true_oh`` is known),
-        ``sfr_spearman_r``, ``sfr_p_value``, ``sfr_slope``, one
+        ``sfr_spearman_r``, ``sfr_p_value``, ``sfr_slope``, ``mzr_slope``,
+        ``mzr_slope_err`` and ``mzr_slope_n`` (dex per dex over
+        ``slope_range``, bootstrap error, galaxies in the range), one
         ``flag_<reason>`` count per :class:`OHFlag` bit, and on the galaxies
         measurable in every case: ``n_common``, ``scatter_std_common``,
-        ``scatter_offset_common``, ``median_oh_err_common`` and (with
+        ``scatter_offset_common``, ``median_oh_err_common``,
+        ``mzr_slope_common``, ``mzr_slope_err_common`` and (with
         ``true_oh``) ``bias_vs_true_common``/``std_vs_true_common``.
     """
     for col in ("galaxy", mass_column):
@@ -263,6 +288,8 @@ def mzr_test(
             row["std_vs_true"] = float(np.std(d, ddof=1)) if n_meas > 1 else np.nan
         row.update({"sfr_spearman_r": tr["spearman_r"], "sfr_p_value": tr["p_value"],
                     "sfr_slope": tr["slope"]})
+        sl = slope(logmass[sel], g["oh"].to_numpy()[sel], slope_range)
+        row.update({"mzr_slope": sl["slope"], "mzr_slope_err": sl["slope_err"], "mzr_slope_n": sl["n"]})
         row.update({f"flag_{k}": v for k, v in flag_counts(g["oh_flags"]).items() if k != "measured"})
         rows[case] = row
         binned[case] = binned_mzr(logmass[sel], g["oh"].to_numpy()[sel], edges)
@@ -272,7 +299,7 @@ def mzr_test(
         common &= g["has_oh"].to_numpy(bool)
     n_common = int(common.sum())
     for case, g in galaxies.items():
-        rows[case].update(_on_common(g, logmass, common, reference, true_oh is not None))
+        rows[case].update(_on_common(g, logmass, common, reference, true_oh is not None, slope_range))
 
     summary = pd.DataFrame.from_dict(rows, orient="index")
     summary.index.name = "case"
@@ -280,6 +307,7 @@ def mzr_test(
     settings = {"calibration": calibration, "min_halpha_snr": min_halpha_snr,
                 "reference": reference.to_dict(), "bins": edges.tolist(),
                 "mass_column": mass_column, "sfr_column": sfr_column, "cases": list(catalogues),
+                "slope_range": list(slope_range),
                 "n_common": n_common, "noisy_case": noisy,
                 "n_measurable_noisy": int(rows[noisy]["n_measured"]) if noisy else None}
     if bound is not None:
@@ -290,13 +318,15 @@ def mzr_test(
 
 
 def _on_common(g: pd.DataFrame, logmass: np.ndarray, common: np.ndarray, reference: ReferenceMZR,
-               with_truth: bool) -> dict[str, float]:
-    """One case's scatter, errors and bias on the galaxies measurable in every case."""
+               with_truth: bool, slope_range: tuple[float, float]) -> dict[str, float]:
+    """One case's scatter, slope, errors and bias on the galaxies measurable in every case."""
     oh = g["oh"].to_numpy(float)[common]
     n = int(common.sum())
     sc = scatter(logmass[common], oh, reference)
     out = {"n_common": n, "scatter_std_common": sc["std"], "scatter_offset_common": sc["offset"],
            "median_oh_err_common": float(np.median(g["oh_err"].to_numpy(float)[common])) if n else np.nan}
+    sl = slope(logmass[common], oh, slope_range)
+    out.update({"mzr_slope_common": sl["slope"], "mzr_slope_err_common": sl["slope_err"]})
     if with_truth:
         d = oh - g["true_oh"].to_numpy(float)[common]
         out["bias_vs_true_common"] = float(np.median(d)) if n else np.nan
@@ -317,7 +347,25 @@ def format_comparison(result: MZRTest) -> str:
         n_common = int(tab["ours_n_common"].iloc[0])
         same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
         lines.append(f"on the same {n_common} galaxies (measurable in every case), scatter (dex): {same}")
-    return "\n".join(lines + reach(result))
+    return "\n".join(lines + slopes(result) + reach(result))
+
+
+def slopes(result: MZRTest) -> list[str]:
+    """A sentence on each case's MZR slope and its ratio to the original spectra's."""
+    if "mzr_slope" not in result.summary:
+        return []
+    tab = result.comparison()
+    lo, hi = result.settings.get("slope_range", SLOPE_RANGE)
+    parts = []
+    for case, r in tab.iterrows():
+        if not np.isfinite(r["ours_mzr_slope"]):
+            parts.append(f"{r['label']}: - ({r['ours_mzr_slope_n']} galaxies)")
+            continue
+        ratio = (f", {r['ours_mzr_slope_ratio']:.2f}x the original's"
+                 if np.isfinite(r["ours_mzr_slope_ratio"]) and case != REFERENCE_CASE else "")
+        parts.append(f"{r['label']}: {r['ours_mzr_slope']:+.3f} ± {r['ours_mzr_slope_err']:.3f} "
+                     f"({r['ours_mzr_slope_n']} galaxies{ratio})")
+    return [f"MZR slope over log M* {lo:g}-{hi:g} (dex per dex): " + "; ".join(parts)]
 
 
 def reach(result: MZRTest) -> list[str]:
