@@ -86,6 +86,25 @@ def test_callback_divides_learning_rate_then_stops_in_a_real_fit(data):
     assert hist["learning_rate"][4] == 0.0 and model.epochs_run_ == 11
 
 
+def test_each_epoch_is_logged_with_its_losses_learning_rate_and_best_epoch(data, caplog):
+    import logging
+    import re
+
+    noisy, clean = data
+    with caplog.at_level(logging.INFO, logger="survey_denoise.models.training"):
+        model = AEDenoiser(2, epochs=3, seed=1, **SMALL).fit(noisy[:128], clean[:128])
+    lines = [r.getMessage() for r in caplog.records if r.name == "survey_denoise.models.training"]
+    assert len(lines) == model.epochs_run_ == 3
+    hist = model.card_["history"]
+    for epoch, line in enumerate(lines):
+        assert line.startswith(f"ae: epoch {epoch + 1} of at most 3 in "), line
+        logged = dict(re.findall(r"(val_loss|loss) ([\d.e+-]+)", line))
+        assert np.isclose(float(logged["loss"]), hist["loss"][epoch], rtol=1e-4)
+        assert np.isclose(float(logged["val_loss"]), hist["val_loss"][epoch], rtol=1e-4)
+        assert f"learning rate {hist['learning_rate'][epoch]:.3g}" in line
+    assert lines[-1].endswith(f"; best epoch {model.best_epoch_ + 1}")
+
+
 def test_rule_divides_a_real_learning_rate():
     import keras
 

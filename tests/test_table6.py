@@ -109,6 +109,9 @@ def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     assert '"method": "fast"' in md and '"n": 80' in md
     assert "Against the mock's true fluxes" in md and "painted" in md and "N common" in md
     assert "spurious_rate" in md and "beyond counting noise" in md
+    # the networks' epochs are in their run logs, as the chunked stages' counts are
+    for kind in ("ae", "vae"):
+        assert f"{kind}: epoch 1 of at most 1 in " in (out / kind / "run.log").read_text()
     for kind in kinds:
         for name in ("figure9-noisy.png", "figure9-denoised.png", "table6_coverage.csv"):
             assert (out / kind / name).stat().st_size > 0

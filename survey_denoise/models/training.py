@@ -19,6 +19,7 @@ and ``"default"`` (measured on the mock; the reasons are in
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,9 @@ import numpy as np
 from .base import Denoiser
 from .coverage import CoverageMasks
 from .data import CONDITIONINGS, batches, iter_rows
+
+log = logging.getLogger(__name__)
+"""One INFO line per epoch (:func:`epoch_log`); a pipeline run copies them into its ``run.log``."""
 
 PREDICT_BATCH = 8192
 """Spectra per forward pass at inference (large batches keep the matmuls efficient)."""
@@ -202,6 +206,43 @@ def epoch_bar(epochs: int, desc: str = "train"):
             self.bar.close()
 
     return EpochBar()
+
+
+def epoch_log(epochs: int, desc: str, plateau) -> object:
+    """A Keras callback writing one line per epoch to :data:`log`: losses, learning rate, best epoch.
+
+    A training of 10^5 spectra runs for tens of minutes inside a pipeline
+    whose other stages report per chunk; these lines let a run's ``run.log``
+    say how far it has got and whether the plateau rule is about to stop it.
+
+    Parameters
+    ----------
+    epochs : int
+        Most epochs of the run (the plateau rule may stop earlier).
+    desc : str
+        The line's label (the model kind).
+    plateau : keras.callbacks.Callback
+        The :func:`plateau_callback` of the same run, for its best epoch; it
+        must come before this callback so the learning rate it sets is logged.
+    """
+    import time
+
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            shown = ", ".join(f"{k} {float(v):.5g}" for k, v in logs.items() if k != "learning_rate")
+            lr = logs.get("learning_rate")
+            best = "" if plateau.best_epoch is None else f"; best epoch {plateau.best_epoch + 1}"
+            log.info("%s: epoch %d of at most %d in %.1f s: %s%s%s", desc, epoch + 1, epochs,
+                     time.perf_counter() - self.t0, shown,
+                     "" if lr is None else f", learning rate {lr:.3g}", best)
+
+    return EpochLog()
 
 
 def standardisation(pairs, rows: np.ndarray) -> dict:
@@ -413,7 +454,7 @@ class KerasDenoiser(Denoiser):
         watched = "reconstruction" if opts["likelihood"] == "gaussian" else "loss"
         monitor = f"val_{watched}" if val is not None else watched
         callback = plateau_callback(rule, monitor, restore_best=opts["restore_best"])
-        callbacks = [callback]
+        callbacks = [callback, epoch_log(self.epochs, self.kind, callback)]
         if self.verbose == 1:  # Keras' own bar counts batches; ours counts epochs
             callbacks.append(epoch_bar(self.epochs, desc=self.kind))
         # shuffle=False: the batches shuffle themselves, chunk by chunk, from the

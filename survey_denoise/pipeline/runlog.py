@@ -10,12 +10,14 @@ killed at any point leaves a readable log of what had finished.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,19 @@ class RunLog:
 
     def info(self, message: str) -> None:
         self.logger.info(message)
+
+    @contextlib.contextmanager
+    def capturing(self, name: str) -> Iterator[None]:
+        """Copy the INFO records of the logger ``name`` into ``run.log`` while the block runs."""
+        source = logging.getLogger(name)
+        level = source.level
+        source.setLevel(logging.INFO)
+        source.addHandler(self._handler)
+        try:
+            yield
+        finally:
+            source.removeHandler(self._handler)
+            source.setLevel(level)
 
     def stage(self, name: str, record: StageRecord) -> None:
         self.current["stages"][name] = asdict(record)

@@ -222,7 +222,9 @@ class Runner:
                 self._table(pd.DataFrame({"galaxy": noisy["galaxy"].values[held]}), HELDOUT, "train")
                 keep = np.setdiff1d(np.arange(noisy.sizes["galaxy"]), held)
                 noisy, clean = noisy.isel(galaxy=keep), clean.isel(galaxy=keep)
-            stages.train(noisy, clean, st.train, out)
+            # The one stage without chunks to count: its epochs go to run.log and a bar.
+            with self.log.capturing("survey_denoise.models.training"):
+                stages.train(noisy, clean, st.train, out, verbose=int(self.progress))
             (out / ".complete").touch()
             written = [0]
         else:
