@@ -47,6 +47,44 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
     assert np.isclose(mse, expect, rtol=1e-4)
 
 
+def test_train_killed_part_way_goes_on_from_its_last_epoch_when_run_again(stores, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ae"
+    args = ["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+            "--latent", 2, "--epochs", 40, "--out", out, "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-c", "from survey_denoise.cli import main; main()",
+                             *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = tmp_path / "ae.checkpoint" / "state.json"
+    try:
+        deadline = time.time() + 240
+        while not state.exists():
+            assert proc.poll() is None and time.time() < deadline, "training never saved an epoch"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not out.exists()
+    done = json.loads(state.read_text())["epochs_done"]
+
+    code, text, err = run_in_process(args, capsys)  # the same command again
+    assert code == 0, err
+    assert f"went on after epoch {done}" in text
+    card = json.loads((out / "card.json").read_text())
+    assert card["training_choices"]["resumed_after_epoch"] == done
+    assert len(card["history"]["loss"]) > done
+    assert not (tmp_path / "ae.checkpoint").exists()
+
+
 def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
     model = tmp_path / "pca"
     code, _, err = run_in_process(["train", "pca", "--noisy", stores / "noisy.zarr", "--clean",

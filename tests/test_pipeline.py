@@ -256,6 +256,61 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(reference
     assert_same_outputs(ref_folder, folder)
 
 
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_goes_on_from_the_last_epoch(tmp_path):
+    from survey_denoise.models import load_model, read_card
+
+    def config(folder: Path) -> dict:
+        cfg = small_config(folder, n=96, chunk=24)
+        cfg["stages"]["train"] = {"kind": "ae", "latent": 2, "epochs": 30, "holdout": 0.25, "seed": 3}
+        cfg["stages"]["science"]["cases"] = {"original": "preprocessed", "ae": "denoised"}
+        return cfg
+
+    whole = tmp_path / "whole"
+    run_pipeline(load_config(write_config(tmp_path / "w.yaml", config(whole))), workers=2,
+                 progress=False, echo=lambda m: None)
+    epochs = len(read_card(whole / "model")["history"]["loss"])
+    assert epochs > 3, "the training must outlast the kill"
+
+    folder = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", config(folder))
+    proc = subprocess.Popen([CLI, "run", str(cfg), "--workers", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    state = folder / "model.checkpoint" / "state.json"
+    try:
+        deadline = time.time() + 300
+        while not state.exists():
+            assert proc.poll() is None and time.time() < deadline, "training never saved an epoch"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done < epochs and not (folder / "model" / ".complete").exists()
+
+    res = subprocess.run([CLI, "run", str(cfg), "--workers", "2", "--resume", "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    card = read_card(folder / "model")
+    assert card["training_choices"]["resumed_after_epoch"] == done
+    assert f"ae: resuming after epoch {done} of at most 30" in (folder / "run.log").read_text()
+    assert not (folder / "model.checkpoint").exists()  # removed once the model is saved
+    # The same network as the uninterrupted training's, so the same de-noised spectra and errors.
+    # (The card's line-error calibration may differ in the 12th digit: it sums on the driver's
+    # BLAS threads, whose order no two processes need repeat.)
+    assert card["history"] == read_card(whole / "model")["history"]
+    a, b = (load_model(f / "model") for f in (whole, folder))
+    for x, y in zip(a.model_.get_weights(), b.model_.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    a, b = (open_store(f / "denoised.zarr") for f in (whole, folder))
+    for name in ("flux", "ivar"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
 def test_bad_spectra_become_flags_not_a_failed_run(tmp_path):
     from survey_denoise.flags import Flag
     from survey_denoise.io.store import write_store

@@ -343,6 +343,12 @@ def batches(pairs: SpectraPairs, rows: np.ndarray, batch_size: int, *, shuffle: 
             local = r - pairs.starts[c]
             return x[local], y[local], w[local]
 
+        def start_at(self, epoch: int) -> None:
+            """Serve epoch ``epoch`` next (a resumed training): its order, masks and noise."""
+            if epoch != self.epoch:
+                self.epoch, self.cached = epoch, None
+                self.plan = self._plan()
+
         def on_epoch_end(self) -> None:
             self.epoch += 1
             self.plan = self._plan()

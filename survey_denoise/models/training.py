@@ -28,6 +28,7 @@ from typing import ClassVar
 import numpy as np
 
 from .base import Denoiser
+from .checkpoint import TrainingCheckpoint, checkpoint_callback, fingerprint, resume
 from .coverage import CoverageMasks
 from .data import CONDITIONINGS, batches, iter_rows
 
@@ -179,7 +180,7 @@ def plateau_callback(rule: PlateauRule, monitor: str = "val_loss", restore_best:
     return PlateauCallback()
 
 
-def epoch_bar(epochs: int, desc: str = "train"):
+def epoch_bar(epochs: int, desc: str = "train", initial: int = 0):
     """A Keras callback showing a progress bar over epochs with the latest losses.
 
     Parameters
@@ -188,13 +189,15 @@ def epoch_bar(epochs: int, desc: str = "train"):
         Most epochs of the run (the bar's total; the plateau rule may stop earlier).
     desc : str
         Label of the bar.
+    initial : int
+        Epochs already done (a resumed training).
     """
     import keras
     from tqdm.auto import tqdm
 
     class EpochBar(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=True)
+            self.bar = tqdm(total=epochs, initial=initial, desc=desc, unit="epoch", leave=True)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -330,6 +333,7 @@ class KerasDenoiser(Denoiser):
     artefact = "model.keras"
     variational: ClassVar[bool]
     DEFAULTS: ClassVar[Mapping[int, tuple[float, Sequence[int]]]]
+    _checkpoint: Path | None = None  # set by fit() for the length of one training
 
     def __init__(self, latent: int = 6, *, preset: str = "default",
                  units: Sequence[int] | None = None, dropout: float | None = None,
@@ -455,23 +459,64 @@ class KerasDenoiser(Denoiser):
         monitor = f"val_{watched}" if val is not None else watched
         callback = plateau_callback(rule, monitor, restore_best=opts["restore_best"])
         callbacks = [callback, epoch_log(self.epochs, self.kind, callback)]
+        start, history, stopped = 0, {}, False
+        self.resumed_at_ = None
+        if self._checkpoint is not None:
+            # The epoch cap and the bar do not change what an epoch does: a training
+            # stopped at its cap may go on under a larger one.
+            params = {k: v for k, v in self.get_params().items() if k not in ("verbose", "epochs")}
+            # The data enter through the first chunk and the standardisation, which
+            # sums every training spectrum: other spectra give another key.
+            content = [*pairs.load(0), *(np.atleast_1d(v) for v in (transform or {}).values())]
+            saved = TrainingCheckpoint(self._checkpoint, fingerprint(
+                {**params, "split_seed": parts.seed}, pairs.npix, parts.train, parts.validation,
+                content))
+            state = saved.load()
+            if state is not None:
+                start, history, stopped = resume(state, self.model_, callback, rule)
+                self.resumed_at_ = start
+                log.info("%s: resuming after epoch %d of at most %d from %s", self.kind, start,
+                         self.epochs, saved.folder)
+            callbacks.append(checkpoint_callback(saved, callback, rule, history))
         if self.verbose == 1:  # Keras' own bar counts batches; ours counts epochs
-            callbacks.append(epoch_bar(self.epochs, desc=self.kind))
-        # shuffle=False: the batches shuffle themselves, chunk by chunk, from the
-        # split's seed.  Keras' shuffle would reorder them across chunks with
-        # Python's global random: each chunk read many times an epoch and, in a
-        # Dask worker whose event loop draws from that stream too, an order no
-        # second run repeats.
-        history = self.model_.fit(train, validation_data=val, epochs=self.epochs, shuffle=False,
-                                  callbacks=callbacks, verbose=2 if self.verbose == 2 else 0)
-        self.epochs_run_ = len(history.history.get("loss", []))
+            callbacks.append(epoch_bar(self.epochs, desc=self.kind, initial=start))
+        if start < self.epochs and not stopped:
+            train.start_at(start)
+            # shuffle=False: the batches shuffle themselves, chunk by chunk, from the
+            # split's seed.  Keras' shuffle would reorder them across chunks with
+            # Python's global random: each chunk read many times an epoch and, in a
+            # Dask worker whose event loop draws from that stream too, an order no
+            # second run repeats.
+            fitted = self.model_.fit(train, validation_data=val, epochs=self.epochs, shuffle=False,
+                                     initial_epoch=start, callbacks=callbacks,
+                                     verbose=2 if self.verbose == 2 else 0)
+            if self._checkpoint is None:
+                history = fitted.history
+        elif callback.best_weights is not None:  # done before the kill: end as that training ended
+            self.model_.set_weights(callback.best_weights)
+        self.epochs_run_ = len(history.get("loss", []))
         self.best_epoch_ = callback.best_epoch
         self.monitor_ = monitor
-        return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        return {k: [float(v) for v in vals] for k, vals in history.items()}
 
     def fit(self, noisy, clean, weights=None, validation_split: float = 0.2, seed=None, *,
-            input_ivar=None):
-        super().fit(noisy, clean, weights, validation_split, seed, input_ivar=input_ivar)
+            input_ivar=None, checkpoint: str | Path | None = None):
+        """Train; see :meth:`Denoiser.fit <survey_denoise.models.base.Denoiser.fit>`.
+
+        Parameters
+        ----------
+        checkpoint : str or Path, optional
+            A folder for the training's state after every epoch
+            (:mod:`~survey_denoise.models.checkpoint`). If it holds the state
+            of this same training (settings, data, split), training goes on
+            after its last epoch and ends as the uninterrupted one would.
+            The caller removes it once the model is saved.
+        """
+        self._checkpoint = None if checkpoint is None else Path(checkpoint)
+        try:
+            super().fit(noisy, clean, weights, validation_split, seed, input_ivar=input_ivar)
+        finally:
+            self._checkpoint = None
         self.card_["output_norm"] = output_norm(noisy, clean)
         dropout, units = self.architecture()
         opts = self.settings()
@@ -480,6 +525,7 @@ class KerasDenoiser(Denoiser):
             "noise_draws": self.noise_draws_,
             **({"noise_draws_note": self.noise_note_} if self.noise_note_ else {}),
             "weights": "best epoch" if opts["restore_best"] else "last epoch",
+            **({"resumed_after_epoch": self.resumed_at_} if self.resumed_at_ else {}),
             "reasons": REASONS[self.preset]}
         net = self.model_
         self.card_["architecture"] = {

@@ -36,7 +36,7 @@ from ..io.store import open_store, write_store
 from . import products, stages
 from .config import ConfigError, PipelineConfig
 from .folder import check_folder, clear_run
-from .plan import HELDOUT, MODEL, TRUTH, Plan, Step, catalogue_stem, store_file
+from .plan import CHECKPOINT, HELDOUT, MODEL, TRUTH, Plan, Step, catalogue_stem, store_file
 from .plan import plan as make_plan
 from .registry import STAGES
 from .runlog import RunLog, RunSummary, StageRecord
@@ -214,7 +214,8 @@ class Runner:
             return out
         t0 = time.perf_counter()
         if not (out / ".complete").exists():
-            # A half-saved model from a killed run is trained again from scratch.
+            # A half-saved model from a killed run is saved again; its training goes
+            # on from the last epoch the checkpoint holds.
             shutil.rmtree(out, ignore_errors=True)
             noisy, clean = self.stores[st.train.noisy], self.stores[st.train.clean]
             if st.train.holdout > 0:
@@ -223,9 +224,11 @@ class Runner:
                 keep = np.setdiff1d(np.arange(noisy.sizes["galaxy"]), held)
                 noisy, clean = noisy.isel(galaxy=keep), clean.isel(galaxy=keep)
             # The one stage without chunks to count: its epochs go to run.log and a bar.
-            with self.log.capturing("survey_denoise.models.training"):
-                stages.train(noisy, clean, st.train, out, verbose=int(self.progress))
+            with self.log.capturing("survey_denoise.models"):
+                stages.train(noisy, clean, st.train, out, verbose=int(self.progress),
+                             checkpoint=self.path(CHECKPOINT))
             (out / ".complete").touch()
+            shutil.rmtree(self.path(CHECKPOINT), ignore_errors=True)
             written = [0]
         else:
             written = []

@@ -19,6 +19,7 @@ staged folder that replaces ``MODEL`` only once the new model is saved.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,10 +124,17 @@ def train_step(plan, client=None, *, overwrite: bool = False, progress: bool = T
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     noisy, clean = (open_store(path, frame="rest") for path in step.inputs)
     options = {"verbose": 1 if progress else 0}
+    # Beside the model folder, so the same command started again after a kill
+    # finds the training's last epoch there and goes on from it.
+    checkpoint = final.with_name(final.name + ".checkpoint")
     with replacing(final) as (out,):  # an old model stays until the new one is saved
         if plan.search is not None:
             options.update(_search(plan, client, out, final, echo))
-        model = train(noisy, clean, cfg, out, echo=echo, **options)
+        model = train(noisy, clean, cfg, out, echo=echo, checkpoint=checkpoint, **options)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    resumed = getattr(model, "resumed_at_", None)
+    if resumed:
+        echo(f"train: went on after epoch {resumed}, from the checkpoint a stopped run left in {checkpoint}")
     return model
 
 

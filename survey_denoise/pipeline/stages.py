@@ -11,6 +11,7 @@ to a worker (:func:`in_one_task`).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from glob import glob
@@ -87,7 +88,8 @@ def holdout(n: int, cfg: Train) -> np.ndarray:
 
 
 def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
-          echo: Callable[[str], None] | None = None, **options) -> Denoiser:
+          echo: Callable[[str], None] | None = None, checkpoint: Path | None = None,
+          **options) -> Denoiser:
     """Train a de-noiser on two stores and save it in ``out``: artefact, card, ``loss.png``.
 
     Parameters
@@ -100,6 +102,10 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
         The model folder to write (the AE/VAE loss curves as ``loss.png`` in it).
     echo : callable, optional
         Gets one line naming the model before it trains.
+    checkpoint : Path, optional
+        AE/VAE: a folder for the training's state after every epoch; a
+        training killed before its model was saved goes on from it
+        (:mod:`~survey_denoise.models.checkpoint`). The caller removes it.
     **options
         :func:`~survey_denoise.models.build_model` options that replace ``cfg``'s
         (``verbose``; a search's ``units`` and ``dropout``).
@@ -120,7 +126,9 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
     model = build_model(cfg.kind, cfg.latent, **{**cfg.options(), **options})
     if echo is not None:
         echo(f"train: {model!r} on {noisy.sizes['galaxy']} galaxies")
-    model.fit(noisy, clean, validation_split=cfg.validation_split)
+    resumable = checkpoint is not None and "checkpoint" in inspect.signature(model.fit).parameters
+    model.fit(noisy, clean, validation_split=cfg.validation_split,
+              **({"checkpoint": checkpoint} if resumable else {}))
     model.save(out)
     if cfg.kind != "pca":  # PCA has no epochs
         loss_curves(model.card_["history"], title=f"{cfg.kind.upper()}, latent {cfg.latent}",

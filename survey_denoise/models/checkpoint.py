@@ -1,0 +1,193 @@
+"""A training that outlives its process: its whole state after every epoch, and a resume from it.
+
+A network trained on 10^5 spectra runs for most of an hour; a killed
+driver, a node's walltime or a logout should not cost it. After every
+epoch :class:`TrainingCheckpoint` writes, atomically, into one folder
+
+- ``state.npz``: every variable of the network (its dropout and sampling
+  seed generators included), the optimizer's (its step, learning rate and
+  moments), and the weights of the best epoch so far;
+- ``state.json``: the epochs done, the history, the plateau rule's counters,
+  the best loss and epoch, whether the rule stopped the training, and a
+  fingerprint of the training (its settings, the galaxies it trains and
+  validates on).
+
+A training started again with the same fingerprint loads them and goes on
+from the next epoch. The batches, noise draws, coverage masks and dropout
+masks of every later epoch are those an uninterrupted training would have
+used (they are functions of the seed and the epoch, or of restored seed
+generators), so on the same machine the resumed network equals the
+uninterrupted one to the last bit. A checkpoint with another fingerprint is
+set aside and the training starts from its first epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATE_JSON = "state.json"
+STATE_NPZ = "state.npz"
+
+
+def fingerprint(params: dict[str, Any], npix: int, train_rows: np.ndarray,
+                validation_rows: np.ndarray, content: list[np.ndarray] = ()) -> str:
+    """A digest of what makes two trainings the same one.
+
+    Parameters
+    ----------
+    params : dict
+        The training's settings (JSON-able).
+    npix : int
+        Pixels per spectrum.
+    train_rows, validation_rows : ndarray of int
+        The split's galaxies.
+    content : list of ndarray
+        Arrays that stand for the data's values (a chunk, the standardisation's means).
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(str(npix).encode())
+    for rows in (train_rows, validation_rows):
+        digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    for array in content:
+        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+class TrainingCheckpoint:
+    """The per-epoch state of one training in ``folder``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Where the state lives (made on the first save).
+    key : str
+        The training's :func:`fingerprint`; a state with another key is not resumed.
+    """
+
+    def __init__(self, folder: str | Path, key: str) -> None:
+        self.folder = Path(folder)
+        self.key = key
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state (``meta`` and ``arrays``), or None if there is none of this training."""
+        meta_path, arrays_path = self.folder / STATE_JSON, self.folder / STATE_NPZ
+        if not (meta_path.exists() and arrays_path.exists()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            with np.load(arrays_path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # damaged: start again
+            log.info("training checkpoint in %s unreadable (%s): starting from the first epoch",
+                     self.folder, err)
+            return None
+        if meta.get("key") != self.key or meta.get("arrays") != arrays.get("token", np.array("")).item():
+            log.info("training checkpoint in %s is of another training: starting from the first epoch",
+                     self.folder)
+            return None
+        return {"meta": meta, "arrays": arrays}
+
+    def save(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Write one epoch's state; a reader sees the previous epoch's or this one's, never half."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # The two files are replaced one after the other; a token ties them so
+        # a kill between the two replacements reads as no state, not a mixed one.
+        token = hashlib.sha256(f"{self.key}:{meta['epochs_done']}".encode()).hexdigest()
+        tmp = self.folder / (STATE_NPZ + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, token=np.array(token), **arrays)
+        os.replace(tmp, self.folder / STATE_NPZ)
+        tmp = self.folder / (STATE_JSON + ".tmp")
+        tmp.write_text(json.dumps({**meta, "key": self.key, "arrays": token}))
+        os.replace(tmp, self.folder / STATE_JSON)
+
+    def clear(self) -> None:
+        """Remove the state (the training it belongs to is saved)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def model_state(model) -> dict[str, np.ndarray]:
+    """Every variable of a compiled, built Keras model and of its optimizer, as arrays."""
+    out = {f"var_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
+    out.update({f"opt_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)})
+    return out
+
+
+def restore_model_state(model, arrays: dict[str, np.ndarray]) -> None:
+    """Assign what :func:`model_state` saved; refuse a state of another network."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for prefix, variables in (("var", model.variables), ("opt", model.optimizer.variables)):
+        saved = sorted((k for k in arrays if k.startswith(prefix + "_")),
+                       key=lambda k: int(k.split("_")[1]))
+        if len(saved) != len(variables):
+            raise ValueError(f"checkpoint holds {len(saved)} {prefix} variables, the network "
+                             f"{len(variables)}")
+        for key, var in zip(saved, variables, strict=True):
+            if tuple(arrays[key].shape) != tuple(var.shape):
+                raise ValueError(f"checkpoint's {key} has shape {arrays[key].shape}, "
+                                 f"the network's {var.path} {tuple(var.shape)}")
+            var.assign(arrays[key])
+
+
+def checkpoint_callback(checkpoint: TrainingCheckpoint, plateau, rule, history: dict[str, list]):
+    """A Keras callback saving the training's state after each epoch.
+
+    It must come after ``plateau`` (the :func:`~survey_denoise.models.training.plateau_callback`
+    of ``rule``) in the callback list, so the learning rate, the rule's
+    counters and the stop it set are those saved. ``history`` (the epochs
+    before a resume, or empty) is extended in place with each epoch's logs.
+    """
+    import keras
+
+    class Checkpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                history.setdefault(key, []).append(float(value))
+            arrays = model_state(self.model)
+            if plateau.best_weights is not None:
+                arrays.update({f"best_{i}": np.asarray(w) for i, w in enumerate(plateau.best_weights)})
+            meta = {"epochs_done": epoch + 1, "history": history,
+                    "rule": {"reference": rule.reference, "wait": rule.wait, "reduced": rule.reduced},
+                    "best_loss": plateau.best_loss if np.isfinite(plateau.best_loss) else None,
+                    "best_epoch": plateau.best_epoch, "stopped": bool(self.model.stop_training)}
+            checkpoint.save(meta, arrays)
+
+    return Checkpoint()
+
+
+def resume(state: dict[str, Any], model, plateau, rule) -> tuple[int, dict[str, list], bool]:
+    """Put a loaded state back into the network, the plateau callback and its rule.
+
+    Returns
+    -------
+    epochs_done : int
+        Epochs the state holds; training goes on at this (0-based) epoch.
+    history : dict
+        The per-epoch logs of those epochs.
+    stopped : bool
+        Whether the plateau rule had stopped the training.
+    """
+    meta, arrays = state["meta"], state["arrays"]
+    restore_model_state(model, arrays)
+    saved = meta["rule"]
+    rule.reference, rule.wait, rule.reduced = saved["reference"], saved["wait"], saved["reduced"]
+    plateau.best_loss = np.inf if meta["best_loss"] is None else float(meta["best_loss"])
+    plateau.best_epoch = meta["best_epoch"]
+    best = sorted((k for k in arrays if k.startswith("best_")), key=lambda k: int(k.split("_")[1]))
+    plateau.best_weights = [arrays[k] for k in best] or None
+    return int(meta["epochs_done"]), {k: list(v) for k, v in meta["history"].items()}, bool(meta["stopped"])
