@@ -1,7 +1,11 @@
 """Running the command line as a user does, in a fresh interpreter."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 
 def run(*args: object) -> subprocess.CompletedProcess:
@@ -32,3 +36,21 @@ def run_in_process(argv, capsys) -> tuple[int, str, str]:
         code = err.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def kill_once_written(argv: list, marker: Path, timeout: float = 300) -> None:
+    """Start ``argv`` in its own session and SIGKILL the whole session as soon as ``marker`` exists."""
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not Path(marker).exists():
+            assert proc.poll() is None, f"{argv[0]} ended before writing {marker}"
+            assert time.time() < deadline, f"no {marker} after {timeout} s"
+            time.sleep(0.02)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)

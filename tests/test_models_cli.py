@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from _cli import run_in_process
+from _cli import kill_once_written, run_in_process
 from _denoise_data import datasets, spectra
 
 from survey_denoise.io.store import open_store, write_store
@@ -48,31 +49,11 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
 
 
 def test_train_killed_part_way_goes_on_from_its_last_epoch_when_run_again(stores, tmp_path, capsys):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "ae"
     args = ["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
             "--latent", 2, "--epochs", 40, "--out", out, "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-c", "from survey_denoise.cli import main; main()",
-                             *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     state = tmp_path / "ae.checkpoint" / "state.json"
-    try:
-        deadline = time.time() + 240
-        while not state.exists():
-            assert proc.poll() is None and time.time() < deadline, "training never saved an epoch"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_once_written([sys.executable, "-c", "from survey_denoise.cli import main; main()", *args], state)
     assert not out.exists()
     done = json.loads(state.read_text())["epochs_done"]
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from _cli import kill_once_written
 
 from survey_denoise.grid import GRID
 from survey_denoise.io.store import completed_chunks, missing_chunks, n_chunks, open_store
@@ -274,21 +275,8 @@ def test_sigkill_during_training_then_resume_goes_on_from_the_last_epoch(tmp_pat
 
     folder = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", config(folder))
-    proc = subprocess.Popen([CLI, "run", str(cfg), "--workers", "2", "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     state = folder / "model.checkpoint" / "state.json"
-    try:
-        deadline = time.time() + 300
-        while not state.exists():
-            assert proc.poll() is None and time.time() < deadline, "training never saved an epoch"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_once_written([CLI, "run", cfg, "--workers", "2", "--no-progress"], state)
     done = json.loads(state.read_text())["epochs_done"]
     assert 1 <= done < epochs and not (folder / "model" / ".complete").exists()
 
