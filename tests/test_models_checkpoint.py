@@ -81,3 +81,22 @@ def test_a_checkpoint_of_another_training_or_a_damaged_one_is_not_resumed(tmp_pa
         damaged = AEDenoiser(2, epochs=3, seed=1, **SMALL).fit(noisy, clean, checkpoint=tmp_path / "ck2")
     assert "unreadable" in caplog.text
     assert_same_network(fresh, damaged)  # trained from its first epoch, as if no state were there
+
+
+def test_state_is_saved_after_the_first_and_last_epochs_and_every_so_many_seconds(tmp_path,
+                                                                                 monkeypatch):
+    from survey_denoise.models import checkpoint
+
+    saved = []
+    real = checkpoint.TrainingCheckpoint.save
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save",
+                        lambda self, meta, arrays: (saved.append(meta["epochs_done"]),
+                                                    real(self, meta, arrays)))
+    noisy, clean = spectra(128, seed=11)
+    monkeypatch.setattr(checkpoint, "SAVE_EVERY", 3600.0)
+    AEDenoiser(2, epochs=5, seed=1, **SMALL).fit(noisy, clean, checkpoint=tmp_path / "a")
+    assert saved == [1, 5]
+    saved.clear()
+    monkeypatch.setattr(checkpoint, "SAVE_EVERY", 0.0)
+    AEDenoiser(2, epochs=5, seed=1, **SMALL).fit(noisy, clean, checkpoint=tmp_path / "b")
+    assert saved == [1, 2, 3, 4, 5]

@@ -506,7 +506,7 @@ class KerasDenoiser(Denoiser):
         Parameters
         ----------
         checkpoint : str or Path, optional
-            A folder for the training's state after every epoch
+            A folder for the training's state, saved every ~30 s of epochs
             (:mod:`~survey_denoise.models.checkpoint`). If it holds the state
             of this same training (settings, data, split), training goes on
             after its last epoch and ends as the uninterrupted one would.

@@ -27,7 +27,7 @@ from .registry import STAGES
 TRUTH = "truth.parquet"
 HELDOUT = "heldout.parquet"
 MODEL = "model"
-CHECKPOINT = "model.checkpoint"  # a training's state after each epoch, until its model is saved
+CHECKPOINT = "model.checkpoint"  # a training's latest saved state, until its model is saved
 
 
 def store_file(name: str) -> str:

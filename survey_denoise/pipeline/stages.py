@@ -103,7 +103,7 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
     echo : callable, optional
         Gets one line naming the model before it trains.
     checkpoint : Path, optional
-        AE/VAE: a folder for the training's state after every epoch; a
+        AE/VAE: a folder for the training's state (saved every ~30 s of epochs); a
         training killed before its model was saved goes on from it
         (:mod:`~survey_denoise.models.checkpoint`). The caller removes it.
     **options
