@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -121,10 +120,6 @@ class TrainingCheckpoint:
         tmp = self.folder / (STATE_JSON + ".tmp")
         tmp.write_text(json.dumps({**meta, "key": self.key, "arrays": token}))
         os.replace(tmp, self.folder / STATE_JSON)
-
-    def clear(self) -> None:
-        """Remove the state (the training it belongs to is saved)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def model_state(model) -> dict[str, np.ndarray]:
