@@ -35,12 +35,18 @@ def stores(tmp_path_factory):
     return str(root / "noisy.zarr"), str(root / "clean.zarr")
 
 
-def test_a_vae_on_fresh_noise_resumed_after_two_epochs_equals_the_uninterrupted_one(stores, tmp_path):
+def test_a_vae_on_fresh_noise_resumed_after_two_epochs_equals_the_uninterrupted_one(stores, tmp_path,
+                                                                                   caplog):
     whole = VAEDenoiser(2, epochs=5, seed=1, **SMALL).fit(*stores)
     # A training that ended after two epochs leaves the state a kill after the second would.
-    first = VAEDenoiser(2, epochs=2, seed=1, **SMALL).fit(*stores, checkpoint=tmp_path / "ck")
+    with caplog.at_level(logging.INFO, logger="survey_denoise.models"):
+        first = VAEDenoiser(2, epochs=2, seed=1, **SMALL).fit(*stores, checkpoint=tmp_path / "ck")
     assert json.loads((tmp_path / "ck" / STATE_JSON).read_text())["epochs_done"] == 2
     assert len(first.card_["history"]["loss"]) == 2
+    # The cap ended it, not the plateau rule: the card and the log say it may not be trained out.
+    assert first.card_["training_choices"]["ended"] == "epoch cap"
+    assert first.card_["training_choices"]["epochs_run"] == 2
+    assert "vae: stopped at its cap of 2 epochs before the plateau rule" in caplog.text
     resumed = VAEDenoiser(2, epochs=5, seed=1, **SMALL).fit(*stores, checkpoint=tmp_path / "ck")
     assert whole.card_["training_choices"]["noise_draws"] == "per-epoch"
     assert_same_network(whole, resumed)
@@ -57,9 +63,12 @@ def test_a_training_the_plateau_rule_had_stopped_is_not_trained_further(tmp_path
             "restore_best": True}
     whole = AEDenoiser(2, epochs=30, **opts).fit(noisy, clean, checkpoint=tmp_path / "ck")
     assert whole.epochs_run_ == 11
-    again = AEDenoiser(2, epochs=30, **opts).fit(noisy, clean, checkpoint=tmp_path / "ck")
+    assert whole.card_["training_choices"]["ended"] == "plateau rule" and whole.cap_note() is None
+    # A larger cap does not train on what the rule had ended.
+    again = AEDenoiser(2, epochs=60, **opts).fit(noisy, clean, checkpoint=tmp_path / "ck")
     assert_same_network(whole, again)
     assert again.epochs_run_ == 11 and again.card_["history"]["learning_rate"][-1] == 0.0
+    assert again.card_["training_choices"]["ended"] == "plateau rule"
 
 
 def test_a_checkpoint_of_another_training_or_a_damaged_one_is_not_resumed(tmp_path, caplog):

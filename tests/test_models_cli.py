@@ -66,6 +66,29 @@ def test_train_killed_part_way_goes_on_from_its_last_epoch_when_run_again(stores
     assert not (tmp_path / "ae.checkpoint").exists()
 
 
+def test_train_that_ended_at_its_cap_goes_on_under_a_larger_one(stores, tmp_path, capsys):
+    def train(epochs, out, *extra):
+        args = ["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",
+                "--latent", 2, "--epochs", epochs, "--out", out, "--no-progress", *extra]
+        code, text, err = run_in_process(args, capsys)
+        assert code == 0, err
+        return text, json.loads((out / "card.json").read_text())
+
+    out = tmp_path / "ae"
+    text, card = train(3, out)
+    assert "stopped at its cap of 3 epochs" in text and "goes on after epoch 3" in text
+    assert card["training_choices"]["ended"] == "epoch cap"
+    assert (tmp_path / "ae.checkpoint" / "state.json").exists()
+
+    text, card = train(5, out, "--overwrite")
+    assert "went on after epoch 3" in text
+    _, whole = train(5, tmp_path / "whole")  # the larger cap from the start
+    assert card["history"] == whole["history"] and card["training_choices"]["epochs_run"] == 5
+    for a, b in zip(load_model(out).model_.get_weights(), load_model(tmp_path / "whole").model_.get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_train_pca_then_denoise_a_store(stores, tmp_path, capsys):
     model = tmp_path / "pca"
     code, _, err = run_in_process(["train", "pca", "--noisy", stores / "noisy.zarr", "--clean",

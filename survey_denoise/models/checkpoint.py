@@ -9,7 +9,7 @@ the previous save, :class:`TrainingCheckpoint` writes, atomically, into one fold
   seed generators included), the optimizer's (its step, learning rate and
   moments), and the weights of the best epoch so far;
 - ``state.json``: the epochs done, the history, the plateau rule's counters,
-  the best loss and epoch, whether the rule stopped the training, and a
+  the best loss and epoch, why the training stopped early if it did, and a
   fingerprint of the training (its settings, the galaxies it trains and
   validates on).
 
@@ -20,6 +20,10 @@ used (they are functions of the seed and the epoch, or of restored seed
 generators), so on the same machine the resumed network equals the
 uninterrupted one to the last bit. A checkpoint with another fingerprint is
 set aside and the training starts from its first epoch.
+
+The epoch cap is not part of the fingerprint: a training that ended at its
+cap, not by the plateau rule, goes on under a larger cap from the state its
+last epoch left, as if it had been given that cap from the start.
 """
 
 from __future__ import annotations
@@ -177,13 +181,13 @@ def checkpoint_callback(checkpoint: TrainingCheckpoint, plateau, rule, history: 
             meta = {"epochs_done": epoch + 1, "history": history,
                     "rule": {"reference": rule.reference, "wait": rule.wait, "reduced": rule.reduced},
                     "best_loss": plateau.best_loss if np.isfinite(plateau.best_loss) else None,
-                    "best_epoch": plateau.best_epoch, "stopped": bool(self.model.stop_training)}
+                    "best_epoch": plateau.best_epoch, "ended": plateau.ended}
             checkpoint.save(meta, arrays)
 
     return Checkpoint()
 
 
-def resume(state: dict[str, Any], model, plateau, rule) -> tuple[int, dict[str, list], bool]:
+def resume(state: dict[str, Any], model, plateau, rule) -> tuple[int, dict[str, list], str | None]:
     """Put a loaded state back into the network, the plateau callback and its rule.
 
     Returns
@@ -192,8 +196,9 @@ def resume(state: dict[str, Any], model, plateau, rule) -> tuple[int, dict[str, 
         Epochs the state holds; training goes on at this (0-based) epoch.
     history : dict
         The per-epoch logs of those epochs.
-    stopped : bool
-        Whether the plateau rule had stopped the training.
+    ended : str or None
+        Why the training had stopped early (``"plateau rule"``, ``"non-finite
+        loss"``), or None if it had not: it goes on up to the cap.
     """
     meta, arrays = state["meta"], state["arrays"]
     restore_model_state(model, arrays)
@@ -203,4 +208,6 @@ def resume(state: dict[str, Any], model, plateau, rule) -> tuple[int, dict[str, 
     plateau.best_epoch = meta["best_epoch"]
     best = sorted((k for k in arrays if k.startswith("best_")), key=lambda k: int(k.split("_")[1]))
     plateau.best_weights = [arrays[k] for k in best] or None
-    return int(meta["epochs_done"]), {k: list(v) for k, v in meta["history"].items()}, bool(meta["stopped"])
+    # States saved before the reason was recorded say only whether the rule stopped it.
+    plateau.ended = meta.get("ended", "plateau rule" if meta.get("stopped") else None)
+    return int(meta["epochs_done"]), {k: list(v) for k, v in meta["history"].items()}, plateau.ended

@@ -146,7 +146,9 @@ def plateau_callback(rule: PlateauRule, monitor: str = "val_loss", restore_best:
 
     With ``restore_best`` the weights of the epoch with the lowest monitored
     loss are put back when training ends; the callback's ``best_epoch``
-    (0-based, None before the first finite loss) says which it was.
+    (0-based, None before the first finite loss) says which it was, and its
+    ``ended`` why training stopped early (``"plateau rule"`` or
+    ``"non-finite loss"``; None while it has not).
     """
     import keras
 
@@ -154,12 +156,14 @@ def plateau_callback(rule: PlateauRule, monitor: str = "val_loss", restore_best:
         best_epoch: int | None = None
         best_loss = math.inf
         best_weights = None
+        ended: str | None = None
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             loss = logs.get(monitor, logs.get(monitor.removeprefix("val_"), logs.get("loss")))
             if loss is None or not math.isfinite(loss):
-                self.model.stop_training = loss is not None
+                if loss is not None:
+                    self.model.stop_training, self.ended = True, "non-finite loss"
                 return
             if loss < self.best_loss:
                 self.best_loss, self.best_epoch = float(loss), epoch
@@ -170,7 +174,7 @@ def plateau_callback(rule: PlateauRule, monitor: str = "val_loss", restore_best:
             if action == "reduce":
                 lr.assign(float(lr.numpy()) / rule.factor)
             elif action == "stop":
-                self.model.stop_training = True
+                self.model.stop_training, self.ended = True, "plateau rule"
             logs["learning_rate"] = float(lr.numpy())
 
         def on_train_end(self, logs=None):
@@ -459,7 +463,7 @@ class KerasDenoiser(Denoiser):
         monitor = f"val_{watched}" if val is not None else watched
         callback = plateau_callback(rule, monitor, restore_best=opts["restore_best"])
         callbacks = [callback, epoch_log(self.epochs, self.kind, callback)]
-        start, history, stopped = 0, {}, False
+        start, history, ended = 0, {}, None
         self.resumed_at_ = None
         if self._checkpoint is not None:
             # The epoch cap and the bar do not change what an epoch does: a training
@@ -473,14 +477,14 @@ class KerasDenoiser(Denoiser):
                 content))
             state = saved.load()
             if state is not None:
-                start, history, stopped = resume(state, self.model_, callback, rule)
+                start, history, ended = resume(state, self.model_, callback, rule)
                 self.resumed_at_ = start
                 log.info("%s: resuming after epoch %d of at most %d from %s", self.kind, start,
                          self.epochs, saved.folder)
             callbacks.append(checkpoint_callback(saved, callback, rule, history))
         if self.verbose == 1:  # Keras' own bar counts batches; ours counts epochs
             callbacks.append(epoch_bar(self.epochs, desc=self.kind, initial=start))
-        if start < self.epochs and not stopped:
+        if start < self.epochs and ended is None:
             train.start_at(start)
             # shuffle=False: the batches shuffle themselves, chunk by chunk, from the
             # split's seed.  Keras' shuffle would reorder them across chunks with
@@ -497,7 +501,22 @@ class KerasDenoiser(Denoiser):
         self.epochs_run_ = len(history.get("loss", []))
         self.best_epoch_ = callback.best_epoch
         self.monitor_ = monitor
+        self.ended_ = callback.ended or "epoch cap"
+        if self.ended_ == "epoch cap":  # beside the epoch lines; commands echo it themselves
+            log.info("%s: %s", self.kind, self.cap_note())
         return {k: [float(v) for v in vals] for k, vals in history.items()}
+
+    def cap_note(self) -> str | None:
+        """What to say of a training that ended at its epoch cap, not by the plateau rule; else None.
+
+        Such a network may not be trained out: by the rule's own measure its
+        monitored loss had not stopped falling.
+        """
+        if getattr(self, "ended_", None) != "epoch cap":
+            return None
+        best = "none" if self.best_epoch_ is None else self.best_epoch_ + 1
+        return (f"stopped at its cap of {self.epochs} epochs before the plateau rule ended it "
+                f"(best epoch {best}): more epochs may still improve it")
 
     def fit(self, noisy, clean, weights=None, validation_split: float = 0.2, seed=None, *,
             input_ivar=None, checkpoint: str | Path | None = None):
@@ -508,9 +527,10 @@ class KerasDenoiser(Denoiser):
         checkpoint : str or Path, optional
             A folder for the training's state, saved every ~30 s of epochs
             (:mod:`~survey_denoise.models.checkpoint`). If it holds the state
-            of this same training (settings, data, split), training goes on
-            after its last epoch and ends as the uninterrupted one would.
-            The caller removes it once the model is saved.
+            of this same training (settings less the epoch cap, data, split),
+            training goes on after its last epoch and ends as the
+            uninterrupted one would: one that ended at a smaller cap goes on
+            to this one. The caller removes it once it is not needed.
         """
         self._checkpoint = None if checkpoint is None else Path(checkpoint)
         try:
@@ -522,6 +542,7 @@ class KerasDenoiser(Denoiser):
         opts = self.settings()
         self.card_["training_choices"] = {
             "preset": self.preset, **opts, "monitor": self.monitor_, "best_epoch": self.best_epoch_,
+            "epochs_run": self.epochs_run_, "ended": self.ended_,
             "noise_draws": self.noise_draws_,
             **({"noise_draws_note": self.noise_note_} if self.noise_note_ else {}),
             "weights": "best epoch" if opts["restore_best"] else "last epoch",

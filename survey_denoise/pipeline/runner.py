@@ -225,8 +225,10 @@ class Runner:
                 noisy, clean = noisy.isel(galaxy=keep), clean.isel(galaxy=keep)
             # The one stage without chunks to count: its epochs go to run.log and a bar.
             with self.log.capturing("survey_denoise.models"):
-                stages.train(noisy, clean, st.train, out, verbose=int(self.progress),
-                             checkpoint=self.path(CHECKPOINT))
+                model = stages.train(noisy, clean, st.train, out, verbose=int(self.progress),
+                                     checkpoint=self.path(CHECKPOINT))
+            if getattr(model, "ended_", None) == "epoch cap":
+                self.echo(f"train: {model.cap_note()} (stages.train.epochs)")
             (out / ".complete").touch()
             shutil.rmtree(self.path(CHECKPOINT), ignore_errors=True)
             written = [0]
