@@ -3,6 +3,7 @@ PCA, AE and VAE, each variant fitting the original, noise-added and de-noised sp
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,26 @@ def test_set_overrides_a_config_value_and_is_checked():
 def test_fitting_only_the_heldout_galaxies_needs_a_holdout():
     assert_user_error(run("run", CONFIG, *SMALL, "--set", "stages.fit.galaxies=heldout",
                           "--set", "stages.train.holdout=0", "--check"), "stages.fit.galaxies")
+
+
+def test_holdout_is_a_fraction_or_a_number_of_galaxies():
+    from survey_denoise.pipeline.config import ConfigError
+    from survey_denoise.pipeline.params import Train
+    from survey_denoise.pipeline.stages import holdout
+
+    # The paper's 2,000 test galaxies whatever the mock's size.
+    assert holdout(100_000, Train(kind="vae", holdout=2000)).size == 2000
+    assert holdout(10_000, Train(kind="vae", holdout=0.2)).size == 2000
+    with pytest.raises(ConfigError, match="2000 held out of 2000 galaxies leaves none"):
+        holdout(2000, Train(kind="vae", holdout=2000))
+    heldout = ("--set", "input.mock.n=10000", "--set", "stages.fit.galaxies=heldout")
+    plan = run("run", CONFIG, *heldout, "--set", "stages.train.holdout=2000", "--check")
+    assert plan.returncode == 0, plan.stderr
+    assert re.search(r"^  fit-denoised .* 2$", plan.stdout, re.M)  # 2,000 galaxies in chunks of 1,000
+    assert_user_error(run("run", CONFIG, *heldout, "--set", "stages.train.holdout=10000", "--check"),
+                      "10000 held out of 10000 galaxies leaves none to train on")
+    assert_user_error(run("run", CONFIG, *heldout, "--set", "stages.train.holdout=2.5", "--check"),
+                      "a fraction below 1 or a whole number")
 
 
 @pytest.mark.slow

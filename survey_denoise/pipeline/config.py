@@ -323,6 +323,10 @@ def check(config: PipelineConfig) -> list[str]:
             problems.append(f"outputs.keep: '{name}' is not made by this pipeline "
                             f"(made: {', '.join(made)})")
     if st.train is not None:
+        # Other inputs' sizes are known once read; the train stage checks them then.
+        if inp.kind == "mock" and st.train.n_heldout(inp.mock.n) >= inp.mock.n:
+            problems.append(f"stages.train.holdout: {st.train.n_heldout(inp.mock.n)} held out of "
+                            f"{inp.mock.n} galaxies leaves none to train on")
         for role in ("noisy", "clean"):
             if getattr(st.train, role) not in made:
                 problems.append(f"stages.train.{role}: '{getattr(st.train, role)}' is not made by "

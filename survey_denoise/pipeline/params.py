@@ -96,10 +96,21 @@ class Train(Strict):
         "Fraction of training galaxies held out for validation (early stopping, calibration)."))
     noisy: Literal[SPECTRA] = Field("degraded", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
     clean: Literal[SPECTRA] = Field("preprocessed", json_schema_extra=PIPELINE_ONLY)  # type: ignore[valid-type]
-    holdout: float = Field(0.0, ge=0.0, lt=1.0, json_schema_extra=PIPELINE_ONLY, description=(
-        "fraction of galaxies (drawn with seed) never shown to the model; when > 0 the "
-        "science stage measures only these, as the paper applies its re-trained VAE to "
-        "the spectra it was not trained on"))
+    holdout: float = Field(0.0, ge=0.0, json_schema_extra=PIPELINE_ONLY, description=(
+        "galaxies (drawn with seed) never shown to the model: below 1 a fraction of them, "
+        "from 1 a number (2000: the paper's test set at any size); when > 0 the science "
+        "stage measures only these, as the paper applies its re-trained VAE to the spectra "
+        "it was not trained on"))
+
+    @model_validator(mode="after")
+    def _whole_count(self) -> Train:
+        if self.holdout >= 1 and self.holdout != int(self.holdout):
+            raise ValueError(f"holdout {self.holdout}: a fraction below 1 or a whole number of galaxies")
+        return self
+
+    def n_heldout(self, n: int) -> int:
+        """Galaxies held out of ``n`` (``n`` or more leave none to train on)."""
+        return int(round(self.holdout * n)) if self.holdout < 1 else int(self.holdout)
 
     def options(self) -> dict:
         """Keyword arguments of :func:`survey_denoise.models.build_model`."""

@@ -249,7 +249,7 @@ def plan(config: PipelineConfig, cluster: str = "local") -> Plan:
                           written=written, chunks=chunks))
     fit_chunks = chunks
     if st.fit is not None and st.fit.galaxies == "heldout" and galaxies is not None and st.train is not None:
-        fit_chunks = max(1, math.ceil(round(st.train.holdout * galaxies) / config.chunk))
+        fit_chunks = max(1, math.ceil(min(st.train.n_heldout(galaxies), galaxies) / config.chunk))
     for target in config.fit_targets():
         stem = catalogue_stem(target)
         steps.append(Step(f"fit-{target}", "fit", (target,),

@@ -83,7 +83,12 @@ def degrade(ds: xr.Dataset, cfg: Degrade) -> xr.Dataset:
 
 def holdout(n: int, cfg: Train) -> np.ndarray:
     """Sorted positions of the galaxies the train stage never sees (``cfg.holdout`` of ``n``)."""
-    n_out = int(round(cfg.holdout * n))
+    n_out = cfg.n_heldout(n)
+    if n_out >= n:
+        from .config import ConfigError  # config imports the stages through the registry
+
+        raise ConfigError(f"stages.train.holdout: {n_out} held out of {n} galaxies leaves none to "
+                          "train on")
     return np.sort(np.random.default_rng([cfg.seed, 0x401D]).permutation(n)[:n_out])
 
 
