@@ -131,8 +131,12 @@ def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     assert "Against the mock's true fluxes" in md and "painted" in md and "N common" in md
     assert "spurious_rate" in md and "beyond counting noise" in md
     # the networks' epochs are in their run logs, as the chunked stages' counts are
+    # and so is the 1-epoch cap that ended them, which the run also printed
     for kind in ("ae", "vae"):
-        assert f"{kind}: epoch 1 of at most 1 in " in (out / kind / "run.log").read_text()
+        log = (out / kind / "run.log").read_text()
+        assert f"{kind}: epoch 1 of at most 1 in " in log
+        assert f"INFO {kind}: stopped at its cap of 1 epochs before the plateau rule" in log
+    assert result.stdout.count("train: stopped at its cap of 1 epochs") == 2
     for kind in kinds:
         for name in ("figure9-noisy.png", "figure9-denoised.png", "table6_coverage.csv"):
             assert (out / kind / name).stat().st_size > 0

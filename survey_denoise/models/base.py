@@ -491,6 +491,10 @@ class Denoiser(abc.ABC):
         """Whether the model reads each pixel's inverse variance with its flux."""
         return False
 
+    def cap_note(self) -> str | None:
+        """A line to print when the epoch cap, not the plateau rule, ended the training; else None."""
+        return None
+
     @abc.abstractmethod
     def _fit(self, pairs: SpectraPairs, parts) -> dict[str, list[float]]:
         """Learn from ``pairs`` (training rows ``parts.train``); return the loss history."""

@@ -507,11 +507,8 @@ class KerasDenoiser(Denoiser):
         return {k: [float(v) for v in vals] for k, vals in history.items()}
 
     def cap_note(self) -> str | None:
-        """What to say of a training that ended at its epoch cap, not by the plateau rule; else None.
-
-        Such a network may not be trained out: by the rule's own measure its
-        monitored loss had not stopped falling.
-        """
+        # Such a network may not be trained out: by the rule's own measure its
+        # monitored loss had not stopped falling.
         if getattr(self, "ended_", None) != "epoch cap":
             return None
         best = "none" if self.best_epoch_ is None else self.best_epoch_ + 1

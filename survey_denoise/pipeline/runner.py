@@ -227,8 +227,8 @@ class Runner:
             with self.log.capturing("survey_denoise.models"):
                 model = stages.train(noisy, clean, st.train, out, verbose=int(self.progress),
                                      checkpoint=self.path(CHECKPOINT))
-            if getattr(model, "ended_", None) == "epoch cap":
-                self.echo(f"train: {model.cap_note()} (stages.train.epochs)")
+            if note := model.cap_note():
+                self.echo(f"train: {note} (stages.train.epochs)")
             (out / ".complete").touch()
             shutil.rmtree(self.path(CHECKPOINT), ignore_errors=True)
             written = [0]

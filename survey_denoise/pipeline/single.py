@@ -134,9 +134,9 @@ def train_step(plan, client=None, *, overwrite: bool = False, progress: bool = T
     resumed = getattr(model, "resumed_at_", None)
     if resumed:
         echo(f"train: went on after epoch {resumed}, from the checkpoint a stopped run left in {checkpoint}")
-    if getattr(model, "ended_", None) == "epoch cap":
+    if note := model.cap_note():
         # Not trained out: its last state lets a larger cap go on instead of starting again.
-        echo(f"train: {model.cap_note()}; the same command with a larger --epochs and --overwrite "
+        echo(f"train: {note}; the same command with a larger --epochs and --overwrite "
              f"goes on after epoch {model.epochs_run_} from {checkpoint}")
     else:
         shutil.rmtree(checkpoint, ignore_errors=True)
