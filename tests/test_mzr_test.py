@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _mzr_sample import synthetic_catalogues, synthetic_truth
+from _mzr_sample import synthetic_catalogue, synthetic_catalogues, synthetic_truth
 
 from survey_denoise.science.mzr import SCHOLTE24, slope
-from survey_denoise.science.mzr_test import MZRTest, format_comparison, log_sfr, mzr_test
+from survey_denoise.science.mzr_test import (
+    MZRTest,
+    format_comparison,
+    log_sfr,
+    mzr_test,
+    true_lines_oh,
+)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +171,65 @@ def test_mzr_slope_follows_the_truth_and_is_compared_with_the_originals(sample, 
                   summary=s.drop(columns=["mzr_slope", "mzr_slope_err", "mzr_slope_n"]))
     assert old.comparison()["ours_mzr_slope_ratio"].isna().all()
     assert "MZR slope" not in format_comparison(old)
+
+
+def test_a_slope_changed_by_selection_alone_is_told_from_one_changed_by_the_oh(sample, result):
+    """A harsher Hα cut keeps, at low mass, only high-SFR (here metal-richer) galaxies."""
+    truth, cats = sample
+    cut = cats["original"].copy()
+    for col in ("halpha_flux_err", "halpha_flux_norm_err"):
+        cut[col] = cut[col] * 4.0
+    cut["halpha_snr"] = cut["halpha_flux"] / cut["halpha_flux_err"]
+    r = mzr_test({"original": cats["original"], "cut": cut, "vae": cats["vae"]}, truth)
+    s, c = r.summary, r.comparison()
+    # same fluxes, so the same O/H wherever both measure: the matched slopes agree exactly
+    assert 0.2 < s.loc["cut", "fraction"] < 0.8
+    assert s.loc["cut", "mzr_slope_matched"] == pytest.approx(s.loc["cut", "mzr_slope_matched_reference"])
+    assert c.loc["cut", "ours_mzr_slope_matched_ratio"] == pytest.approx(1.0)
+    assert s.loc["cut", "mzr_slope_n_matched"] == s.loc["cut", "mzr_slope_n"]
+    # ...yet its own slope is flatter, and the true O/H of its galaxies says why
+    err = np.hypot(s.loc["cut", "mzr_slope_err_true"], s.loc["original", "mzr_slope_err_true"])
+    assert s.loc["cut", "mzr_slope_true"] < s.loc["original", "mzr_slope_true"] - 3 * err
+    assert c.loc["cut", "ours_mzr_slope_ratio"] < 0.9
+    assert s.loc["cut", "mzr_slope"] == pytest.approx(s.loc["cut", "mzr_slope_true"],
+                                                      abs=3 * s.loc["cut", "mzr_slope_err"])
+    assert s.loc["original", "mzr_slope_true"] == pytest.approx(
+        slope(truth["true_logmass"], truth["true_oh"])["slope"], abs=0.01)
+    text = format_comparison(r)
+    assert "both measure, against the original spectra's slope there: cut: " in text
+    assert f"({s.loc['cut', 'mzr_slope_n_matched']} galaxies, 1.00x)" in text
+    assert "slope of the true O/H of each case's own measured galaxies (what" in text
+    assert "true lines" not in text  # the synthetic truth has no line fluxes
+    # results saved before the split was measured compare without it
+    old = MZRTest(galaxies=r.galaxies, binned=r.binned, settings=r.settings,
+                  summary=s.drop(columns=[k for k in s.columns if "matched" in k or k.endswith("_true")]))
+    assert old.comparison()["ours_mzr_slope_matched_ratio"].isna().all()
+    assert "both measure, against" not in format_comparison(old)
+
+
+def test_the_calibration_on_noise_free_lines_splits_its_own_bias_from_the_noise(sample):
+    """With the truth's line fluxes, the slope the calibration itself gives is measured."""
+    truth, cats = sample
+    noiseless = synthetic_catalogue(truth, 1e9, 0)
+    truth = truth.assign(**{f"true_{k}_flux": noiseless[f"{k}_flux"].to_numpy()
+                            for k in ("oiii_5007", "hbeta", "nii_6583", "halpha")})
+    # the synthetic lines invert PP04 O3N2 exactly: the calibration adds nothing
+    exact = true_lines_oh(truth, "o3n2")
+    np.testing.assert_allclose(exact, truth["true_oh"], atol=1e-6)
+    assert true_lines_oh(truth.drop(columns="true_hbeta_flux"), "o3n2") is None
+    assert true_lines_oh(truth.drop(columns="true_hbeta_flux"), "n2") is not None
+    # an [OIII]/Hβ that rises with mass at fixed O/H (say, a floor of other gas) flattens it
+    biased = truth.assign(true_oiii_5007_flux=truth["true_oiii_5007_flux"]
+                          * 10 ** (0.1 * (truth["true_logmass"] - 10.0)))
+    for t, shift in ((truth, 0.0), (biased, -0.032)):
+        r = mzr_test(cats, t)
+        s = r.summary
+        assert np.isnan(s.loc["desi", "mzr_slope_true_lines"])  # too few galaxies, as for its own slope
+        for case in ("original", "vae"):
+            assert s.loc[case, "mzr_slope_true_lines"] == pytest.approx(s.loc[case, "mzr_slope_true"] + shift,
+                                                                        abs=1e-6)
+        assert "true_lines_oh" in r.galaxies["vae"]
+    assert f"(true lines {s.loc['vae', 'mzr_slope_true_lines']:+.3f})" in format_comparison(r)
 
 
 def test_save_load_round_trip(result, tmp_path):

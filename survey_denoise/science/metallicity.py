@@ -25,7 +25,7 @@ wavelength, so normalised and physical fluxes give the same answer.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,22 @@ def o3n2_index(oiii_5007, hbeta, nii_6583, halpha) -> np.ndarray:
 def n2_index(nii_6583, halpha) -> np.ndarray:
     """N2 = log10([NII]6583/Hα); NaN where undefined."""
     return _log_ratio(nii_6583, halpha)
+
+
+def strong_line_index(fluxes: Mapping[str, np.ndarray], calibration: Calibration | str = O3N2) -> np.ndarray:
+    """The calibration's index (dex) from line fluxes keyed by catalogue key.
+
+    Parameters
+    ----------
+    fluxes : mapping of str to array
+        At least ``calibration.lines``; any common flux unit.
+    calibration : Calibration or str
+        :data:`O3N2` or :data:`N2`.
+    """
+    cal = CALIBRATIONS[calibration] if isinstance(calibration, str) else calibration
+    if cal.name == "o3n2":
+        return o3n2_index(fluxes["oiii_5007"], fluxes["hbeta"], fluxes["nii_6583"], fluxes["halpha"])
+    return n2_index(fluxes["nii_6583"], fluxes["halpha"])
 
 
 def index_error(fluxes: Sequence[np.ndarray], errors: Sequence[np.ndarray]) -> np.ndarray:
@@ -249,10 +265,7 @@ def metallicity(
                     low |= ~(snr[k] > min_line_snr)
             flags |= np.where(low, int(OHFlag.LOW_LINE_SNR), 0)
 
-    if calibration == "o3n2":
-        index = o3n2_index(f["oiii_5007"], f["hbeta"], f["nii_6583"], f["halpha"])
-    else:
-        index = n2_index(f["nii_6583"], f["halpha"])
+    index = strong_line_index(f, cal)
     index_err = index_error([f[k] for k in cal.lines], [e[k] for k in cal.lines])
     flags |= np.where(np.isfinite(index) & ~in_range(index, cal), int(OHFlag.OUT_OF_RANGE), 0)
     if bpt is not None:

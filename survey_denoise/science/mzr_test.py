@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .metallicity import flag_counts, metallicity
+from .metallicity import CALIBRATIONS, flag_counts, metallicity, oh_from_index, strong_line_index
 from .mzr import (
     SCHOLTE24,
     SLOPE_RANGE,
@@ -74,7 +74,8 @@ class MZRTest:
     galaxies : dict of str to DataFrame
         Per case, one row per galaxy of the truth table: ``galaxy``,
         ``logmass``, ``logsfr``, ``true_oh`` (if known), ``oh``, ``oh_err``,
-        ``oh_flags``, ``has_oh``.
+        ``oh_flags``, ``has_oh`` and, where the truth has them,
+        ``true_lines_oh`` (:func:`true_lines_oh`).
     summary : DataFrame
         One row per case (see :func:`mzr_test`).
     binned : dict of str to DataFrame
@@ -100,7 +101,9 @@ class MZRTest:
 
         ``ours_mzr_slope_ratio`` divides each case's slope by that of
         :data:`REFERENCE_CASE` (NaN without it, or in results saved before
-        slopes were measured).
+        slopes were measured); ``ours_mzr_slope_matched_ratio`` does so on
+        the galaxies both measure, and ``ours_mzr_slope_true`` is the slope
+        of the true O/H of the case's own galaxies (NaN where unknown).
         """
         rows = []
         ref = (self.summary.loc[REFERENCE_CASE, "mzr_slope"]
@@ -125,6 +128,8 @@ class MZRTest:
                 "ours_mzr_slope_err": float(row["mzr_slope_err"]) if "mzr_slope_err" in row else np.nan,
                 "ours_mzr_slope_n": int(row["mzr_slope_n"]) if "mzr_slope_n" in row else 0,
                 "ours_mzr_slope_ratio": case_slope / ref if np.isfinite(ref) and ref != 0 else np.nan,
+                "ours_mzr_slope_matched_ratio": _ratio(row, "mzr_slope_matched", "mzr_slope_matched_reference"),
+                "ours_mzr_slope_true": float(row["mzr_slope_true"]) if "mzr_slope_true" in row else np.nan,
             })
         return pd.DataFrame(rows).set_index("case")
 
@@ -159,6 +164,36 @@ class MZRTest:
         settings = json.loads((d / "settings.json").read_text()) if (d / "settings.json").exists() else {}
         bound = pd.read_parquet(d / "bound.parquet") if (d / "bound.parquet").exists() else None
         return cls(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound)
+
+
+def true_lines_oh(truth: pd.DataFrame, calibration: str = "o3n2") -> np.ndarray | None:
+    """12 + log(O/H) from the calibration applied to the truth's noise-free line fluxes.
+
+    Parameters
+    ----------
+    truth : DataFrame
+        Needs ``true_<key>_flux`` for every line of the calibration.
+    calibration : {"o3n2", "n2"}
+
+    Returns
+    -------
+    ndarray or None
+        One value per row of ``truth`` (NaN where an index is undefined,
+        whatever the calibration's validity range); None without the columns.
+    """
+    cal = CALIBRATIONS[calibration]
+    cols = {k: f"true_{k}_flux" for k in cal.lines}
+    if not set(cols.values()) <= set(truth.columns):
+        return None
+    return oh_from_index(strong_line_index({k: truth[c].to_numpy(float) for k, c in cols.items()}, cal), cal)
+
+
+def _ratio(row: pd.Series, num: str, den: str) -> float:
+    """``row[num] / row[den]``; NaN when either is absent (older results) or the divisor is 0."""
+    if num not in row or den not in row:
+        return np.nan
+    a, b = float(row[num]), float(row[den])
+    return a / b if np.isfinite(b) and b != 0 else np.nan
 
 
 def _join(cat: pd.DataFrame, truth: pd.DataFrame, case: str) -> pd.DataFrame:
@@ -236,7 +271,15 @@ def mzr_test(
         measurable in every case: ``n_common``, ``scatter_std_common``,
         ``scatter_offset_common``, ``median_oh_err_common``,
         ``mzr_slope_common``, ``mzr_slope_err_common`` and (with
-        ``true_oh``) ``bias_vs_true_common``/``std_vs_true_common``.
+        ``true_oh``) ``bias_vs_true_common``/``std_vs_true_common``; to
+        tell selection from measurement, ``mzr_slope_true`` and
+        ``mzr_slope_err_true`` (the true O/H of the case's own measured
+        galaxies), ``mzr_slope_true_lines`` and ``mzr_slope_err_true_lines``
+        (with ``true_<key>_flux`` columns: the calibration applied to their
+        noise-free line fluxes, :func:`true_lines_oh`) and, on the galaxies the case and :data:`REFERENCE_CASE`
+        both measure, ``mzr_slope_n_matched`` (those in the mass range),
+        ``mzr_slope_matched``, ``mzr_slope_err_matched``,
+        ``mzr_slope_matched_reference`` and ``mzr_slope_err_matched_reference``.
     """
     for col in ("galaxy", mass_column):
         if col not in truth.columns:
@@ -247,6 +290,7 @@ def mzr_test(
     logmass = truth[mass_column].to_numpy(dtype=float)
     logsfr = log_sfr(truth, sfr_column, sfr_is_log)
     true_oh = truth["true_oh"].to_numpy(float) if "true_oh" in truth.columns else None
+    lines_oh = true_lines_oh(truth, calibration)
     # The main sequence comes from the whole sample, so a selected sub-sample's
     # SFR residuals are measured against the same line in every case.
     try:
@@ -264,6 +308,8 @@ def mzr_test(
                           "oh_flags": m["oh_flags"].to_numpy(), "has_oh": m["has_oh"].to_numpy()})
         if true_oh is not None:
             g["true_oh"] = true_oh
+        if lines_oh is not None:
+            g["true_lines_oh"] = lines_oh
         galaxies[case] = g
         sel = g["has_oh"].to_numpy()
         n_meas = int(sel.sum())
@@ -300,6 +346,7 @@ def mzr_test(
     n_common = int(common.sum())
     for case, g in galaxies.items():
         rows[case].update(_on_common(g, logmass, common, reference, true_oh is not None, slope_range))
+        rows[case].update(_selection(g, galaxies.get(REFERENCE_CASE), logmass, slope_range))
 
     summary = pd.DataFrame.from_dict(rows, orient="index")
     summary.index.name = "case"
@@ -334,6 +381,35 @@ def _on_common(g: pd.DataFrame, logmass: np.ndarray, common: np.ndarray, referen
     return out
 
 
+def _selection(g: pd.DataFrame, ref: pd.DataFrame | None, logmass: np.ndarray,
+               slope_range: tuple[float, float]) -> dict[str, float]:
+    """Split a case's slope into which galaxies it measures and what it measures for them.
+
+    An Hα S/N cut keeps, at low mass, only the galaxies of high SFR, and O/H
+    depends on SFR at fixed mass: a case that measures fewer galaxies has
+    another true MZR, whatever its O/H errors.  So the slope is also given on
+    the galaxies this case and :data:`REFERENCE_CASE` both measure (the
+    reference's slope there too), for the true O/H of this case's own
+    galaxies, and for the calibration applied to their noise-free line
+    fluxes (what the strong-line method itself makes of them).
+    """
+    sel = g["has_oh"].to_numpy(bool)
+    out: dict[str, float] = {}
+    for col, suffix in (("true_oh", "true"), ("true_lines_oh", "true_lines")):
+        if col in g:
+            t = slope(logmass[sel], g[col].to_numpy(float)[sel], slope_range)
+            out.update({f"mzr_slope_{suffix}": t["slope"], f"mzr_slope_err_{suffix}": t["slope_err"]})
+    if ref is not None:
+        both = sel & ref["has_oh"].to_numpy(bool)
+        mine = slope(logmass[both], g["oh"].to_numpy(float)[both], slope_range)
+        theirs = slope(logmass[both], ref["oh"].to_numpy(float)[both], slope_range)
+        out.update({"mzr_slope_n_matched": mine["n"], "mzr_slope_matched": mine["slope"],
+                    "mzr_slope_err_matched": mine["slope_err"],
+                    "mzr_slope_matched_reference": theirs["slope"],
+                    "mzr_slope_err_matched_reference": theirs["slope_err"]})
+    return out
+
+
 def format_comparison(result: MZRTest) -> str:
     """The paper-vs-ours table as fixed-width text for a terminal."""
     tab = result.comparison()
@@ -365,7 +441,37 @@ def slopes(result: MZRTest) -> list[str]:
                  if np.isfinite(r["ours_mzr_slope_ratio"]) and case != REFERENCE_CASE else "")
         parts.append(f"{r['label']}: {r['ours_mzr_slope']:+.3f} ± {r['ours_mzr_slope_err']:.3f} "
                      f"({r['ours_mzr_slope_n']} galaxies{ratio})")
-    return [f"MZR slope over log M* {lo:g}-{hi:g} (dex per dex): " + "; ".join(parts)]
+    return [f"MZR slope over log M* {lo:g}-{hi:g} (dex per dex): " + "; ".join(parts)] + _selection_lines(result)
+
+
+def _selection_lines(result: MZRTest) -> list[str]:
+    """Sentences that split each case's slope into its selection and its O/H."""
+    s = result.summary
+    ref = LABELS.get(REFERENCE_CASE, REFERENCE_CASE)
+    out = []
+    if "mzr_slope_matched" in s:
+        tab = result.comparison()
+        parts = [f"{LABELS.get(str(c), str(c))}: {r['mzr_slope_matched']:+.3f} against {r['mzr_slope_matched_reference']:+.3f} "
+                 f"({int(r['mzr_slope_n_matched'])} galaxies, {tab.loc[c, 'ours_mzr_slope_matched_ratio']:.2f}x)"
+                 for c, r in s.iterrows() if c != REFERENCE_CASE and np.isfinite(r["mzr_slope_matched"])]
+        if parts:
+            out.append(f"MZR slope on the galaxies each case and the {ref} both measure, against the "
+                       f"{ref}'s slope there: " + "; ".join(parts))
+    if "mzr_slope_true" in s:
+        lines = "mzr_slope_true_lines" in s
+        parts = []
+        for c, r in s.iterrows():
+            if not np.isfinite(r["mzr_slope_true"]):
+                continue
+            part = f"{LABELS.get(str(c), str(c))}: {r['mzr_slope_true']:+.3f} ± {r['mzr_slope_err_true']:.3f}"
+            if lines:
+                part += f" (true lines {r['mzr_slope_true_lines']:+.3f})"
+            parts.append(part)
+        if parts:
+            how = (", and from the calibration applied to their noise-free line fluxes" if lines else "")
+            out.append(f"slope of the true O/H of each case's own measured galaxies{how} (what its "
+                       "selection alone makes of the MZR): " + "; ".join(parts))
+    return out
 
 
 def reach(result: MZRTest) -> list[str]:
