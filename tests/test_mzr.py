@@ -14,6 +14,7 @@ from survey_denoise.science.mzr import (
     scatter,
     sfr_trend,
     slope,
+    slope_ratio,
 )
 
 
@@ -151,3 +152,26 @@ def test_slope_ignores_non_finite_values_and_refuses_too_few():
     assert few["n"] == 9 and np.isnan(few["slope"]) and np.isnan(few["slope_err"])
     flat = slope(np.full(20, 9.5), np.linspace(8, 9, 20))
     assert flat["n"] == 20 and np.isnan(flat["slope"])
+
+
+def test_slope_ratio_of_the_same_galaxies_has_a_paired_error():
+    rng = np.random.default_rng(8)
+    m = rng.uniform(9.0, 10.2, 3000)
+    # a wide intrinsic scatter, shared; a measurement that flattens by 10 % with small noise
+    ref = 8.0 + 0.2 * m + rng.normal(0, 0.15, m.size)
+    oh = 8.0 + 0.9 * (ref - 8.0) + 0.08 + rng.normal(0, 0.01, m.size)
+    r = slope_ratio(m, oh, ref)
+    inside = (m >= 9.1) & (m <= 10.1)
+    assert r["n"] == inside.sum()
+    assert r["slope"] == pytest.approx(slope(m, oh)["slope"]) and r["slope_ref"] == pytest.approx(slope(m, ref)["slope"])
+    assert r["ratio"] == pytest.approx(0.9, abs=3 * r["ratio_err"])
+    # the galaxies' shared scatter cancels: far below the independent-slopes error
+    s_a, s_b = slope(m, oh), slope(m, ref)
+    independent = r["ratio"] * np.hypot(s_a["slope_err"] / s_a["slope"], s_b["slope_err"] / s_b["slope"])
+    assert 0 < r["ratio_err"] < 0.25 * independent
+    # any non-finite value drops the galaxy from both fits
+    oh2 = oh.copy()
+    oh2[inside.nonzero()[0][:10]] = np.nan
+    assert slope_ratio(m, oh2, ref)["n"] == inside.sum() - 10
+    few = slope_ratio(m[:5], oh[:5], ref[:5])
+    assert np.isnan(few["ratio"]) and np.isnan(few["ratio_err"])

@@ -157,6 +157,9 @@ def test_mzr_slope_follows_the_truth_and_is_compared_with_the_originals(sample, 
     assert c.loc["original", "ours_mzr_slope_ratio"] == pytest.approx(1.0)
     assert c.loc["vae", "ours_mzr_slope_ratio"] == pytest.approx(
         s.loc["vae", "mzr_slope"] / s.loc["original", "mzr_slope"])
+    rel = np.hypot(*(s.loc[k, "mzr_slope_err"] / s.loc[k, "mzr_slope"] for k in ("vae", "original")))
+    assert c.loc["vae", "ours_mzr_slope_ratio_err"] == pytest.approx(c.loc["vae", "ours_mzr_slope_ratio"] * rel)
+    assert c.loc["original", "ours_mzr_slope_ratio_err"] == 0.0
     assert result.settings["slope_range"] == [9.1, 10.1]
     # on the galaxies both measure, noise without bias leaves the slope where it was
     truth, cats = sample
@@ -186,6 +189,7 @@ def test_a_slope_changed_by_selection_alone_is_told_from_one_changed_by_the_oh(s
     assert 0.2 < s.loc["cut", "fraction"] < 0.8
     assert s.loc["cut", "mzr_slope_matched"] == pytest.approx(s.loc["cut", "mzr_slope_matched_reference"])
     assert c.loc["cut", "ours_mzr_slope_matched_ratio"] == pytest.approx(1.0)
+    assert c.loc["cut", "ours_mzr_slope_matched_ratio_err"] == pytest.approx(0.0, abs=1e-9)
     assert s.loc["cut", "mzr_slope_n_matched"] == s.loc["cut", "mzr_slope_n"]
     # ...yet its own slope is flatter, and the true O/H of its galaxies says why
     err = np.hypot(s.loc["cut", "mzr_slope_err_true"], s.loc["original", "mzr_slope_err_true"])
@@ -197,7 +201,11 @@ def test_a_slope_changed_by_selection_alone_is_told_from_one_changed_by_the_oh(s
         slope(truth["true_logmass"], truth["true_oh"])["slope"], abs=0.01)
     text = format_comparison(r)
     assert "both measure, against the original spectra's slope there: cut: " in text
-    assert f"({s.loc['cut', 'mzr_slope_n_matched']} galaxies, 1.00x)" in text
+    assert f"({s.loc['cut', 'mzr_slope_n_matched']} galaxies, 1.00 ± 0.00x)" in text
+    # the noisier VAE case: the paired error is far below that of two independent slopes
+    v = c.loc["vae"]
+    assert 0 < v["ours_mzr_slope_matched_ratio_err"] < 0.5 * v["ours_mzr_slope_ratio_err"]
+    assert abs(v["ours_mzr_slope_matched_ratio"] - 1) < 3 * v["ours_mzr_slope_matched_ratio_err"]
     assert "slope of the true O/H of each case's own measured galaxies (what" in text
     assert "true lines" not in text  # the synthetic truth has no line fluxes
     # results saved before the split was measured compare without it

@@ -35,6 +35,7 @@ from .mzr import (
     scatter,
     sfr_trend,
     slope,
+    slope_ratio,
 )
 
 PAPER: dict[str, dict[str, object]] = {
@@ -101,15 +102,24 @@ class MZRTest:
 
         ``ours_mzr_slope_ratio`` divides each case's slope by that of
         :data:`REFERENCE_CASE` (NaN without it, or in results saved before
-        slopes were measured); ``ours_mzr_slope_matched_ratio`` does so on
-        the galaxies both measure, and ``ours_mzr_slope_true`` is the slope
-        of the true O/H of the case's own galaxies (NaN where unknown).
+        slopes were measured), ``ours_mzr_slope_ratio_err`` its error (the two
+        bootstrap errors as if independent); ``ours_mzr_slope_matched_ratio``
+        and ``ours_mzr_slope_matched_ratio_err`` do so on the galaxies both
+        measure (a paired bootstrap), and ``ours_mzr_slope_true`` is the
+        slope of the true O/H of the case's own galaxies (NaN where unknown).
         """
         rows = []
-        ref = (self.summary.loc[REFERENCE_CASE, "mzr_slope"]
-               if "mzr_slope" in self.summary and REFERENCE_CASE in self.summary.index else np.nan)
+        has_ref = "mzr_slope" in self.summary and REFERENCE_CASE in self.summary.index
+        ref = self.summary.loc[REFERENCE_CASE, "mzr_slope"] if has_ref else np.nan
+        ref_err = self.summary.loc[REFERENCE_CASE, "mzr_slope_err"] if has_ref else np.nan
         for case, row in self.summary.iterrows():
             case_slope = float(row["mzr_slope"]) if "mzr_slope" in row else np.nan
+            case_err = float(row["mzr_slope_err"]) if "mzr_slope_err" in row else np.nan
+            ratio = case_slope / ref if np.isfinite(ref) and ref != 0 else np.nan
+            # The two samples' bootstrap errors added as if independent; for the
+            # reference itself the ratio is 1 by definition.
+            ratio_err = (0.0 if case == REFERENCE_CASE else abs(ratio) * np.hypot(case_err / case_slope, ref_err / ref)
+                         if np.isfinite(ratio) and case_slope != 0 else np.nan)
             paper = PAPER.get(str(case), {})
             rows.append({
                 "case": case,
@@ -127,8 +137,10 @@ class MZRTest:
                 "ours_mzr_slope": case_slope,
                 "ours_mzr_slope_err": float(row["mzr_slope_err"]) if "mzr_slope_err" in row else np.nan,
                 "ours_mzr_slope_n": int(row["mzr_slope_n"]) if "mzr_slope_n" in row else 0,
-                "ours_mzr_slope_ratio": case_slope / ref if np.isfinite(ref) and ref != 0 else np.nan,
-                "ours_mzr_slope_matched_ratio": _ratio(row, "mzr_slope_matched", "mzr_slope_matched_reference"),
+                "ours_mzr_slope_ratio": ratio,
+                "ours_mzr_slope_ratio_err": ratio_err,
+                "ours_mzr_slope_matched_ratio": float(row.get("mzr_slope_matched_ratio", np.nan)),
+                "ours_mzr_slope_matched_ratio_err": float(row.get("mzr_slope_matched_ratio_err", np.nan)),
                 "ours_mzr_slope_true": float(row["mzr_slope_true"]) if "mzr_slope_true" in row else np.nan,
             })
         return pd.DataFrame(rows).set_index("case")
@@ -186,14 +198,6 @@ def true_lines_oh(truth: pd.DataFrame, calibration: str = "o3n2") -> np.ndarray 
     if not set(cols.values()) <= set(truth.columns):
         return None
     return oh_from_index(strong_line_index({k: truth[c].to_numpy(float) for k, c in cols.items()}, cal), cal)
-
-
-def _ratio(row: pd.Series, num: str, den: str) -> float:
-    """``row[num] / row[den]``; NaN when either is absent (older results) or the divisor is 0."""
-    if num not in row or den not in row:
-        return np.nan
-    a, b = float(row[num]), float(row[den])
-    return a / b if np.isfinite(b) and b != 0 else np.nan
 
 
 def _join(cat: pd.DataFrame, truth: pd.DataFrame, case: str) -> pd.DataFrame:
@@ -278,8 +282,9 @@ def mzr_test(
         (with ``true_<key>_flux`` columns: the calibration applied to their
         noise-free line fluxes, :func:`true_lines_oh`) and, on the galaxies the case and :data:`REFERENCE_CASE`
         both measure, ``mzr_slope_n_matched`` (those in the mass range),
-        ``mzr_slope_matched``, ``mzr_slope_err_matched``,
-        ``mzr_slope_matched_reference`` and ``mzr_slope_err_matched_reference``.
+        ``mzr_slope_matched``, ``mzr_slope_matched_reference``,
+        ``mzr_slope_matched_ratio`` and ``mzr_slope_matched_ratio_err``
+        (:func:`~survey_denoise.science.mzr.slope_ratio`).
     """
     for col in ("galaxy", mass_column):
         if col not in truth.columns:
@@ -401,12 +406,11 @@ def _selection(g: pd.DataFrame, ref: pd.DataFrame | None, logmass: np.ndarray,
             out.update({f"mzr_slope_{suffix}": t["slope"], f"mzr_slope_err_{suffix}": t["slope_err"]})
     if ref is not None:
         both = sel & ref["has_oh"].to_numpy(bool)
-        mine = slope(logmass[both], g["oh"].to_numpy(float)[both], slope_range)
-        theirs = slope(logmass[both], ref["oh"].to_numpy(float)[both], slope_range)
-        out.update({"mzr_slope_n_matched": mine["n"], "mzr_slope_matched": mine["slope"],
-                    "mzr_slope_err_matched": mine["slope_err"],
-                    "mzr_slope_matched_reference": theirs["slope"],
-                    "mzr_slope_err_matched_reference": theirs["slope_err"]})
+        r = slope_ratio(logmass[both], g["oh"].to_numpy(float)[both], ref["oh"].to_numpy(float)[both],
+                        slope_range)
+        out.update({"mzr_slope_n_matched": r["n"], "mzr_slope_matched": r["slope"],
+                    "mzr_slope_matched_reference": r["slope_ref"],
+                    "mzr_slope_matched_ratio": r["ratio"], "mzr_slope_matched_ratio_err": r["ratio_err"]})
     return out
 
 
@@ -437,7 +441,7 @@ def slopes(result: MZRTest) -> list[str]:
         if not np.isfinite(r["ours_mzr_slope"]):
             parts.append(f"{r['label']}: - ({r['ours_mzr_slope_n']} galaxies)")
             continue
-        ratio = (f", {r['ours_mzr_slope_ratio']:.2f}x the original's"
+        ratio = (f", {r['ours_mzr_slope_ratio']:.2f} ± {r['ours_mzr_slope_ratio_err']:.2f}x the original's"
                  if np.isfinite(r["ours_mzr_slope_ratio"]) and case != REFERENCE_CASE else "")
         parts.append(f"{r['label']}: {r['ours_mzr_slope']:+.3f} ± {r['ours_mzr_slope_err']:.3f} "
                      f"({r['ours_mzr_slope_n']} galaxies{ratio})")
@@ -450,9 +454,9 @@ def _selection_lines(result: MZRTest) -> list[str]:
     ref = LABELS.get(REFERENCE_CASE, REFERENCE_CASE)
     out = []
     if "mzr_slope_matched" in s:
-        tab = result.comparison()
-        parts = [f"{LABELS.get(str(c), str(c))}: {r['mzr_slope_matched']:+.3f} against {r['mzr_slope_matched_reference']:+.3f} "
-                 f"({int(r['mzr_slope_n_matched'])} galaxies, {tab.loc[c, 'ours_mzr_slope_matched_ratio']:.2f}x)"
+        parts = [f"{LABELS.get(str(c), str(c))}: {r['mzr_slope_matched']:+.3f} against "
+                 f"{r['mzr_slope_matched_reference']:+.3f} ({int(r['mzr_slope_n_matched'])} galaxies, "
+                 f"{r['mzr_slope_matched_ratio']:.2f} ± {r['mzr_slope_matched_ratio_err']:.2f}x)"
                  for c, r in s.iterrows() if c != REFERENCE_CASE and np.isfinite(r["mzr_slope_matched"])]
         if parts:
             out.append(f"MZR slope on the galaxies each case and the {ref} both measure, against the "
@@ -468,9 +472,10 @@ def _selection_lines(result: MZRTest) -> list[str]:
                 part += f" (true lines {r['mzr_slope_true_lines']:+.3f})"
             parts.append(part)
         if parts:
-            how = (", and from the calibration applied to their noise-free line fluxes" if lines else "")
-            out.append(f"slope of the true O/H of each case's own measured galaxies{how} (what its "
-                       "selection alone makes of the MZR): " + "; ".join(parts))
+            how = (f"; in brackets, {str(result.settings.get('calibration', 'the calibration')).upper()} applied to "
+                   "their noise-free line fluxes (the selection and the calibration)" if lines else "")
+            out.append("slope of the true O/H of each case's own measured galaxies (what its selection "
+                       f"alone makes of the MZR){how}: " + "; ".join(parts))
     return out
 
 
