@@ -116,6 +116,24 @@ def test_model_made_for_another_grid_or_normalisation_is_refused(tmp_path):
     assert load_config(cfg).stages.denoise.model == str(model)
 
 
+def test_a_training_whose_model_nothing_uses_is_refused(tmp_path):
+    from _denoise_data import datasets
+
+    from survey_denoise.models import PCADenoiser
+
+    noisy, clean = datasets(40, seed=3)
+    model = PCADenoiser(latent=2).fit(noisy, clean).save(tmp_path / "pca")
+    config = small_config(tmp_path / "run", model=str(model))
+    assert load_config(write_config(tmp_path / "ok.yaml", config)).stages.train is None
+    config["stages"]["train"] = {"kind": "pca", "latent": 4}
+    with pytest.raises(ConfigError, match="stages.train: trains a model that nothing uses") as err:
+        load_config(write_config(tmp_path / "both.yaml", config))
+    assert "--set stages.train=null" in str(err.value)
+    # the remedy the message names works from the command line
+    fixed = load_config(tmp_path / "both.yaml", overrides=["stages.train=null"])
+    assert fixed.stages.train is None and fixed.stages.denoise.model == str(model)
+
+
 def test_shipped_pipelines_are_valid():
     # Anchored to the repository: a glob relative to the working directory
     # finds nothing when pytest runs from elsewhere, and the test would pass.

@@ -339,6 +339,11 @@ def check(config: PipelineConfig) -> list[str]:
                 problems.append("stages.denoise.model: 'train' needs a stages.train section")
         else:
             problems += check_model(Path(st.denoise.model), st.preprocess)
+            if st.train is not None:
+                # Nothing downstream would read the model it trains: hours spent for nothing.
+                problems.append(f"stages.train: trains a model that nothing uses, since "
+                                f"stages.denoise.model is {st.denoise.model}; remove stages.train "
+                                "(--set stages.train=null) or de-noise with it (model: train)")
     for target in config.fit_targets():
         if target not in made:
             problems.append(f"stages.fit.stores: '{target}' is not made by this pipeline "
