@@ -116,10 +116,13 @@ class MZRTest:
             case_slope = float(row["mzr_slope"]) if "mzr_slope" in row else np.nan
             case_err = float(row["mzr_slope_err"]) if "mzr_slope_err" in row else np.nan
             ratio = case_slope / ref if np.isfinite(ref) and ref != 0 else np.nan
-            # The two samples' bootstrap errors added as if independent; for the
-            # reference itself the ratio is 1 by definition.
-            ratio_err = (0.0 if case == REFERENCE_CASE else abs(ratio) * np.hypot(case_err / case_slope, ref_err / ref)
-                         if np.isfinite(ratio) and case_slope != 0 else np.nan)
+            if not np.isfinite(ratio) or case_slope == 0:
+                ratio_err = np.nan
+            elif case == REFERENCE_CASE:
+                ratio_err = 0.0  # 1 by definition
+            else:
+                # the two samples' bootstrap errors, as if independent (they overlap)
+                ratio_err = abs(ratio) * np.hypot(case_err / case_slope, ref_err / ref)
             paper = PAPER.get(str(case), {})
             rows.append({
                 "case": case,
@@ -280,8 +283,9 @@ def mzr_test(
         ``mzr_slope_err_true`` (the true O/H of the case's own measured
         galaxies), ``mzr_slope_true_lines`` and ``mzr_slope_err_true_lines``
         (with ``true_<key>_flux`` columns: the calibration applied to their
-        noise-free line fluxes, :func:`true_lines_oh`) and, on the galaxies the case and :data:`REFERENCE_CASE`
-        both measure, ``mzr_slope_n_matched`` (those in the mass range),
+        noise-free line fluxes, :func:`true_lines_oh`) and, on the galaxies
+        the case and :data:`REFERENCE_CASE` both measure,
+        ``mzr_slope_n_matched`` (those in the mass range),
         ``mzr_slope_matched``, ``mzr_slope_matched_reference``,
         ``mzr_slope_matched_ratio`` and ``mzr_slope_matched_ratio_err``
         (:func:`~survey_denoise.science.mzr.slope_ratio`).
