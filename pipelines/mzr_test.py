@@ -15,6 +15,9 @@ writes ``RUN/report.html``.
     python pipelines/mzr_test.py --n 1000 --out runs/mzr_small
     python pipelines/mzr_test.py --resume              # finish a killed run
     python pipelines/mzr_test.py --set stages.train.noise_draws=per-epoch
+    # a trained model on a new population that no training saw (every galaxy measured)
+    python pipelines/mzr_test.py --n 20000 --set input.mock.seed=2025 \
+        --set stages.denoise.model=runs/mzr_desi/model --set stages.train=null
 """
 
 from __future__ import annotations
