@@ -311,7 +311,10 @@ def test_driver_submits_one_task_per_chunk_and_per_shard_and_no_xarray_writes(tm
     # Metadata once; then one task per chunk and one per shard of 8 chunks, whatever
     # the number of variables and upstream tasks: the scheduler's work does not grow with them.
     assert calls == {"to_zarr": 1, "chunks": 48, "writes": 6}
-    assert transitions - before <= (48 + 6) * 6, transitions - before
+    # About six transitions a task (309-320 measured), a few more for each task
+    # that work stealing moves on a loaded machine (328 seen); the upstream graph
+    # scheduled task by task would take ~6 x (336 + 54).
+    assert transitions - before <= (48 + 6) * 8, transitions - before
     # A shard's chunks are computed on every worker, not by its one write task.
     chunk_workers = {t["worker"] for t in stream.data if key_split(t["key"]) == "chunk"}
     assert len(chunk_workers) == 2, chunk_workers
