@@ -213,14 +213,21 @@ def slope(logmass, oh, mass_range: tuple[float, float] = SLOPE_RANGE, *, n_boot:
     if x.size < SLOPE_MIN_GALAXIES or np.ptp(x) == 0:
         return out
     out["slope"] = float(np.polyfit(x, y, 1)[0])
+    boots = _bootstrap_slopes(x, y, n_boot, seed)
+    out["slope_err"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else np.nan
+    return out
+
+
+def _bootstrap_slopes(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Least-squares slope(s) of ``y`` (one column per relation) on ``x`` in each
+    bootstrap resample of the galaxies that has a spread in mass."""
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         i = rng.integers(0, x.size, x.size)
         if np.ptp(x[i]) > 0:
             boots.append(np.polyfit(x[i], y[i], 1)[0])
-    out["slope_err"] = float(np.std(boots, ddof=1)) if len(boots) > 1 else np.nan
-    return out
+    return np.asarray(boots)
 
 
 def slope_ratio(logmass, oh, oh_ref, mass_range: tuple[float, float] = SLOPE_RANGE, *, n_boot: int = 200,
@@ -257,14 +264,9 @@ def slope_ratio(logmass, oh, oh_ref, mass_range: tuple[float, float] = SLOPE_RAN
         return out
     a, b = np.polyfit(x, y, 1)[0]
     out.update(slope=float(a), slope_ref=float(b), ratio=float(a / b) if b != 0 else np.nan)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, x.size, x.size)
-        if np.ptp(x[i]) > 0:
-            ba, bb = np.polyfit(x[i], y[i], 1)[0]
-            boots.append(ba / bb)
-    out["ratio_err"] = float(np.std(boots, ddof=1)) if len(boots) > 1 and np.isfinite(out["ratio"]) else np.nan
+    boots = _bootstrap_slopes(x, y, n_boot, seed)
+    ratios = boots[:, 0] / boots[:, 1] if len(boots) else boots
+    out["ratio_err"] = float(np.std(ratios, ddof=1)) if len(ratios) > 1 and np.isfinite(out["ratio"]) else np.nan
     return out
 
 
