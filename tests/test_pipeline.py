@@ -224,6 +224,28 @@ def _wait_for_partial(folder: Path, proc: subprocess.Popen, timeout: float = 240
     raise AssertionError("no store was ever partly written")
 
 
+def _session_survivors(session: int, timeout: float = 30) -> str:
+    """Processes of ``session`` still alive after ``timeout`` s (``ps`` lines), or ``""``.
+
+    A worker learns of its parent's death when its end of the parent pipe
+    closes, and exits from a thread that needs the interpreter: on a loaded
+    machine that takes a moment, so the check waits for it rather than sampling
+    once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True)
+        pids = alive.stdout.split()
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not pids:
+        return ""
+    ps = subprocess.run(["ps", "-o", "pid,etime,args", "-p", ",".join(pids)],
+                        capture_output=True, text=True)
+    return ps.stdout
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
     ref_folder, _ = reference
@@ -239,9 +261,8 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(reference
         partial = _wait_for_partial(folder, proc)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must not outlive it
         proc.wait(timeout=30)
-        time.sleep(2)
-        leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
-        assert leftover.stdout.strip() == "", "worker processes outlived the killed driver"
+        leftover = _session_survivors(proc.pid)
+        assert leftover == "", f"worker processes outlived the killed driver:\n{leftover}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
