@@ -72,6 +72,7 @@ _LAZY = {
     "scatter_dex": "survey_denoise.science.metrics",
     "painted_rate": "survey_denoise.science.metrics",
     "spurious_lines": "survey_denoise.science.metrics",
+    "held_flux": "survey_denoise.science.content",
     "coverage": "survey_denoise.science.calibration",
     "line_coverage": "survey_denoise.science.calibration",
     "pixel_coverage": "survey_denoise.science.calibration",

@@ -132,7 +132,7 @@ def log_edges(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     return np.linspace(lv.min(), lv.max(), n_bins + 1)
 
 
-def _bin_index(log_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def bin_index(log_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value; values on or past the outer edges go to the outer bins."""
     return np.clip(np.searchsorted(edges, log_values, side="right") - 1, 0, len(edges) - 2)
 
@@ -212,7 +212,7 @@ def scatter_dex(flux_a: np.ndarray, flux_b: np.ndarray, *, upper_b: np.ndarray |
         if edges is None:
             edges = np.linspace(la.min(), la.max(), n_bins + 1)
         edges = np.asarray(edges, np.float64)
-        which = _bin_index(la, edges)
+        which = bin_index(la, edges)
         filled_points = np.zeros(n, bool)
         for i in range(len(edges) - 1):
             sel = which == i
@@ -371,7 +371,7 @@ def binned_offsets(true_flux: np.ndarray, judged: np.ndarray, reference: np.ndar
     d_true = np.log10(j) - np.log10(t)
     d_ref = np.log10(j) - np.log10(np.asarray(reference, np.float64)) if reference is not None else None
     edges = np.asarray(edges, np.float64)
-    which = _bin_index(np.log10(t), edges)
+    which = bin_index(np.log10(t), edges)
     rows = []
     nan = float("nan")
     for i in range(len(edges) - 1):
