@@ -3,6 +3,7 @@ PCA, AE and VAE, each variant fitting the original, noise-added and de-noised sp
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -76,6 +77,19 @@ def test_fitting_only_the_heldout_galaxies(tmp_path):
     assert (scores["n_total"] == 16).all() and (scores["n_common"] <= 16).all()
     summary = json.loads((out / "run.json").read_text())["invocations"][-1]["summary"]
     assert summary["galaxies"] == 80 and summary["failed"] == 0
+
+    # pipelines/faint_end.py scores Table 6's galaxies: its faintest-bin reading is Table 6's.
+    spec = importlib.util.spec_from_file_location("faint_end", ROOT / "pipelines" / "faint_end.py")
+    faint_end = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(faint_end)
+    faint_end.main([str(out), "--bins", "1"])
+    table = pd.DataFrame(json.loads((out / "faint_end.json").read_text())["rows"])
+    first = table[table["bin"] == 0].set_index("line")
+    denoised = scores[scores["method"] == "denoised"].set_index("line")
+    assert set(first.index) == set(denoised.index)
+    np.testing.assert_allclose(first["fast"], denoised.loc[first.index, "faint_offset"], rtol=1e-9)
+    assert (first["count"] == denoised.loc[first.index, "n_faint_bin"]).all()
+    assert np.isfinite(first.loc["halpha", "held"])
 
 
 @pytest.mark.slow
