@@ -8,14 +8,18 @@ template components with additive polynomials), and a target met with one
 and missed with the other says nothing about the de-noiser until the
 spectrum itself is measured.
 
-On the mock the noise-free original spectrum of each galaxy is known, so
-the flux the de-noiser added at a line is the integral of
-``denoised - original`` over the pixels of the line (:func:`line_excess`),
-and what the de-noised spectrum holds there is the true flux plus that
-excess (:func:`held_flux`).  The continuum cancels exactly when the
-de-noiser reproduced it; where it did not, a continuum offset under the
-line counts as line flux, as it would for a fitter whose continuum could
-not follow it.
+On the mock the original spectrum (the de-noiser's target) and the true
+line fluxes are known, so the flux the de-noiser added at a line is the
+integral of ``denoised - original`` over the pixels of the line
+(:func:`line_excess`), and what the de-noised spectrum holds there is the
+true flux plus that excess (:func:`held_flux`).  The original's own noise
+is zero-mean: it scatters the figure of one galaxy, not the median of
+many.  The continuum cancels where the de-noiser reproduced it; where it
+did not, a continuum offset under the line counts as line flux, so the
+figure speaks for lines that stand above the de-noiser's continuum errors
+(Hα, [NII], [OIII]5007 and [SII] in emission-line galaxies) and not for
+[OIII]4363 or the Balmer lines of absorption-dominated galaxies, where
+the continuum errors are larger than the line.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def line_excess(flux: np.ndarray, reference: np.ndarray, grid: Grid, centre: flo
     ----------
     flux, reference : ndarray (n, npix)
         Flux densities of the same galaxies on ``grid``, in one unit (e.g.
-        1e-17 erg/s/cm2/Angstrom): de-noised and noise-free original spectra.
+        1e-17 erg/s/cm2/Angstrom): de-noised and original spectra.
     grid : Grid
         The spectra's wavelength grid.
     centre : float
