@@ -11,13 +11,13 @@ combination of the same columns:
 * **continuum** — the first :data:`N_PCA` principal components of the
   BC03 + MILES stellar templates (each broadened to the dispersions of
   :data:`SIGMA_STAR_KMS`), Legendre polynomials in log(lambda) up to
-  degree :data:`POLY_DEGREE`, and the first :data:`N_MULTIPLIED`
-  components times the Legendre polynomials of degree 1 to
-  :data:`POLY_DEGREE`: a multiplicative polynomial, linearised.  Dust and
-  flux calibration multiply the stellar features, which an additive
-  polynomial cannot follow: without these columns the fitter read faint
-  Balmer lines low (Hα by up to 0.19 dex on noise-free mock spectra,
-  where pPXF, whose polynomial multiplies, is within 0.01).
+  degree :data:`POLY_DEGREE` (optionally, the first :data:`N_MULTIPLIED`
+  components times the polynomials of degree >= 1: see there).  All
+  columns are additive, but dust and flux calibration multiply the
+  stellar features: on noise-free mock spectra the fitter reads faint
+  Balmer lines low (Hα by up to 0.19 dex in the faintest bins of true
+  flux, where pPXF, whose polynomial multiplies, is within 0.01), and
+  :mod:`.systematics` widens the errors for it (docs/line_errors.md).
 
 A line column enters a spectrum's system only where the spectrum covers
 its lines, with continuum on both sides (:mod:`survey_denoise.line_windows`);
@@ -64,19 +64,20 @@ from ..line_windows import covered_lines
 
 WIDTHS_KMS = (60.0, 85.0, 120.0, 170.0, 240.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum keeps the best one."""
-N_PCA = 20
+N_PCA = 10
 """Stellar principal components in the continuum basis."""
 POLY_DEGREE = 4
 """Highest degree of the Legendre polynomials in the continuum basis."""
-N_MULTIPLIED = 2
+N_MULTIPLIED = 0
 """Leading stellar components also multiplied by each Legendre polynomial of degree >= 1.
 
-The first two are close to the mean stellar spectrum and the young-minus-old
-difference, so a smooth factor can differ between young and old stars, as
-dust makes it do.  Chosen on noise-free mock spectra of three designs
-(``python benchmarks/continuum_basis.py``): the largest per-bin bias of
-Hα / Hβ fell from 0.19 / 0.06-0.16 dex (10 components, no products) to
-0.02-0.04 / 0.02-0.03; more products trade Hβ for Hδ."""
+A linearised multiplicative polynomial.  Measured on mock spectra
+(``python benchmarks/continuum_basis.py``), 20 components with 2 multiplied
+cut the largest faint-bin bias of Hα / Hβ from 0.19 / 0.16 dex to 0.04 /
+0.03, but each product frees the depth of the Balmer troughs near one line
+from the rest of the spectrum, so it trades with that line's flux: the Hα
+error on a flat continuum rose from 1.02 to 1.54 times the Cramér-Rao bound,
+and bright Hα and Hβ were read 1 % lower.  So none is used by default."""
 SIGMA_STAR_KMS = (60.0, 150.0, 300.0)
 """Stellar velocity dispersions (km/s) the templates are broadened to before the PCA."""
 BLEND_SHARES = {"oii_3727": (0.5, 0.5)}
