@@ -35,7 +35,7 @@ HALF_PIXELS = 1
 
 On the 825-pixel grid a pixel is 276 km/s wide, so three pixels hold more
 than 95 % of a line of sigma <= 170 km/s (gas plus instrument) and stop
-short of the nearest neighbour of a Table 6 line ([NII]6548, 2.7 pixels
+short of the nearest neighbour of a Table 6 line ([NII]6548, 2.4 pixels
 from Hα)."""
 
 
