@@ -108,16 +108,33 @@ def test_fast_errors_allow_for_correlated_pixel_errors():
     assert 0.8 < np.std(pulls[(0.8, 0.6, 0.4, 0.2)]) < 1.2  # the true correlations by lag
     assert np.std(pulls[(1.0,) * 8]) < np.std(pulls[()])
 
-    # The errors are the sandwich C A^T W^1/2 R W^1/2 A C of the design, to rounding.
+    # One additive pass: the errors are the sandwich C A^T W^1/2 R W^1/2 A C of the design, to rounding.
     rho = (0.8, 0.6, 0.4, 0.2)
     a, groups = fast.design_matrix(120.0)
-    h = [g.name for g in groups].index("halpha")
+    n_lines, h = len(groups), [g.name for g in groups].index("halpha")
     p = a.shape[0]
     r = np.eye(p) + sum(c * (np.eye(p, k=lag) + np.eye(p, k=-lag)) for lag, c in enumerate(rho, start=1))
     estimator = np.linalg.solve(a.T @ a, a.T)
     expected = np.sqrt((estimator @ r @ estimator.T)[h, h]) * sigma
-    fixed = fast.fit_batch(flux[:3], ivar[:3], correlation=rho, widths_kms=(120.0,), nonnegative=False)
+    fixed = fast.fit_batch(flux[:3], ivar[:3], correlation=rho, widths_kms=(120.0,), nonnegative=False,
+                           multiplicative=False)
     np.testing.assert_allclose(fixed["flux_err"]["halpha"], expected, rtol=1e-6)
+
+    # Two passes (the default): each spectrum's own design, whose Legendre polynomials of
+    # degree >= 1 are multiplied by the first pass's continuum (over its median).
+    legendre = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, p), fast.POLY_DEGREE)
+    constant = np.flatnonzero(np.all(np.isclose(a, 1.0), axis=0))
+    others = [j for j in range(a.shape[1]) if not any(np.allclose(a[:, j], q) for q in legendre[:, 1:].T)]
+    assert constant.size == 1 and len(others) == a.shape[1] - fast.POLY_DEGREE
+    fixed = fast.fit_batch(flux[:3], ivar[:3], correlation=rho, widths_kms=(120.0,), nonnegative=False)
+    for i in range(3):
+        first = np.linalg.lstsq(a, flux[i], rcond=None)[0]           # white noise: unweighted
+        continuum = a[:, n_lines:] @ first[n_lines:]
+        design = np.column_stack([a[:, others], legendre[:, 1:] * (continuum / np.median(continuum))[:, None]])
+        estimator = np.linalg.solve(design.T @ design, design.T)
+        assert fixed["flux"]["halpha"][i] == pytest.approx((estimator @ flux[i])[h], rel=1e-6)
+        expected = np.sqrt((estimator @ r @ estimator.T)[h, h]) * sigma
+        assert fixed["flux_err"]["halpha"][i] == pytest.approx(expected, rel=1e-6)
 
 
 def test_dropping_columns_downdates_the_inverse_exactly():
@@ -225,8 +242,12 @@ def test_ppxf_and_fast_agree_with_truth_and_each_other():
             f, e = cat[f"{key}_flux"].values, cat[f"{key}_flux_err"].values
             assert np.all(np.abs(f - tp) < 4 * e + 0.05 * tp), key
             np.testing.assert_allclose(cat[f"{key}_flux_norm"].values * 3.0, f)
-        ratio = np.log10(cat_f[f"{key}_flux"].values / cat_p[f"{key}_flux"].values)
-        assert np.all(np.abs(ratio) < 0.1), (key, ratio)
+        # The two continuum models (templates x multiplicative polynomial; PCA + polynomials
+        # times the first pass's continuum) differ per galaxy by up to ~0.13 dex on these
+        # dust-free single populations, within the fast fitter's errors; not on average.
+        f, e, p = (c[f"{key}_{col}"].values for c, col in ((cat_f, "flux"), (cat_f, "flux_err"), (cat_p, "flux")))
+        assert abs(np.median(np.log10(f / p))) < 0.05, key
+        assert np.all(np.abs(f - p) < 3 * e), (key, (f - p) / e)
 
 
 def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error_model():
