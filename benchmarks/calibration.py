@@ -139,8 +139,15 @@ def print_original(name: str, cov: dict, keys=LINES) -> None:
 def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
     """Maximum-likelihood systematic constants per line, from fits of the mock's original spectra.
 
-    A line whose formal errors already cover 68.3 % or more within 1 sigma
-    keeps them (constants 0): there is no excess to model.
+    A line whose formal errors already cover 68.3 % or more within 1 sigma,
+    both over all galaxies and over the fifth with the brightest true line,
+    keeps them (constants 0): there is no excess to model.  The brightest
+    fifth counts because a floor that the faint majority hides dominates
+    at higher S/N (Hδ: 68.4 % pooled, 52 % in its brightest bin, and 46 %
+    pooled on the DESI-like mock without constants).  Fitting every line
+    regardless is no better: on lines below the noise ([OIII]4363) the
+    galaxies whose clipped flux is > 0 are those the noise pushed up, and
+    the likelihood reads them as a fractional error of 60 %.
     """
     assert np.array_equal(cat["galaxy"].to_numpy().astype(str), clean["galaxy"].values.astype(str))
     good = ~clean["mask"].values & (clean["ivar"].values > 0)
@@ -153,10 +160,13 @@ def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
         flux, err = cat[f"{key}_flux"].to_numpy(float), cat[f"{key}_flux_err_stat"].to_numpy(float)
         ok = np.isfinite(flux) & np.isfinite(err) & (err > 0)
         within = float(np.mean(np.abs(flux - true)[ok] <= err[ok]))
-        frac, ew, ew_mix = (systematics.calibrate(flux - true, err, flux, cont[:, j]) if within < 0.683
-                            else (0.0, 0.0, 0.0))
+        bright = ok & (true >= np.quantile(true[ok], 0.8))
+        within_bright = float(np.mean(np.abs(flux - true)[bright] <= err[bright]))
+        frac, ew, ew_mix = (systematics.calibrate(flux - true, err, flux, cont[:, j])
+                            if min(within, within_bright) < 0.683 else (0.0, 0.0, 0.0))
         out[key] = {"frac": round(frac, 5), "ew": round(ew, 5), "ew_mix": round(ew_mix, 5), "n": int(ok.sum()),
-                    "formal_within_1sigma": round(within, 4)}
+                    "formal_within_1sigma": round(within, 4),
+                    "formal_within_1sigma_brightest_fifth": round(within_bright, 4)}
     return out
 
 
