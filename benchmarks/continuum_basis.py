@@ -38,7 +38,8 @@ real spectra that ship inside pPXF (two SDSS DR18 galaxies) and
 fastspecfit (two DESI coadds) with pPXF and with the fast fitter,
 additive and two-pass, and prints each line's fast / pPXF flux ratio and
 the difference in units of the fast fitter's error (systematic terms
-included): there is no truth there, only the paper's fitter.
+included, the shipped constants for both: they were calibrated for the
+two-pass fit): there is no truth there, only the paper's fitter.
 
     OMP_NUM_THREADS=1 python benchmarks/continuum_basis.py [--n 2000] [--n-ppxf 100]
 
