@@ -12,8 +12,8 @@ of the fit *if the model were right*.  It is not:
   which the line's own equivalent width ``W = flux / continuum`` traces:
   measured on the mock, the effective systematic equivalent width grows
   as ``sqrt(ew**2 + ew_mix * W)``, so a star-forming galaxy's Halpha
-  (W ~ 30 Angstrom) gets ~1 Angstrom and a retired one's (W ~ 1
-  Angstrom) ~0.2 Angstrom;
+  (W ~ 30 Angstrom) gets ~0.5 Angstrom and a retired one's (W ~ 1
+  Angstrom) ~0.1 Angstrom;
 * the line profile is a Gaussian of a width from a discrete grid,
   interpolated, and doublet ratios and blends are fixed, so a bright line
   is off by a fraction ``frac`` of its flux.
@@ -32,11 +32,12 @@ fluxes are known.  They are calibrated on the mock, not on real spectra;
 a line or method without constants keeps its formal errors.
 
 Part of what these terms cover is a bias, not noise: on the mock the fast
-fitter's continuum basis under-fits the Balmer absorption of star-forming
-galaxies, so their Halpha is low by ~0.9 Angstrom x continuum (Hbeta ~0.3).
-Errors that must cover a bias cannot reach 68 % within 1 sigma and 95 %
-within 2 sigma at once; a sample of star-forming galaxies only falls short
-at 1 sigma (docs/line_errors.md gives the measured coverage).
+fitter reads bright Balmer lines 1-4 % low (Hbeta, Hgamma: the fractional
+terms) and faint Hdelta high.  Errors that must cover a bias cannot reach
+68 % within 1 sigma and 95 % within 2 sigma at once; a sample of
+star-forming galaxies only falls short at 1 sigma (docs/line_errors.md
+gives the measured coverage).  On real spectra the fast fitter and pPXF
+differ by more than these terms (docs/line_errors.md): they are a floor.
 """
 
 from __future__ import annotations
