@@ -67,6 +67,21 @@ def window(centre: float) -> tuple[float, float, float, float]:
     return centre * (1 - outer), centre * (1 - line), centre * (1 + line), centre * (1 + outer)
 
 
+def in_windows(wavelength: np.ndarray, centres: Sequence[float]) -> np.ndarray:
+    """Pixels inside the fitting window of any line at ``centres`` (rest, Angstrom), shape (n_pix,).
+
+    A fitter leaves these out for a line it does not fit because the
+    spectrum does not cover it: the line's flux is in them but not in the
+    model, and the continuum would bend to it.
+    """
+    wavelength = np.asarray(wavelength, np.float64)
+    out = np.zeros(wavelength.shape, bool)
+    for centre in centres:
+        _, lo, hi, _ = window(centre)
+        out |= (wavelength >= lo) & (wavelength <= hi)
+    return out
+
+
 def _fraction(good: np.ndarray, inside: np.ndarray) -> np.ndarray:
     n = int(inside.sum())
     if n == 0:

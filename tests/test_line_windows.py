@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from survey_denoise import lines
-from survey_denoise.grid import GRID
+from survey_denoise.grid import C_KMS, GRID
 from survey_denoise.line_windows import (
     covered_at,
     covered_lines,
@@ -83,3 +83,17 @@ def test_bits_round_trip(rows):
 def test_unknown_key_is_named():
     with pytest.raises(KeyError, match="unknown line key"):
         covered_lines(WAVE, np.ones((1, WAVE.size), bool), ["halpah"])
+
+
+def test_in_windows_marks_the_fitting_windows_of_the_given_lines():
+    from survey_denoise.line_windows import LINE_HALF_WIDTH_KMS, in_windows
+
+    wave = GRID.wavelength
+    ha, n2 = lines.wavelength("halpha"), lines.wavelength("nii_6583")
+    inside = in_windows(wave, [ha, n2])
+    for centre in (ha, n2):
+        dv = (wave / centre - 1.0) * C_KMS
+        assert np.all(inside[np.abs(dv) < 0.99 * LINE_HALF_WIDTH_KMS])
+    far = np.minimum(np.abs(wave / ha - 1.0), np.abs(wave / n2 - 1.0)) * C_KMS > 1.01 * LINE_HALF_WIDTH_KMS
+    assert not inside[far].any() and inside.sum() >= 4
+    assert not in_windows(wave, []).any()

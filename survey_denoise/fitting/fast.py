@@ -76,7 +76,7 @@ from scipy.special import erf
 from .. import lines
 from ..flags import Flag
 from ..grid import C_KMS, GRID, Grid
-from ..line_windows import covered_lines, window
+from ..line_windows import covered_lines, in_windows
 
 WIDTHS_KMS = (60.0, 85.0, 120.0, 170.0, 240.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum keeps the best one."""
@@ -617,12 +617,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
 @cache
 def _line_windows(grid: Grid, groups: tuple[LineGroup, ...]) -> np.ndarray:
     """Per line column, the pixels inside its lines' fitting windows (:mod:`survey_denoise.line_windows`), (n_groups, p)."""
-    out = np.zeros((len(groups), grid.npix))
-    for j, g in enumerate(groups):
-        for m in g.members:
-            _, lo, hi, _ = window(lines.wavelength(m))
-            out[j] += (grid.wavelength >= lo) & (grid.wavelength <= hi)
-    return out
+    return np.array([in_windows(grid.wavelength, [lines.wavelength(m) for m in g.members]) for g in groups],
+                    float)
 
 
 def _fit_widths(y, w, covered, grid, widths_kms, xp, nonnegative, scale=None):

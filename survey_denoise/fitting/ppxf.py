@@ -26,7 +26,9 @@ Choices, as pPXF allows them (``ppxf_util.emission_lines``):
 * a gas template is fitted only when the spectrum covers its lines with
   continuum on both sides (:mod:`survey_denoise.line_windows`, the rule
   pre-processing and the fast fitter use); a line at the edge of the
-  observed range is left out of the fit and reported as NaN.
+  observed range is left out of the fit and reported as NaN, and so are
+  the pixels of its fitting window (its flux is in them: a spectrum cut at
+  6585 Angstrom had chi^2 5.2 and Hbeta up to 13 % low with them in).
 
 Flux units: pPXF returns ``gas_flux`` as the sum over pixels of the line
 (input flux density x pixel).  On a log-lambda axis a pixel at the line is
@@ -46,7 +48,7 @@ import numpy as np
 from .. import lines
 from ..flags import Flag
 from ..grid import C_KMS
-from ..line_windows import covered_at, covered_lines
+from ..line_windows import LINE_HALF_WIDTH_KMS, covered_at, covered_lines, in_windows
 from .templates import StellarTemplates
 
 MDEGREE = 4
@@ -128,6 +130,11 @@ def _covered_templates(names, waves, lam, good) -> tuple[bool, ...]:
     return tuple(out)
 
 
+def _wavelengths(name: str, wave: float) -> list[float]:
+    """Rest wavelengths (Angstrom) of the lines of pPXF gas template ``name`` (``wave``: its own)."""
+    return [lines.wavelength(k) for k, _ in _MEMBERS[name]] if name in _MEMBERS else [wave]
+
+
 def _members():
     """pPXF template name -> [(catalogue key, share of the template's flux)]."""
     table = lines.all_lines()
@@ -183,9 +190,19 @@ def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.
     lam_range = (float(lam[idx[0]]), float(lam[idx[-1]]))
     cache = {} if cache is None else cache
     if lam_range not in cache:
-        cache[lam_range] = _all_gas(stars.ln_lam, lam_range)
+        # Lines just beyond the data whose windows reach into it are listed too: they are
+        # not covered, so their templates are dropped and their windows left out below.
+        reach = LINE_HALF_WIDTH_KMS / C_KMS
+        cache[lam_range] = _all_gas(stars.ln_lam, (lam_range[0] * (1 - reach), lam_range[1] * (1 + reach)))
     gas, all_names, waves = cache[lam_range]
     keep = _covered_templates(all_names, waves, lam, good)
+    left_out = in_windows(lam, [w for name, wave, k in zip(all_names, waves, keep, strict=True) if not k
+                                for w in _wavelengths(name, wave)])
+    if (left_out & good).any():
+        good = good & ~left_out
+        galaxy = np.where(good, flux / scale, 0.0)
+        sigma = np.where(good, noise / scale, BAD_NOISE)
+        idx = np.flatnonzero(good)
     if (lam_range, keep) not in cache:
         cache[lam_range, keep] = _design(stars, gas[:, np.array(keep, bool)],
                                          [n for n, k in zip(all_names, keep, strict=True) if k])
