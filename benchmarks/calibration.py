@@ -143,7 +143,7 @@ def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
     both over all galaxies and over the fifth with the brightest true line,
     keeps them (constants 0): there is no excess to model.  The brightest
     fifth counts because a floor that the faint majority hides dominates
-    at higher S/N (Hδ: 68.4 % pooled, 52 % in its brightest bin, and 46 %
+    at higher S/N (Hδ: 68.2 % pooled, 48 % in its brightest fifth, and 46 %
     pooled on the DESI-like mock without constants).  Fitting every line
     regardless is no better: on lines below the noise ([OIII]4363) the
     galaxies whose clipped flux is > 0 are those the noise pushed up, and

@@ -238,7 +238,7 @@ def _solve_one_width(a, n_lines, y, w, xp, normal=None, covered=None, continuum_
     m = _symmetric(w @ xp.asarray(_outer(a)) if normal is None else normal, n, k, xp)
     b = (w * y) @ a_dev
     if scale is not None:
-        scaled = _scaled_columns(n_lines, k)
+        scaled = _scaled_columns(n_lines)
         b[:, scaled] = (w * y * scale) @ a_dev[:, scaled]
     covered = xp.ones((n, n_lines), bool) if covered is None else xp.asarray(covered, bool)
     measurable = xp.concatenate([covered, xp.ones((n, k - n_lines), bool)], axis=1)
@@ -422,7 +422,7 @@ def _entries(n_lines: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cache
-def _scaled_columns(n_lines: int, k: int) -> np.ndarray:
+def _scaled_columns(n_lines: int) -> np.ndarray:
     """Columns the second pass multiplies by each spectrum's first-pass continuum: Legendre degrees >= 1.
 
     (:func:`continuum_basis` puts the polynomials first, after the lines.)
@@ -436,7 +436,7 @@ def _scaled_columns(n_lines: int, k: int) -> np.ndarray:
 def _scaled_count(n_lines: int, k: int) -> np.ndarray:
     """Per upper-triangle entry (of ``np.triu_indices(k)``): how many of its two columns are scaled (0-2)."""
     scaled = np.zeros(k, int)
-    scaled[_scaled_columns(n_lines, k)] = 1
+    scaled[_scaled_columns(n_lines)] = 1
     iu, ju = np.triu_indices(k)
     return scaled[iu] + scaled[ju]
 
@@ -602,7 +602,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
                     corr = _correlated_err(w[idx], m[idx], cov[idx], tuple(correlation), lagged,
                                            _entries(len(groups), m.shape[1]), xp, a=a,
                                            scale=None if scale is None else scale[idx],
-                                           scaled=_scaled_columns(len(groups), m.shape[1]))
+                                           scaled=_scaled_columns(len(groups)))
                     err[at] = np.where(_to_numpy(active[idx]), _to_numpy(corr), err[at])
         n_lines = len(groups)
         if nonnegative:
@@ -643,8 +643,7 @@ def _continuum_scale(x, good, grid, n_lines):
     it.  Where that median is not positive (no continuum to speak of) the
     scale is 1, and the second pass repeats the first.
     """
-    basis = design_matrix(WIDTHS_KMS[0], grid)[0][:, n_lines:]
-    model = x[:, n_lines:] @ basis.T
+    model = x[:, n_lines:] @ continuum_basis(grid).T
     level = np.nanmedian(np.where(good, model, np.nan), axis=1)  # fitted spectra have good pixels
     usable = np.isfinite(level) & (level > 0)
     return np.where(usable[:, None], model / np.where(usable, level, 1.0)[:, None], 1.0)
