@@ -39,6 +39,17 @@ U_COLUMNS = (
     "sfr10", "logu", "floor",
 )
 U = {name: i for i, name in enumerate(U_COLUMNS)}
+LINE_ONLY_COLUMNS = (
+    "oh", "o3n2", "n2", "r2", "s2", "oi", "neiii", "hei", "sii_ratio",
+    "agn_lum", "agn_n2", "agn_o3", "agn_s2", "agn_oi", "agn_r2", "agn_heii", "agn_av",
+    "broad_fwhm", "broad_ratio", "sfr10", "logu", "floor",
+)
+"""Uniform columns that set line fluxes and nothing the stellar continuum depends on.
+
+A broad-line AGN's power-law continuum follows its broad Halpha, so for that
+class these columns do touch the continuum (:func:`redraw_lines` leaves it be).
+The line widths (``sigma_gas``) are line-only too but are kept: they set how
+a line is measured, not how bright it is."""
 PURPOSE = "mock-population"
 YOUNG_BINS = int(np.searchsorted(ssp.AGE_BIN_EDGES_YR, 1.0e8))
 """Age bins making up the 'current' constant star formation (0 to ~100 Myr)."""
@@ -241,16 +252,12 @@ def draw(seed: int, ids: Sequence[int], *, priors: Priors | None = None,
     ages_mid = np.sqrt(np.maximum(ssp.AGE_BIN_EDGES_YR[:-1], 1e6) * ssp.AGE_BIN_EDGES_YR[1:])
     mwa = (sfh * live_g * ages_mid).sum(1) / (sfh * live_g).sum(1) / 1e9
 
-    # Lines see the last ~10 Myr, which scatter about the 100-Myr SFR of the SFH.
-    logsfr10 = logsfr + _normal(u[:, U["sfr10"]], p.stochastic_sfr["log_sfr10_over_sfr100"])
+    logsfr10, oh = _line_drivers(u, logmass, logsfr, p)
     # Old stars (> 100 Myr) power the retired-galaxy line floor (HOLMES).
     old = sfh.copy()
     old[:, :YOUNG_BINS] = 0.0
     lum_old = ((zw[:, :, None] * old[:, None, :]).reshape(n, -1)
                @ ssp.templates_on(*HALPHA_WINDOW, 16)).mean(1)
-
-    fp = p.fmr
-    oh = np.clip(fmr_oh(logmass, logsfr, p) + fp["scatter"] * ndtri(u[:, U["oh"]]), fp["min"], fp["max"])
 
     d = p.dust
     x = logmass - 10.0
@@ -284,6 +291,53 @@ def draw(seed: int, ids: Sequence[int], *, priors: Priors | None = None,
         "mass_weighted_age_gyr": mwa, "dl_mpc": luminosity_distance_mpc(z, p),
         "sfh": sfh, "zweights": zw, "u": u,
     }
+
+
+def _line_drivers(u: np.ndarray, logmass: np.ndarray, logsfr: np.ndarray,
+                  p: Priors) -> tuple[np.ndarray, np.ndarray]:
+    """The ~10-Myr SFR and the gas-phase O/H: the properties drawn from :data:`LINE_ONLY_COLUMNS`."""
+    # Lines see the last ~10 Myr, which scatter about the 100-Myr SFR of the SFH.
+    logsfr10 = logsfr + _normal(u[:, U["sfr10"]], p.stochastic_sfr["log_sfr10_over_sfr100"])
+    fp = p.fmr
+    oh = np.clip(fmr_oh(logmass, logsfr, p) + fp["scatter"] * ndtri(u[:, U["oh"]]), fp["min"], fp["max"])
+    return logsfr10, oh
+
+
+def redraw_lines(props: dict[str, np.ndarray], rng: np.random.Generator, *,
+                 priors: Priors | None = None) -> dict[str, np.ndarray]:
+    """The same galaxies with their emission lines drawn again: a draw from p(lines | continuum).
+
+    Every property in :data:`LINE_ONLY_COLUMNS` is redrawn from ``rng``, and
+    what is derived from those columns (``logsfr10``, ``oh``) recomputed, so
+    :func:`~survey_denoise.mock.nebular.line_fluxes` of the result is a draw
+    of the lines from the population's own distribution given everything
+    that shapes the stellar continuum (which is left exactly as it was).
+    Broad-line AGN are returned unchanged, since their continuum follows
+    their lines.
+
+    Parameters
+    ----------
+    props : dict of ndarray
+        Output of :func:`draw` (or rows of it: ``u``, ``class``, ``logmass``
+        and ``logsfr`` are needed; other keys are copied through).
+    rng : numpy.random.Generator
+        Source of the new uniforms.
+    priors : Priors, optional
+        Default: the packaged ``mock_priors.yaml``.
+
+    Returns
+    -------
+    dict of ndarray
+        A shallow copy of ``props`` with new ``u``, ``logsfr10`` and ``oh``.
+    """
+    p = priors or default_priors()
+    u = props["u"].copy()
+    keep = props["class"] == CLASSES.index("blagn")
+    cols = [U[c] for c in LINE_ONLY_COLUMNS]
+    fresh = np.clip(rng.random((u.shape[0], len(cols))), 1e-12, 1 - 1e-12)
+    u[:, cols] = np.where(keep[:, None], u[:, cols], fresh)
+    logsfr10, oh = _line_drivers(u, props["logmass"], props["logsfr"], p)
+    return {**props, "u": u, "logsfr10": logsfr10, "oh": oh}
 
 
 _EXP_B = 1.6783
