@@ -63,7 +63,8 @@ HALPHA_WINDOW = (6480.0, 6650.0)
 """Rest range (A) of the selection-flux fit: Halpha and [NII]6548,6583."""
 
 
-def _bins(design: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+def selection_bins(design: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Edges of the Halpha flux bins a binned design fills equally (1e-17 erg/s/cm2), and its classes (None: all)."""
     if design == "uniform-halpha":
         return np.logspace(0.2, 3.4, 11), None
     if design == "mzr":
@@ -97,7 +98,7 @@ def select(design: str, n: int, seed: int, *, z_range: tuple[float, float] | Non
         return np.arange(n, dtype=np.int64)
     if design == "bgs":
         return _select_bgs(n, seed, z_range)
-    edges, classes = _bins(design)
+    edges, classes = selection_bins(design)
     nbin = edges.size - 1
     want = np.full(nbin, n // nbin)
     want[: n % nbin] += 1
