@@ -32,3 +32,7 @@ def test_posteriors_cover_the_truth_and_more_information_estimates_better(tmp_pa
     # Regression to the mean: every estimate sits above the truth in the faintest bin.
     faint = r["lines"]["halpha"]["faint_bin"]
     assert all(faint[k]["mean"] > 0 for k in ("spectrum_mean", "continuum_mean", "noisy_fit"))
+    # Each posterior's mean +- sd covers the truth as a calibrated error does over the sample.
+    for name, c in r["per_bin_coverage"].items():
+        every = {k: rows[-1] for k, rows in c["pooled"].items()}
+        assert all(row["bin"] == "all" and 0.9 <= row["within_2sigma"] <= 0.99 for row in every.values()), name
