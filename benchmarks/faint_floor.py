@@ -81,8 +81,11 @@ from survey_denoise.science.metrics import (
     bin_index,
     censor,
     common_mask,
+    detection_floor,
     log_edges,
+    painted_lines,
     scatter_dex,
+    spurious_lines,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -419,6 +422,28 @@ def coverage_tally(est: dict, truth: dict, use: np.ndarray, groups: list[np.ndar
     return out
 
 
+def painted(est: dict, truth: dict, use: np.ndarray) -> dict[str, dict[str, float]]:
+    """Painted-line rates (Table 6's: true flux below 3x the noisy input's error, reported at S/N > 3).
+
+    Also the share of faint lines painted *and* spurious (the truth outside
+    the reported value's errors, :func:`spurious_lines`).  The posteriors report their mean with their standard deviation; the
+    noisy input its ideal fit.  The floor is the ideal fit's error, smaller
+    than a fitter's, so it counts fewer lines as faint than a Table 6 run.
+    """
+    reported = {"spectrum": ("spectrum_mean", "spectrum_sd"), "continuum": ("continuum_mean", "continuum_sd"),
+                "noisy_fit": ("noisy_fit", "noisy_fit_err")}
+    out = {}
+    for j, key in enumerate(TABLE6_LINES):
+        floor = detection_floor(est["noisy_fit_err"][use, j])
+        out[key] = {}
+        for name, (f, e) in reported.items():
+            t, flux, err = truth[key][use], est[f][use, j], est[e][use, j]
+            faint, lines = painted_lines(t, floor, flux, err)
+            out[key][name] = {"painted": float(lines.sum() / faint.sum()),
+                              "spurious": float((lines & spurious_lines(t, flux, err)).sum() / faint.sum())}
+    return out
+
+
 def calibration(pit: np.ndarray, ess: np.ndarray, mean_ha: np.ndarray, use: np.ndarray) -> dict:
     """Uniformity of the truth's rank where the prior members resolve the likelihood (ESS >= MIN_ESS),
     overall and in the lowest tenth of the posterior mean (conditioning on what an estimator sees
@@ -476,6 +501,7 @@ def main() -> None:
     lines = summarise(truth, est, use, groups, reference())
     sigma = table6_sigma(original, est, truth, groups)
     cover = coverage_tally(est, truth, use, groups)
+    paint = painted(est, truth, use)
     print(f"original spectra fitted ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     print(f"\n{use.sum()} test galaxies ({(~use).sum()} left out: broad-line AGN or no Halpha), "
@@ -515,6 +541,11 @@ def main() -> None:
               "1-5 of true flux (faintest first) and all:")
         for k, rows in c["pooled"].items():
             print(f"    {k:10s}" + "  ".join(f"{r['within_1sigma']:.2f}/{r['within_2sigma']:.2f}" for r in rows))
+    print("\npainted / spurious lines, % of faint ones (true flux below 3x the noisy input's ideal error; "
+          "painted: reported at S/N > 3; spurious: and the truth not within its errors)")
+    for key, rates in paint.items():
+        print(f"  {key:10s}" + "  ".join(f"{name} {100 * v['painted']:.1f} / {100 * v['spurious']:.1f}"
+                                         for name, v in rates.items()))
     print("\nHalpha per bin of true flux (mean over groups), dex")
     print(f"  {'bin':17s}" + "".join(f"{b:>8d}" for b in range(N_BINS)))
     for name, v in lines["halpha"]["by_bin"].items():
@@ -523,7 +554,7 @@ def main() -> None:
     out = {"n": int(args.n), "library": int(args.library), "used": int(use.sum()), "draws": args.draws,
            "seed": args.seed, "sigma": args.sigma, "groups": len(groups), "target_dex": TARGET_DEX,
            "lines": lines, "table6_sigma_vs_original_fast": sigma,
-           "per_bin_coverage": cover, "halpha_calibration": calib, "halpha_by_estimate_decile": by_estimate,
+           "per_bin_coverage": cover, "painted": paint, "halpha_calibration": calib, "halpha_by_estimate_decile": by_estimate,
            "p_bin": est["p_bin"].tolist(), "seconds": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
