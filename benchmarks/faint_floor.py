@@ -166,8 +166,8 @@ def likelihood_terms(f_true: np.ndarray, g: np.ndarray, w: np.ndarray,
 
 
 def known_continuum_posterior(props: dict, rows: np.ndarray, keys: list[str], a: np.ndarray, b: np.ndarray,
-              selection: tuple[np.ndarray, np.ndarray, np.ndarray], draws: int,
-              rng: np.random.Generator) -> dict[str, np.ndarray]:
+                              selection: tuple[np.ndarray, np.ndarray, np.ndarray], draws: int,
+                              rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Posterior summaries of the Table 6 lines for galaxies ``rows``.
 
     ``selection`` is (each galaxy's noise on its selection flux, the design's
@@ -301,7 +301,7 @@ def known_continuum(props: dict, truth: dict, original, noisy, args, rng: np.ran
     n, m = props["class"].size, len(TABLE6_LINES)
     est = {k: np.full((n, m), np.nan) for k in ("continuum_mean", "continuum_sd", "continuum_median",
                                                 "continuum_prior", "noisy_fit", "noisy_fit_err")}
-    est.update(ess=np.full(n, np.nan), pit=np.full(n, np.nan))
+    est.update(continuum_ess=np.full(n, np.nan), continuum_pit=np.full(n, np.nan))
     use = (props["class"] != CLASSES.index("blagn")) & (truth["halpha"] > 0) & (w_noisy.sum(1) > 0)
     columns = [keys.index(k) for k in TABLE6_LINES]
     noise_rng = np.random.default_rng([args.seed, 0xF2])
@@ -319,11 +319,11 @@ def known_continuum(props: dict, truth: dict, original, noisy, args, rng: np.ran
         post = known_continuum_posterior(props, rows, keys, a, b, (sigma_sel, edges, p_bin), args.draws, rng)
         est["continuum_mean"][rows], est["continuum_median"][rows] = post["mean"], post["median"]
         est["continuum_sd"][rows] = post["sd"]
-        est["continuum_prior"][rows], est["ess"][rows] = post["prior_mean"], post["ess"]
+        est["continuum_prior"][rows], est["continuum_ess"][rows] = post["prior_mean"], post["ess"]
         true_ha = truth["halpha"][rows, None]
         below = (post["w"] * (post["ha_draws"] < true_ha)).sum(1)
         at = (post["w"] * (post["ha_draws"] == true_ha)).sum(1)
-        est["pit"][rows] = below + rng.random(rows.size) * at
+        est["continuum_pit"][rows] = below + rng.random(rows.size) * at
         print(f"  {rows[-1] + 1:6d} / {n} galaxies", flush=True)
     for j in range(m):
         est["noisy_fit"][:, j] = censor(est["noisy_fit"][:, j], est["noisy_fit_err"][:, j])[0]
@@ -488,7 +488,8 @@ def main() -> None:
     print(f"noisy-spectrum posteriors done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     calib = {"spectrum": calibration(lib["pit"], lib["ess"], lib["mean"][:, 0], use),
-             "continuum": calibration(est["pit"], est["ess"], est["continuum_mean"][:, 0], use)}
+             "continuum": calibration(est["continuum_pit"], est["continuum_ess"], est["continuum_mean"][:, 0],
+                                      use)}
     # regression to the mean: in bins of the estimate the truth is not lower
     mean_ha = lib["mean"][use, 0]
     deciles = np.quantile(mean_ha, np.linspace(0, 1, 11))
