@@ -135,7 +135,8 @@ def test_default_preset_keeps_the_papers_widths_with_measured_choices():
     assert model.architecture() == (0.0, [800, 800, 700, 600])
     assert model.settings() == {"likelihood": "gaussian", "dropout": 0.0, "patience": 5,
                                 "min_delta": 0.002, "restore_best": True, "conditioning": "ivar",
-                                "coverage": "desi-bgs", "noise_draws": "per-epoch"}
+                                "coverage": "desi-bgs", "noise_draws": "per-epoch",
+                                "estimate": "mean"}
     assert VAEDenoiser(6, dropout=0.2).architecture()[0] == 0.2
     with pytest.raises(ValueError, match="unknown preset 'tuned'.*default.*paper"):
         VAEDenoiser(6, preset="tuned")
@@ -307,3 +308,35 @@ def test_vae_trains_on_fresh_noise_every_epoch_and_its_card_says_so(tmp_path):
         VAEDenoiser(2, epochs=1, noise_draws="per-epoch", **SMALL).fit(*spectra(64, seed=1))
     choices = VAEDenoiser(2, epochs=1, **SMALL).fit(*spectra(64, seed=1)).card_["training_choices"]
     assert choices["noise_draws"] == "fixed" and "not arrays" in choices["noise_draws_note"]
+
+
+# -- what the de-noised spectrum aims at ----------------------------------------------
+def test_median_estimate_aims_at_each_pixels_median_where_the_mean_sits_above_it(tmp_path):
+    # The input says nothing about the line, whose strength is log-normal
+    # (median 1, mean e^0.5 = 1.65): the best guess is a constant, the
+    # strength's mean under squared error and its median under absolute error.
+    from survey_denoise.grid import GRID
+
+    rng = np.random.default_rng(8)
+    n, wave = 3000, np.asarray(GRID.wavelength)
+    profile = np.exp(-0.5 * ((wave - 6564.6) / 3.0) ** 2)
+    strength = rng.lognormal(0.0, 1.0, n)
+    clean = (0.03 + 0.01 * strength[:, None] * profile).astype(np.float32)
+    noisy = (0.03 + 0.002 * rng.standard_normal(clean.shape)).astype(np.float32)
+    peak = int(np.argmax(profile))
+    read = {}
+    for estimate in ("mean", "median"):
+        model = AEDenoiser(2, units=[32, 16], dropout=0.0, learning_rate=3e-3, batch_size=64,
+                           epochs=15, seed=4, estimate=estimate, likelihood="mse",
+                           restore_best=True).fit(noisy[:2500], clean[:2500])
+        read[estimate] = float(np.median((model.denoise(noisy[2500:])[:, peak] - 0.03) / 0.01))
+        assert read_card(model.save(tmp_path / estimate))["architecture"]["estimate"] == estimate
+        assert load_model(tmp_path / estimate).model_.estimate == estimate
+    seen = strength[:2500]  # mean 1.63, median 0.96 here; read 1.57 and 1.02
+    assert abs(read["mean"] - seen.mean()) < 0.15, read
+    assert abs(read["median"] - np.median(seen)) < 0.15, read
+
+
+def test_an_unknown_estimate_is_refused_before_any_data_is_read():
+    with pytest.raises(ValueError, match="estimate must be one of"):
+        AEDenoiser(2, estimate="mode")

@@ -49,6 +49,9 @@ SOFTENING = 2e-6
 CONDITIONINGS = ("none", "ivar")
 """What a network sees: the flux alone, or the flux and its inverse variance (:func:`model_input`)."""
 
+ESTIMATES = ("mean", "median")
+"""What a de-noised spectrum aims at, given the noisy one (the loss of :mod:`.networks`)."""
+
 ARRAY_CHUNK = 4096
 """Rows per chunk when the training data are in-memory arrays."""
 

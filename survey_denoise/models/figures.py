@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 
 def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "",
-                save: str | Path | None = None) -> Figure:
+                save: str | Path | None = None, estimate: str = "mean") -> Figure:
     """Training and validation loss per epoch (log scale), learning rate below.
 
     A history with a reconstruction term is shown by that term: the total
@@ -21,11 +21,14 @@ def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "",
     history : mapping
         Keras history: ``loss``, optionally ``val_loss``, ``reconstruction``,
         ``val_reconstruction`` and ``learning_rate``.
+    estimate : {"mean", "median"}
+        The network's spectrum term: squared or absolute error (labels only).
     """
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax, lx = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    term, ylabel = (("reconstruction", "reconstruction term (½ Σ w Δ²)") if history.get("reconstruction")
-                    else ("loss", "loss (½ Σ w Δ² [+ KL])"))
+    spectrum = "Σ √w |Δ|" if estimate == "median" else "½ Σ w Δ²"
+    term, ylabel = (("reconstruction", f"reconstruction term ({spectrum})") if history.get("reconstruction")
+                    else ("loss", f"loss ({spectrum} [+ KL])"))
     for key, label in ((term, "training"), (f"val_{term}", "validation")):
         if history.get(key):
             epochs = range(1, len(history[key]) + 1)

@@ -40,6 +40,21 @@ divergence of its posterior from a standard normal):
   0.8 after 12 epochs).  The weighted MSE alone is logged as
   ``reconstruction``, which the training's plateau rule watches.
 
+``estimate``, what the de-noised spectrum aims at:
+
+* ``"mean"`` (the paper): the squared error above; the network learns the
+  mean of the clean spectrum given the noisy one;
+* ``"median"``: the squared error replaced by the absolute error
+  ``sum_pixels sqrt(w) * |x' - y|``, the negative log-likelihood of a
+  Laplace distribution of scale ``1/sqrt(w)`` up to constants; the
+  network learns each pixel's median (Koenker & Bassett 1978).  A mean
+  regresses a faint line towards the population's (the faint end of
+  docs/models.md); the median of a skewed posterior sits below its mean.
+  The variance head is unchanged: its residual is taken about the median,
+  so its variance is the median's mean squared error, which is what a
+  flux error about it must hold.  This term is the logged
+  ``reconstruction``.
+
 Conditioning on the noise (``conditioning="ivar"``): the encoder's input
 is the spectrum *and* its inverse variance, ``2 * npix`` numbers, which
 :class:`ConditionedInput` turns into two channels of ``npix``: the
@@ -62,7 +77,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from .data import CONDITIONINGS
+from .data import CONDITIONINGS, ESTIMATES
 
 PACKAGE = "survey_denoise"
 LEAKY_SLOPE = 0.3
@@ -265,6 +280,11 @@ class SpectrumAutoencoder(keras.Model):
     likelihood : {"mse", "gaussian"}
         The paper's weighted MSE, or the Gaussian likelihood with a
         predicted per-pixel variance (module notes).
+    estimate : {"mean", "median"}
+        What the de-noised spectrum aims at: the mean (the paper's squared
+        error) or each pixel's median (absolute error) of the clean
+        spectrum given the noisy one (module notes).  Models saved before
+        the option have ``"mean"``.
     input_offset, input_scale : sequence of float (npix), float
         Fixed standardisation of the input: the encoder sees
         ``(x - input_offset) * input_scale``.
@@ -294,10 +314,13 @@ class SpectrumAutoencoder(keras.Model):
                  input_offset: Sequence[float] | None = None, input_scale: float = 1.0,
                  output_offset: Sequence[float] | None = None, output_scale: float = 1.0,
                  likelihood: str = "mse", conditioning: str = "none", ivar_ref: float = 1.0,
-                 init_seed: int | None = None, **kwargs) -> None:
+                 init_seed: int | None = None, estimate: str = "mean", **kwargs) -> None:
         super().__init__(**kwargs)
         if likelihood not in LOSSES:
             raise ValueError(f"likelihood must be one of {LOSSES}, got {likelihood!r}")
+        if estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
+        self.estimate = estimate
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         self.conditioning, self.ivar_ref = conditioning, float(ivar_ref)
@@ -352,7 +375,11 @@ class SpectrumAutoencoder(keras.Model):
         pred = y_pred[..., :self.npix] if self.likelihood == "gaussian" else y_pred
         sq = ops.square(pred - y)
         w = None if sample_weight is None else ops.cast(sample_weight, sq.dtype)
-        loss = ops.mean(0.5 * ops.sum(sq if w is None else sq * w, axis=-1))
+        if self.estimate == "median":
+            dev = ops.abs(pred - y)
+            loss = ops.mean(ops.sum(dev if w is None else dev * ops.sqrt(w), axis=-1))
+        else:
+            loss = ops.mean(0.5 * ops.sum(sq if w is None else sq * w, axis=-1))
         self.reconstruction.update_state(loss)
         if self.likelihood == "gaussian":
             logvar = y_pred[..., self.npix:]
@@ -372,7 +399,7 @@ class SpectrumAutoencoder(keras.Model):
                 "input_offset": self.input_offset, "input_scale": self.input_scale,
                 "output_offset": self.output_offset, "output_scale": self.output_scale,
                 "likelihood": self.likelihood, "conditioning": self.conditioning,
-                "ivar_ref": self.ivar_ref}
+                "ivar_ref": self.ivar_ref, "estimate": self.estimate}
 
     @classmethod
     def from_config(cls, config: dict):

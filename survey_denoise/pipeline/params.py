@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..fitting import METHODS
 from ..models import KINDS
 from ..models.coverage import SURVEYS
-from ..models.training import CONDITIONINGS, NOISE_DRAWS, PRESETS
+from ..models.training import CONDITIONINGS, ESTIMATES, NOISE_DRAWS, PRESETS
 from ..schema import NORMS
 
 SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
@@ -91,6 +91,10 @@ class Train(Strict):
         None, description="AE/VAE training inputs: the stored noisy spectra (fixed), or the "
                           "degraded store's noise drawn again every epoch (per-epoch); default: "
                           "the preset's.")
+    estimate: Literal[ESTIMATES] | None = Field(  # type: ignore[valid-type]
+        None, description="AE/VAE de-noised spectrum: the mean of the clean spectrum given the noisy "
+                          "one (squared error, the paper) or each pixel's median (absolute error); "
+                          "default: the preset's.")
     seed: int = Field(0, description="Seed of weights, dropout, shuffling and the validation split.")
     validation_split: float = Field(0.2, ge=0, lt=1, description=(
         "Fraction of training galaxies held out for validation (early stopping, calibration)."))
@@ -116,7 +120,7 @@ class Train(Strict):
         """Keyword arguments of :func:`survey_denoise.models.build_model`."""
         return {"seed": self.seed, "epochs": self.epochs, "preset": self.preset,
                 "conditioning": self.conditioning, "coverage": self.coverage,
-                "noise_draws": self.noise_draws}
+                "noise_draws": self.noise_draws, "estimate": self.estimate}
 
 
 class Denoise(Strict):

@@ -137,7 +137,8 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
     model.save(out)
     if cfg.kind != "pca":  # PCA has no epochs
         loss_curves(model.card_["history"], title=f"{cfg.kind.upper()}, latent {cfg.latent}",
-                    save=Path(out) / "loss.png")
+                    save=Path(out) / "loss.png",
+                    estimate=model.card_["architecture"].get("estimate", "mean"))
     return model
 
 
