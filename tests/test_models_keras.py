@@ -316,10 +316,11 @@ def test_median_estimate_aims_at_each_pixels_median_where_the_mean_sits_above_it
     # (median 1, mean e^0.5 = 1.65): the best guess is a constant, the
     # strength's mean under squared error and its median under absolute error.
     from survey_denoise.grid import GRID
+    from survey_denoise.lines import wavelength
 
     rng = np.random.default_rng(8)
     n, wave = 3000, np.asarray(GRID.wavelength)
-    profile = np.exp(-0.5 * ((wave - 6564.6) / 3.0) ** 2)
+    profile = np.exp(-0.5 * ((wave - wavelength("halpha")) / 3.0) ** 2)
     strength = rng.lognormal(0.0, 1.0, n)
     clean = (0.03 + 0.01 * strength[:, None] * profile).astype(np.float32)
     noisy = (0.03 + 0.002 * rng.standard_normal(clean.shape)).astype(np.float32)

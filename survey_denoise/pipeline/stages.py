@@ -138,7 +138,7 @@ def train(noisy: xr.Dataset, clean: xr.Dataset, cfg: Train, out: Path, *,
     if cfg.kind != "pca":  # PCA has no epochs
         loss_curves(model.card_["history"], title=f"{cfg.kind.upper()}, latent {cfg.latent}",
                     save=Path(out) / "loss.png",
-                    estimate=model.card_["architecture"].get("estimate", "mean"))
+                    estimate=model.card_["architecture"]["estimate"])
     return model
 
 
