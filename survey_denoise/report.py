@@ -228,7 +228,7 @@ def _line_fluxes(rec: RunRecord, w: _Writer) -> Section | None:
 
 
 def _mzr(rec: RunRecord, w: _Writer) -> Section | None:
-    from .science.mzr_test import MZRTest, reach, slopes
+    from .science.mzr_test import MZRTest, oh_errors, reach, slopes
 
     out = rec.get("table", "mzr_test")
     if out is None:
@@ -241,12 +241,18 @@ def _mzr(rec: RunRecord, w: _Writer) -> Section | None:
                               "distribution of all galaxies (orange) and of those with a metallicity (blue)."))
     s.tables.append(w.table(result.comparison(), "table_mzr_comparison", "Paper vs this run"))
     s.tables.append(w.table(result.summary.T, "table_mzr_summary", "Per-case summary"))
+    if result.coverage is not None:
+        s.tables.append(w.table(result.coverage, "table_mzr_oh_coverage",
+                                "O/H errors against the truth, per bin of true 12 + log(O/H): oh_err "
+                                "('total') against the true O/H, oh_err_stat ('stat', the line-flux errors) "
+                                "against the calibration applied to the noise-free lines", index=False))
     ref = result.settings.get("reference", {})
     s.paragraphs.append(
         f"Metallicity: {result.settings.get('calibration', 'o3n2').upper()} (Pettini & Pagel 2004), "
         f"measurable when Hα S/N > {result.settings.get('min_halpha_snr', 15)}. "
         f"Reference MZR: {ref.get('reference', 'unknown')}.")
-    s.paragraphs.extend(f"{line[0].upper()}{line[1:]}." for line in slopes(result) + reach(result))
+    s.paragraphs.extend(f"{line[0].upper()}{line[1:]}." for line in slopes(result) + reach(result)
+                        + oh_errors(result))
     return s
 
 

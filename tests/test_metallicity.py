@@ -60,6 +60,12 @@ def test_n2_by_hand():
     assert oh_from_index(x, N2) == pytest.approx(8.5568258, abs=1e-6)
     cat = metallicity(make_catalogue([GOOD]), calibration="n2")
     assert cat["oh"].iloc[0] == pytest.approx(8.5568258, abs=1e-6)
+    # N2's own scatter is PP04's 0.18 dex; a noise-free catalogue's error is that alone
+    exact = make_catalogue([GOOD]).assign(**{f"{k}_flux_err": 0.0 for k in ("nii_6583", "halpha")})
+    m = metallicity(exact, calibration="n2")
+    assert m["oh_err_stat"].iloc[0] == 0.0
+    assert m["oh_err"].iloc[0] == pytest.approx(0.18)
+    assert m.attrs["calibration_scatter"] == 0.18
 
 
 def test_physical_and_normalised_units_agree():
@@ -76,7 +82,7 @@ def test_halpha_snr_cut_is_strict_and_configurable():
     m = metallicity(cat)
     assert m["has_oh"].tolist() == [False, True, False]
     assert m["oh_flags"].iloc[0] == OHFlag.LOW_HALPHA_SNR
-    assert np.isnan(m["oh"].iloc[0]) and np.isnan(m["oh_err"].iloc[0])
+    assert np.isnan(m["oh"].iloc[0]) and np.isnan(m["oh_err"].iloc[0]) and np.isnan(m["oh_err_stat"].iloc[0])
     assert metallicity(cat, min_halpha_snr=5.0)["has_oh"].tolist() == [True, True, True]
 
 
@@ -150,7 +156,9 @@ def test_error_propagation_matches_numerical_derivative(fluxes, fracs):
     m = metallicity(make_catalogue([row]), min_halpha_snr=0.0)
     index = m["index"].iloc[0]
     if -1 < index < 1.9:
-        assert m["oh_err"].iloc[0] == pytest.approx(expected, rel=1e-5)
+        assert m["oh_err_stat"].iloc[0] == pytest.approx(expected, rel=1e-5)
+        # the calibration's own scatter (PP04: 0.14 dex for O3N2) in quadrature
+        assert m["oh_err"].iloc[0] == pytest.approx(np.hypot(expected, 0.14), rel=1e-5)
         assert m["oh"].iloc[0] == pytest.approx(_oh(f), abs=1e-10)
     else:
         assert not m["has_oh"].iloc[0]

@@ -55,8 +55,9 @@ def test_scatter_matches_truth_and_noise(sample, result):
     assert abs(s.loc["original", "bias_vs_true"]) < 0.005
     assert s.loc["original", "std_vs_true"] < s.loc["vae", "std_vs_true"]
     assert s.loc["vae", "scatter_std"] > s.loc["original", "scatter_std"]
-    # the error propagation is consistent with the scatter against the truth
-    assert s.loc["vae", "median_oh_err"] == pytest.approx(s.loc["vae", "std_vs_true"], rel=0.3)
+    # the line errors propagated are consistent with the scatter against the truth (which the
+    # synthetic lines follow exactly: no calibration scatter to add)
+    assert s.loc["vae", "median_oh_err_stat"] == pytest.approx(s.loc["vae", "std_vs_true"], rel=0.3)
 
 
 def test_every_case_is_also_compared_on_the_same_galaxies(sample, result):
@@ -240,6 +241,43 @@ def test_the_calibration_on_noise_free_lines_splits_its_own_bias_from_the_noise(
     assert f"(true lines {s.loc['vae', 'mzr_slope_true_lines']:+.3f})" in format_comparison(r)
 
 
+def test_metallicity_errors_are_checked_against_their_own_truths(sample):
+    """oh_err_stat must cover the calibration on noise-free lines, oh_err the true O/H."""
+    truth, _ = sample
+    rng = np.random.default_rng(17)
+    # the galaxies' line ratios follow PP04 at an O/H 0.14 dex (PP04's own scatter) off the true one
+    lines = truth.assign(true_oh=truth["true_oh"] + rng.normal(0.0, 0.14, len(truth)))
+    noiseless = synthetic_catalogue(lines, 1e9, 0)
+    truth = truth.assign(**{f"true_{k}_flux": noiseless[f"{k}_flux"].to_numpy()
+                            for k in ("oiii_5007", "hbeta", "nii_6583", "halpha")})
+    honest = synthetic_catalogue(lines, 8.0, 1)
+    # errors stated at half their size: the S/N doubles, the scatter does not
+    short = honest.assign(**{c: honest[c] / 2 for c in honest.columns if c.endswith("_err")},
+                          **{c: honest[c] * 2 for c in honest.columns if c.endswith("_snr")})
+    r = mzr_test({"original": honest, "short": short}, truth)
+    s = r.summary
+    for name in ("stat", "total"):
+        assert 0.62 <= s.loc["original", f"oh_{name}_within_1sigma"] <= 0.74
+        assert 0.92 <= s.loc["original", f"oh_{name}_within_2sigma"] <= 0.98
+    # the line errors alone do not cover the true O/H: the calibration's scatter is most of the error
+    g = r.galaxies["original"][r.galaxies["original"]["has_oh"]]
+    assert np.mean(np.abs(g["oh"] - g["true_oh"]) <= g["oh_err_stat"]) < 0.4
+    assert s.loc["original", "median_oh_err"] == pytest.approx(np.hypot(s.loc["original", "median_oh_err_stat"],
+                                                                        0.14), rel=0.05)
+    # line errors stated too small: at this S/N the calibration's scatter hides them in the total,
+    # so only the check against the noise-free lines catches them
+    assert s.loc["short", "oh_stat_within_1sigma"] < 0.45
+    assert s.loc["short", "oh_total_within_1sigma"] == pytest.approx(s.loc["original", "oh_total_within_1sigma"],
+                                                                     abs=0.02)
+    cov = r.coverage
+    assert set(cov["error"]) == {"stat", "total"} and set(cov["case"]) == {"original", "short"}
+    binned = cov[(cov["bin"] != "all") & (cov["case"] == "original") & (cov["error"] == "stat")]
+    assert len(binned) >= 3 and (binned["count"] >= 20).all()
+    assert binned["count"].sum() <= int(s.loc["original", "n_measured"])
+    text = format_comparison(r)
+    assert "O/H errors" in text and f"{s.loc['short', 'oh_stat_within_1sigma']:.2f}" in text
+
+
 def test_save_load_round_trip(result, tmp_path):
     result.save(tmp_path / "mzr")
     back = MZRTest.load(tmp_path / "mzr")
@@ -249,6 +287,7 @@ def test_save_load_round_trip(result, tmp_path):
         pd.testing.assert_frame_equal(back.binned[case], result.binned[case])
     assert back.settings["min_halpha_snr"] == 15.0
     assert back.settings["reference"]["Z0"] == SCHOLTE24.Z0
+    pd.testing.assert_frame_equal(back.coverage, result.coverage)
     assert (tmp_path / "mzr" / "comparison.csv").exists()
     with pytest.raises(FileNotFoundError, match="no MZR test results"):
         MZRTest.load(tmp_path / "nothing")

@@ -100,6 +100,10 @@ def test_full_report(tmp_path):
     # the slope below the turnover, each case against the originals'
     assert "MZR slope over log M* 9.1-10.1 (dex per dex): original spectra: +" in html
     assert comp.loc["original", "ours_mzr_slope_ratio"] == 1.0
+    # the O/H errors checked against the truth the run knows (here the true O/H only)
+    cov = pd.read_csv(files / "table_mzr_oh_coverage.csv")
+    assert set(cov["error"]) == {"total"} and set(cov["case"]) == {"original", "desi", "vae"}
+    assert "O/H errors, fraction within 1 / 2 sigma" in html
     t6 = pd.read_csv(files / "table6_line_scatter.csv")
     pd.testing.assert_frame_equal(t6, pd.read_csv(run / "table6.csv"))
     assert set(t6["case"]) == {"noisy", "denoised"}

@@ -7,6 +7,16 @@ Calibrations (Pettini & Pagel 2004, MNRAS 348, L59):
 * N2 = log10([NII]6583 / Hα),
   12 + log(O/H) = 8.90 + 0.57 × N2, valid for −2.5 < N2 < −0.3.
 
+A calibration is a fit to HII regions of known (T_e-based) O/H, and
+galaxies scatter about it: 1σ = 0.14 dex for O3N2 and 0.18 dex for N2
+(as PP04 quote with their eqs. 3 and 1; the ionisation parameter at fixed
+O/H moves the line ratios).
+So a metallicity carries two errors: ``oh_err_stat``, the line-flux errors
+propagated through the index (what a repeat observation would change), and
+``oh_err``, that and the calibration's own scatter in quadrature (how far
+the true O/H may be).  A mock whose true O/H and noise-free fluxes are both
+known checks each against its own truth (:mod:`survey_denoise.science.mzr_test`).
+
 A metallicity is measured only where the fit succeeded, the Hα S/N exceeds a
 threshold (15 by default, as in Scourfield et al. 2023 following Scholte &
 Saintonge 2023), every line in the ratio has a positive flux, and the index
@@ -72,6 +82,9 @@ class Calibration:
         Catalogue keys the index needs.
     reference : str
         Where the numbers come from.
+    scatter : float
+        1σ scatter (dex) of the calibrating sample's O/H about the relation:
+        the error of a metallicity from noise-free fluxes.
     """
 
     name: str
@@ -80,15 +93,16 @@ class Calibration:
     valid: tuple[float, float]
     lines: tuple[str, ...]
     reference: str
+    scatter: float
 
 
 O3N2 = Calibration(
     "o3n2", 8.73, -0.32, (-1.0, 1.9), ("oiii_5007", "hbeta", "nii_6583", "halpha"),
-    "Pettini & Pagel 2004, MNRAS 348, L59, eq. 3",
+    "Pettini & Pagel 2004, MNRAS 348, L59, eq. 3", 0.14,
 )
 N2 = Calibration(
     "n2", 8.90, 0.57, (-2.5, -0.3), ("nii_6583", "halpha"),
-    "Pettini & Pagel 2004, MNRAS 348, L59, eq. 1",
+    "Pettini & Pagel 2004, MNRAS 348, L59, eq. 1", 0.18,
 )
 CALIBRATIONS: dict[str, Calibration] = {c.name: c for c in (O3N2, N2)}
 
@@ -229,7 +243,9 @@ def metallicity(
     DataFrame
         Same index as ``cat``: ``galaxy`` (if present), ``index`` (O3N2 or N2,
         dex), ``oh`` (12 + log(O/H), NaN where not measurable), ``oh_err``
-        (1σ, dex), ``oh_flags`` (:class:`OHFlag` bits, 0 = measured) and
+        (1σ, dex: the line-flux errors and the calibration's scatter in
+        quadrature), ``oh_err_stat`` (1σ, dex: the line-flux errors alone),
+        ``oh_flags`` (:class:`OHFlag` bits, 0 = measured) and
         ``has_oh`` (bool).
     """
     if calibration not in CALIBRATIONS:
@@ -279,10 +295,12 @@ def metallicity(
         out["galaxy"] = cat["galaxy"].to_numpy()
     out["index"] = index
     out["oh"] = np.where(ok, oh_from_index(index, cal), np.nan)
-    out["oh_err"] = np.where(ok, abs(cal.slope) * index_err, np.nan)
+    stat = abs(cal.slope) * index_err
+    out["oh_err"] = np.where(ok, np.hypot(stat, cal.scatter), np.nan)
+    out["oh_err_stat"] = np.where(ok, stat, np.nan)
     out["oh_flags"] = flags
     out["has_oh"] = ok
-    out.attrs.update(calibration=cal.name, reference=cal.reference,
+    out.attrs.update(calibration=cal.name, reference=cal.reference, calibration_scatter=cal.scatter,
                      min_halpha_snr=min_halpha_snr, min_line_snr=min_line_snr, bpt=bpt)
     return out
 

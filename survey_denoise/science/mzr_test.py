@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .calibration import coverage
 from .metallicity import CALIBRATIONS, flag_counts, metallicity, oh_from_index, strong_line_index
 from .mzr import (
     SCHOLTE24,
@@ -52,6 +53,9 @@ LABELS = {"original": "original spectra", "desi": "DESI-like, z = 0.1", "vae": "
 REFERENCE_CASE = "original"
 """The case the others' MZR slopes are divided by in :meth:`MZRTest.comparison`."""
 
+OH_EDGES = (7.8, 8.2, 8.4, 8.6, 8.8, 9.2)
+"""Bins of true 12 + log(O/H) in which :func:`oh_coverage` counts the errors' coverage."""
+
 
 def log_sfr(truth: pd.DataFrame, column: str = "true_sfr", is_log: bool | None = None) -> np.ndarray:
     """log10 SFR (M_sun/yr) from a truth column; linear unless the name says ``log``."""
@@ -75,8 +79,8 @@ class MZRTest:
     galaxies : dict of str to DataFrame
         Per case, one row per galaxy of the truth table: ``galaxy``,
         ``logmass``, ``logsfr``, ``true_oh`` (if known), ``oh``, ``oh_err``,
-        ``oh_flags``, ``has_oh`` and, where the truth has them,
-        ``true_lines_oh`` (:func:`true_lines_oh`).
+        ``oh_err_stat``, ``oh_flags``, ``has_oh`` and, where the truth has
+        them, ``true_lines_oh`` (:func:`true_lines_oh`).
     summary : DataFrame
         One row per case (see :func:`mzr_test`).
     binned : dict of str to DataFrame
@@ -89,6 +93,8 @@ class MZRTest:
         Per galaxy of the sample, the highest Hα S/N the noisy spectra
         allow (:func:`~survey_denoise.science.bound.snr_bound`):
         ``galaxy``, ``snr_line``, ``snr_tied``.
+    coverage : DataFrame, optional
+        :func:`oh_coverage` of the measured galaxies (None without a true O/H).
     """
 
     galaxies: dict[str, pd.DataFrame]
@@ -96,6 +102,7 @@ class MZRTest:
     binned: dict[str, pd.DataFrame]
     settings: dict = field(default_factory=dict)
     bound: pd.DataFrame | None = None
+    coverage: pd.DataFrame | None = None
 
     def comparison(self) -> pd.DataFrame:
         """Paper vs ours: scatter, measurable fraction and MZR slope per case.
@@ -150,8 +157,8 @@ class MZRTest:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``summary.csv``, ``comparison.csv``, ``binned_<case>.csv``,
-        ``galaxies_<case>.parquet``, ``settings.json`` and (with a bound)
-        ``bound.parquet`` into ``directory``."""
+        ``galaxies_<case>.parquet``, ``settings.json``, (with a truth)
+        ``oh_coverage.csv`` and (with a bound) ``bound.parquet`` into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.summary.to_csv(d / "summary.csv")
@@ -163,6 +170,8 @@ class MZRTest:
         (d / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
         if self.bound is not None:
             self.bound.to_parquet(d / "bound.parquet", index=False)
+        if self.coverage is not None:
+            self.coverage.to_csv(d / "oh_coverage.csv", index=False)
         return d
 
     @classmethod
@@ -178,7 +187,9 @@ class MZRTest:
         binned = {c: pd.read_csv(d / f"binned_{c}.csv") for c in cases if (d / f"binned_{c}.csv").exists()}
         settings = json.loads((d / "settings.json").read_text()) if (d / "settings.json").exists() else {}
         bound = pd.read_parquet(d / "bound.parquet") if (d / "bound.parquet").exists() else None
-        return cls(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound)
+        cov = pd.read_csv(d / "oh_coverage.csv") if (d / "oh_coverage.csv").exists() else None
+        return cls(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound,
+                   coverage=cov)
 
 
 def true_lines_oh(truth: pd.DataFrame, calibration: str = "o3n2") -> np.ndarray | None:
@@ -201,6 +212,48 @@ def true_lines_oh(truth: pd.DataFrame, calibration: str = "o3n2") -> np.ndarray 
     if not set(cols.values()) <= set(truth.columns):
         return None
     return oh_from_index(strong_line_index({k: truth[c].to_numpy(float) for k, c in cols.items()}, cal), cal)
+
+
+OH_CHECKS = {"total": ("oh_err", "true_oh"), "stat": ("oh_err_stat", "true_lines_oh")}
+"""What each metallicity error must cover: error column -> truth column.
+
+``oh_err`` (line-flux errors and the calibration's scatter) the true O/H;
+``oh_err_stat`` (line-flux errors alone) the calibration applied to the
+noise-free line fluxes, which is what a noise-free spectrum would give."""
+
+
+def oh_coverage(galaxies: Mapping[str, pd.DataFrame], edges=OH_EDGES) -> pd.DataFrame | None:
+    """Are the metallicity errors honest?  Coverage of each case's truths by its errors.
+
+    Parameters
+    ----------
+    galaxies : mapping of case to DataFrame
+        :attr:`MZRTest.galaxies` (``oh``, ``oh_err``, ``oh_err_stat``,
+        ``has_oh`` and ``true_oh`` and/or ``true_lines_oh``).
+    edges : sequence of float
+        Bins of the true value, 12 + log(O/H).
+
+    Returns
+    -------
+    DataFrame or None
+        :func:`~survey_denoise.science.calibration.coverage` rows of the
+        measured galaxies (bins with at least 20), with ``case`` and
+        ``error`` (a key of :data:`OH_CHECKS`) in front; None where no
+        case has a truth column.
+    """
+    parts = []
+    for case, g in galaxies.items():
+        sel = g["has_oh"].to_numpy(bool)
+        for name, (err, true) in OH_CHECKS.items():
+            if err not in g or true not in g:
+                continue
+            t = coverage(g["oh"].to_numpy(float)[sel], g[err].to_numpy(float)[sel],
+                         g[true].to_numpy(float)[sel], edges=edges, log_bins=False, min_count=20)
+            parts.append(t.assign(case=case, error=name))
+    if not parts:
+        return None
+    out = pd.concat(parts, ignore_index=True)
+    return out[["case", "error", *[c for c in out.columns if c not in ("case", "error")]]]
 
 
 def _join(cat: pd.DataFrame, truth: pd.DataFrame, case: str) -> pd.DataFrame:
@@ -270,7 +323,11 @@ def mzr_test(
         ``median_logmass_all``, ``median_logmass_measured``, ``ks_mass`` (KS
         statistic, measured vs all), ``scatter_std``, ``scatter_rms``,
         ``scatter_offset``, ``scatter_nmad``, ``median_oh_err``,
-        ``bias_vs_true``/``std_vs_true`` (if ``true_oh`` is known),
+        ``median_oh_err_stat``, ``bias_vs_true``/``std_vs_true`` (if
+        ``true_oh`` is known), ``oh_total_within_1sigma`` and ``_2sigma``
+        (the fraction of ``|oh - true_oh|`` within ``oh_err``) and
+        ``oh_stat_within_1sigma`` and ``_2sigma`` (of ``|oh -
+        true_lines_oh|`` within ``oh_err_stat``) where the truth allows,
         ``sfr_spearman_r``, ``sfr_p_value``, ``sfr_slope``, ``mzr_slope``,
         ``mzr_slope_err`` and ``mzr_slope_n`` (dex per dex over
         ``slope_range``, bootstrap error, galaxies in the range), one
@@ -288,7 +345,8 @@ def mzr_test(
         ``mzr_slope_n_matched`` (those in the mass range),
         ``mzr_slope_matched``, ``mzr_slope_matched_reference``,
         ``mzr_slope_matched_ratio`` and ``mzr_slope_matched_ratio_err``
-        (:func:`~survey_denoise.science.mzr.slope_ratio`).
+        (:func:`~survey_denoise.science.mzr.slope_ratio`).  ``coverage``
+        holds the same coverage per bin of the truth (:func:`oh_coverage`).
     """
     for col in ("galaxy", mass_column):
         if col not in truth.columns:
@@ -314,7 +372,7 @@ def mzr_test(
         # galaxies absent from the catalogue: every line missing
         g = pd.DataFrame({"galaxy": truth["galaxy"].to_numpy(), "logmass": logmass, "logsfr": logsfr,
                           "oh": m["oh"].to_numpy(), "oh_err": m["oh_err"].to_numpy(),
-                          "oh_flags": m["oh_flags"].to_numpy(), "has_oh": m["has_oh"].to_numpy()})
+                          "oh_err_stat": m["oh_err_stat"].to_numpy(), "oh_flags": m["oh_flags"].to_numpy(), "has_oh": m["has_oh"].to_numpy()})
         if true_oh is not None:
             g["true_oh"] = true_oh
         if lines_oh is not None:
@@ -336,6 +394,7 @@ def mzr_test(
             "scatter_std": sc["std"], "scatter_rms": sc["rms"], "scatter_offset": sc["offset"],
             "scatter_nmad": sc["nmad"],
             "median_oh_err": float(np.median(g["oh_err"][sel])) if n_meas else np.nan,
+            "median_oh_err_stat": float(np.median(g["oh_err_stat"][sel])) if n_meas else np.nan,
         }
         if true_oh is not None:
             d = (g["oh"] - g["true_oh"]).to_numpy()[sel]
@@ -370,7 +429,14 @@ def mzr_test(
         bound = _join(bound, truth, "bound")[["galaxy", "snr_line", "snr_tied"]]
         for col in ("line", "tied"):
             settings[f"n_bound_{col}"] = int(np.sum(bound[f"snr_{col}"].to_numpy(float) > min_halpha_snr))
-    return MZRTest(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound)
+    cov = oh_coverage(galaxies)
+    if cov is not None:
+        pooled = cov[cov["bin"] == "all"].set_index(["case", "error"])
+        for (case, name), r in pooled.iterrows():
+            for k in (1, 2):
+                summary.loc[case, f"oh_{name}_within_{k}sigma"] = r[f"within_{k}sigma"]
+    return MZRTest(galaxies=galaxies, summary=summary, binned=binned, settings=settings, bound=bound,
+                   coverage=cov)
 
 
 def _on_common(g: pd.DataFrame, logmass: np.ndarray, common: np.ndarray, reference: ReferenceMZR,
@@ -431,7 +497,22 @@ def format_comparison(result: MZRTest) -> str:
         n_common = int(tab["ours_n_common"].iloc[0])
         same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
         lines.append(f"on the same {n_common} galaxies (measurable in every case), scatter (dex): {same}")
-    return "\n".join(lines + slopes(result) + reach(result))
+    return "\n".join(lines + slopes(result) + reach(result) + oh_errors(result))
+
+
+def oh_errors(result: MZRTest) -> list[str]:
+    """A sentence on how often each case's O/H errors cover the truth (:func:`oh_coverage`)."""
+    if result.coverage is None:
+        return []
+    pooled = result.coverage[result.coverage["bin"] == "all"]
+    what = {"total": "oh_err covers the true O/H", "stat": "oh_err_stat covers the calibration's O/H "
+            "of the noise-free lines"}
+    parts = []
+    for case, rows in pooled.groupby("case", sort=False):
+        checks = [f"{what[r['error']]} {r['within_1sigma']:.2f} / {r['within_2sigma']:.2f}"
+                  for _, r in rows.iterrows()]
+        parts.append(f"{LABELS.get(str(case), str(case))}: " + ", ".join(checks))
+    return ["O/H errors, fraction within 1 / 2 sigma (Gaussian 0.68 / 0.95): " + "; ".join(parts)]
 
 
 def slopes(result: MZRTest) -> list[str]:
