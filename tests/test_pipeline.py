@@ -198,6 +198,31 @@ def test_science_measures_only_the_galaxies_held_out_of_training(reference):
         assert set(measured["galaxy"]) == set(held)
 
 
+def test_metallicity_errors_of_a_run_are_measured_at_other_cuts_and_rules(reference, tmp_path):
+    """pipelines/oh_errors.py re-reads a run: at the run's own cut it is the science stage's test."""
+    import importlib.util
+
+    folder, _ = reference
+    spec = importlib.util.spec_from_file_location("oh_errors", Path(__file__).resolve().parents[1]
+                                                  / "pipelines" / "oh_errors.py")
+    oh_errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oh_errors)
+    oh_errors.main([str(folder), "--snr", "15", "0", "--out", str(tmp_path / "oh.json")])
+    rows = pd.DataFrame(json.loads((tmp_path / "oh.json").read_text())["summary"])
+    assert len(rows) == 2 * 2 * 2  # rules x cuts x cases
+    science = pd.read_csv(folder / "science" / "mzr_test" / "summary.csv", index_col=0)
+    at15 = rows[(rows["flux_errors"] == "total") & (rows["min_halpha_snr"] == 15)].set_index("case")
+    for case in science.index:
+        assert at15.loc[case, "n_measured"] == science.loc[case, "n_measured"]
+        assert at15.loc[case, "median_oh_err"] == pytest.approx(science.loc[case, "median_oh_err"], nan_ok=True)
+    for rule in ("total", "formal"):
+        sub = rows[rows["flux_errors"] == rule].pivot(index="case", columns="min_halpha_snr", values="n_measured")
+        assert (sub[0.0] >= sub[15.0]).all()
+    # the formal part of a line's error is never above its total
+    both = rows[rows["min_halpha_snr"] == 0].pivot(index="case", columns="flux_errors", values="median_oh_err_stat")
+    assert (both["formal"] <= both["total"] + 1e-12).all()
+
+
 def test_second_run_in_the_same_folder_needs_resume_and_the_same_config(reference, tmp_path):
     folder, _ = reference
     cfg = load_config(write_config(tmp_path / "c.yaml", small_config(folder)))

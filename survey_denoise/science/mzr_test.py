@@ -510,8 +510,8 @@ def oh_errors(result: MZRTest) -> list[str]:
     parts = []
     for case, rows in pooled.groupby("case", sort=False):
         checks = [f"{what[r['error']]} {r['within_1sigma']:.2f} / {r['within_2sigma']:.2f}"
-                  for _, r in rows.iterrows()]
-        parts.append(f"{LABELS.get(str(case), str(case))}: " + ", ".join(checks))
+                  for _, r in rows.iterrows() if r["count"] > 0]
+        parts.append(f"{LABELS.get(str(case), str(case))}: " + (", ".join(checks) or "none measured"))
     return ["O/H errors, fraction within 1 / 2 sigma (Gaussian 0.68 / 0.95): " + "; ".join(parts)]
 
 
