@@ -321,7 +321,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                                     else "at every S/N") + " (s / s_faint / split / f: "
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
-    attrs["flux_err_systematics"] = (systematics.provenance() if systematics.constants(method)
+    attrs["flux_err_systematics"] = (systematics.provenance(method) if systematics.constants(method)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})

@@ -52,7 +52,7 @@ from .. import lines
 from ..grid import C_KMS
 
 CONSTANTS_FILE = Path(__file__).parent.parent / "data" / "line_systematics.yaml"
-"""Per method and line: ``frac`` (fraction of the flux) and ``ew`` (Angstrom), with provenance."""
+"""Per method and line: ``frac`` (fraction of the flux), ``ew`` and ``ew_mix`` (Angstrom); per method, provenance."""
 INNER_KMS = 700.0
 """Inner edge of the continuum side bands, km/s from the line centre (the fitting window's half-width)."""
 OUTER_KMS = 3000.0
@@ -76,9 +76,9 @@ def constants(method: str) -> dict[str, tuple[float, float, float]]:
             for k, v in table.items()}
 
 
-def provenance() -> str:
-    """One line saying where the constants come from (for a catalogue's ``attrs``)."""
-    return str(_file().get("provenance", {}).get("summary", ""))
+def provenance(method: str = "fast") -> str:
+    """One line saying where a method's constants come from (for a catalogue's ``attrs``); "" without."""
+    return str(((_file().get("provenance") or {}).get(method) or {}).get("summary", ""))
 
 
 def local_continuum(wavelength: np.ndarray, flux: np.ndarray, good: np.ndarray,
