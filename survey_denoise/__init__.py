@@ -84,6 +84,7 @@ _LAZY = {
     "binned_mzr": "survey_denoise.science.mzr",
     "mzr_test": "survey_denoise.science.mzr_test",
     "MZRTest": "survey_denoise.science.mzr_test",
+    "oh_coverage": "survey_denoise.science.mzr_test",
     "build_report": "survey_denoise.report",
     # running
     "connect": "survey_denoise.cluster",
