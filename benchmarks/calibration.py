@@ -111,9 +111,10 @@ def tables(cov: dict) -> dict:
     return {k: t.replace({np.nan: None}).to_dict(orient="records") for k, t in cov.items()}
 
 
-def mock_spectra(design: str, survey: str, seed: int, n: int):
-    """The mock (observed frame, with the survey's noise) and its pre-processed spectra on the grid."""
-    raw = generate(select(design, n, seed), MockConfig(seed=seed, survey=survey), chunk_size=500,
+def mock_spectra(design: str, survey: str, seed: int, n: int, noise: bool = True):
+    """The mock (observed frame, with the survey's noise unless ``noise`` is False) and its
+    pre-processed spectra on the grid."""
+    raw = generate(select(design, n, seed), MockConfig(seed=seed, survey=survey, noise=noise), chunk_size=500,
                    design=design).compute()
     return raw, preprocess(raw.chunk({"galaxy": 500})).compute()
 
@@ -231,12 +232,13 @@ def originals(args) -> None:
     """``--originals-only`` / ``--fit-systematics``: the original spectra alone, no training."""
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):
-        raw, clean = mock_spectra(args.design, args.survey, args.seed, args.n)
+        raw, clean = mock_spectra(args.design, args.survey, args.seed, args.n, noise=not args.noise_free)
     cat = fit_method(clean, args.method, args.workers)
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/calibration.py "
            f"{'--fit-systematics' if args.fit_systematics else '--originals-only'} --n {args.n} "
            f"--seed {args.seed} --design {args.design} --survey {args.survey}"
-           + ("" if args.method == "fast" else f" --method {args.method}"))
+           + ("" if args.method == "fast" else f" --method {args.method}")
+           + (" --noise-free" if args.noise_free else ""))
     meta = {"command": cmd, "design": args.design, "survey": args.survey, "seed": args.seed, "n": args.n}
     if args.fit_systematics:
         constants = fit_systematics(raw, clean, cat)
@@ -246,7 +248,7 @@ def originals(args) -> None:
     truth = truth_frame(raw, LINES)
     cov = original_coverage(cat, truth)
     print_original(f"original, {args.method} ({args.design}, {args.survey}, seed {args.seed}, n {args.n})", cov)
-    suffix = "" if args.method == "fast" else f"_{args.method}"
+    suffix = ("" if args.method == "fast" else f"_{args.method}") + ("_noise_free" if args.noise_free else "")
     out = args.out if args.out != RESULTS / "calibration.json" else (
         RESULTS / f"calibration_originals{suffix}_{args.design}_{args.survey}_seed{args.seed}.json")
     meta |= {"method": args.method, "systematics": systematics.provenance(args.method) or "none",
@@ -362,6 +364,9 @@ def main() -> None:
     ap.add_argument("--method", default="fast", choices=("fast", "ppxf"),
                     help="the fitter of --originals-only and --fit-systematics")
     ap.add_argument("--workers", type=int, default=2, help="processes for a pPXF fit")
+    ap.add_argument("--noise-free", action="store_true",
+                    help="--originals-only on the mock without its noise: the fitter's own bias (the "
+                         "formal errors are still the noisy spectra's)")
     ap.add_argument("--compare", type=Path, nargs="+",
                     help="summarise these runs' JSONs side by side (into --out) and stop")
     args = ap.parse_args()
