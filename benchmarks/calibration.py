@@ -67,7 +67,7 @@ import pandas as pd  # noqa: E402
 
 from survey_denoise import noise  # noqa: E402
 from survey_denoise.fitting import fit_lines, systematics  # noqa: E402
-from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
+from survey_denoise.fitting.catalogue import formal_errors, to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
 from survey_denoise.models import PCADenoiser, VAEDenoiser  # noqa: E402
@@ -134,7 +134,7 @@ def fit_method(ds, method: str, workers: int) -> pd.DataFrame:
 def original_coverage(cat: pd.DataFrame, truth: pd.DataFrame, keys=LINES) -> dict:
     """Coverage by the formal errors (``before``) and by the total errors (``after``) of one fit,
     and in the same bins the fit's fractional bias and scatter against the truth (``bias``)."""
-    formal = cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in keys})
+    formal = formal_errors(cat, keys)
     after = tables(line_coverage(cat, truth, keys=keys, min_count=20))
     return {"before": tables(line_coverage(formal, truth, keys=keys, min_count=20)), "after": after,
             "bias": {k: fractional_bias(cat, truth, k, after[k]) for k in keys}}
@@ -290,7 +290,7 @@ def run_model(name, model, noisy, clean, test_noisy, test_clean, truth, workdir,
             res["after_tally"] = tally(pd.concat(cov.values(), ignore_index=True))
             res["halpha_scatter_dex"] = halpha_scatter(cat, truth)
             # the same fit, formal errors only: what the systematic terms change
-            formal = cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in COVERAGE_LINES})
+            formal = formal_errors(cat, COVERAGE_LINES)
             res["after_formal_only"] = tables(line_coverage(formal, truth, edges=edges, min_count=20))
     return res
 

@@ -35,17 +35,10 @@ RULES = ("total", "formal")
 """Which line-flux errors go into the index: as stated, or their formal part."""
 
 
-def formal(cat: pd.DataFrame) -> pd.DataFrame:
-    """The catalogue with each line's error replaced by its formal part (S/N as stated)."""
-    keys = [c[: -len("_flux_err_stat")] for c in cat.columns if c.endswith("_flux_err_stat")]
-    return cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in keys})
-
-
 def measure(frames: dict[str, pd.DataFrame], truth: pd.DataFrame, calibration: str, cut: float) -> tuple:
     from survey_denoise.science.mzr_test import mzr_test
 
-    sfr = "true_logsfr" if "true_logsfr" in truth else "true_sfr"
-    r = mzr_test(frames, truth, calibration=calibration, min_halpha_snr=cut, sfr_column=sfr, noisy_case=None)
+    r = mzr_test(frames, truth, calibration=calibration, min_halpha_snr=cut, noisy_case=None)
     rows = []
     for case, g in r.galaxies.items():
         sel = g["has_oh"].to_numpy(bool)
@@ -57,13 +50,14 @@ def measure(frames: dict[str, pd.DataFrame], truth: pd.DataFrame, calibration: s
                 row[f"{name}_within_{k}sigma"] = float(s.get(f"oh_{name}_within_{k}sigma", np.nan))
         if "true_lines_oh" in g and sel.sum() > 1:
             row["sd_vs_true_lines"] = float(np.std((g["oh"] - g["true_lines_oh"])[sel], ddof=1))
-        if "true_oh" in g and sel.sum() > 1:
-            row["sd_vs_true"] = float(np.std((g["oh"] - g["true_oh"])[sel], ddof=1))
+        if "std_vs_true" in s:
+            row["sd_vs_true"] = float(s["std_vs_true"])
         rows.append(row)
     return rows, r.coverage
 
 
 def main(argv: list[str] | None = None) -> None:
+    from survey_denoise.fitting.catalogue import formal_errors
     from survey_denoise.pipeline.products import catalogue_frames
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                               truth["galaxy"].to_numpy())
     rows, bins = [], []
     for rule in RULES:
-        used = frames if rule == "total" else {c: formal(f) for c, f in frames.items()}
+        used = frames if rule == "total" else {c: formal_errors(f) for c, f in frames.items()}
         for cut in args.snr:
             r, cov = measure(used, truth, science["calibration"], cut)
             rows += [{"flux_errors": rule, **x} for x in r]

@@ -145,6 +145,24 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         coords={"galaxy": np.asarray(galaxy)})
 
 
+def formal_errors(cat: pd.DataFrame, keys=None) -> pd.DataFrame:
+    """The catalogue with each line's ``<key>_flux_err`` replaced by its formal part, ``<key>_flux_err_stat``.
+
+    What the systematic terms (:mod:`.systematics`) change is measured by
+    scoring the same fit both ways.
+
+    Parameters
+    ----------
+    cat : DataFrame
+        A line catalogue (physical-unit columns).
+    keys : sequence of str, optional
+        The lines to replace (default: every line with a ``_flux_err_stat`` column).
+    """
+    if keys is None:
+        keys = [c[: -len("_flux_err_stat")] for c in cat.columns if c.endswith("_flux_err_stat")]
+    return cat.assign(**{f"{k}_flux_err": cat[f"{k}_flux_err_stat"] for k in keys})
+
+
 def not_covered(cat: pd.DataFrame, key: str) -> np.ndarray:
     """Whether line ``key`` of each row is missing because the spectrum did not cover it.
 
