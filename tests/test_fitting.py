@@ -250,6 +250,16 @@ def test_ppxf_and_fast_agree_with_truth_and_each_other():
         assert np.all(np.abs(f - p) < 3 * e), (key, (f - p) / e)
 
 
+def test_ppxf_reads_lines_narrower_than_a_grid_pixel_without_bias():
+    # DESI-like lines (sigma 65 km/s against 276 km/s pixels): with templates sampled at
+    # 138 km/s pPXF read them 1.5 % low on noise-free spectra, with 69 km/s within 0.1 %.
+    flux, ivar, truth = _spectra(6, seed=7, noise=1e-4, width=65.0)
+    cat = fit_lines(_dataset(flux, ivar).chunk(galaxy=3), method="ppxf").compute()
+    for key in ("halpha", "hbeta", "oiii_5007", "nii_6583"):
+        frac = cat[f"{key}_flux"].values / (3.0 * truth[key]) - 1
+        assert abs(np.median(frac)) < 0.004 and np.max(np.abs(frac)) < 0.01, (key, frac)
+
+
 def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error_model():
     # A decoded spectrum is off smoothly over a whole line (its store records pixel errors
     # fully correlated), but pPXF treats its pixels as independent.  With the de-noiser's

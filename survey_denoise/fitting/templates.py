@@ -163,8 +163,9 @@ def stellar_templates(velscale: float, velscale_ratio: int = 2,
     velscale : float
         Pixel width of the galaxy spectra to fit, km/s.
     velscale_ratio : int
-        Template pixels per galaxy pixel (use >= 2 on the 276 km/s grid:
-        with 1 the gas dispersion collapses to pPXF's lower bound).
+        Template pixels per galaxy pixel (the grid fit uses
+        :data:`survey_denoise.fitting.VELSCALE_RATIO`: narrow lines need
+        template pixels of ~70 km/s or finer).
     lam_range : (float, float)
         Rest-frame vacuum range of the templates, Angstrom; it must be wider
         than the fitted spectrum.
