@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
 from survey_denoise import lines  # noqa: E402
-from survey_denoise.fitting import fast  # noqa: E402
+from survey_denoise.fitting import VELSCALE_RATIO, fast  # noqa: E402
 from survey_denoise.fitting.ppxf import fit_many  # noqa: E402
 from survey_denoise.fitting.templates import stellar_templates  # noqa: E402
 from survey_denoise.grid import GRID  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--n-fast", type=int, default=3000)
     args = ap.parse_args()
     flux, ivar = spectra(max(args.n_ppxf, args.n_fast))
-    stars = stellar_templates(GRID.velscale, 2, (GRID.wave_min * 0.95, GRID.wave_max * 1.05))
+    stars = stellar_templates(GRID.velscale, VELSCALE_RATIO, (GRID.wave_min * 0.95, GRID.wave_max * 1.05))
     fast.fit_batch(flux[:4], ivar[:4])                     # build the design matrices
     n = args.n_ppxf
     noise = 1 / np.sqrt(ivar[:n])

@@ -260,6 +260,29 @@ def test_ppxf_reads_lines_narrower_than_a_grid_pixel_without_bias():
         assert abs(np.median(frac)) < 0.004 and np.max(np.abs(frac)) < 0.01, (key, frac)
 
 
+def test_ppxf_errors_match_the_scatter_over_noise_draws():
+    # One DESI-like mock galaxy (narrow lines, Balmer absorption), refitted under 80 noise
+    # draws.  pPXF's own gas_flux_error (gas weights alone) was 1.29 / 1.25 times too small
+    # for Halpha / [NII]6583 here; the errors with kinematics and continuum free are not.
+    from survey_denoise.fitting import VELSCALE_RATIO
+    from survey_denoise.fitting.ppxf import fit_many
+    from survey_denoise.mock import MockConfig
+    from survey_denoise.mock.designs import select
+    from survey_denoise.mock.generate import synthesize
+
+    ids = select("uniform-halpha", 300, 14)
+    clean, ivar, _, truth = synthesize(ids, MockConfig(seed=14, survey="desi", rest=True, noise=False))
+    i = np.argsort(truth["true_halpha_flux"])[150]
+    noise = 1 / np.sqrt(ivar[i].astype(float))
+    draws = clean[i] + noise * np.random.default_rng(1).standard_normal((80, noise.size))
+    stars = stellar_templates(GRID.velscale, VELSCALE_RATIO, (GRID.wave_min * 0.95, GRID.wave_max * 1.05))
+    out = fit_many(np.asarray(GRID.wavelength), draws, np.broadcast_to(noise, draws.shape),
+                   np.ones(draws.shape, bool), stars, velscale=GRID.velscale)
+    for key in ("halpha", "hbeta", "nii_6583", "oiii_5007"):
+        ratio = np.std(out["flux"][key]) / np.median(out["flux_err"][key])
+        assert 0.85 < ratio < 1.15, (key, ratio)
+
+
 def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error_model():
     # A decoded spectrum is off smoothly over a whole line (its store records pixel errors
     # fully correlated), but pPXF treats its pixels as independent.  With the de-noiser's
@@ -286,8 +309,9 @@ def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error
                                    rtol=1e-6)
         np.testing.assert_array_equal(cat_p[f"{key}_flux"].values, own[f"{key}_flux"].values)
         assert not np.array_equal(cat_p[f"{key}_flux"].values, cat_f[f"{key}_flux"].values)
-        # pPXF's own errors, pixels independent, are several times smaller.
-        assert np.all(own[f"{key}_flux_err_stat"].values < 0.5 * cat_p[f"{key}_flux_err_stat"].values), key
+        # pPXF's own errors, pixels independent, are 2-3 times smaller (Hbeta's, which trade
+        # with the absorption under it, the least).
+        assert np.all(own[f"{key}_flux_err_stat"].values < 0.6 * cat_p[f"{key}_flux_err_stat"].values), key
     halpha = cat_f["halpha_flux"].values
     assert np.all(cat_p["halpha_flux_err_stat"].values >= 0.3 * halpha * (1 - 1e-9))
     # Lines without a model keep pPXF's errors.

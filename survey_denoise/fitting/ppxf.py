@@ -30,6 +30,10 @@ Choices, as pPXF allows them (``ppxf_util.emission_lines``):
   the pixels of its fitting window (its flux is in them: a spectrum cut at
   6585 Angstrom had chi^2 5.2 and Hbeta up to 13 % low with them in).
 
+Errors: the formal error of a line is from the Fisher matrix of every
+parameter of the fit, not pPXF's ``gas_flux_error`` (gas weights alone, at
+fixed kinematics and continuum), see :func:`gas_covariance`.
+
 Flux units: pPXF returns ``gas_flux`` as the sum over pixels of the line
 (input flux density x pixel).  On a log-lambda axis a pixel at the line is
 ``lambda_line * velscale / c`` Angstrom wide, so this module reports
@@ -235,44 +239,87 @@ def _line_fluxes(pp, names, n_star, sigma, scale, velscale) -> LineFit:
     out = LineFit.failed(0)
     out.chi2 = float(pp.chi2)
     gas_flux = np.asarray(pp.gas_flux, float)
-    gas_err = np.asarray(pp.gas_flux_error, float)
-    per_pixel = {}  # catalogue key -> (flux, err, index of its template, share)
+    cov = gas_covariance(pp, n_star, len(names), sigma)
+    per_template = {}  # catalogue key -> (index of its template, share of its flux)
     for i, name in enumerate(names):
         for key, share in _MEMBERS.get(name, []):
-            per_pixel[key] = (gas_flux[i] * share, gas_err[i] * share, i, share)
-    angstrom = {k: lines.wavelength(k) * velscale / C_KMS for k in per_pixel}
+            per_template[key] = (i, share)
     for key in lines.catalogue_keys():
         parts = lines.components(key)
-        if not all(p in per_pixel for p in parts):
+        if not all(p in per_template for p in parts):
             continue
-        if len(parts) == 1:
-            f, e, _, _ = per_pixel[key]
-            out.flux[key], out.flux_err[key] = f * angstrom[key] * scale, e * angstrom[key] * scale
-            continue
-        # A blend of free lines: its error needs their covariance (the members
-        # of [OII] are nearly degenerate at low resolution).
+        # A blend's error needs its members' covariance (the members of [OII]
+        # are nearly degenerate at low resolution).
         coeff = np.zeros(len(names))
         for p in parts:
-            _, _, i, share = per_pixel[p]
-            coeff[i] += share * angstrom[p]
+            i, share = per_template[p]
+            coeff[i] += share * lines.wavelength(p) * velscale / C_KMS
         out.flux[key] = float(coeff @ np.nan_to_num(gas_flux)) * scale
-        out.flux_err[key] = _combined_error(pp, n_star, len(names), sigma, coeff) * scale
+        out.flux_err[key] = float(np.sqrt(max(coeff @ cov @ coeff, 0.0))) * scale
     return out
 
 
-def _combined_error(pp, n_star, n_gas, sigma, coeff) -> float:
-    # As pPXF's own gas_flux_error: covariance of the gas weights alone,
-    # from the gas columns of the final design matrix divided by the noise.
+def gas_covariance(pp, n_star: int, n_gas: int, sigma: np.ndarray) -> np.ndarray:
+    """Covariance of pPXF's gas fluxes (``pp.gas_flux`` units), all the fit's parameters free.
+
+    pPXF's ``gas_flux_error`` is the covariance of the gas weights alone, at
+    the best-fitting kinematics and continuum.  Here the Fisher matrix also
+    holds the gas velocity and dispersion, the stellar templates with
+    non-zero weight and the multiplicative polynomial's coefficients, each
+    as its derivative of the model at the best fit.  Lines are undersampled
+    on the grid, so a line's flux trades with its width, and a Balmer line
+    with the absorption under it: with 150 noise draws of one DESI-like mock
+    spectrum the scatter of the fitted fluxes was 1.09-1.29 times pPXF's
+    error for Halpha, Hbeta and [NII]6583, and 1.02-1.08 times this one.
+
+    Parameters
+    ----------
+    pp : ppxf.ppxf.ppxf
+        A finished fit with ``n_star`` stellar then ``n_gas`` gas templates,
+        two kinematic components (stars, gas), no additive polynomial.
+    sigma : ndarray (n_pix,)
+        The noise given to pPXF.
+
+    Returns
+    -------
+    ndarray (n_gas, n_gas)
+    """
+    from numpy.polynomial import legendre
+
     spectra = pp.matrix[:, pp.matrix.shape[1] - (n_star + n_gas):]
-    gas = spectra[:, n_star:]
+    stars, gas = spectra[:, :n_star], spectra[:, n_star:]
     integ = np.abs(gas.sum(0))
-    a = gas / sigma[:, None]
-    try:
-        cov = np.linalg.inv(a.T @ a)
-    except np.linalg.LinAlgError:
-        return np.nan
-    c = coeff * integ
-    return float(np.sqrt(max(c @ cov @ c, 0.0)))
+    weights = np.asarray(pp.weights[-(n_star + n_gas):], float)
+    vel, sig = (float(v) / pp.velscale for v in pp.sol[1][:2])
+    step = 1e-3  # pixels: central differences of a smooth (Fourier-built) function
+    if not np.allclose(_gas_columns(pp, vel, sig), gas, rtol=0.0, atol=1e-9 * np.abs(gas).max()):
+        raise RuntimeError("this pPXF builds its gas columns differently from survey_denoise.fitting.ppxf."
+                           "_gas_columns; line errors cannot include the kinematics (check the ppxf version)")
+    wg = weights[n_star:]
+    d_vel = (_gas_columns(pp, vel + step, sig) - _gas_columns(pp, vel - step, sig)) @ wg / (2 * step)
+    d_sig = (_gas_columns(pp, vel, sig + step) - _gas_columns(pp, vel, sig - step)) @ wg / (2 * step)
+    columns = [gas, d_vel[:, None], d_sig[:, None], stars[:, weights[:n_star] > 0]]
+    if pp.mdegree > 0:
+        x = np.linspace(-1, 1, pp.npix)
+        bare = (stars @ weights[:n_star]) / pp.mpoly  # the stellar model before the polynomial
+        columns.append(legendre.legvander(x, pp.mdegree)[:, 1:] * bare[:, None])
+    good = pp.goodpixels
+    design = np.column_stack(columns)[good] / sigma[good, None]
+    cov = np.linalg.pinv(design.T @ design, hermitian=True)[:n_gas, :n_gas]
+    return cov * np.outer(integ, integ)
+
+
+def _gas_columns(pp, vel: float, sig: float) -> np.ndarray:
+    """pPXF's gas columns of the design matrix at gas kinematics ``vel``, ``sig`` (galaxy pixels)."""
+    from ppxf.ppxf import losvd_rfft, rebin
+
+    pars = np.concatenate([np.asarray(s[:2], float) for s in pp.sol]) / pp.velscale
+    pars[2:4] = vel, sig
+    lvd = losvd_rfft(pars, 1, pp.moments, pp.templates_rfft.shape[0], pp.ncomp, pp.vsyst,
+                     pp.velscale_ratio, pp.sigma_diff)
+    cols = [rebin(np.fft.irfft(pp.templates_rfft[:, j] * lvd[:, 1, 0], pp.npad)[:pp.npix * pp.velscale_ratio],
+                  pp.velscale_ratio) for j in np.flatnonzero(pp.gas_component)]
+    return np.column_stack(cols)
 
 
 def fit_many(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.ndarray,
