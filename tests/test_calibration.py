@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from survey_denoise.science.calibration import (
+    clipped_fraction,
     coverage,
     in_target,
     line_coverage,
@@ -56,6 +57,31 @@ def test_small_bins_are_judged_against_counting_noise():
     long = tally(coverage(true + z, np.full(true.size, 2.0), true, edges=edges))
     assert short["narrow"] >= 15 and short["wide"] == 0
     assert long["wide"] >= 10 and long["narrow"] == 0
+
+
+def test_fluxes_clipped_at_zero_are_judged_against_what_exact_errors_give_them():
+    # every draw clipped to 0 is within k sigma while the truth is: Phi(k) up to a true S/N of k
+    np.testing.assert_allclose(clipped_fraction(1.0, [0.0, 0.5, 0.99, 1.01, 20.0]),
+                               [0.8413, 0.8413, 0.8413, 0.6827, 0.6827], atol=1e-4)
+    np.testing.assert_allclose(clipped_fraction(2.0, [0.0, 20.0]), [0.9772, 0.9545], atol=1e-4)
+    rng = np.random.default_rng(8)
+    true = rng.uniform(0, 6, 40000)  # true S/N 0-6, exact errors of 1
+    signed = true + rng.standard_normal(true.size)
+    edges = [-9, np.log10(0.5), np.log10(3), 1]
+    table = coverage(np.clip(signed, 0, None), np.ones(true.size), true, edges=edges)
+    faint, bright = table.iloc[0], table.iloc[2]
+    # the faintest bin is over-covered, as a non-negative measurement must be, and matches its expectation
+    assert faint["within_1sigma"] > 0.8 and faint["within_1sigma"] == pytest.approx(faint["expected_1sigma"], abs=0.01)
+    assert faint["within_2sigma"] == pytest.approx(faint["expected_2sigma"], abs=0.005)
+    assert bright["expected_1sigma"] == pytest.approx(0.683, abs=0.005)
+    t = tally(table)
+    assert t["wide"] >= 2 and t["wide_clipped"] == t["narrow_clipped"] == 0
+    # errors too long are still told apart: clipping explains the faint bins, not a general excess
+    assert tally(coverage(np.clip(signed, 0, None), np.full(true.size, 1.5), true, edges=edges))["wide_clipped"] >= 4
+    # signed measurements are judged against the Gaussian fractions
+    signed_table = coverage(signed, np.ones(true.size), true, edges=edges)
+    np.testing.assert_allclose(signed_table["expected_1sigma"], 0.6827, atol=1e-4)
+    assert tally(signed_table)["wide"] == 0
 
 
 def test_bad_entries_are_left_out_and_lengths_checked():

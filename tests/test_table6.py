@@ -138,12 +138,14 @@ def test_table6_sweep_writes_scores_coverage_markdown_and_figures(tmp_path):
     assert overall[["within_1sigma", "within_2sigma"]].stack().between(0, 1).all()
     assert (overall["within_2sigma"] >= overall["within_1sigma"]).all()
     assert calib[["p_1sigma", "p_2sigma"]].stack().between(0, 1).all()
+    # what exact errors give fluxes clipped at 0: between the Gaussian fraction and Phi(k)
+    assert calib["expected_1sigma"].between(0.6826, 0.8414).all() and calib["expected_2sigma"].between(0.9544, 0.9773).all()
 
     md = (out / "table6.md").read_text()
     assert "Are the errors honest?" in md and "| vae (paper) | 0.36 | 0.29 |" in md
     assert '"method": "fast"' in md and '"n": 80' in md
     assert "Against the mock's true fluxes" in md and "painted" in md and "N common" in md
-    assert "spurious_rate" in md and "beyond counting noise" in md
+    assert "spurious_rate" in md and "beyond counting noise" in md and "wide_clipped" in md
     # the networks' epochs are in their run logs, as the chunked stages' counts are
     # and so is the 1-epoch cap that ended them, which the run also printed
     for kind in ("ae", "vae"):

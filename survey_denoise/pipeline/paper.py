@@ -115,13 +115,18 @@ def table6_markdown(config: dict, keys: list[str], tables: dict[str, pd.DataFram
                  "Fraction of |fitted - true| within 1 and 2 flux errors, over all true-flux bins; "
                  "calibrated errors give 0.60-0.76 and 0.90-0.98 (per bin: sweep-table6_coverage.csv).",
                  "", _rows(cov[cov["bin"] == "all"], ["line", "name", "count", "within_1sigma",
-                                                       "within_2sigma"])]
+                                                       "within_2sigma"]
+                           + [c for c in ("expected_1sigma", "expected_2sigma") if c in cov])]
+        if "expected_1sigma" in cov:
+            text += ["expected: what exact errors give fluxes clipped at 0, as the fitters' are "
+                     "(84 % / 98 % for a line below its noise, the Gaussian 68 % / 95 % above it).", ""]
         if "p_1sigma" in cov:
             per_bin = pd.DataFrame([{"name": name, **tally(sub)}
                                     for name, sub in cov.groupby("name", sort=False)])
             text += ["Per bin of true flux (every line, both levels): fractions in the band, below "
                      "and above it, and those below (narrow) or above (wide) the Gaussian fraction "
-                     f"beyond counting noise (two-sided binomial p < {SIGNIFICANCE:g}).", "",
+                     f"beyond counting noise (two-sided binomial p < {SIGNIFICANCE:g}); the same "
+                     "against the expected fraction of fluxes clipped at 0 (narrow_clipped, wide_clipped).", "",
                      _rows(per_bin, ["name", "measures", "in_band", "too_small", "too_wide", "narrow",
-                                     "wide"])]
+                                     "wide"] + (["narrow_clipped", "wide_clipped"] if "expected_1sigma" in cov else []))]
     return "\n".join(text)
