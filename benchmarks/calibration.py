@@ -133,11 +133,15 @@ def fit_method(ds, method: str, workers: int) -> pd.DataFrame:
 
 def original_coverage(cat: pd.DataFrame, truth: pd.DataFrame, keys=LINES) -> dict:
     """Coverage by the formal errors (``before``) and by the total errors (``after``) of one fit,
-    and in the same bins the fit's fractional bias and scatter against the truth (``bias``)."""
+    and in the same bins the fit's fractional bias and scatter against the truth (``bias``); per
+    line, :func:`~survey_denoise.science.calibration.tally` of the bins of each (``tally``)."""
     formal = formal_errors(cat, keys)
     after = tables(line_coverage(cat, truth, keys=keys, min_count=20))
-    return {"before": tables(line_coverage(formal, truth, keys=keys, min_count=20)), "after": after,
-            "bias": {k: fractional_bias(cat, truth, k, after[k]) for k in keys}}
+    before = tables(line_coverage(formal, truth, keys=keys, min_count=20))
+    return {"before": before, "after": after,
+            "bias": {k: fractional_bias(cat, truth, k, after[k]) for k in keys},
+            "tally": {name: {k: tally(pd.DataFrame(t[k])) for k in keys} for name, t in
+                      (("before", before), ("after", after))}}
 
 
 def fractional_bias(cat: pd.DataFrame, truth: pd.DataFrame, key: str, bins: list[dict]) -> list[dict]:
@@ -165,11 +169,13 @@ def fractional_bias(cat: pd.DataFrame, truth: pd.DataFrame, key: str, bins: list
 
 def print_original(name: str, cov: dict, keys=LINES) -> None:
     print(f"\n{name}: coverage of the true fluxes, formal errors -> formal + systematic")
-    print(f"{'line':<10}{'bin log10 F':>18}{'n':>6}   formal 1s / 2s   total 1s / 2s")
+    print(f"{'line':<10}{'bin log10 F':>18}{'n':>6}   formal 1s / 2s   total 1s / 2s"
+          "   exact, clipped at 0: 1s / 2s")
     for key in keys:
         for b, a in zip(cov["before"][key], cov["after"][key], strict=True):
             print(f"{key:<10}{b['bin']:>18}{b['count']:>6}   "
-                  + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, a)))
+                  + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, a))
+                  + f"   {a['expected_1sigma']:6.3f} / {a['expected_2sigma']:5.3f}")
 
 
 def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
@@ -198,9 +204,10 @@ def fit_systematics(raw, clean, cat: pd.DataFrame) -> dict:
         within = float(np.mean(np.abs(flux - true)[ok] <= err[ok]))
         bright = ok & (true >= np.quantile(true[ok], 0.8))
         within_bright = float(np.mean(np.abs(flux - true)[bright] <= err[bright]))
-        frac, ew, ew_mix = (systematics.calibrate(flux - true, err, flux, cont[:, j])
-                            if min(within, within_bright) < 0.683 else (0.0, 0.0, 0.0))
-        out[key] = {"frac": round(frac, 5), "ew": round(ew, 5), "ew_mix": round(ew_mix, 5), "n": int(ok.sum()),
+        frac, ew, ew_mix, scale = (systematics.calibrate(flux - true, err, true, cont[:, j])
+                                   if min(within, within_bright) < 0.683 else (0.0, 0.0, 0.0, 1.0))
+        out[key] = {"frac": round(frac, 5), "ew": round(ew, 5), "ew_mix": round(ew_mix, 5),
+                    "scale": round(scale, 4), "n": int(ok.sum()),
                     "formal_within_1sigma": round(within, 4),
                     "formal_within_1sigma_brightest_fifth": round(within_bright, 4)}
     return out
@@ -213,17 +220,23 @@ def systematics_keys():
 
 
 def write_systematics(constants: dict, meta: dict, method: str) -> Path:
-    """Replace one method's constants and provenance in the shipped file, keeping the others'."""
+    """Replace one method's constants and provenance in the shipped file, keeping the others'.
+
+    Calibrated on the default survey's mock they are the method's default
+    constants; on another survey's, that survey's own (``surveys:``).
+    """
     import yaml
 
     path = systematics.CONSTANTS_FILE
     text = path.read_text()
     head = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     body = yaml.safe_load(text) or {}
-    body.setdefault("provenance", {})[method] = {
+    where = body if meta["survey"] == systematics.DEFAULT_SURVEY else (
+        body.setdefault("surveys", {}).setdefault(meta["survey"], {}))
+    where.setdefault("provenance", {})[method] = {
         "summary": f"{method}: calibrated on the {meta['design']} {meta['survey']} mock, "
                    f"seed {meta['seed']}, {meta['n']} galaxies ({meta['command']})", **meta}
-    body.setdefault("methods", {})[method] = constants
+    where.setdefault("methods", {})[method] = constants
     path.write_text(head + yaml.safe_dump(body, sort_keys=False))
     return path
 
@@ -251,7 +264,7 @@ def originals(args) -> None:
     suffix = ("" if args.method == "fast" else f"_{args.method}") + ("_noise_free" if args.noise_free else "")
     out = args.out if args.out != RESULTS / "calibration.json" else (
         RESULTS / f"calibration_originals{suffix}_{args.design}_{args.survey}_seed{args.seed}.json")
-    meta |= {"method": args.method, "systematics": systematics.provenance(args.method) or "none",
+    meta |= {"method": args.method, "systematics": systematics.provenance(args.method, args.survey) or "none",
              "seconds": time.perf_counter() - t0, "versions": runlog.versions(),
              "coverage": f"fraction of |{args.method}-fitted - true| within 1 and 2 sigma; before: formal "
                          "errors (<key>_flux_err_stat), after: total (<key>_flux_err)"}

@@ -50,10 +50,34 @@ def test_calibrate_recovers_known_constants():
     flux = 10 ** rng.uniform(0, 3, n)
     cont = 10 ** rng.uniform(0, 2, n)
     stat = rng.uniform(1, 5, n)
-    sigma = systematics.total_error(stat, flux, cont, 0.03, 0.2, 0.02)
-    frac, ew, ew_mix = systematics.calibrate(sigma * rng.standard_normal(n), stat, flux, cont)
+    sigma = systematics.total_error(stat, flux, cont, 0.03, 0.2, 0.02, scale=1.15)
+    frac, ew, ew_mix, scale = systematics.calibrate(sigma * rng.standard_normal(n), stat, flux, cont)
     assert frac == pytest.approx(0.03, rel=0.15) and ew == pytest.approx(0.2, rel=0.15)
-    assert ew_mix == pytest.approx(0.02, rel=0.3)
+    assert ew_mix == pytest.approx(0.02, rel=0.3) and scale == pytest.approx(1.15, rel=0.03)
+    # formal errors that are right as they are get a scale of 1, and nothing shrinks them
+    frac, ew, ew_mix, scale = systematics.calibrate(0.8 * stat * rng.standard_normal(n), stat, flux, cont)
+    assert scale == pytest.approx(1.0, abs=0.02) and max(frac, ew, ew_mix) < 2e-3
+
+
+def test_calibrate_reads_fluxes_clipped_at_zero_as_censored():
+    """Lines at S/N 0-3, clipped at 0 as the fitters clip them: the constants are still recovered."""
+    rng = np.random.default_rng(11)
+    n = 20000
+    stat = rng.uniform(0.5, 2.0, n)
+    cont = rng.uniform(1.0, 40.0, n)
+    true = stat * rng.uniform(0.0, 3.0, n)
+    sigma = systematics.total_error(stat, 0.0, cont, frac=0.0, ew=0.05, scale=1.2)
+    measured = np.clip(true + sigma * rng.standard_normal(n), 0.0, None)
+    assert 0.2 < np.mean(measured == 0) < 0.5
+    frac, ew, ew_mix, scale = systematics.calibrate(measured - true, stat, true, cont)
+    assert scale == pytest.approx(1.2, rel=0.05) and ew == pytest.approx(0.05, rel=0.15)
+    assert frac < 0.02 and ew_mix < 2e-3
+
+
+def test_scale_multiplies_the_formal_error_only():
+    got = systematics.total_error(np.array([3.0, 3.0]), np.array([100.0, 0.0]), np.array([0.0, 20.0]),
+                                  frac=0.04, ew=0.2, scale=1.5)
+    np.testing.assert_allclose(got, [np.hypot(4.5, 4.0), np.hypot(4.5, 4.0)])
 
 
 def test_apply_changes_errors_only_and_keeps_the_formal_part():
@@ -61,14 +85,47 @@ def test_apply_changes_errors_only_and_keeps_the_formal_part():
     flux = np.full((3, wave.size), 4.0)
     fit = {"flux": {"halpha": np.array([10.0, 0.0, 200.0])}, "flux_err": {"halpha": np.array([1.0, 1.0, 1.0])}}
     out = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast")
-    frac, ew, ew_mix = systematics.constants("fast")["halpha"]
+    frac, ew, ew_mix, scale = systematics.constants("fast")["halpha"]
     assert out["flux"] is fit["flux"]
     np.testing.assert_array_equal(out["flux_err_stat"]["halpha"], [1.0, 1.0, 1.0])
     np.testing.assert_allclose(out["flux_err"]["halpha"],
-                               np.sqrt(1.0 + (frac * np.array([10.0, 0.0, 200.0])) ** 2 + (ew * 4.0) ** 2
+                               np.sqrt(scale**2 + (frac * np.array([10.0, 0.0, 200.0])) ** 2 + (ew * 4.0) ** 2
                                        + ew_mix * np.array([10.0, 0.0, 200.0]) * 4.0))
     same = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "no-such-method")
     np.testing.assert_array_equal(same["flux_err"]["halpha"], fit["flux_err"]["halpha"])
+
+
+def test_a_survey_with_its_own_constants_gets_them(monkeypatch):
+    """Per spectrum, through fit_lines: an ingested store's ``survey`` picks each galaxy's constants."""
+    from survey_denoise.mock import MockConfig, generate, select
+    from survey_denoise.preprocess import normalise
+
+    shipped = systematics._file()
+    own = {"methods": {"fast": {"halpha": {"frac": 0.5}}}, "provenance": {"fast": {"summary": "desi-own"}}}
+    monkeypatch.setattr(systematics, "_file", lambda: {**shipped, "surveys": {"desi": own}})
+    assert systematics.constants("fast", "desi") == {"halpha": (0.5, 0.0, 0.0, 1.0)}
+    assert systematics.constants("fast", "sdss") == systematics.constants("fast") == systematics.constants("fast", "x")
+    assert systematics.provenance("fast", "desi") == "desi-own"
+
+    raw = generate(select("uniform-halpha", 4, 3), MockConfig(seed=3, rest=True), chunk_size=4, design="uniform-halpha")
+    with dask.config.set(scheduler="synchronous"):
+        spectra = normalise(raw, "l2").compute()
+        default = to_frame(fit_lines(spectra, method="fast").compute())
+        spectra["survey"] = ("galaxy", np.array(["sdss", "desi", "sdss", "desi"]))
+        cat = to_frame(fit_lines(spectra.chunk(galaxy=2), method="fast").compute())
+    flux, err, stat = (cat[f"halpha_{c}"].to_numpy() for c in ("flux", "flux_err", "flux_err_stat"))
+    desi = np.array([False, True, False, True])
+    np.testing.assert_allclose(err[desi], np.hypot(stat[desi], 0.5 * np.clip(flux[desi], 0, None)))
+    np.testing.assert_allclose(err[~desi], default["halpha_flux_err"].to_numpy()[~desi])
+    # a survey's table replaces the default whole: a line it leaves out keeps its formal error
+    np.testing.assert_allclose(cat["hbeta_flux_err"][desi], cat["hbeta_flux_err_stat"][desi])
+    np.testing.assert_allclose(cat["hbeta_flux_err"][~desi], default["hbeta_flux_err"][~desi])
+    # one survey for the whole store: its attribute, recorded in the catalogue
+    spectra = spectra.drop_vars("survey").assign_attrs(survey="desi")
+    assert fit_lines(spectra, method="fast").attrs["flux_err_systematics"] == "desi-own"
+    # spectra degraded to DESI-like noise keep the resolution and sampling they were observed with
+    spectra = spectra.assign_attrs(survey_simulated_from="sdss")
+    assert fit_lines(spectra, method="fast").attrs["flux_err_systematics"] == systematics.provenance("fast")
 
 
 def test_shipped_constants_say_where_they_come_from():

@@ -71,6 +71,7 @@ from ..grid import Grid
 from ..line_windows import covered_lines, from_bits
 from ..schema import add_provenance, validate
 from . import catalogue, systematics
+from .templates import VELSCALE_RATIO
 
 DENOISED_NOISE = 0.04
 """Noise (normalised units, per pixel) assumed for de-noised spectra without usable ``ivar``."""
@@ -83,16 +84,7 @@ DETECTION_WIDTH_KMS = 120.0
 """Line width (sigma, km/s) of :func:`detected_lines`' fit: the middle of the fast fitter's widths."""
 INPUT_DETECTIONS = "lines_detected_input"
 """A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
-VELSCALE_RATIO = 4
-"""Template pixels per grid pixel for pPXF on the grid: 69 km/s template pixels.
 
-pPXF builds each gas line as a pixel-integrated delta function on the template
-axis, band-limited to that axis.  At 138 km/s (a ratio of 2) a line of sigma
-65-80 km/s (SDSS-like or DESI-like instrument plus gas) is undersampled and its
-model profile is off: noise-free mock lines came out 0.6 % (SDSS-like) and
-1.5 % (DESI-like) low.  At 69 km/s they are within 0.1 % for both, as at
-35 km/s; the fits take ~1.3 times as long (docs/line_errors.md).  A ratio of 1
-lets the gas sigma collapse to pPXF's lower bound."""
 
 
 def _is_denoised(attrs: dict) -> bool:
@@ -155,7 +147,8 @@ METHODS = tuple(FITTERS)
 def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
            correlation: tuple[float, ...] = (),
-           line_scale: tuple[tuple[str, float, float, float, float, float], ...] = ()) -> xr.Dataset:
+           line_scale: tuple[tuple[str, float, float, float, float, float], ...] = (),
+           survey: str | None = None) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
@@ -168,7 +161,8 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                                                     correlation=correlation, templates=None)
         for key, err in _modelled_errors(model, line_scale).items():
             fit["flux_err"][key] = np.where(np.isfinite(fit["flux_err"][key]), err, np.nan)
-    fit = systematics.apply(fit, grid.wavelength, flux, good, method)
+    fit = systematics.apply(fit, grid.wavelength, flux, good, method,
+                            ds["survey"].values if "survey" in ds else survey)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.
@@ -309,7 +303,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     correlation = tuple(float(r) for r in correlation)
     if any(not -1.0 <= r <= 1.0 for r in correlation):
         raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
-    optional = ["lines_covered"] + ([INPUT_DETECTIONS] if denoised else [])
+    # An ingested store has each galaxy's survey, which picks its systematic constants.
+    optional = ["lines_covered", "survey"] + ([INPUT_DETECTIONS] if denoised else [])
     names = ["flux", "ivar", "mask", "z", "norm", "flags"] + [v for v in optional if v in ds]
     src = ds[names]
     src.attrs = {}
@@ -329,14 +324,17 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                                     else "at every S/N") + " (s / s_faint / split / f: "
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
-    attrs["flux_err_systematics"] = (systematics.provenance(method) if systematics.constants(method)
+    # The constants belong to the instrument that recorded the spectra (resolution, sampling): a
+    # store degraded to stand for another survey's noise keeps its own instrument's.
+    survey = ds.attrs.get("survey_simulated_from") or ds.attrs.get("survey")
+    attrs["flux_err_systematics"] = (systematics.provenance(method, survey) if systematics.constants(method, survey)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
         attrs["denoised_noise"] = noise
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation, line_scale)
+            correlation, line_scale, survey)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

