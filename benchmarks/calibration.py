@@ -325,7 +325,8 @@ def print_result(name: str, res: dict) -> None:
                   + "   ".join(f"{r['within_1sigma']:6.3f} / {r['within_2sigma']:5.3f}" for r in (b, i, c, f, a)))
     t = res["after_tally"]
     print(f"after, per bin: {t['in_band']} of {t['measures']} in the band, {t['too_small']} below, "
-          f"{t['too_wide']} above; beyond counting noise {t['narrow']} narrow, {t['wide']} wide")
+          f"{t['too_wide']} above; beyond counting noise {t['narrow']} narrow, {t['wide']} wide; "
+          f"against what fluxes clipped at 0 get, {t['narrow_clipped']} narrow, {t['wide_clipped']} wide")
 
 
 def compare(paths: list[Path], out: Path) -> None:

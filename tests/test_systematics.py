@@ -93,6 +93,12 @@ def test_apply_changes_errors_only_and_keeps_the_formal_part():
                                        + ew_mix * np.array([10.0, 0.0, 200.0]) * 4.0))
     same = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "no-such-method")
     np.testing.assert_array_equal(same["flux_err"]["halpha"], fit["flux_err"]["halpha"])
+    # a de-noiser's line errors keep their own scale: only the model-mismatch terms are added
+    unscaled = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast", scale=False)
+    np.testing.assert_allclose(unscaled["flux_err"]["halpha"],
+                               np.sqrt(1.0 + (frac * np.array([10.0, 0.0, 200.0])) ** 2 + (ew * 4.0) ** 2
+                                       + ew_mix * np.array([10.0, 0.0, 200.0]) * 4.0))
+    assert scale > 1.0  # the shipped Halpha constants have one, so the two differ
 
 
 def test_a_survey_with_its_own_constants_gets_them(monkeypatch):

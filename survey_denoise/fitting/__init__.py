@@ -161,8 +161,10 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                                                     correlation=correlation, templates=None)
         for key, err in _modelled_errors(model, line_scale).items():
             fit["flux_err"][key] = np.where(np.isfinite(fit["flux_err"][key]), err, np.nan)
+    # A de-noised spectrum's line errors are the de-noiser's, calibrated on held-out galaxies: the
+    # fitter's noise scale would count that part twice; its model-mismatch terms still apply.
     fit = systematics.apply(fit, grid.wavelength, flux, good, method,
-                            ds["survey"].values if "survey" in ds else survey)
+                            ds["survey"].values if "survey" in ds else survey, scale=not denoised)
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.

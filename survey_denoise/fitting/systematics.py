@@ -181,7 +181,7 @@ def total_error(err_stat, flux, continuum, frac: float, ew: float, ew_mix: float
 
 
 def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarray,
-          method: str, survey: str | np.ndarray | None = None) -> dict:
+          method: str, survey: str | np.ndarray | None = None, *, scale: bool = True) -> dict:
     """A fit with systematic errors added: ``flux_err`` total, ``flux_err_stat`` formal.
 
     Parameters
@@ -195,6 +195,11 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
     survey : str or ndarray of str (n,), optional
         The spectra's survey, one for all or one per spectrum (a store
         ingested from several surveys): picks the constants (:func:`constants`).
+    scale : bool
+        Apply the constants' ``scale`` to ``flux_err``.  False where those
+        errors are not the fitter's formal ones under pixel noise: a
+        de-noised store's line errors come from the de-noiser's own
+        held-out calibration, which already holds what the scale stands for.
 
     Returns
     -------
@@ -216,8 +221,9 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
     for j, key in enumerate(keys):
         for label, rows in groups.items():
             if key in tables[label]:
+                frac, ew, ew_mix, factor = tables[label][key]
                 out["flux_err"][key][rows] = total_error(fit["flux_err"][key][rows], fit["flux"][key][rows],
-                                                         cont[rows, j], *tables[label][key])
+                                                         cont[rows, j], frac, ew, ew_mix, factor if scale else 1.0)
     return out
 
 
