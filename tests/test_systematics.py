@@ -99,6 +99,13 @@ def test_apply_changes_errors_only_and_keeps_the_formal_part():
                                np.sqrt(1.0 + (frac * np.array([10.0, 0.0, 200.0])) ** 2 + (ew * 4.0) ** 2
                                        + ew_mix * np.array([10.0, 0.0, 200.0]) * 4.0))
     assert scale > 1.0  # the shipped Halpha constants have one, so the two differ
+    # one survey per spectrum, in any of the string dtypes a store hands back (Zarr v3: StringDType)
+    kinds = [np.array(["sdss"] * 3), np.array(["sdss"] * 3, dtype=object)]
+    if hasattr(np.dtypes, "StringDType"):
+        kinds.append(np.array(["sdss"] * 3, dtype=np.dtypes.StringDType()))
+    for labels in kinds:
+        got = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast", labels)
+        np.testing.assert_allclose(got["flux_err"]["halpha"], out["flux_err"]["halpha"])
 
 
 def test_a_survey_with_its_own_constants_gets_them(monkeypatch):

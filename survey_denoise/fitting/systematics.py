@@ -208,7 +208,10 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
         added; fluxes unchanged.
     """
     n = np.asarray(flux).shape[0]
-    labels = np.broadcast_to(np.asarray("" if survey is None else survey, dtype=str), (n,))
+    if survey is None or isinstance(survey, str):
+        labels = np.full(n, survey or "", dtype=object)
+    else:  # one per spectrum, of whatever string dtype the store kept (fixed, variable-width, object)
+        labels = np.array([str(v) for v in np.ravel(survey)], dtype=object)
     groups = {str(label): np.flatnonzero(labels == label) for label in np.unique(labels)}
     tables = {label: constants(method, label or None) for label in groups}
     keys = [k for k in fit["flux_err"] if any(k in t for t in tables.values())]
