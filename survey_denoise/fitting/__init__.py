@@ -86,7 +86,6 @@ INPUT_DETECTIONS = "lines_detected_input"
 """A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
 
 
-
 def _is_denoised(attrs: dict) -> bool:
     try:
         steps = json.loads(attrs.get("provenance", "[]"))
