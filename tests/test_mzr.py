@@ -175,3 +175,14 @@ def test_slope_ratio_of_the_same_galaxies_has_a_paired_error():
     assert slope_ratio(m, oh2, ref)["n"] == inside.sum() - 10
     few = slope_ratio(m[:5], oh[:5], ref[:5])
     assert np.isnan(few["ratio"]) and np.isnan(few["ratio_err"])
+
+
+def test_slope_ratio_error_is_not_set_by_one_resample():
+    # 220 galaxies whose reference slope is 3 sigma from 0: a few bootstrap resamples put it
+    # near 0 and their ratios far out; the standard deviation of the ratios was 4.5 here.
+    rng = np.random.default_rng(22)
+    m = rng.uniform(9.1, 10.1, 220)
+    ref = 8.0 + 0.15 * m + rng.normal(0, 0.17, m.size)
+    oh = ref + rng.normal(0, 0.12, m.size)
+    r = slope_ratio(m, oh, ref)
+    assert 0.1 < r["ratio_err"] < 0.6, r
