@@ -354,7 +354,9 @@ def test_line_error_model_covers_the_bright_lines_when_the_error_grows_with_the_
     gap = np.abs(flux - truth)[bright]
     modelled = modelled_error(got, flux, err)[bright]
     assert 0.6 <= np.mean(gap <= modelled) <= 0.76 and 0.88 <= np.mean(gap <= 2 * modelled) <= 0.99
-    assert np.mean(gap <= got["scale"] * err[bright]) < 0.3  # the factor alone: far too narrow
+    # The factor alone: far too narrow (0.34 of 0.68; 0.30 before the fitter's errors took in
+    # its fitted width).
+    assert np.mean(gap <= got["scale"] * err[bright]) < 0.45
 
 
 def test_faint_lines_are_covered_where_the_decoder_under_draws_bright_ones():
