@@ -65,7 +65,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .fitting import DETECTED_SNR, DETECTION_WIDTH_KMS, INPUT_DETECTIONS
+from .fitting import DETECTED_SNR, DETECTION_WIDTH_KMS, INPUT_DETECTIONS, systematics
 from .flags import DROP, Flag
 from .grid import Grid
 from .line_windows import lines_covered_attrs, to_bits
@@ -164,11 +164,16 @@ def _run_batches(model, spectra, ids, keep, out, batch_size, n_samples, seed) ->
                 model_input(flux, ivar, mask, with_ivar=conditioned))
 
 
-def _input_detections(flux, ivar, mask, flags, *, grid: Grid) -> np.ndarray:
-    """Bits of the catalogue lines each input spectrum of a chunk detects (0 for dropped ones)."""
+def _input_detections(flux, ivar, mask, flags, survey=None, *, grid: Grid, store_survey=None) -> np.ndarray:
+    """Bits of the catalogue lines each input spectrum of a chunk detects (0 for dropped ones).
+
+    ``survey`` (n, 1), where the store has one per galaxy, else ``store_survey``
+    for all, picks the systematic constants of the detection's errors.
+    """
     from .fitting import detected_lines
 
-    found = detected_lines(flux, ivar, mask, grid)
+    labels = store_survey if survey is None else np.asarray(survey).reshape(-1)
+    found = detected_lines(flux, ivar, mask, grid, labels)
     found[(np.asarray(flags).reshape(-1) & int(DROP)) != 0] = False
     return to_bits(found)
 
@@ -258,8 +263,13 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
                          new_flags).astype(np.uint32)
 
     if input_detections:
-        detected = da.map_blocks(_input_detections, flux, ivar_in, mask, flags[:, None],
-                                 grid=Grid.from_dataset(ds), drop_axis=1,
+        per_galaxy = ()
+        if "survey" in ds:  # ingested from several surveys: each galaxy's own constants
+            labels = np.asarray(ds["survey"].values).astype(str).astype(object)
+            per_galaxy = (da.from_array(labels, chunks=gchunks)[:, None],)
+        detected = da.map_blocks(_input_detections, flux, ivar_in, mask, flags[:, None], *per_galaxy,
+                                 grid=Grid.from_dataset(ds), store_survey=systematics.store_survey(ds.attrs),
+                                 drop_axis=1,
                                  dtype=np.uint32, meta=np.empty((0,), np.uint32))
 
     dims = ("galaxy", "wavelength")
@@ -275,7 +285,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         out[INPUT_DETECTIONS] = xr.Variable(("galaxy",), detected, {
             **lines_covered_attrs(), "long_name": "catalogue lines the de-noiser's input spectrum detects",
             "rule": (f"S/N >= {DETECTED_SNR:g} in a fast fit of the input (its ivar, one line width "
-                     f"of {DETECTION_WIDTH_KMS:g} km/s, systematic terms added)")})
+                     f"of {DETECTION_WIDTH_KMS:g} km/s, its survey's systematic terms added)")})
     elif INPUT_DETECTIONS in out:
         out = out.drop_vars(INPUT_DETECTIONS)  # a de-noised store's input: not this store's
     if n_samples > 0:

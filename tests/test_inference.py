@@ -89,6 +89,41 @@ def test_store_and_catalogue_say_which_lines_the_input_alone_detects(pca_dir):
         assert not not_in_input(inp, key).any()  # a spectrum that was not de-noised is its own input
 
 
+def test_input_detections_take_each_galaxys_survey_constants(pca_dir, monkeypatch):
+    # The detection's errors carry the fast fitter's systematic terms of the spectra's survey, as
+    # the catalogue's do: a store attribute for all, or a survey per galaxy (ingested stores).
+    from survey_denoise.fitting import detected_lines, systematics
+    from survey_denoise.line_windows import from_bits
+
+    shipped = systematics._file()
+    # A survey whose Halpha error is at least its flux: never S/N >= 3.
+    own = {"methods": {"fast": {"halpha": {"frac": 1.0}}}, "provenance": {"fast": {"summary": "test"}}}
+    monkeypatch.setattr(systematics, "_file", lambda: {**shipped, "surveys": {"desi": own}})
+    n = 120
+    ds, _ = datasets(n, seed=34)
+    grid = Grid.from_dataset(ds)
+    default = detected_lines(ds["flux"].values, ds["ivar"].values, ds["mask"].values, grid)
+    h = _key("halpha")
+    even = np.arange(n) % 2 == 0
+    assert default[even, h].any() and default[~even, h].any()
+    with dask.config.set(scheduler="synchronous"):
+        whole = denoise(ds.assign_attrs(survey="desi").chunk({"galaxy": 25}), pca_dir).compute()
+        labels = np.where(even, "sdss", "desi")
+        mixed = denoise(ds.assign(survey=("galaxy", labels)).chunk({"galaxy": 25}), pca_dir).compute()
+    # (the survey's table replaces the default whole: its other lines keep their formal errors)
+    own_calls = detected_lines(ds["flux"].values, ds["ivar"].values, ds["mask"].values, grid, "desi")
+    assert not own_calls[:, h].any()
+    got = from_bits(whole["lines_detected_input"].values)
+    np.testing.assert_array_equal(got, own_calls)
+    got = from_bits(mixed["lines_detected_input"].values)
+    np.testing.assert_array_equal(got[even], default[even])
+    np.testing.assert_array_equal(got[~even], own_calls[~even])
+    # degraded to stand for another survey's noise: its own instrument's constants
+    sim = denoise(ds.assign_attrs(survey="desi", survey_simulated_from="sdss").chunk({"galaxy": 25}), pca_dir)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(from_bits(sim["lines_detected_input"].values), default)
+
+
 def _key(key):
     from survey_denoise import lines
 

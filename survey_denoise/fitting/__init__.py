@@ -173,15 +173,17 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
                               ds["flags"].values, fit, method, covered=covered, input_detected=detected)
 
 
-def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Grid) -> np.ndarray:
+def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: Grid,
+                   survey: str | np.ndarray | None = None) -> np.ndarray:
     """Which catalogue lines each spectrum detects on its own: S/N >= :data:`DETECTED_SNR`.
 
     A fast fit with the spectrum's own ``ivar`` (pixels independent) and the
-    fast fitter's systematic terms (:mod:`.systematics`), with one line
-    width, :data:`DETECTION_WIDTH_KMS`, instead of the catalogue's five: a
-    third of the CPU, and on the mock (uniform-Halpha design, sigma = 0.04)
-    the same call as the five-width fit's S/N >= 3 for 98.7-99.7 % of the
-    Table 6 lines and Hbeta.  The de-noiser
+    fast fitter's systematic terms (:mod:`.systematics`) for ``survey``, with
+    one line width, :data:`DETECTION_WIDTH_KMS`, instead of the catalogue's
+    :data:`.fast.WIDTHS_KMS`: a third of the CPU of the five widths there
+    were, and on the mock (uniform-Halpha design, sigma = 0.04) the same
+    call as the five-width fit's S/N >= 3 for 98.7-99.7 % of the Table 6
+    lines and Hbeta.  The de-noiser
     records it for its input (``lines_detected_input``), so a de-noised
     catalogue can say which of its lines the galaxy's data alone support.
 
@@ -192,6 +194,9 @@ def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: G
     mask : ndarray of bool (n, npix)
         Bad pixels.
     grid : Grid
+    survey : str or ndarray of str (n,), optional
+        The spectra's survey, one for all or one per spectrum: picks the
+        constants as :func:`fit_lines` does (default: the default ones).
 
     Returns
     -------
@@ -204,7 +209,7 @@ def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: G
     ivar = np.asarray(ivar, np.float64)
     good = ~np.asarray(mask, bool) & np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
     fit = fast.fit_batch(flux, np.where(good, ivar, 0.0), good, grid=grid, widths_kms=(DETECTION_WIDTH_KMS,))
-    fit = systematics.apply(fit, grid.wavelength, flux, good, "fast")
+    fit = systematics.apply(fit, grid.wavelength, flux, good, "fast", survey)
     keys = lines.catalogue_keys()
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.stack([fit["flux"][k] / fit["flux_err"][k] >= DETECTED_SNR for k in keys], axis=1)
@@ -325,9 +330,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                                     else "at every S/N") + " (s / s_faint / split / f: "
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
-    # The constants belong to the instrument that recorded the spectra (resolution, sampling): a
-    # store degraded to stand for another survey's noise keeps its own instrument's.
-    survey = ds.attrs.get("survey_simulated_from") or ds.attrs.get("survey")
+    survey = systematics.store_survey(ds.attrs)
     attrs["flux_err_systematics"] = (systematics.provenance(method, survey) if systematics.constants(method, survey)
                                      else "none (formal errors only)")
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,

@@ -110,6 +110,18 @@ def provenance(method: str = "fast", survey: str | None = None) -> str:
     return str(_table(method, survey)[1].get("summary", ""))
 
 
+def store_survey(attrs: Mapping) -> str | None:
+    """The survey whose constants a store's spectra take, from its attributes.
+
+    The constants belong to the instrument that recorded the spectra
+    (resolution, sampling): a store degraded to stand for another survey's
+    noise (``survey_simulated_from``) keeps its own instrument's.  A store
+    ingested from several surveys has a ``survey`` per galaxy instead,
+    which :func:`apply` takes over this.
+    """
+    return attrs.get("survey_simulated_from") or attrs.get("survey")
+
+
 def local_continuum(wavelength: np.ndarray, flux: np.ndarray, good: np.ndarray,
                     keys: Sequence[str]) -> np.ndarray:
     """Median flux density of the good pixels beside each line.
