@@ -130,6 +130,9 @@ def test_a_survey_with_its_own_constants_gets_them(monkeypatch):
     desi = np.array([False, True, False, True])
     np.testing.assert_allclose(err[desi], np.hypot(stat[desi], 0.5 * np.clip(flux[desi], 0, None)))
     np.testing.assert_allclose(err[~desi], default["halpha_flux_err"].to_numpy()[~desi])
+    # the catalogue says which constants each survey's galaxies took
+    prov = fit_lines(spectra.chunk(galaxy=2), method="fast").attrs["flux_err_systematics"]
+    assert prov == f"desi galaxies: desi-own; sdss galaxies: {systematics.provenance('fast')}"
     # a survey's table replaces the default whole: a line it leaves out keeps its formal error
     np.testing.assert_allclose(cat["hbeta_flux_err"][desi], cat["hbeta_flux_err_stat"][desi])
     np.testing.assert_allclose(cat["hbeta_flux_err"][~desi], default["hbeta_flux_err"][~desi])

@@ -215,6 +215,21 @@ def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: G
         return np.stack([fit["flux"][k] / fit["flux_err"][k] >= DETECTED_SNR for k in keys], axis=1)
 
 
+def _systematics_provenance(method: str, survey: str | None, ds: xr.Dataset) -> str:
+    """Where the constants of a fit's systematic terms come from: one line per survey its galaxies have."""
+    def one(name):
+        return (systematics.provenance(method, name) if systematics.constants(method, name)
+                else "none (formal errors only)")
+
+    if "survey" not in ds:
+        return one(survey)
+    names = sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)})
+    if len(names) == 1:
+        return one(names[0])
+    # an ingested store of several surveys: each galaxy takes its own survey's constants
+    return "; ".join(f"{name} galaxies: {one(name)}" for name in names)
+
+
 def _modelled_errors(fit: dict, line_scale) -> dict[str, np.ndarray]:
     """Per line, the de-noiser's error model applied to a fast fit's formal errors and fluxes."""
     out = {}
@@ -331,8 +346,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
     survey = systematics.store_survey(ds.attrs)
-    attrs["flux_err_systematics"] = (systematics.provenance(method, survey) if systematics.constants(method, survey)
-                                     else "none (formal errors only)")
+    attrs["flux_err_systematics"] = _systematics_provenance(method, survey, ds)
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
