@@ -198,6 +198,12 @@ def continuum_basis(grid: Grid = GRID, n_pca: int = N_PCA, poly_degree: int = PO
     return basis
 
 
+def group_profile(edges: np.ndarray, group: LineGroup, sigma_kms: float) -> np.ndarray:
+    """One line column: its members' unit-integral Gaussians weighted by their shares (1/Angstrom per pixel)."""
+    return sum(f * gaussian_profile(edges, lines.wavelength(m), sigma_kms)
+               for m, f in zip(group.members, group.shares, strict=True))
+
+
 @cache
 def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tuple[LineGroup, ...]]:
     """Line columns (one per group inside the grid) followed by the continuum columns.
@@ -213,8 +219,7 @@ def design_matrix(sigma_kms: float, grid: Grid = GRID) -> tuple[np.ndarray, tupl
     for g in line_groups():
         if not all(edges[0] < lines.wavelength(m) < edges[-1] for m in g.members):
             continue
-        cols.append(sum(s * gaussian_profile(edges, lines.wavelength(m), sigma_kms)
-                        for m, s in zip(g.members, g.shares, strict=True)))
+        cols.append(group_profile(edges, g, sigma_kms))
         groups.append(g)
     matrix = np.column_stack(cols + [continuum_basis(grid)])
     matrix.flags.writeable = False
@@ -708,15 +713,12 @@ def width_response(widths_kms: tuple[float, ...], grid: Grid = GRID) -> tuple[np
         pad = 6.0 * widths_kms[-1] / C_KMS
         near = (grid.wavelength > min(centres) * (1 - pad)) & (grid.wavelength < max(centres) * (1 + pad))
         sub = edges[np.concatenate([near, [False]]) | np.concatenate([[False], near])]
-
-        def column(sigma, sub=sub, g=g, centres=centres):
-            return sum(f * gaussian_profile(sub, c, sigma) for c, f in zip(centres, g.shares, strict=True))
-
-        truth = np.stack([column(v) for v in t])
+        truth = np.stack([group_profile(sub, g, v) for v in t])
         for j, w in enumerate(widths_kms):
-            chi2[i, j] = _misfit(np.broadcast_to(column(w), truth.shape), truth)
+            chi2[i, j] = _misfit(np.broadcast_to(group_profile(sub, g, w), truth.shape), truth)
         for sign in (-1.0, 1.0):
-            curvature[i] += _misfit(np.stack([column(v * np.exp(sign * step)) for v in t]), truth) / step**2
+            model = np.stack([group_profile(sub, g, v * np.exp(sign * step)) for v in t])
+            curvature[i] += _misfit(model, truth) / step**2
     return log_t, chi2, curvature
 
 
