@@ -84,6 +84,8 @@ DETECTION_WIDTH_KMS = 120.0
 """Line width (sigma, km/s) of :func:`detected_lines`' fit: the middle of the fast fitter's widths."""
 INPUT_DETECTIONS = "lines_detected_input"
 """A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
+PRIOR_DEFAULT = "default"
+"""``width_prior`` of :func:`fit_lines` that means the fast fitter's own (:data:`.fast.WIDTH_PRIOR`)."""
 
 
 def _is_denoised(attrs: dict) -> bool:
@@ -118,16 +120,17 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
     return np.where(good, sigma, np.inf), good, source
 
 
-def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates):
+def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=PRIOR_DEFAULT):
     from . import fast
 
     with np.errstate(divide="ignore"):
         ivar = np.where(good, 1.0 / noise**2, 0.0)
     return fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
-                          **({"widths_kms": widths} if widths else {}))
+                          **({"widths_kms": widths} if widths else {}),
+                          **({} if width_prior == PRIOR_DEFAULT else {"width_prior": width_prior}))
 
 
-def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates):
+def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=PRIOR_DEFAULT):
     from .ppxf import fit_many
     from .templates import stellar_templates
 
@@ -136,8 +139,18 @@ def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates):
     return fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
 
 
+def _width_prior_record(uses_fast: bool, width_prior) -> dict | None:
+    """The fast fits' width prior as stored in a catalogue's attrs (None: no prior, or no fast fit)."""
+    from . import fast
+
+    if not uses_fast or width_prior is None:
+        return None
+    centre, spread = fast.WIDTH_PRIOR if width_prior == PRIOR_DEFAULT else width_prior
+    return {"median_kms": centre, "ln_spread": spread}
+
+
 FITTERS = {"fast": _fast, "ppxf": _ppxf}
-"""Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates)`` on one
+"""Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates, width_prior)`` on one
 chunk (arrays galaxy x pixel; noise inf where unusable) -> a fit that
 :func:`.catalogue.from_fit` turns into catalogue columns."""
 METHODS = tuple(FITTERS)
@@ -147,17 +160,18 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
            correlation: tuple[float, ...] = (),
            line_scale: tuple[tuple[str, float, float, float, float, float], ...] = (),
-           survey: str | None = None) -> xr.Dataset:
+           survey: str | None = None, width_prior=PRIOR_DEFAULT) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
-                          templates=templates)
+                          templates=templates, width_prior=width_prior)
     if line_scale:
         # The de-noiser's error model was calibrated on the fast fitter's formal errors (pixel
         # errors correlated); pPXF's treat the decoded pixels as independent, so a pPXF fit takes
         # each line's error from a fast fit of the same spectrum.
         model = fit if method == "fast" else _fast(flux, noise, good, grid, widths=None,
-                                                    correlation=correlation, templates=None)
+                                                    correlation=correlation, templates=None,
+                                                    width_prior=width_prior)
         for key, err in _modelled_errors(model, line_scale).items():
             fit["flux_err"][key] = np.where(np.isfinite(fit["flux_err"][key]), err, np.nan)
     # A de-noised spectrum's line errors are the de-noiser's, calibrated on held-out galaxies: the
@@ -276,7 +290,8 @@ def _attr_dict(attrs: dict, name: str) -> dict:
 
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
               noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
-              correlation: tuple[float, ...] | None = None) -> xr.Dataset:
+              correlation: tuple[float, ...] | None = None,
+              width_prior: tuple[float, float] | None | str = PRIOR_DEFAULT) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -298,6 +313,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         Default: the de-noised store's ``denoise_pixel_correlation``
         (:data:`DENOISED_CORRELATION` if a de-noised store lacks it), none
         (independent pixels) for other stores.
+    width_prior : (float, float), None or "default"
+        Fast fitter: median line width (sigma, km/s) and spread in ln width
+        of the log-normal prior on each spectrum's width; None reads widths
+        from the chi^2 alone; "default" is :data:`.fast.WIDTH_PRIOR`.
 
     Returns
     -------
@@ -351,8 +370,11 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
         attrs["denoised_noise"] = noise
+    if width_prior != PRIOR_DEFAULT:
+        width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
+    attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation, line_scale, survey)
+            correlation, line_scale, survey, width_prior)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:
