@@ -99,10 +99,10 @@ WIDTH_PRIOR = (80.0, 0.35)
 Where every line of a spectrum is faint its chi^2 barely changes with the
 width, so the width was set by noise, and a faint line fitted at a random
 width takes a random flux (wider: more continuum noise under it).  On the
-noise-added Table 6 spectra (S/N 2-5 per pixel) Halpha widths spread 1.15
-in ln sigma about the truth and a fifth stopped at each end of
-:data:`WIDTHS_KMS`; widening the range from 60-240 km/s raised the noisy
-Halpha scatter from 0.627 to 0.656 dex.  The prior is the population of
+noise-added Table 6 spectra the widths spread 1.15 in ln sigma about the
+truth and a fifth stopped at each end of :data:`WIDTHS_KMS`; with the
+prior 0.22-0.25, and noise-dominated fluxes scatter 20-35 % less, their
+pulls 0.95-1.04 (``benchmarks/width_prior.py``).  The prior is the population of
 emission-line widths: ionised gas of star-forming galaxies, sigma_gas ~
 40-100 km/s (HII-region kinematics; the mock's 10^(1.8 +- 0.1)), with an
 instrument of sigma 25-65 km/s (DESI's R = 2000-5500, SDSS's R ~ 2000),
