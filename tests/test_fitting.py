@@ -161,6 +161,14 @@ def test_fit_lines_passes_the_width_prior_and_records_it():
     expect = fast.fit_batch(flux, ivar, width_prior=None)["flux"]["halpha"] * 3.0  # norm
     np.testing.assert_allclose(off["halpha_flux"].values, expect, rtol=1e-6)  # stored as float32
     assert not np.allclose(default["halpha_flux"].values, off["halpha_flux"].values)
+    # The fit stage (config stages.fit.width_prior, command fit --width-prior) passes it on.
+    from survey_denoise.pipeline import stages
+    from survey_denoise.pipeline.params import Fit
+
+    staged = stages.fit(ds, Fit(width_prior="none")).compute()
+    assert json.loads(staged.attrs["width_prior"]) is None
+    np.testing.assert_array_equal(staged["halpha_flux"].values, off["halpha_flux"].values)
+    assert json.loads(stages.fit(ds, Fit()).attrs["width_prior"]) is not None
 
 
 def test_fast_errors_allow_for_correlated_pixel_errors():

@@ -155,6 +155,8 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
     kwargs = {"method": cfg.method}
     if cfg.templates is not None:
         kwargs["templates"] = str(cfg.templates)
+    if cfg.width_prior == "none":
+        kwargs["width_prior"] = None
     return fit_lines(ds, **kwargs)
 
 
