@@ -169,6 +169,11 @@ def test_fit_lines_passes_the_width_prior_and_records_it():
     assert json.loads(staged.attrs["width_prior"]) is None
     np.testing.assert_array_equal(staged["halpha_flux"].values, off["halpha_flux"].values)
     assert json.loads(stages.fit(ds, Fit()).attrs["width_prior"]) is not None
+    # A de-noised store's widths come from the chi^2 alone unless a prior is asked for.
+    decoded = ds.assign_attrs(provenance=json.dumps([{"step": "denoise"}]))
+    assert json.loads(fit_lines(decoded, method="fast").attrs["width_prior"]) is None
+    asked = fit_lines(decoded, method="fast", width_prior=fast.WIDTH_PRIOR).attrs["width_prior"]
+    assert json.loads(asked) == {"median_kms": fast.WIDTH_PRIOR[0], "ln_spread": fast.WIDTH_PRIOR[1]}
 
 
 def test_fast_errors_allow_for_correlated_pixel_errors():

