@@ -112,7 +112,11 @@ instrument of sigma 25-65 km/s (DESI's R = 2000-5500, SDSS's R ~ 2000),
 about 80 km/s together, and 0.35 in ln (68 % within 56-113 km/s) takes
 both surveys and the gas in it.  A bright line's chi^2 outweighs it (an
 AGN Halpha of 290 km/s at S/N 40, 3.7 spreads away, reads 1 % narrow and
-0.5 % faint); see docs/line_errors.md."""
+0.5 % faint), but a line off the centre at moderate S/N is pulled towards
+it, by an amount its stated errors set (140 km/s at S/N 6: about 9 % faint).
+So :func:`survey_denoise.fitting.fit_lines` leaves de-noised spectra
+without it: they have no pixel noise for a width to follow, and their
+errors are the de-noiser's.  See docs/line_errors.md."""
 N_PCA = 10
 """Stellar principal components in the continuum basis."""
 POLY_DEGREE = 4
