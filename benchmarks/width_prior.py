@@ -4,9 +4,11 @@ A spectrum whose lines are all faint barely changes its chi^2 with the
 line width, so without a prior the width follows the noise and the flux
 with it.  This benchmark fits the same mock spectra, original and with
 Table 6's noise added (uniform, sigma 0.04 in normalised units), with the
-width read from the chi^2 alone (``width_prior=None``) and with
-:data:`survey_denoise.fitting.fast.WIDTH_PRIOR`, and reports per line and
-quartile of true flux:
+width read from the chi^2 alone (``width_prior=None``), with one prior
+for every instrument (:data:`survey_denoise.fitting.fast.WIDTH_PRIOR`,
+median 80 km/s: ``single``) and with the prior centred on the survey's
+instrument that ``fit_lines`` uses (:func:`survey_denoise.fitting.fast.survey_width_prior`:
+``survey``), and reports per line and quartile of true flux:
 
 * ``rms_rel``: root mean square of (fitted - true) / true, signed fluxes
   (``nonnegative=False``), so no clipping hides the scatter;
@@ -15,8 +17,8 @@ quartile of true flux:
 * ``sigma_dex``: the paper's measure on the catalogue (fluxes kept >= 0,
   zero fits as upper limits at 1x their error): the standard deviation of
   log10(value / true);
-* per store, the spread of ln(chosen / true width) where Halpha has S/N < 3
-  and >= 10 (true width: gas and instrument in quadrature).
+* per store, the median and spread of ln(chosen / true width) where Halpha
+  has S/N < 3 and >= 10 (true width: gas and instrument in quadrature).
 
 Writes benchmarks/results/width_prior_<design>_<survey>_seed<seed>.json.
 
@@ -48,7 +50,11 @@ from survey_denoise.science.metrics import censor  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LINES = ("halpha", "hbeta", "hdelta", "oiii_4363", "sii_6716", "oiii_5007", "nii_6583")
-PRIORS = {"none": None, "prior": fast.WIDTH_PRIOR}
+
+
+def priors(survey: str) -> dict:
+    """The priors compared: none, one for every instrument, and the one centred on ``survey``'s."""
+    return {"none": None, "single": fast.WIDTH_PRIOR, "survey": fast.survey_width_prior(survey)}
 
 
 def quartiles(true: np.ndarray, ok: np.ndarray) -> list[np.ndarray]:
@@ -63,7 +69,7 @@ def signed_scores(ds, truth: dict, name: str) -> tuple[dict, dict]:
     good = ~ds["mask"].values & (ivar > 0) & np.isfinite(flux)
     sigma_true = np.hypot(ds["true_sigma_gas"].values, INSTRUMENTS[ds.attrs["survey"]].sigma_inst_kms)
     out, widths = {}, {}
-    for label, prior in PRIORS.items():
+    for label, prior in priors(ds.attrs["survey"]).items():
         fit = fast.fit_batch(flux, np.where(good, ivar, 0.0), good, grid=grid, nonnegative=False,
                              width_prior=prior)
         snr = fit["flux"]["halpha"] / fit["flux_err"]["halpha"]
@@ -81,17 +87,19 @@ def signed_scores(ds, truth: dict, name: str) -> tuple[dict, dict]:
                 rows.append({"n": int(sel.sum()), "rms_rel": float(np.sqrt(np.mean(((f[sel] - t[sel]) / t[sel]) ** 2))),
                              "pull_sd": float(np.std(pull)), "pull_mean": float(np.mean(pull))})
             out.setdefault(k, {})[label] = rows
-    print(f"\n{name}: ln(chosen / true width), median / NMAD, none -> prior")
+    print(f"\n{name}: ln(chosen / true width), median / NMAD, none -> single -> survey")
+    missing = {"median": np.nan, "nmad": np.nan}
     for cls in widths["none"]:
-        a, b = widths["none"][cls], widths["prior"].get(cls, {"median": np.nan, "nmad": np.nan})
-        print(f"  {cls:20s} n {a['n']:5d}  {a['median']:+.2f} / {a['nmad']:.2f} -> {b['median']:+.2f} / {b['nmad']:.2f}")
+        cells = " -> ".join(f"{w['median']:+.3f} / {w['nmad']:.2f}" for w in
+                            (widths[label].get(cls, missing) for label in ("none", "single", "survey")))
+        print(f"  {cls:20s} n {widths['none'][cls]['n']:5d}  {cells}")
     return out, widths
 
 
 def catalogue_scores(ds, truth: dict) -> dict:
     """The catalogue's fluxes (>= 0, systematic terms added) scored as Table 6 scores them."""
     out = {}
-    for label, prior in PRIORS.items():
+    for label, prior in priors(ds.attrs["survey"]).items():
         cat = to_frame(fit_lines(ds.chunk({"galaxy": 500}), method="fast", width_prior=prior).compute())
         for k in LINES:
             value, upper = censor(cat[f"{k}_flux"].to_numpy(float), cat[f"{k}_flux_err"].to_numpy(float))
@@ -104,14 +112,16 @@ def catalogue_scores(ds, truth: dict) -> dict:
 
 
 def print_table(name: str, signed: dict, cat: dict) -> None:
-    print(f"\n{name}: per quartile of true flux (faintest first), none -> prior")
-    print(f"{'line':10s} {'rms of (F - true) / true':>44s} {'pull sd':>30s} {'sigma dex (catalogue)':>34s}")
+    print(f"\n{name}: per quartile of true flux (faintest first), none > single > survey")
+    print(f"{'line':10s} {'rms of (F - true) / true':>60s} {'pull sd':>44s} {'sigma dex (catalogue)':>44s}")
+    labels = ("none", "single", "survey")
+
+    def cells(table, field, fmt):
+        return "  ".join(">".join(format(table[label][q][field], fmt) for label in labels) for q in range(4))
+
     for k in LINES:
-        s, c = signed[k], cat[k]
-        rms = "  ".join(f"{a['rms_rel']:.3g}>{b['rms_rel']:.3g}" for a, b in zip(s["none"], s["prior"], strict=True))
-        pull = " ".join(f"{a['pull_sd']:.2f}>{b['pull_sd']:.2f}" for a, b in zip(s["none"], s["prior"], strict=True))
-        dex = " ".join(f"{a['sigma_dex']:.2f}>{b['sigma_dex']:.2f}" for a, b in zip(c["none"], c["prior"], strict=True))
-        print(f"{k:10s} {rms:>44s} {pull:>30s} {dex:>34s}")
+        print(f"{k:10s} {cells(signed[k], 'rms_rel', '.3g'):>60s} {cells(signed[k], 'pull_sd', '.2f'):>44s} "
+              f"{cells(cat[k], 'sigma_dex', '.2f'):>44s}")
 
 
 def main() -> None:
@@ -133,7 +143,8 @@ def main() -> None:
         result = {"meta": {"command": "OMP_NUM_THREADS=1 python benchmarks/width_prior.py " + " ".join(
             f"--{k} {v}" for k, v in (("n", args.n), ("seed", args.seed), ("design", args.design),
                                       ("survey", args.survey), ("sigma", args.sigma))),
-                           "width_prior": {"median_kms": fast.WIDTH_PRIOR[0], "ln_spread": fast.WIDTH_PRIOR[1]},
+                           "width_prior": {label: None if p is None else {"median_kms": p[0], "ln_spread": p[1]}
+                                           for label, p in priors(args.survey).items()},
                            "quartiles": "of true flux, faintest first", "versions": runlog.versions()}}
         for name, ds in (("original", clean), ("noisy", noisy)):
             ds = ds.assign(true_sigma_gas=raw["true_sigma_gas"])

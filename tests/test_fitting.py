@@ -155,8 +155,11 @@ def test_fit_lines_passes_the_width_prior_and_records_it():
     flux, ivar, _ = _spectra(6, seed=8, noise=0.2)
     ds = _dataset(flux, ivar).chunk(galaxy=3)
     default, off = fit_lines(ds, method="fast").compute(), fit_lines(ds, method="fast", width_prior=None).compute()
-    assert json.loads(default.attrs["width_prior"]) == {"median_kms": fast.WIDTH_PRIOR[0],
-                                                        "ln_spread": fast.WIDTH_PRIOR[1]}
+    record = json.loads(default.attrs["width_prior"])
+    # No survey recorded: the instrument is unknown, and the prior is the one for any.
+    assert (record["median_kms"], record["ln_spread"]) == fast.WIDTH_PRIOR and "hypot" in record["rule"]
+    np.testing.assert_allclose(default["halpha_flux"].values,
+                               fast.fit_batch(flux, ivar)["flux"]["halpha"] * 3.0, rtol=1e-6)
     assert json.loads(off.attrs["width_prior"]) is None
     expect = fast.fit_batch(flux, ivar, width_prior=None)["flux"]["halpha"] * 3.0  # norm
     np.testing.assert_allclose(off["halpha_flux"].values, expect, rtol=1e-6)  # stored as float32
@@ -174,6 +177,35 @@ def test_fit_lines_passes_the_width_prior_and_records_it():
     assert json.loads(fit_lines(decoded, method="fast").attrs["width_prior"]) is None
     asked = fit_lines(decoded, method="fast", width_prior=fast.WIDTH_PRIOR).attrs["width_prior"]
     assert json.loads(asked) == {"median_kms": fast.WIDTH_PRIOR[0], "ln_spread": fast.WIDTH_PRIOR[1]}
+
+
+def test_the_width_prior_is_centred_on_each_spectrum_s_instrument():
+    # An observed line's width is the gas's and the spectrograph's in quadrature: SDSS (R 2000)
+    # lines are broader than DESI's (R 3000 where the lines fall).
+    sdss, spread = fast.survey_width_prior("sdss")
+    desi, _ = fast.survey_width_prior("desi")
+    assert spread == fast.WIDTH_PRIOR[1]
+    assert sdss == pytest.approx(np.hypot(fast.GAS_SIGMA_KMS, 2.998e5 / 2000 / 2.3548), rel=1e-3)
+    assert desi == pytest.approx(np.hypot(fast.GAS_SIGMA_KMS, 2.998e5 / 3000 / 2.3548), rel=1e-3)
+    assert fast.survey_width_prior("lamost")[0] == fast.survey_width_prior(None)[0] == fast.WIDTH_PRIOR[0]
+    flux, ivar, _ = _spectra(6, seed=9, noise=0.2)
+    ds = _dataset(flux, ivar).chunk(galaxy=4)
+    one = fit_lines(ds.assign_attrs(survey="sdss"), method="fast").compute()
+    assert json.loads(one.attrs["width_prior"])["median_kms"] == pytest.approx(sdss)
+    np.testing.assert_allclose(one["halpha_flux"].values,
+                               fast.fit_batch(flux, ivar, width_prior=(sdss, spread))["flux"]["halpha"] * 3.0,
+                               rtol=1e-6)
+    # A store ingested from two surveys: each galaxy takes its own instrument's prior, within a chunk.
+    names = np.array(["sdss", "desi", "desi", "sdss", "desi", "sdss"])
+    mixed = fit_lines(ds.assign(survey=("galaxy", names)), method="fast").compute()
+    assert json.loads(mixed.attrs["width_prior"])["median_kms"] == pytest.approx({"desi": desi, "sdss": sdss})
+    both = fast.fit_batch(flux, ivar, width_prior=(np.where(names == "sdss", sdss, desi), spread))
+    for name, centre in (("sdss", sdss), ("desi", desi)):
+        rows = names == name
+        alone = fast.fit_batch(flux[rows], ivar[rows], width_prior=(centre, spread))
+        np.testing.assert_allclose(mixed["halpha_flux"].values[rows], alone["flux"]["halpha"] * 3.0, rtol=1e-6)
+        np.testing.assert_allclose(both["width"][rows], alone["width"], rtol=1e-12)
+    assert not np.allclose(both["width"], fast.fit_batch(flux, ivar, width_prior=(sdss, spread))["width"])
 
 
 def test_fast_errors_allow_for_correlated_pixel_errors():

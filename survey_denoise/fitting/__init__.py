@@ -85,7 +85,8 @@ DETECTION_WIDTH_KMS = 120.0
 INPUT_DETECTIONS = "lines_detected_input"
 """A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
 PRIOR_DEFAULT = "default"
-"""``width_prior`` of :func:`fit_lines` that means the fast fitter's own (:data:`.fast.WIDTH_PRIOR`)."""
+"""``width_prior`` of :func:`fit_lines` that means the fast fitter's own, centred on each spectrum's
+instrument (:func:`.fast.survey_width_prior`)."""
 
 
 def _is_denoised(attrs: dict) -> bool:
@@ -120,17 +121,16 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
     return np.where(good, sigma, np.inf), good, source
 
 
-def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=PRIOR_DEFAULT):
+def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None):
     from . import fast
 
     with np.errstate(divide="ignore"):
         ivar = np.where(good, 1.0 / noise**2, 0.0)
     return fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
-                          **({"widths_kms": widths} if widths else {}),
-                          **({} if width_prior == PRIOR_DEFAULT else {"width_prior": width_prior}))
+                          **({"widths_kms": widths} if widths else {}), width_prior=width_prior)
 
 
-def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=PRIOR_DEFAULT):
+def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None):
     from .ppxf import fit_many
     from .templates import stellar_templates
 
@@ -139,14 +139,23 @@ def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, widt
     return fit_many(np.asarray(grid.wavelength), flux, noise, good, stars, velscale=grid.velscale)
 
 
-def _width_prior_record(uses_fast: bool, width_prior) -> dict | None:
-    """The fast fits' width prior as stored in a catalogue's attrs (None: no prior, or no fast fit)."""
+def _width_prior_record(uses_fast: bool, width_prior, surveys: list[str | None]) -> dict | None:
+    """The fast fits' width prior as stored in a catalogue's attrs (None: no prior, or no fast fit).
+
+    With the default prior, ``median_kms`` is one number where every spectrum
+    has one instrument, else {survey: median}.
+    """
     from . import fast
 
     if not uses_fast or width_prior is None:
         return None
-    centre, spread = fast.WIDTH_PRIOR if width_prior == PRIOR_DEFAULT else width_prior
-    return {"median_kms": centre, "ln_spread": spread}
+    if width_prior != PRIOR_DEFAULT:
+        return {"median_kms": width_prior[0], "ln_spread": width_prior[1]}
+    medians = {str(s): fast.survey_width_prior(s)[0] for s in surveys}
+    return {"median_kms": next(iter(medians.values())) if len(medians) == 1 else medians,
+            "ln_spread": fast.WIDTH_PRIOR[1],
+            "rule": f"hypot(gas {fast.GAS_SIGMA_KMS:g} km/s, the survey's instrument sigma); "
+                    f"{fast.WIDTH_PRIOR[0]:g} km/s for an unknown survey"}
 
 
 FITTERS = {"fast": _fast, "ppxf": _ppxf}
@@ -163,6 +172,11 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            survey: str | None = None, width_prior=PRIOR_DEFAULT) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
+    if width_prior == PRIOR_DEFAULT:
+        from . import fast
+
+        # Centred on the instrument that recorded each spectrum (an ingested store knows it per galaxy).
+        width_prior = fast.survey_width_prior(ds["survey"].values if "survey" in ds else survey)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
                           templates=templates, width_prior=width_prior)
     if line_scale:
@@ -316,8 +330,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     width_prior : (float, float), None or "default"
         Fast fitter: median line width (sigma, km/s) and spread in ln width
         of the log-normal prior on each spectrum's width; None reads widths
-        from the chi^2 alone; "default" is :data:`.fast.WIDTH_PRIOR` for
-        observed spectra and None for de-noised ones (no pixel noise for a
+        from the chi^2 alone; "default" is, for observed spectra, the prior
+        centred on the instrument that recorded each
+        (:func:`.fast.survey_width_prior`: the store's ``survey``, per galaxy
+        where it has one), and None for de-noised ones (no pixel noise for a
         width to follow; see :func:`survey_denoise.models.base.line_error_scales`).
 
     Returns
@@ -379,7 +395,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         width_prior = None
     elif width_prior != PRIOR_DEFAULT:
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
-    attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior))
+    surveys = (sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)}) if "survey" in ds
+               else [survey])
+    attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
+                                                          surveys))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
             correlation, line_scale, survey, width_prior)
     if src["flux"].chunks is None:

@@ -116,7 +116,57 @@ AGN Halpha of 290 km/s at S/N 40, 3.7 spreads away, reads 1 % narrow and
 it, by an amount its stated errors set (140 km/s at S/N 6: about 9 % faint).
 So :func:`survey_denoise.fitting.fit_lines` leaves de-noised spectra
 without it: they have no pixel noise for a width to follow, and their
-errors are the de-noiser's.  See docs/line_errors.md."""
+errors are the de-noiser's.  Where the store's instrument is known,
+:func:`survey_width_prior` centres the prior on it instead; this median is
+for spectra of an unknown one.  See docs/line_errors.md."""
+GAS_SIGMA_KMS = 63.0
+"""Typical velocity dispersion (sigma, km/s) of the ionised gas in a fibre spectrum.
+
+Star-forming galaxies' integrated H-alpha dispersions cluster at 40-100
+km/s (HII-region turbulence plus disc rotation inside the fibre; e.g. Law
+et al. 2022, ApJ 928, 58, for MaNGA); log sigma = 1.8 is their middle, as
+in the mock's population (``data/mock_priors.yaml``, ``sigma_gas``)."""
+
+
+def survey_width_prior(survey: str | np.ndarray | None) -> tuple[float | np.ndarray, float]:
+    """The width prior for spectra recorded by a survey's spectrograph.
+
+    An observed line's sigma is the gas's and the instrument's in
+    quadrature, so the prior's median is ``hypot(GAS_SIGMA_KMS,
+    sigma_inst)`` with the instrument of
+    :data:`survey_denoise.mock.instrument.INSTRUMENTS` (SDSS R = 2000: 90
+    km/s; DESI, R = 3000 where the catalogued lines fall: 76 km/s), and its
+    spread is :data:`WIDTH_PRIOR`'s.  A single median for both surveys (80
+    km/s) read SDSS-like faint lines 4-6 % narrow (``benchmarks/width_prior.py``)
+    and the faintest noise-free Halpha bins 0.062 dex low, against 0.041
+    centred (``benchmarks/continuum_basis.py``); the wider profile costs
+    2-4 % more scatter in noise-dominated fluxes (docs/line_errors.md).
+
+    Parameters
+    ----------
+    survey : str, ndarray of str, or None
+        One survey for all spectra or one per spectrum; an unknown survey
+        (or None) takes :data:`WIDTH_PRIOR`'s median.
+
+    Returns
+    -------
+    (median, spread)
+        Median sigma (km/s; an array (n,) for an array of surveys) and the
+        spread in ln sigma, as ``fit_batch(width_prior=...)`` takes them.
+    """
+    from ..mock.instrument import INSTRUMENTS
+
+    def one(name) -> float:
+        inst = INSTRUMENTS.get(str(name).lower()) if name is not None else None
+        return float(np.hypot(GAS_SIGMA_KMS, inst.sigma_inst_kms)) if inst is not None else WIDTH_PRIOR[0]
+
+    if survey is None or isinstance(survey, str):
+        return one(survey), WIDTH_PRIOR[1]
+    names = np.asarray(survey).reshape(-1)
+    table = {name: one(name) for name in set(names.tolist())}
+    return np.array([table[name] for name in names.tolist()], float), WIDTH_PRIOR[1]
+
+
 N_PCA = 10
 """Stellar principal components in the continuum basis."""
 POLY_DEGREE = 4
@@ -595,10 +645,11 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         False keeps the first, additive pass only (faster, Hα errors ~6 %
         smaller, faint Balmer lines read up to 0.19 dex low on the mock;
         see the module docstring).
-    width_prior : (float, float) or None
-        Median line width (sigma, km/s) and spread (in ln width) of the
-        log-normal prior on each spectrum's width (:data:`WIDTH_PRIOR`);
-        None reads the width from the chi^2 alone.
+    width_prior : (float or ndarray (n,), float) or None
+        Median line width (sigma, km/s; one for all spectra or one each) and
+        spread (in ln width) of the log-normal prior on each spectrum's
+        width (:data:`WIDTH_PRIOR`, :func:`survey_width_prior`); None reads
+        the width from the chi^2 alone.
 
     Returns
     -------
@@ -621,6 +672,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
            "chi2": np.full(n, np.nan), "width": np.full(n, np.nan), "status": status}
     todo = np.flatnonzero(status == 0)
     groups = design_matrix(float(widths_kms[0]), grid)[1]
+    centres = None if width_prior is None else np.broadcast_to(np.asarray(width_prior[0], float), (n,))
     for start in range(0, todo.size, BATCH):
         rows = todo[start:start + BATCH]
         # One column per group, and a group's lines are tied: it is covered when all of them are.
@@ -635,8 +687,9 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
             # Signed line fluxes: the first pass only gives the continuum (and skips the active set).
             _, first = _fit_widths(y, w, covered, grid, (widths_kms[len(widths_kms) // 2],), xp, False)
             scale = xp.asarray(_continuum_scale(first[0], good, grid, len(groups)))
+        prior = None if centres is None else (centres[rows], width_prior[1])
         fits, (x, err, chi2, meas, width, near, width_var) = _fit_widths(y, w, covered, grid, widths_kms,
-                                                                         xp, nonnegative, scale, width_prior)
+                                                                         xp, nonnegative, scale, prior)
         if len(correlation):
             # Only the chosen width's errors are reported, so only they allow for the correlation.
             for t, tried in enumerate(widths_kms):

