@@ -85,6 +85,7 @@ from .. import lines
 from ..flags import Flag
 from ..grid import C_KMS, GRID, Grid
 from ..line_windows import covered_lines, in_windows
+from ..spectrographs import instrument_sigma_kms
 
 WIDTHS_KMS = (42.0, 60.0, 85.0, 120.0, 170.0, 240.0, 340.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum's is refined between them.
@@ -133,8 +134,8 @@ def survey_width_prior(survey: str | np.ndarray | None) -> tuple[float | np.ndar
 
     An observed line's sigma is the gas's and the instrument's in
     quadrature, so the prior's median is ``hypot(GAS_SIGMA_KMS,
-    sigma_inst)`` with the instrument of
-    :data:`survey_denoise.mock.instrument.INSTRUMENTS` (SDSS R = 2000: 90
+    sigma_inst)`` with the spectrograph of
+    :data:`survey_denoise.spectrographs.RESOLUTION` (SDSS R = 2000: 90
     km/s; DESI, R = 3000 where the catalogued lines fall: 76 km/s), and its
     spread is :data:`WIDTH_PRIOR`'s.  A single median for both surveys (80
     km/s) read SDSS-like faint lines 4-6 % narrow (``benchmarks/width_prior.py``)
@@ -154,11 +155,9 @@ def survey_width_prior(survey: str | np.ndarray | None) -> tuple[float | np.ndar
         Median sigma (km/s; an array (n,) for an array of surveys) and the
         spread in ln sigma, as ``fit_batch(width_prior=...)`` takes them.
     """
-    from ..mock.instrument import INSTRUMENTS
-
     def one(name) -> float:
-        inst = INSTRUMENTS.get(str(name).lower()) if name is not None else None
-        return float(np.hypot(GAS_SIGMA_KMS, inst.sigma_inst_kms)) if inst is not None else WIDTH_PRIOR[0]
+        inst = instrument_sigma_kms(name)
+        return float(np.hypot(GAS_SIGMA_KMS, inst)) if inst is not None else WIDTH_PRIOR[0]
 
     if survey is None or isinstance(survey, str):
         return one(survey), WIDTH_PRIOR[1]

@@ -31,9 +31,8 @@ so the selected ids, and hence the whole survey, depend only on the seed.
     at high z, as in the survey).
 
 Measuring the selection flux with the science fitter (``fitting.fast``)
-would make the mock depend on the code it is used to test (and ``fitting``
-already imports ``mock``), and fitting every scanned candidate costs more
-than making it.  :func:`measured_halpha` instead fits Halpha and the [NII]
+would make the mock depend on the code it is used to test, and fitting
+every scanned candidate costs more than making it.  :func:`measured_halpha` instead fits Halpha and the [NII]
 doublet, with the galaxy's true line width, on the original spectrum minus its
 noise-free stellar continuum, in a window around Halpha: the flux an ideal
 continuum model would give, with exactly the noise of the spectrum that

@@ -46,10 +46,11 @@ from functools import cached_property
 
 import numpy as np
 
-from ..grid import C_KMS, Grid
+from ..grid import Grid
 from ..noise import DesiNoise
 from ..resample import edges_from_centres, rebin
 from ..rng import standard_normal
+from ..spectrographs import RESOLUTION, sigma_kms
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Instrument:
     log10_start: float
     npix: int
     dlog10: float = 1e-4
-    resolution: float = 2000.0
+    resolution: float = RESOLUTION["sdss"]
     sky: float = 7.0
     gain_knots: tuple[float, ...] = (3800.0, 3900.0, 4500.0, 5400.0, 6100.0, 7200.0, 8400.0, 9200.0)
     gain_values: tuple[float, ...] = (8.0, 11.0, 16.0, 19.0, 24.0, 27.0, 26.0, 18.0)
@@ -103,7 +104,7 @@ class Instrument:
     @property
     def sigma_inst_kms(self) -> float:
         """Instrumental Gaussian sigma, km/s."""
-        return C_KMS / self.resolution / 2.3548
+        return sigma_kms(self.resolution)
 
     def sigma(self, flux: np.ndarray, exposure: np.ndarray,
               wavelength: np.ndarray | None = None) -> np.ndarray:
@@ -278,7 +279,7 @@ class DesiInstrument(Instrument):
 
 
 DESI = DesiInstrument(name="desi", log10_start=float(np.log10(3600.0)), npix=7786, dlog10=5.6e-5,
-                      resolution=3000.0, exposure_range=(1.0, 1.0), fibre_diameter_arcsec=1.5,
+                      resolution=RESOLUTION["desi"], exposure_range=(1.0, 1.0), fibre_diameter_arcsec=1.5,
                       seeing_arcsec=1.1)
 """DESI-like: 3600-9823 A in 7786 log pixels of 38.7 km/s, R = 3000, noise from the DESI curve."""
 
