@@ -10,7 +10,7 @@ from __future__ import annotations
 from .grid import C_KMS
 
 FWHM_PER_SIGMA = 2.3548
-"""FWHM of a Gaussian over its sigma, 2 sqrt(2 ln 2)."""
+"""FWHM of a Gaussian over its sigma, 2 sqrt(2 ln 2) (line spread functions and line profiles alike)."""
 
 RESOLUTION = {"sdss": 2000.0, "desi": 3000.0}
 """Resolving power R = lambda / FWHM of each survey's spectrograph.

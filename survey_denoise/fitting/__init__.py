@@ -243,19 +243,16 @@ def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: G
         return np.stack([fit["flux"][k] / fit["flux_err"][k] >= DETECTED_SNR for k in keys], axis=1)
 
 
-def _systematics_provenance(method: str, survey: str | None, ds: xr.Dataset) -> str:
+def _systematics_provenance(method: str, surveys: list[str | None]) -> str:
     """Where the constants of a fit's systematic terms come from: one line per survey its galaxies have."""
     def one(name):
         return (systematics.provenance(method, name) if systematics.constants(method, name)
                 else "none (formal errors only)")
 
-    if "survey" not in ds:
-        return one(survey)
-    names = sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)})
-    if len(names) == 1:
-        return one(names[0])
+    if len(surveys) == 1:
+        return one(surveys[0])
     # an ingested store of several surveys: each galaxy takes its own survey's constants
-    return "; ".join(f"{name} galaxies: {one(name)}" for name in names)
+    return "; ".join(f"{name} galaxies: {one(name)}" for name in surveys)
 
 
 def _modelled_errors(fit: dict, line_scale) -> dict[str, np.ndarray]:
@@ -383,7 +380,10 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
     survey = systematics.store_survey(ds.attrs)
-    attrs["flux_err_systematics"] = _systematics_provenance(method, survey, ds)
+    # The surveys the galaxies were recorded by: per galaxy in an ingested store, else the store's.
+    surveys = (sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)}) if "survey" in ds
+               else [survey])
+    attrs["flux_err_systematics"] = _systematics_provenance(method, surveys)
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:
@@ -395,8 +395,6 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         width_prior = None
     elif width_prior != PRIOR_DEFAULT:
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
-    surveys = (sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)}) if "survey" in ds
-               else [survey])
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
                                                           surveys))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,

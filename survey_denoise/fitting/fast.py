@@ -28,9 +28,10 @@ matrices are summed with weights ``w * c`` or ``w * c**2`` instead of
 noise-free mock spectra it left Hα and Hβ within 0.025 dex of the truth
 in every bin for Hα formal errors 6-7 % larger, and it reads de-noised
 spectra as pPXF does (``benchmarks/continuum_basis.py``,
-docs/line_errors.md).  With the width prior the faintest bins of lines
-on deep Balmer absorption read 0.03-0.08 dex low: held near their true
-width, they show a continuum bias that a width free to widen had hidden.  On the
+docs/line_errors.md).  With the width prior the faintest bins of Halpha
+and Hbeta on deep Balmer absorption read 0.04-0.05 dex low: held near
+their true width, they show a continuum bias that a width free to widen
+had hidden.  On the
 four real spectra that ship with pPXF and fastspecfit both passes read
 bright lines 4-16 % below pPXF: a difference the mock does not have, and
 :mod:`.systematics` is calibrated on the mock.

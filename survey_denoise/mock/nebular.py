@@ -39,6 +39,7 @@ from scipy.special import ndtri
 
 from .. import lines as L
 from .. import ssp
+from ..spectrographs import FWHM_PER_SIGMA
 from .dust import cardelli
 from .population import U
 from .priors import CLASSES, Priors, default_priors
@@ -203,7 +204,7 @@ def line_fluxes(props: dict[str, np.ndarray], priors: Priors | None = None) -> d
     out["broad_hgamma"] = out["broad_hbeta"] * lines["hgamma"].case_b
     out["broad_hdelta"] = out["broad_hbeta"] * lines["hdelta"].case_b
     fwhm = bl["fwhm_kms"][0] + (bl["fwhm_kms"][1] - bl["fwhm_kms"][0]) * u[:, U["broad_fwhm"]]
-    out["broad_sigma"] = fwhm / 2.3548
+    out["broad_sigma"] = fwhm / FWHM_PER_SIGMA
     # Greene & Ho (2005) eq. 1: L_Halpha,broad = 5.25e42 (lambda L_5100 / 1e44)^1.157 erg/s
     l_ha_b = broad_ha * FLUX_SCALE * four_pi_d2
     lam_l5100 = 1e44 * (np.maximum(l_ha_b, 1e-30) / 5.25e42) ** (1 / 1.157)
