@@ -2,7 +2,7 @@
 # Rewrite constraints/ci.txt from the active environment.
 #
 # Run it in an environment made by scripts/install-dev.sh (or one upgraded
-# from it) once `python -m pytest -q -m "slow or not slow"` passes there.
+# from it) once `python -m pytest -q -n 2 -m "slow or not slow"` passes there.
 # The package itself (installed editable) is left out.
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 # Install survey_denoise with everything its tests need into the active Python.
 #
 # The one install command for tests, used by .ci/run and quoted in the README:
-#   bash scripts/install-dev.sh && python -m pytest -m "not slow"
+#   bash scripts/install-dev.sh && python -m pytest -n 2 -m "not slow"
 #
 # Versions come from constraints/ci.txt (an environment in which the whole
 # suite passed; warnings are errors, so an unpinned upstream release could

@@ -66,7 +66,7 @@ def _commands(path: Path) -> list[str]:
 
 def test_ci_ends_with_the_readme_test_command():
     quoted = _readme_block_after("The test command that `.ci/run` ends with is")
-    assert quoted == 'python -m pytest -q -m "slow or not slow"'
+    assert quoted == 'python -m pytest -q -n 2 -m "slow or not slow"'
     assert _commands(CI_RUN)[-1] == quoted
 
 
