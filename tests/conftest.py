@@ -18,3 +18,16 @@ def _no_leaked_scheduler():
     if after != before:
         dask.config.set(scheduler=before)
         pytest.fail(f"test left dask scheduler={after!r} (was {before!r})")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the files holding end-to-end tests (``slow``, ``slurm``) first.
+
+    Under ``-n 2 --dist loadfile`` each file goes whole to whichever process is
+    free, in this order; long files started last would leave one process
+    working alone at the end.  The sort is stable, so files stay whole and in
+    order within each group.
+    """
+    heavy = {item.path for item in items
+             if item.get_closest_marker("slow") or item.get_closest_marker("slurm")}
+    items.sort(key=lambda item: item.path not in heavy)
