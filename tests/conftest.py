@@ -20,7 +20,7 @@ def _no_leaked_scheduler():
         pytest.fail(f"test left dask scheduler={after!r} (was {before!r})")
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     """Put the files holding end-to-end tests (``slow``, ``slurm``) first.
 
     Under ``-n 2 --dist loadfile`` each file goes whole to whichever process is
