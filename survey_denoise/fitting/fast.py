@@ -32,8 +32,11 @@ docs/line_errors.md).  With the width prior the faintest bins of Halpha
 and Hbeta on deep Balmer absorption read 0.04-0.05 dex low: held near
 their true width, they show a continuum bias that a width free to widen
 had hidden.  On the
-four real spectra that ship with pPXF and fastspecfit both passes read
-bright lines 4-16 % below pPXF: a difference the mock does not have, and
+real spectra that ship with pPXF and fastspecfit it reads bright lines
+1-22 % below pPXF (Hbeta of NGC3522 41 %): with pPXF's stars subtracted
+the lines and polynomials alone agree with pPXF, so the stellar columns
+take part of the Balmer emission where they do not span the real
+continuum.  The mock does not have that difference, and
 :mod:`.systematics` is calibrated on the mock.
 
 A line column enters a spectrum's system only where the spectrum covers
