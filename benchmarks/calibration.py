@@ -41,6 +41,7 @@ the default preset's own run then has the default rate.
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --originals-only [--design mzr] [--survey desi] [--seed 12]
+        [--weights-prior 10]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --fit-systematics [--n 3000] [--seed 11] [--method ppxf]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --model-seed 12 --out run12.json
     python benchmarks/calibration.py --compare run*.json --out seeds.json
@@ -119,14 +120,14 @@ def mock_spectra(design: str, survey: str, seed: int, n: int, noise: bool = True
     return raw, preprocess(raw.chunk({"galaxy": 500})).compute()
 
 
-def fit_fast(ds) -> pd.DataFrame:
-    return to_frame(fit_lines(ds, method="fast").compute())
+def fit_fast(ds, weights_prior: float | None = None) -> pd.DataFrame:
+    return to_frame(fit_lines(ds, method="fast", weights_prior=weights_prior).compute())
 
 
-def fit_method(ds, method: str, workers: int) -> pd.DataFrame:
+def fit_method(ds, method: str, workers: int, weights_prior: float | None = None) -> pd.DataFrame:
     """The original spectra fitted by ``method``; pPXF's seconds per fit are worth a process pool."""
     if method == "fast":
-        return fit_fast(ds)
+        return fit_fast(ds, weights_prior)
     with dask.config.set(scheduler="processes", num_workers=workers):
         return to_frame(fit_lines(ds.chunk({"galaxy": 50}), method=method).compute())
 
@@ -246,13 +247,15 @@ def originals(args) -> None:
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):
         raw, clean = mock_spectra(args.design, args.survey, args.seed, args.n, noise=not args.noise_free)
-    cat = fit_method(clean, args.method, args.workers)
+    cat = fit_method(clean, args.method, args.workers, args.weights_prior)
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/calibration.py "
            f"{'--fit-systematics' if args.fit_systematics else '--originals-only'} --n {args.n} "
            f"--seed {args.seed} --design {args.design} --survey {args.survey}"
            + ("" if args.method == "fast" else f" --method {args.method}")
-           + (" --noise-free" if args.noise_free else ""))
-    meta = {"command": cmd, "design": args.design, "survey": args.survey, "seed": args.seed, "n": args.n}
+           + (" --noise-free" if args.noise_free else "")
+           + (f" --weights-prior {args.weights_prior:g}" if args.weights_prior else ""))
+    meta = {"command": cmd, "design": args.design, "survey": args.survey, "seed": args.seed, "n": args.n,
+            "weights_prior": args.weights_prior}
     if args.fit_systematics:
         constants = fit_systematics(raw, clean, cat)
         print(json.dumps(constants, indent=1))
@@ -261,7 +264,8 @@ def originals(args) -> None:
     truth = truth_frame(raw, LINES)
     cov = original_coverage(cat, truth)
     print_original(f"original, {args.method} ({args.design}, {args.survey}, seed {args.seed}, n {args.n})", cov)
-    suffix = ("" if args.method == "fast" else f"_{args.method}") + ("_noise_free" if args.noise_free else "")
+    suffix = (("" if args.method == "fast" else f"_{args.method}") + ("_noise_free" if args.noise_free else "")
+              + (f"_weights_prior{args.weights_prior:g}" if args.weights_prior else ""))
     out = args.out if args.out != RESULTS / "calibration.json" else (
         RESULTS / f"calibration_originals{suffix}_{args.design}_{args.survey}_seed{args.seed}.json")
     meta |= {"method": args.method, "systematics": systematics.provenance(args.method, args.survey) or "none",
@@ -378,12 +382,18 @@ def main() -> None:
     ap.add_argument("--method", default="fast", choices=("fast", "ppxf"),
                     help="the fitter of --originals-only and --fit-systematics")
     ap.add_argument("--workers", type=int, default=2, help="processes for a pPXF fit")
+    ap.add_argument("--weights-prior", type=float, default=None,
+                    help="--originals-only, fast: fit with fit_lines(weights_prior=) (the shipped "
+                         "systematic constants, fitted without it, still apply)")
     ap.add_argument("--noise-free", action="store_true",
                     help="--originals-only on the mock without its noise: the fitter's own bias (the "
                          "formal errors are still the noisy spectra's)")
     ap.add_argument("--compare", type=Path, nargs="+",
                     help="summarise these runs' JSONs side by side (into --out) and stop")
     args = ap.parse_args()
+    if args.weights_prior is not None and not (args.originals_only and args.method == "fast"):
+        ap.error("--weights-prior goes with --originals-only and the fast method: the systematic "
+                 "constants are fitted without it")
     if args.compare:
         compare(args.compare, args.out)
         return

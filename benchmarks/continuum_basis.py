@@ -78,9 +78,11 @@ from survey_denoise.science.metrics import bin_index, log_edges  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 KEYS = ("halpha", "hbeta", "hgamma", "hdelta", "nii_6583", "oiii_5007", "sii_6716", "oii_3727")
 SAMPLES = (("uniform-halpha", 2023), ("natural", 11), ("mzr", 13))
-VARIANTS = ((10, 0, False), (10, 0, True), (20, 0, False), (20, 0, True), (10, 2, False), (20, 2, False), (20, 3, False))
-"""(stellar components, of them multiplied by Legendre 1-4, two-pass multiplicative)."""
-SHIPPED = (fast.N_PCA, fast.N_MULTIPLIED, True)
+VARIANTS = ((10, 0, False, None), (10, 0, True, None), (20, 0, False, None), (20, 0, True, None),
+            (10, 2, False, None), (20, 2, False, None), (20, 3, False, None), (10, 0, True, 1.0),
+            (10, 0, True, 10.0), (20, 0, True, 10.0))
+"""(stellar components, of them multiplied by Legendre 1-4, two-pass multiplicative, ``weights_prior``)."""
+SHIPPED = (fast.N_PCA, fast.N_MULTIPLIED, True, None)
 """The fast fitter as it ships: `fit_batch` fits twice (``multiplicative=True``)."""
 MIN_BIN = 10
 REAL_LINES = ("halpha", "hbeta", "hgamma", "hdelta", "nii_6583", "oiii_5007", "sii_6716")
@@ -124,7 +126,8 @@ def bias(raw, cat, rows=None) -> dict:
     return out
 
 
-def err_over_bound(n: int = 200, halpha: float = 20.0, noise: float = 0.5) -> float:
+def err_over_bound(weights_prior: float | None = None, n: int = 200, halpha: float = 20.0,
+                   noise: float = 0.5) -> float:
     """Median Hα error of the current basis over the Cramér-Rao bound, flat continuum + Hα, white noise."""
     import xarray as xr
 
@@ -140,14 +143,17 @@ def err_over_bound(n: int = 200, halpha: float = 20.0, noise: float = 0.5) -> fl
                      "mask": (("galaxy", "wavelength"), np.zeros(flux.shape, bool)),
                      "norm": ("galaxy", np.ones(n))}, coords={"wavelength": GRID.wavelength})
     bound = halpha / snr_bound(ds, {"halpha": np.full(n, halpha)}, np.full(n, 120.0))["snr_line"].to_numpy()
-    err = fast.fit_batch(flux, ivar, widths_kms=(120.0,))["flux_err"]["halpha"]
+    err = fast.fit_batch(flux, ivar, widths_kms=(120.0,), weights_prior=weights_prior)["flux_err"]["halpha"]
     return float(np.median(err / bound))
 
 
-REAL_VARIANTS = (("fast", 10, False), ("fast_two_pass", 10, True), ("fast_pca20_two_pass", 20, True),
-                 ("fast_pca30_two_pass", 30, True))
-"""Fast-fitter variants on the real spectra: (name, stellar components, two-pass)."""
-RESIDUAL_VARIANTS = (("shipped_on_ppxf_residual", fast.N_PCA, True), ("lines_on_ppxf_residual", 0, False))
+REAL_VARIANTS = (("fast", 10, False, None), ("fast_two_pass", 10, True, None),
+                 ("fast_pca20_two_pass", 20, True, None), ("fast_pca30_two_pass", 30, True, None),
+                 ("fast_two_pass_weights_prior1", 10, True, 1.0), ("fast_two_pass_weights_prior10", 10, True, 10.0),
+                 ("fast_two_pass_weights_prior30", 10, True, 30.0))
+"""Fast-fitter variants on the real spectra: (name, stellar components, two-pass, ``weights_prior``)."""
+RESIDUAL_VARIANTS = (("shipped_on_ppxf_residual", fast.N_PCA, True, None),
+                     ("lines_on_ppxf_residual", 0, False, None))
 """Fits of the spectrum minus pPXF's stellar model: the shipped fitter, and lines + polynomials only."""
 
 
@@ -204,12 +210,12 @@ def real_spectra() -> list[dict]:
             with ppxf_fits() as made:
                 cats = {"ppxf": to_frame(fit_lines(ds, "ppxf").compute())}
             residual = ppxf_residual(ds, made)
-            for name, n_pca, two_pass in REAL_VARIANTS:
+            for name, n_pca, two_pass, prior in REAL_VARIANTS:
                 with basis(n_pca, fast.N_MULTIPLIED, two_pass):
-                    cats[name] = to_frame(fit_lines(ds, "fast").compute())
-            for name, n_pca, two_pass in RESIDUAL_VARIANTS:
+                    cats[name] = to_frame(fit_lines(ds, "fast", weights_prior=prior).compute())
+            for name, n_pca, two_pass, prior in RESIDUAL_VARIANTS:
                 with basis(n_pca, 0, two_pass):
-                    cats[name] = to_frame(fit_lines(residual, "fast").compute())
+                    cats[name] = to_frame(fit_lines(residual, "fast", weights_prior=prior).compute())
         sol = made[-1].sol
         row = {"galaxy": str(ds["galaxy"].values[0]), "z": float(ds["z"].values[0]),
                "ppxf_stars_kms": [float(v) for v in sol[0][:2]], "ppxf_gas_kms": [float(v) for v in sol[1][:2]],
@@ -259,20 +265,22 @@ def main() -> None:
         print(f"\n{design}, seed {seed}, {args.n} noise-free galaxies: worst-bin / overall median "
               "log10(fit / true), dex")
         errors = {}
-        for n_pca, n_mult, two_pass in VARIANTS:
+        for n_pca, n_mult, two_pass, prior in VARIANTS:
             with basis(n_pca, n_mult, two_pass):
                 t0 = time.perf_counter()
-                cat = to_frame(fit_lines(rest, "fast").compute())
+                cat = to_frame(fit_lines(rest, "fast", weights_prior=prior).compute())
                 seconds = time.perf_counter() - t0
-                ratio = err_over_bound()
-                formal = fast.fit_batch(rest["flux"].values, rest["ivar"].values)["flux_err"]["halpha"]
-            name = f"fast_pca{n_pca}_mult{n_mult}" + ("_two_pass" if two_pass else "")
+                ratio = err_over_bound(prior)
+                formal = fast.fit_batch(rest["flux"].values, rest["ivar"].values,
+                                        weights_prior=prior)["flux_err"]["halpha"]
+            name = (f"fast_pca{n_pca}_mult{n_mult}" + ("_two_pass" if two_pass else "")
+                    + (f"_weights_prior{prior:g}" if prior is not None else ""))
             errors[name] = formal
             over = float(np.nanmedian(errors[name] / errors["fast_pca10_mult0"]))
             res = bias(raw, cat)
             sample[name] = {"seconds": seconds, "err_over_bound": ratio, "halpha_err_over_shipped": over,
                             "lines": res}
-            mark = " (shipped)" if (n_pca, n_mult, two_pass) == SHIPPED else ""
+            mark = " (shipped)" if (n_pca, n_mult, two_pass, prior) == SHIPPED else ""
             print(f"{name:28s}{mark:10s} {seconds:5.1f} s  err/bound {ratio:.2f}  Hα err x{over:.2f}  "
                   + "  ".join(f"{k[:6]} {v['worst_bin']:+.3f}/{v['median']:+.3f}" for k, v in res.items()))
         if args.n_ppxf:
@@ -299,7 +307,7 @@ def main() -> None:
     command = ("--real-only" if args.real_only else f"--n {args.n} --n-ppxf {args.n_ppxf}")
     meta = {"command": f"OMP_NUM_THREADS=1 python benchmarks/continuum_basis.py {command}",
             "shipped": {"n_pca": SHIPPED[0], "n_multiplied": SHIPPED[1], "multiplicative": SHIPPED[2],
-                        "poly_degree": fast.POLY_DEGREE},
+                        "weights_prior": SHIPPED[3], "poly_degree": fast.POLY_DEGREE},
             "measure": "per line: worst_bin = the per-bin median of log10(fit / true) farthest from 0 over "
                        f"10 equal bins of log true flux with >= {MIN_BIN} galaxies; median over all"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

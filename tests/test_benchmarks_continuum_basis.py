@@ -34,4 +34,4 @@ def test_real_spectra_minus_ppxf_stars_give_ppxf_s_balmer_lines(tmp_path):
         assert lines["halpha"]["ppxf"] > 10 * lines["halpha"]["ppxf_err"]
         assert all(f"{name}_over_ppxf" in lines["hbeta"] for name in
                    ("fast", "fast_two_pass", "fast_pca20_two_pass", "fast_pca30_two_pass",
-                    "shipped_on_ppxf_residual"))
+                    "fast_two_pass_weights_prior10", "shipped_on_ppxf_residual"))

@@ -92,17 +92,21 @@ def test_fast_errors_match_the_scatter():
 def test_fast_reads_widths_between_the_tried_ones(key):
     # Noise-free lines on a flat continuum: a parabola in log width through the three best
     # tried widths read these 4-16 % narrow and up to 3 % faint on the 69 km/s pixels.
+    # A flat continuum is no stellar one (the optional prior on the stellar weights would read
+    # it as stars); on the templates' own continua, with that prior, the widths are read as well.
     truths = np.array([48.0, 55.0, 68.0, 76.0, 97.0, 140.0, 200.0, 290.0])
     edges = np.asarray(GRID.edges)
     group = next(g for g in fast.line_groups() if g.name == key)
-    flux = np.ones((truths.size, GRID.npix))
-    for i, sigma in enumerate(truths):
-        flux[i] += 40.0 * sum(f * fast.gaussian_profile(edges, lines.wavelength(m), sigma)
-                              for m, f in zip(group.members, group.shares, strict=True))
-    out = fast.fit_batch(flux, np.full_like(flux, 1e4))
-    np.testing.assert_allclose(out["width"], truths, rtol=0.01)
-    np.testing.assert_allclose(out["flux"][key] / (40.0 * (group.shares[0] if key != "oii_3727" else 1.0)),
-                               1.0, atol=0.006)
+    line = 40.0 * np.array([sum(f * fast.gaussian_profile(edges, lines.wavelength(m), sigma)
+                                for m, f in zip(group.members, group.shares, strict=True)) for sigma in truths])
+    templates = fast._templates_on_grid(GRID)
+    stellar = templates[np.random.default_rng(1).integers(0, templates.shape[0], truths.size)]
+    for continuum, prior, rtol in ((1.0, None, 0.01), (stellar, fast.WEIGHTS_PRIOR_SPREAD, 0.02)):
+        flux = continuum + line
+        out = fast.fit_batch(flux, np.full_like(flux, 1e4), weights_prior=prior)
+        np.testing.assert_allclose(out["width"], truths, rtol=rtol)
+        np.testing.assert_allclose(out["flux"][key] / (40.0 * (group.shares[0] if key != "oii_3727" else 1.0)),
+                                   1.0, atol=0.006)
 
 
 def test_fast_flux_errors_include_the_fitted_width():
@@ -179,6 +183,29 @@ def test_fit_lines_passes_the_width_prior_and_records_it():
     assert json.loads(asked) == {"median_kms": fast.WIDTH_PRIOR[0], "ln_spread": fast.WIDTH_PRIOR[1]}
 
 
+def test_fit_lines_passes_the_weights_prior_and_records_it():
+    flux, ivar, _ = _spectra(6, seed=8, noise=0.05)
+    ds = _dataset(flux, ivar).chunk(galaxy=3)
+    on, off = fit_lines(ds, weights_prior=10.0).compute(), fit_lines(ds).compute()
+    assert json.loads(on.attrs["weights_prior"]) == 10.0 and json.loads(off.attrs["weights_prior"]) is None
+    prior = fast.survey_width_prior(None)
+    np.testing.assert_allclose(on["halpha_flux"].values,
+                               fast.fit_batch(flux, ivar, width_prior=prior, weights_prior=10.0)["flux"]["halpha"] * 3.0,
+                               rtol=1e-6)
+    assert not np.allclose(on["hbeta_flux"].values, off["hbeta_flux"].values, rtol=1e-4)
+    # The fit stage (config stages.fit.weights_prior, command fit --weights-prior) passes it on.
+    from survey_denoise.pipeline import stages
+    from survey_denoise.pipeline.params import Fit
+
+    staged = stages.fit(ds, Fit(weights_prior=10.0)).compute()
+    np.testing.assert_array_equal(staged["hbeta_flux"].values, on["hbeta_flux"].values)
+    for bad in ({"weights_prior": 0.0}, {"weights_prior": 10.0, "method": "ppxf"}):
+        with pytest.raises(ValueError, match="weights_prior"):
+            Fit(**bad)
+    with pytest.raises(ValueError, match="weights_prior"):
+        fit_lines(ds, method="ppxf", weights_prior=10.0)
+
+
 def test_the_width_prior_is_centred_on_each_spectrum_s_instrument():
     # An observed line's width is the gas's and the spectrograph's in quadrature: SDSS (R 2000)
     # lines are broader than DESI's (R 3000 where the lines fall).
@@ -246,7 +273,8 @@ def test_fast_errors_allow_for_correlated_pixel_errors():
     constant = np.flatnonzero(np.all(np.isclose(a, 1.0), axis=0))
     others = [j for j in range(a.shape[1]) if not any(np.allclose(a[:, j], q) for q in legendre[:, 1:].T)]
     assert constant.size == 1 and len(others) == a.shape[1] - fast.POLY_DEGREE
-    fixed = fast.fit_batch(flux[:3], ivar[:3], correlation=rho, widths_kms=(120.0,), nonnegative=False)
+    fixed = fast.fit_batch(flux[:3], ivar[:3], correlation=rho, widths_kms=(120.0,), nonnegative=False,
+                           weights_prior=None)
     for i in range(3):
         first = np.linalg.lstsq(a, flux[i], rcond=None)[0]           # white noise: unweighted
         continuum = a[:, n_lines:] @ first[n_lines:]
@@ -255,6 +283,48 @@ def test_fast_errors_allow_for_correlated_pixel_errors():
         assert fixed["flux"]["halpha"][i] == pytest.approx((estimator @ flux[i])[h], rel=1e-6)
         expected = np.sqrt((estimator @ r @ estimator.T)[h, h]) * sigma
         assert fixed["flux_err"]["halpha"][i] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_weights_prior_is_a_gaussian_prior_on_the_second_pass():
+    # Per spectrum: the two-pass design, plus N(L mean, (spread L)^2 cov) on the stellar
+    # weights, L the first pass's continuum over the templates' mean (all pixels good).
+    sigma, rho, spread = 0.05, (0.5, 0.25), 2.0
+    flux, ivar, _ = _spectra(3, seed=13, noise=sigma, width=120.0)
+    a, groups = fast.design_matrix(120.0)
+    n_lines, h = len(groups), [g.name for g in groups].index("halpha")
+    p = a.shape[0]
+    legendre = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, p), fast.POLY_DEGREE)
+    others = [j for j in range(a.shape[1]) if not any(np.allclose(a[:, j], q) for q in legendre[:, 1:].T)]
+    stars = np.arange(n_lines + 1, n_lines + 1 + fast.N_PCA)  # after the lines and the constant
+    mean, precision, mean_spectrum = fast.template_weights(GRID)
+    r = np.eye(p) + sum(c * (np.eye(p, k=lag) + np.eye(p, k=-lag)) for lag, c in enumerate(rho, start=1))
+    out = fast.fit_batch(flux, ivar, correlation=rho, widths_kms=(120.0,), nonnegative=False,
+                         weights_prior=spread)
+    plain = fast.fit_batch(flux, ivar, correlation=rho, widths_kms=(120.0,), nonnegative=False,
+                           weights_prior=None)
+    loose = fast.fit_batch(flux, ivar, widths_kms=(120.0,), nonnegative=False, weights_prior=1e7)
+    for i in range(3):
+        first = np.linalg.lstsq(a, flux[i], rcond=None)[0]
+        continuum = a[:, n_lines:] @ first[n_lines:]
+        level = continuum.sum() / mean_spectrum.sum()
+        design = np.column_stack([a[:, others], legendre[:, 1:] * (continuum / np.median(continuum))[:, None]])
+        prior = np.zeros((design.shape[1],) * 2)
+        prior[np.ix_(stars, stars)] = precision / (spread * level) ** 2
+        centre = np.zeros(design.shape[1])
+        centre[stars] = level * mean
+        cov = np.linalg.inv(design.T @ design * ivar[i, 0] + prior)
+        x = cov @ (design.T @ flux[i] * ivar[i, 0] + prior @ centre)
+        assert out["flux"]["halpha"][i] == pytest.approx(x[h], rel=1e-6)
+        estimator = cov @ design.T * ivar[i, 0]
+        assert out["flux_err"]["halpha"][i] == pytest.approx(np.sqrt((estimator @ r @ estimator.T)[h, h]) * sigma,
+                                                             rel=1e-6)
+    # The prior is what differs; made very wide, it is no prior.
+    assert not np.allclose(out["flux"]["halpha"], plain["flux"]["halpha"], rtol=1e-4)
+    np.testing.assert_allclose(loose["flux"]["halpha"], plain["flux"]["halpha"], rtol=1e-6)
+    # One pass has no level to scale the prior by, and no prior.
+    np.testing.assert_array_equal(
+        fast.fit_batch(flux, ivar, widths_kms=(120.0,), multiplicative=False, weights_prior=1.0)["flux"]["halpha"],
+        fast.fit_batch(flux, ivar, widths_kms=(120.0,), multiplicative=False, weights_prior=None)["flux"]["halpha"])
 
 
 def test_dropping_columns_downdates_the_inverse_exactly():

@@ -121,16 +121,19 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
     return np.where(good, sigma, np.inf), good, source
 
 
-def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None):
+def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None,
+          weights_prior=None):
     from . import fast
 
     with np.errstate(divide="ignore"):
         ivar = np.where(good, 1.0 / noise**2, 0.0)
     return fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
-                          **({"widths_kms": widths} if widths else {}), width_prior=width_prior)
+                          **({"widths_kms": widths} if widths else {}), width_prior=width_prior,
+                          weights_prior=weights_prior)
 
 
-def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None):
+def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None,
+          weights_prior=None):
     from .ppxf import fit_many
     from .templates import stellar_templates
 
@@ -159,7 +162,8 @@ def _width_prior_record(uses_fast: bool, width_prior, surveys: list[str | None])
 
 
 FITTERS = {"fast": _fast, "ppxf": _ppxf}
-"""Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates, width_prior)`` on one
+"""Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates, width_prior,
+weights_prior)`` on one
 chunk (arrays galaxy x pixel; noise inf where unusable) -> a fit that
 :func:`.catalogue.from_fit` turns into catalogue columns."""
 METHODS = tuple(FITTERS)
@@ -169,7 +173,8 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            denoised: bool, widths: tuple[float, ...] | None, constant: float,
            correlation: tuple[float, ...] = (),
            line_scale: tuple[tuple[str, float, float, float, float, float], ...] = (),
-           survey: str | None = None, width_prior=PRIOR_DEFAULT) -> xr.Dataset:
+           survey: str | None = None, width_prior=PRIOR_DEFAULT,
+           weights_prior: float | None = None) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     if width_prior == PRIOR_DEFAULT:
@@ -178,14 +183,14 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
         # Centred on the instrument that recorded each spectrum (an ingested store knows it per galaxy).
         width_prior = fast.survey_width_prior(ds["survey"].values if "survey" in ds else survey)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
-                          templates=templates, width_prior=width_prior)
+                          templates=templates, width_prior=width_prior, weights_prior=weights_prior)
     if line_scale:
         # The de-noiser's error model was calibrated on the fast fitter's formal errors (pixel
         # errors correlated); pPXF's treat the decoded pixels as independent, so a pPXF fit takes
         # each line's error from a fast fit of the same spectrum.
         model = fit if method == "fast" else _fast(flux, noise, good, grid, widths=None,
                                                     correlation=correlation, templates=None,
-                                                    width_prior=width_prior)
+                                                    width_prior=width_prior, weights_prior=weights_prior)
         for key, err in _modelled_errors(model, line_scale).items():
             fit["flux_err"][key] = np.where(np.isfinite(fit["flux_err"][key]), err, np.nan)
     # A de-noised spectrum's line errors are the de-noiser's, calibrated on held-out galaxies: the
@@ -302,7 +307,8 @@ def _attr_dict(attrs: dict, name: str) -> dict:
 def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None, *,
               noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
               correlation: tuple[float, ...] | None = None,
-              width_prior: tuple[float, float] | None | str = PRIOR_DEFAULT) -> xr.Dataset:
+              width_prior: tuple[float, float] | None | str = PRIOR_DEFAULT,
+              weights_prior: float | None = None) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -332,6 +338,12 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         (:func:`.fast.survey_width_prior`: the store's ``survey``, per galaxy
         where it has one), and None for de-noised ones (no pixel noise for a
         width to follow; see :func:`survey_denoise.models.base.line_error_scales`).
+    weights_prior : float, optional
+        Fast fitter: a prior on the stellar weights in its second pass, this
+        many times the templates' own spread wide (e.g.
+        :data:`.fast.WEIGHTS_PRIOR_SPREAD`), which ties the stellar light to
+        the continuum level as pPXF does; for galaxies whose continuum is
+        stellar.  None (default): no prior.  See :func:`.fast.fit_batch`.
 
     Returns
     -------
@@ -348,6 +360,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     """
     if method not in METHODS:
         raise ValueError(f"unknown fitting method {method!r}; choose one of {METHODS}")
+    if weights_prior is not None and (method != "fast" or not weights_prior > 0):
+        raise ValueError(f"weights_prior must be a positive number of spreads, for method 'fast' "
+                         f"(got {weights_prior!r} with method {method!r})")
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dataset(ds)
     denoised = _is_denoised(ds.attrs)
@@ -397,8 +412,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
                                                           surveys))
+    attrs["weights_prior"] = json.dumps(None if weights_prior is None else float(weights_prior))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation, line_scale, survey, width_prior)
+            correlation, line_scale, survey, width_prior, None if weights_prior is None else float(weights_prior))
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

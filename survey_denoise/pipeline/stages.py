@@ -157,6 +157,8 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
         kwargs["templates"] = str(cfg.templates)
     if cfg.width_prior == "none":
         kwargs["width_prior"] = None
+    if cfg.weights_prior is not None:
+        kwargs["weights_prior"] = cfg.weights_prior
     return fit_lines(ds, **kwargs)
 
 
