@@ -121,7 +121,9 @@ def mock_spectra(design: str, survey: str, seed: int, n: int, noise: bool = True
 
 
 def fit_fast(ds, weights_prior: float | None = None) -> pd.DataFrame:
-    return to_frame(fit_lines(ds, method="fast", weights_prior=weights_prior).compute())
+    """The fast fit; ``weights_prior`` replaces the fitter's own (0: none)."""
+    kwargs = {} if weights_prior is None else {"weights_prior": weights_prior or None}
+    return to_frame(fit_lines(ds, method="fast", **kwargs).compute())
 
 
 def fit_method(ds, method: str, workers: int, weights_prior: float | None = None) -> pd.DataFrame:
@@ -253,7 +255,7 @@ def originals(args) -> None:
            f"--seed {args.seed} --design {args.design} --survey {args.survey}"
            + ("" if args.method == "fast" else f" --method {args.method}")
            + (" --noise-free" if args.noise_free else "")
-           + (f" --weights-prior {args.weights_prior:g}" if args.weights_prior else ""))
+           + (f" --weights-prior {args.weights_prior:g}" if args.weights_prior is not None else ""))
     meta = {"command": cmd, "design": args.design, "survey": args.survey, "seed": args.seed, "n": args.n,
             "weights_prior": args.weights_prior}
     if args.fit_systematics:
@@ -265,7 +267,7 @@ def originals(args) -> None:
     cov = original_coverage(cat, truth)
     print_original(f"original, {args.method} ({args.design}, {args.survey}, seed {args.seed}, n {args.n})", cov)
     suffix = (("" if args.method == "fast" else f"_{args.method}") + ("_noise_free" if args.noise_free else "")
-              + (f"_weights_prior{args.weights_prior:g}" if args.weights_prior else ""))
+              + (f"_weights_prior{args.weights_prior:g}" if args.weights_prior is not None else ""))
     out = args.out if args.out != RESULTS / "calibration.json" else (
         RESULTS / f"calibration_originals{suffix}_{args.design}_{args.survey}_seed{args.seed}.json")
     meta |= {"method": args.method, "systematics": systematics.provenance(args.method, args.survey) or "none",
@@ -383,8 +385,8 @@ def main() -> None:
                     help="the fitter of --originals-only and --fit-systematics")
     ap.add_argument("--workers", type=int, default=2, help="processes for a pPXF fit")
     ap.add_argument("--weights-prior", type=float, default=None,
-                    help="--originals-only, fast: fit with fit_lines(weights_prior=) (the shipped "
-                         "systematic constants, fitted without it, still apply)")
+                    help="--originals-only, fast: fit with this fit_lines(weights_prior=) instead of "
+                         "the fitter's own (0: none; the shipped systematic constants still apply)")
     ap.add_argument("--noise-free", action="store_true",
                     help="--originals-only on the mock without its noise: the fitter's own bias (the "
                          "formal errors are still the noisy spectra's)")
@@ -393,7 +395,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.weights_prior is not None and not (args.originals_only and args.method == "fast"):
         ap.error("--weights-prior goes with --originals-only and the fast method: the systematic "
-                 "constants are fitted without it")
+                 "constants are fitted with the fitter's own")
     if args.compare:
         compare(args.compare, args.out)
         return

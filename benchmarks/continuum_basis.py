@@ -82,7 +82,7 @@ VARIANTS = ((10, 0, False, None), (10, 0, True, None), (20, 0, False, None), (20
             (10, 2, False, None), (20, 2, False, None), (20, 3, False, None), (10, 0, True, 1.0),
             (10, 0, True, 10.0), (20, 0, True, 10.0))
 """(stellar components, of them multiplied by Legendre 1-4, two-pass multiplicative, ``weights_prior``)."""
-SHIPPED = (fast.N_PCA, fast.N_MULTIPLIED, True, None)
+SHIPPED = (fast.N_PCA, fast.N_MULTIPLIED, True, fast.WEIGHTS_PRIOR)
 """The fast fitter as it ships: `fit_batch` fits twice (``multiplicative=True``)."""
 MIN_BIN = 10
 REAL_LINES = ("halpha", "hbeta", "hgamma", "hdelta", "nii_6583", "oiii_5007", "sii_6716")
@@ -152,7 +152,7 @@ REAL_VARIANTS = (("fast", 10, False, None), ("fast_two_pass", 10, True, None),
                  ("fast_two_pass_weights_prior1", 10, True, 1.0), ("fast_two_pass_weights_prior10", 10, True, 10.0),
                  ("fast_two_pass_weights_prior30", 10, True, 30.0))
 """Fast-fitter variants on the real spectra: (name, stellar components, two-pass, ``weights_prior``)."""
-RESIDUAL_VARIANTS = (("shipped_on_ppxf_residual", fast.N_PCA, True, None),
+RESIDUAL_VARIANTS = (("shipped_on_ppxf_residual", fast.N_PCA, True, fast.WEIGHTS_PRIOR),
                      ("lines_on_ppxf_residual", 0, False, None))
 """Fits of the spectrum minus pPXF's stellar model: the shipped fitter, and lines + polynomials only."""
 

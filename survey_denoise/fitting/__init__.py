@@ -86,7 +86,7 @@ INPUT_DETECTIONS = "lines_detected_input"
 """A de-noised store's variable: bits of the catalogue lines its input detects (:func:`detected_lines`)."""
 PRIOR_DEFAULT = "default"
 """``width_prior`` of :func:`fit_lines` that means the fast fitter's own, centred on each spectrum's
-instrument (:func:`.fast.survey_width_prior`)."""
+instrument (:func:`.fast.survey_width_prior`); ``weights_prior``: :data:`.fast.WEIGHTS_PRIOR`."""
 
 
 def _is_denoised(attrs: dict) -> bool:
@@ -308,7 +308,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
               noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
               correlation: tuple[float, ...] | None = None,
               width_prior: tuple[float, float] | None | str = PRIOR_DEFAULT,
-              weights_prior: float | None = None) -> xr.Dataset:
+              weights_prior: float | None | str = PRIOR_DEFAULT) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -338,12 +338,13 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         (:func:`.fast.survey_width_prior`: the store's ``survey``, per galaxy
         where it has one), and None for de-noised ones (no pixel noise for a
         width to follow; see :func:`survey_denoise.models.base.line_error_scales`).
-    weights_prior : float, optional
-        Fast fitter: a prior on the stellar weights in its second pass, this
-        many times the templates' own spread wide (e.g.
-        :data:`.fast.WEIGHTS_PRIOR_SPREAD`), which ties the stellar light to
-        the continuum level as pPXF does; for galaxies whose continuum is
-        stellar.  None (default): no prior.  See :func:`.fast.fit_batch`.
+    weights_prior : float, None or "default"
+        Fast fitter (and the fast fits that give a pPXF fit of a de-noised
+        store its line errors): the prior on the stellar weights in its
+        second pass, this many times the templates' own spread wide
+        ("default": :data:`.fast.WEIGHTS_PRIOR`), which ties the starlight to
+        the continuum level as pPXF does; None fits without it, for a
+        featureless (AGN) continuum.  See :func:`.fast.fit_batch`.
 
     Returns
     -------
@@ -360,9 +361,12 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     """
     if method not in METHODS:
         raise ValueError(f"unknown fitting method {method!r}; choose one of {METHODS}")
-    if weights_prior is not None and (method != "fast" or not weights_prior > 0):
-        raise ValueError(f"weights_prior must be a positive number of spreads, for method 'fast' "
-                         f"(got {weights_prior!r} with method {method!r})")
+    if weights_prior == PRIOR_DEFAULT:
+        from . import fast
+
+        weights_prior = fast.WEIGHTS_PRIOR
+    if weights_prior is not None and not (isinstance(weights_prior, int | float) and weights_prior > 0):
+        raise ValueError(f"weights_prior must be a positive number of spreads or None, got {weights_prior!r}")
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dataset(ds)
     denoised = _is_denoised(ds.attrs)
@@ -412,7 +416,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
                                                           surveys))
-    attrs["weights_prior"] = json.dumps(None if weights_prior is None else float(weights_prior))
+    attrs["weights_prior"] = json.dumps(None if weights_prior is None or not (method == "fast" or line_scale)
+                                        else float(weights_prior))
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
             correlation, line_scale, survey, width_prior, None if weights_prior is None else float(weights_prior))
     if src["flux"].chunks is None:

@@ -31,17 +31,19 @@ spectra as pPXF does (``benchmarks/continuum_basis.py``,
 docs/line_errors.md).  With the width prior the faintest bins of Halpha
 and Hbeta on deep Balmer absorption read 0.04-0.05 dex low: held near
 their true width, they show a continuum bias that a width free to widen
-had hidden.  On the
-real spectra that ship with pPXF and fastspecfit it reads bright lines
+had hidden (0.02-0.03 dex with the prior below).  On the
+real spectra that ship with pPXF and fastspecfit it read bright lines
 1-22 % below pPXF (Hbeta of NGC3522 41 %): with pPXF's stars subtracted
 the lines and polynomials alone agree with pPXF, so the stellar columns
 take part of the Balmer emission where they do not span the real
-continuum.  The mock does not have that difference, and
-:mod:`.systematics` is calibrated on the mock.  An optional prior on the
-stellar weights (``fit_batch(weights_prior=)``, :data:`WEIGHTS_PRIOR_SPREAD`)
-ties the starlight to the continuum level as pPXF does and brings most
-of those lines to within 1-7 % of pPXF's (NGC3522's Hbeta 19 %), for a
-continuum that is all stars.
+continuum.  So the second pass holds the stellar weights to a prior
+(:data:`WEIGHTS_PRIOR`, :func:`template_weights`) that ties the starlight
+to the continuum level, as pPXF's templates, with no additive polynomial,
+are tied: it brings most of those lines to within 1-7 % of pPXF's
+(NGC3522's Hbeta 19 %).  It assumes the continuum is all stars, as pPXF
+does; ``weights_prior=None`` fits without it (a featureless AGN
+continuum).  The mock does not have the real spectra's difference, and
+:mod:`.systematics` is calibrated on the mock.
 
 A line column enters a spectrum's system only where the spectrum covers
 its lines, with continuum on both sides (:mod:`survey_denoise.line_windows`);
@@ -188,8 +190,8 @@ cut the largest faint-bin bias of Hα / Hβ from 0.19 / 0.16 dex to 0.04 /
 from the rest of the spectrum, so it trades with that line's flux: the Hα
 error on a flat continuum rose from 1.02 to 1.54 times the Cramér-Rao bound,
 and bright Hα and Hβ were read 1 % lower.  So none is used by default."""
-WEIGHTS_PRIOR_SPREAD = 10.0
-"""Width of the optional prior on the stellar weights (``fit_batch(weights_prior=)``), in the templates' spreads.
+WEIGHTS_PRIOR = 10.0
+"""Width of the prior on the stellar weights in the second pass (``fit_batch(weights_prior=)``), in the templates' spreads.
 
 The second pass can trade the stellar light for the additive constant
 and mix the components into shapes no template has, such as a Balmer
@@ -198,12 +200,13 @@ does, and reads Balmer lines low.  The prior (:func:`template_weights`)
 ties the stellar weights to the first pass's continuum level, as pPXF,
 with no additive polynomial, ties its templates.  On the real spectra
 inside pPXF and fastspecfit it brings most bright lines to within 1-7 % of
-pPXF's (NGC3522's Hβ 0.59 → 0.81), the same at 10 to 100 spreads; at 1 the
-mock's faint lines pay for it.  It is off by default because it assumes
-the whole continuum is stellar: a featureless one (a flat test
-continuum, an AGN's power law) is then read as stars and its lines
-biased (``python benchmarks/continuum_basis.py``; docs/line_errors.md,
-*A prior on the stellar weights*)."""
+pPXF's (NGC3522's Hβ 0.59 → 0.81), the same at 10 to 100 spreads, and
+halves the mock's faint Hα and Hβ biases; at 1 the mock's faint lines pay
+for it.  It assumes the whole continuum is stellar, as pPXF does: a
+featureless one (a flat test continuum, an AGN's power law) is read as
+stars and its lines biased, so fit those with ``weights_prior=None``
+(``python benchmarks/continuum_basis.py``; docs/line_errors.md, *A prior
+on the stellar weights*)."""
 SIGMA_STAR_KMS = (60.0, 150.0, 300.0)
 """Stellar velocity dispersions (km/s) the templates are broadened to before the PCA."""
 BLEND_SHARES = {"oii_3727": (0.5, 0.5)}
@@ -670,7 +673,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
               correlation: tuple[float, ...] = (), nonnegative: bool = True,
               multiplicative: bool = True,
               width_prior: tuple[float, float] | None = WIDTH_PRIOR,
-              weights_prior: float | None = None) -> dict:
+              weights_prior: float | None = WEIGHTS_PRIOR) -> dict:
     """Fit every spectrum of a batch on ``grid``.
 
     Parameters
@@ -710,13 +713,13 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
     weights_prior : float or None
         In the second pass: a Gaussian prior on the stellar components'
         weights, centred on the templates' mean and as wide as their spread
-        times this factor (:data:`WEIGHTS_PRIOR_SPREAD`), scaled by each spectrum's
+        times this factor (:data:`WEIGHTS_PRIOR`), scaled by each spectrum's
         continuum level from the first pass (:func:`template_weights`).  It
         keeps the solve from mixing the components into shapes no template
         has, such as a Balmer series in emission (docs/line_errors.md,
         *A prior on the stellar weights*); it assumes the whole continuum is
-        stellar.  None (the default): no prior.  With ``multiplicative=False``
-        there is no second pass and no prior.
+        stellar.  None: no prior (a featureless continuum).  With
+        ``multiplicative=False`` there is no second pass and no prior.
 
     Returns
     -------

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..fitting import METHODS
+from ..fitting.fast import WEIGHTS_PRIOR
 from ..models import KINDS
 from ..models.coverage import SURVEYS
 from ..models.training import CONDITIONINGS, ESTIMATES, NOISE_DRAWS, PRESETS
@@ -147,12 +148,12 @@ class Fit(Strict):
         "in quadrature: SDSS 90 km/s, DESI 76, else 80; fitting.fast.survey_width_prior), so "
         "faint lines do not take a width from their noise; 'none' reads the width from the "
         "chi^2 alone, as de-noised spectra always are."))
-    weights_prior: float | None = Field(None, gt=0, description=(
-        "Fast fits: a prior on the stellar weights of the second pass, this many times the "
-        "templates' own spread wide (10 is fitting.fast.WEIGHTS_PRIOR_SPREAD), tying the stellar "
-        "light to the continuum level as pPXF does; on real spectra it brings bright Balmer "
-        "lines to pPXF's, but it reads a featureless continuum (an AGN's) as stars. "
-        "Default: none."))
+    weights_prior: float = Field(WEIGHTS_PRIOR, ge=0, description=(
+        "Fast fits: the prior on the stellar weights of the second pass, this many times the "
+        "templates' own spread wide (fitting.fast.WEIGHTS_PRIOR), tying the starlight to the "
+        "continuum level as pPXF does, which brings real spectra's bright Balmer lines to "
+        "pPXF's; 0 fits without it, for samples with featureless (AGN) continua, which it "
+        "would read as stars."))
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
         default_factory=list, json_schema_extra=PIPELINE_ONLY,
         description="stores to fit (default: the last one made)")
@@ -164,8 +165,6 @@ class Fit(Strict):
     def _templates(self) -> Fit:
         if self.templates is not None and self.method != "ppxf":
             raise ValueError("templates are used by method ppxf only")
-        if self.weights_prior is not None and self.method != "fast":
-            raise ValueError("weights_prior is used by method fast only")
         return self
 
 

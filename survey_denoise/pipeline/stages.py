@@ -157,8 +157,7 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
         kwargs["templates"] = str(cfg.templates)
     if cfg.width_prior == "none":
         kwargs["width_prior"] = None
-    if cfg.weights_prior is not None:
-        kwargs["weights_prior"] = cfg.weights_prior
+    kwargs["weights_prior"] = cfg.weights_prior or None
     return fit_lines(ds, **kwargs)
 
 
