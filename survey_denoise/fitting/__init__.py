@@ -367,6 +367,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         weights_prior = fast.WEIGHTS_PRIOR
     if weights_prior is not None and not (isinstance(weights_prior, int | float) and weights_prior > 0):
         raise ValueError(f"weights_prior must be a positive number of spreads or None, got {weights_prior!r}")
+    weights_prior = None if weights_prior is None else float(weights_prior)
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dataset(ds)
     denoised = _is_denoised(ds.attrs)
@@ -416,10 +417,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         width_prior = None if width_prior is None else tuple(float(v) for v in width_prior)
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
                                                           surveys))
-    attrs["weights_prior"] = json.dumps(None if weights_prior is None or not (method == "fast" or line_scale)
-                                        else float(weights_prior))
+    attrs["weights_prior"] = json.dumps(weights_prior if method == "fast" or line_scale else None)
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation, line_scale, survey, width_prior, None if weights_prior is None else float(weights_prior))
+            correlation, line_scale, survey, width_prior, weights_prior)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

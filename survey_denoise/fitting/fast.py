@@ -756,9 +756,10 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         if multiplicative:
             # Signed line fluxes: the first pass only gives the continuum (and skips the active set).
             _, first = _fit_widths(y, w, covered, grid, (widths_kms[len(widths_kms) // 2],), xp, False)
-            scale = xp.asarray(_continuum_scale(first[0], good, grid, len(groups)))
+            model = first[0][:, len(groups):] @ continuum_basis(grid).T   # the first pass's continuum
+            scale = xp.asarray(_continuum_scale(model, good))
             if weights_prior is not None:
-                stars = _weights_prior(first[0], good, grid, len(groups), float(weights_prior), xp)
+                stars = _weights_prior(model, good, grid, float(weights_prior), xp)
         prior = None if centres is None else (centres[rows], width_prior[1])
         fits, (x, err, chi2, meas, width, near, width_var) = _fit_widths(y, w, covered, grid, widths_kms,
                                                                          xp, nonnegative, scale, prior, stars)
@@ -821,38 +822,35 @@ def _fit_widths(y, w, covered, grid, widths_kms, xp, nonnegative, scale=None, pr
                              np.log(np.asarray(widths_kms, float)), dof, len(groups), prior)
 
 
-def _continuum_scale(x, good, grid, n_lines):
-    """Each spectrum's first-pass continuum model over its median on the good pixels, (n, p).
+def _continuum_scale(model, good):
+    """Each spectrum's first-pass continuum ``model`` (n, p) over its median on the good pixels.
 
     The second pass multiplies the Legendre polynomials of degree >= 1 by
     it.  Where that median is not positive (no continuum to speak of) the
     scale is 1, and the second pass repeats the first.
     """
-    model = x[:, n_lines:] @ continuum_basis(grid).T
     level = np.nanmedian(np.where(good, model, np.nan), axis=1)  # fitted spectra have good pixels
     usable = np.isfinite(level) & (level > 0)
     return np.where(usable[:, None], model / np.where(usable, level, 1.0)[:, None], 1.0)
 
 
-def _weights_prior(x, good, grid, n_lines, spread, xp):
+def _weights_prior(model, good, grid, spread, xp):
     """The Gaussian prior of ``fit_batch(weights_prior=spread)`` on the stellar weights, per spectrum.
 
     The templates' weights (:func:`template_weights`) are for spectra of
-    mean flux 1, so for a spectrum whose first-pass continuum (coefficients
-    ``x``) is ``L`` times as bright as the templates' mean over its good
+    mean flux 1, so for a spectrum whose first-pass continuum ``model``
+    (n, p) is ``L`` times as bright as the templates' mean over its good
     pixels the prior is N(L mean, (spread L)^2 cov).  Where ``L`` is not
     positive (no continuum to speak of) there is none.  Returns the
     precision's upper triangle over the continuum columns (n, entries), the
     right-hand-side term (n, n_cont) and the precision itself (n, n_cont, n_cont).
     """
     mean, precision, mean_spectrum = template_weights(grid)
-    basis = continuum_basis(grid)
-    model = x[:, n_lines:] @ basis.T
     with np.errstate(divide="ignore", invalid="ignore"):
         level = np.where(good, model, 0.0).sum(1) / (good @ mean_spectrum)
     usable = np.isfinite(level) & (level > 0)
     level = np.where(usable, level, 1.0)
-    n, k = x.shape[0], basis.shape[1]
+    n, k = model.shape[0], continuum_basis(grid).shape[1]
     at = slice(POLY_DEGREE + 1, POLY_DEGREE + 1 + mean.size)
     block = np.zeros((n, k, k))
     block[:, at, at] = precision[None] * (usable / (spread * level) ** 2)[:, None, None]
