@@ -53,9 +53,17 @@ class Flag(enum.IntFlag):
     included; the de-noised store's ``lines_detected_input``), so its de-noised value comes
     from what the model learned of similar galaxies, not from this galaxy's data."""
 
+    FIT_PRIOR_REJECTED = 1 << 15
+    """The spectrum's data reject the fast fitter's prior that its continuum is all starlight
+    (an AGN's featureless continuum, a nebular one, stars unlike the templates; at the
+    false-alarm probability ``fast.PRIOR_TEST``): it was fitted without that prior.  The
+    fit succeeded (:data:`FIT_INFORMATIONAL`)."""
+
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM
 """Bits after which a spectrum carries no usable flux."""
+FIT_INFORMATIONAL = Flag.FIT_PRIOR_REJECTED
+"""Bits of a catalogue's ``status`` that describe a fit that succeeded; any other bit is a failure."""
 
 
 def describe(value: int) -> list[str]:

@@ -638,3 +638,75 @@ def test_read_catalogue_refuses_other_tables(tmp_path):
         read_catalogue(tmp_path / "other.parquet")
     with pytest.raises(FileNotFoundError):
         read_catalogue(tmp_path / "none.parquet")
+
+
+def _featureless(fraction: float, n: int, seed: int, noise: float = 0.01):
+    """Template continua diluted by a power law (f_nu ~ nu^-1.5), ``fraction`` of the light at 5100 A, + lines."""
+    rng = np.random.default_rng(seed)
+    wave = np.asarray(GRID.wavelength)
+    templates = fast._templates_on_grid(GRID)
+    stars = templates[rng.integers(0, templates.shape[0], n)]
+    at = np.argmin(np.abs(wave - 5100.0))
+    power = (wave / 5100.0) ** -0.5 * stars[:, at:at + 1] * fraction / (1.0 - fraction)
+    truth = {k: 10 ** rng.uniform(-0.3, 0.7, n) for k in ("halpha", "hbeta")}
+    flux = stars + power
+    for key, f in truth.items():
+        flux = flux + f[:, None] * fast.gaussian_profile(np.asarray(GRID.edges), lines.wavelength(key), 90.0)
+    return flux + rng.normal(0.0, noise, flux.shape), np.full(flux.shape, noise ** -2), truth
+
+
+def test_a_featureless_continuum_is_refitted_without_the_weights_prior_when_asked():
+    # The prior reads a power law diluting the starlight as stars, and puts absorption under
+    # the Balmer lines that is not there; the data reject it, and the test hands those spectra
+    # to the fit without it.  Pure starlight keeps the prior.
+    stars_only, ivar, _ = _featureless(0.0, 30, seed=1)
+    diluted, _, truth = _featureless(0.4, 30, seed=2)
+    flux = np.concatenate([stars_only, diluted])
+    ivar = np.concatenate([ivar, ivar])
+    tested = fast.fit_batch(flux, ivar, prior_test=fast.PRIOR_TEST)
+    kept = fast.fit_batch(flux, ivar)
+    free = fast.fit_batch(flux, ivar, weights_prior=None)
+    rejected = (tested["status"] & Flag.FIT_PRIOR_REJECTED) > 0
+    assert rejected[:30].sum() <= 1 and rejected[30:].mean() > 0.8, (rejected[:30].sum(), rejected[30:].mean())
+    assert np.all(tested["prior_dchi2"][rejected] > fast.prior_threshold(fast.PRIOR_TEST))
+    assert np.isnan(kept["prior_dchi2"]).all()
+    for key in ("halpha", "hbeta"):
+        np.testing.assert_allclose(tested["flux"][key][rejected], free["flux"][key][rejected], rtol=1e-8)
+        np.testing.assert_allclose(tested["flux"][key][~rejected], kept["flux"][key][~rejected], rtol=1e-8)
+    # On the diluted half the prior reads Hbeta high; the test takes most of that away.
+    bias = {name: np.median(np.log10(out["flux"]["hbeta"][30:] / truth["hbeta"]))
+            for name, out in (("kept", kept), ("tested", tested))}
+    assert bias["kept"] > 0.05 and abs(bias["tested"]) < 0.5 * bias["kept"], bias
+    with pytest.raises(ValueError, match="prior_test"):
+        fast.prior_threshold(1.5)
+
+
+def test_fit_lines_and_the_fit_stage_pass_the_prior_test_and_record_it():
+    flux, ivar, _ = _featureless(0.4, 6, seed=3, noise=0.02)
+    ds = _dataset(flux, ivar).chunk(galaxy=3)
+    on, off = fit_lines(ds, prior_test=1e-3).compute(), fit_lines(ds).compute()
+    assert json.loads(on.attrs["weights_prior_test"]) == 1e-3 and json.loads(off.attrs["weights_prior_test"]) is None
+    assert ((on["status"].values & Flag.FIT_PRIOR_REJECTED) > 0).any()
+    assert not (off["status"].values & Flag.FIT_PRIOR_REJECTED).any()
+    # Without the prior there is nothing to test.
+    assert json.loads(fit_lines(ds, weights_prior=None, prior_test=1e-3).attrs["weights_prior_test"]) is None
+    from survey_denoise.pipeline import stages
+    from survey_denoise.pipeline.params import Fit
+    from survey_denoise.science.metallicity import fit_succeeded
+
+    assert Fit().prior_test == 0
+    staged = stages.fit(ds, Fit(prior_test=1e-3)).compute()
+    np.testing.assert_array_equal(staged["status"].values, on["status"].values)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="prior_test"):
+            Fit(prior_test=bad)
+    for bad in (0.0, 2.0, "often"):
+        with pytest.raises(ValueError, match="prior_test"):
+            fit_lines(ds, prior_test=bad)
+    # A fit without the prior succeeded: downstream science keeps it.
+    np.testing.assert_array_equal(
+        fit_succeeded(np.array([0, Flag.FIT_PRIOR_REJECTED, Flag.FIT_FAILED,
+                                 Flag.FIT_FAILED | Flag.FIT_PRIOR_REJECTED, 3], np.uint32)),
+        [True, True, False, False, False])
+    np.testing.assert_array_equal(fit_succeeded(np.array([0.0, np.nan, float(Flag.FIT_PRIOR_REJECTED)])),
+                                  [True, False, True])

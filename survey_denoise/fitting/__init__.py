@@ -122,18 +122,18 @@ def noise_of(ds: xr.Dataset, denoised: bool | None = None, constant: float = DEN
 
 
 def _fast(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None,
-          weights_prior=None):
+          weights_prior=None, prior_test=None):
     from . import fast
 
     with np.errstate(divide="ignore"):
         ivar = np.where(good, 1.0 / noise**2, 0.0)
     return fast.fit_batch(flux, ivar, good, grid=grid, correlation=correlation,
                           **({"widths_kms": widths} if widths else {}), width_prior=width_prior,
-                          weights_prior=weights_prior)
+                          weights_prior=weights_prior, prior_test=prior_test)
 
 
 def _ppxf(flux, noise, good, grid: Grid, *, widths, correlation, templates, width_prior=None,
-          weights_prior=None):
+          weights_prior=None, prior_test=None):
     from .ppxf import fit_many
     from .templates import stellar_templates
 
@@ -163,7 +163,7 @@ def _width_prior_record(uses_fast: bool, width_prior, surveys: list[str | None])
 
 FITTERS = {"fast": _fast, "ppxf": _ppxf}
 """Fit methods: ``fitter(flux, noise, good, grid, *, widths, correlation, templates, width_prior,
-weights_prior)`` on one
+weights_prior, prior_test)`` on one
 chunk (arrays galaxy x pixel; noise inf where unusable) -> a fit that
 :func:`.catalogue.from_fit` turns into catalogue columns."""
 METHODS = tuple(FITTERS)
@@ -174,7 +174,7 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
            correlation: tuple[float, ...] = (),
            line_scale: tuple[tuple[str, float, float, float, float, float], ...] = (),
            survey: str | None = None, width_prior=PRIOR_DEFAULT,
-           weights_prior: float | None = None) -> xr.Dataset:
+           weights_prior: float | None = None, prior_test: float | None = None) -> xr.Dataset:
     noise, good, _ = noise_of(ds, denoised, constant)
     flux = np.asarray(ds["flux"].values, np.float64)
     if width_prior == PRIOR_DEFAULT:
@@ -183,14 +183,16 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
         # Centred on the instrument that recorded each spectrum (an ingested store knows it per galaxy).
         width_prior = fast.survey_width_prior(ds["survey"].values if "survey" in ds else survey)
     fit = FITTERS[method](flux, noise, good, grid, widths=widths, correlation=correlation,
-                          templates=templates, width_prior=width_prior, weights_prior=weights_prior)
+                          templates=templates, width_prior=width_prior, weights_prior=weights_prior,
+                          prior_test=prior_test)
     if line_scale:
         # The de-noiser's error model was calibrated on the fast fitter's formal errors (pixel
         # errors correlated); pPXF's treat the decoded pixels as independent, so a pPXF fit takes
         # each line's error from a fast fit of the same spectrum.
         model = fit if method == "fast" else _fast(flux, noise, good, grid, widths=None,
                                                     correlation=correlation, templates=None,
-                                                    width_prior=width_prior, weights_prior=weights_prior)
+                                                    width_prior=width_prior, weights_prior=weights_prior,
+                                                    prior_test=prior_test)
         for key, err in _modelled_errors(model, line_scale).items():
             fit["flux_err"][key] = np.where(np.isfinite(fit["flux_err"][key]), err, np.nan)
     # A de-noised spectrum's line errors are the de-noiser's, calibrated on held-out galaxies: the
@@ -308,7 +310,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
               noise: float = DENOISED_NOISE, widths_kms: tuple[float, ...] | None = None,
               correlation: tuple[float, ...] | None = None,
               width_prior: tuple[float, float] | None | str = PRIOR_DEFAULT,
-              weights_prior: float | None | str = PRIOR_DEFAULT) -> xr.Dataset:
+              weights_prior: float | None | str = PRIOR_DEFAULT,
+              prior_test: float | None = None) -> xr.Dataset:
     """Measure the catalogue's emission lines in every spectrum, lazily, chunk by chunk.
 
     Parameters
@@ -345,6 +348,12 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
         ("default": :data:`.fast.WEIGHTS_PRIOR`), which ties the starlight to
         the continuum level as pPXF does; None fits without it, for a
         featureless (AGN) continuum.  See :func:`.fast.fit_batch`.
+    prior_test : float or None
+        With ``weights_prior``: test that prior on each spectrum at this
+        false-alarm probability and fit the spectra whose data reject it
+        without it, flagging them ``FIT_PRIOR_REJECTED``
+        (:data:`.fast.PRIOR_TEST`; for samples where some continua may be
+        featureless).  None (the default): no test.
 
     Returns
     -------
@@ -368,6 +377,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     if weights_prior is not None and not (isinstance(weights_prior, int | float) and weights_prior > 0):
         raise ValueError(f"weights_prior must be a positive number of spreads or None, got {weights_prior!r}")
     weights_prior = None if weights_prior is None else float(weights_prior)
+    if prior_test is not None and not (isinstance(prior_test, int | float) and 0 < prior_test < 1):
+        raise ValueError(f"prior_test must be a false-alarm probability in (0, 1) or None, got {prior_test!r}")
+    prior_test = None if prior_test is None or weights_prior is None else float(prior_test)
     validate(ds, frame="rest", where="fit_lines")
     grid = Grid.from_dataset(ds)
     denoised = _is_denoised(ds.attrs)
@@ -418,8 +430,9 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     attrs["width_prior"] = json.dumps(_width_prior_record(method == "fast" or bool(line_scale), width_prior,
                                                           surveys))
     attrs["weights_prior"] = json.dumps(weights_prior if method == "fast" or line_scale else None)
+    attrs["weights_prior_test"] = json.dumps(prior_test if method == "fast" or line_scale else None)
     args = (method, grid, templates, denoised, tuple(widths_kms) if widths_kms else None, noise,
-            correlation, line_scale, survey, width_prior, weights_prior)
+            correlation, line_scale, survey, width_prior, weights_prior, prior_test)
     if src["flux"].chunks is None:
         out = _chunk(src.load(), *args)
     else:

@@ -154,6 +154,12 @@ class Fit(Strict):
         "continuum level as pPXF does, which brings real spectra's bright Balmer lines to "
         "pPXF's; 0 fits without it, for samples with featureless (AGN) continua, which it "
         "would read as stars."))
+    prior_test: float = Field(0.0, ge=0, lt=1, description=(
+        "Fast fits with the weights prior: test it on each spectrum at this false-alarm "
+        "probability (fitting.fast.PRIOR_TEST is 0.001) and fit the spectra whose data reject "
+        "it without it, flagged FIT_PRIOR_REJECTED; for samples where some continua may be "
+        "featureless (AGN). 0: no test. Real galaxies whose stars the templates do not span "
+        "reject it too."))
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
         default_factory=list, json_schema_extra=PIPELINE_ONLY,
         description="stores to fit (default: the last one made)")

@@ -158,6 +158,7 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
     if cfg.width_prior == "none":
         kwargs["width_prior"] = None
     kwargs["weights_prior"] = cfg.weights_prior or None
+    kwargs["prior_test"] = cfg.prior_test or None
     return fit_lines(ds, **kwargs)
 
 

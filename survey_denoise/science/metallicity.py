@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..fitting.catalogue import not_covered
+from ..flags import FIT_INFORMATIONAL
 
 LN10 = float(np.log(10.0))
 
@@ -193,10 +194,16 @@ def bpt_star_forming(log_nii_ha, log_oiii_hb, curve: str = "kauffmann03") -> np.
 
 
 def fit_succeeded(status) -> np.ndarray:
-    """Interpret a catalogue ``status`` column: 0 (or "ok") means the fit succeeded."""
+    """Interpret a catalogue ``status`` column: 0 or only :data:`~survey_denoise.flags.FIT_INFORMATIONAL` bits (or "ok") mean the fit succeeded."""
     s = pd.Series(status)
-    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        return (s.to_numpy() == 0)
+    if pd.api.types.is_bool_dtype(s):
+        return ~s.to_numpy()
+    if pd.api.types.is_numeric_dtype(s):
+        # Any bit but the informational ones (FIT_PRIOR_REJECTED) is a failure; a galaxy
+        # missing from the catalogue (NaN) was not fitted.
+        v = s.to_numpy(dtype=np.float64)
+        known = np.isfinite(v) & (v >= 0)
+        return known & ((np.where(known, v, 1).astype(np.int64) & ~int(FIT_INFORMATIONAL)) == 0)
     return s.astype(str).str.lower().isin(["ok", "0", "success", "converged"]).to_numpy()
 
 
