@@ -39,7 +39,7 @@ with the clean spectra's own variance added, is printed too.  With
 (std of log10 fitted / true over galaxies with both positive) recorded;
 the default preset's own run then has the default rate.
 
-    OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep]
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py [--n 3000] [--epochs 15] [--dropout-sweep] [--weights-prior 0]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --originals-only [--design mzr] [--survey desi] [--seed 12]
         [--weights-prior 10]
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --fit-systematics [--n 3000] [--seed 11] [--method ppxf]
@@ -54,6 +54,7 @@ process, Dask's synchronous scheduler.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -67,7 +68,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from survey_denoise import noise  # noqa: E402
-from survey_denoise.fitting import fit_lines, systematics  # noqa: E402
+from survey_denoise.fitting import fast, fit_lines, systematics  # noqa: E402
 from survey_denoise.fitting.catalogue import formal_errors, to_frame  # noqa: E402
 from survey_denoise.inference import denoise  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
@@ -361,6 +362,25 @@ def compare(paths: list[Path], out: Path) -> None:
     print(f"wrote {out}")
 
 
+@contextlib.contextmanager
+def fitter_weights_prior(value: float | None):
+    """Inside the block, the fast fitter's own stellar-weights prior is ``value`` (0: none) in every fit.
+
+    Its default is read by ``fit_lines`` and bound into ``fit_batch``, which
+    the de-noisers' held-out line-error calibration calls; both are replaced.
+    """
+    if value is None:
+        yield
+        return
+    defaults = fast.fit_batch.__kwdefaults__
+    saved = fast.WEIGHTS_PRIOR, defaults["weights_prior"]
+    fast.WEIGHTS_PRIOR = defaults["weights_prior"] = value or None
+    try:
+        yield
+    finally:
+        fast.WEIGHTS_PRIOR, defaults["weights_prior"] = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="galaxies (80 %% train, 20 %% test)")
@@ -385,17 +405,19 @@ def main() -> None:
                     help="the fitter of --originals-only and --fit-systematics")
     ap.add_argument("--workers", type=int, default=2, help="processes for a pPXF fit")
     ap.add_argument("--weights-prior", type=float, default=None,
-                    help="--originals-only, fast: fit with this fit_lines(weights_prior=) instead of "
-                         "the fitter's own (0: none; the shipped systematic constants still apply)")
+                    help="fast fits with this fit_lines(weights_prior=) instead of the fitter's own "
+                         "(0: none; the shipped systematic constants still apply); without "
+                         "--originals-only, every fast fit of the run, the de-noisers' held-out "
+                         "line-error calibration included")
     ap.add_argument("--noise-free", action="store_true",
                     help="--originals-only on the mock without its noise: the fitter's own bias (the "
                          "formal errors are still the noisy spectra's)")
     ap.add_argument("--compare", type=Path, nargs="+",
                     help="summarise these runs' JSONs side by side (into --out) and stop")
     args = ap.parse_args()
-    if args.weights_prior is not None and not (args.originals_only and args.method == "fast"):
-        ap.error("--weights-prior goes with --originals-only and the fast method: the systematic "
-                 "constants are fitted with the fitter's own")
+    if args.weights_prior is not None and (args.fit_systematics or args.method != "fast"):
+        ap.error("--weights-prior goes with the fast method and not with --fit-systematics: the "
+                 "systematic constants are fitted with the fitter's own")
     if args.compare:
         compare(args.compare, args.out)
         return
@@ -404,7 +426,8 @@ def main() -> None:
         return
 
     t0 = time.perf_counter()
-    with dask.config.set(scheduler="synchronous"), tempfile.TemporaryDirectory() as workdir:
+    with (dask.config.set(scheduler="synchronous"), tempfile.TemporaryDirectory() as workdir,
+          fitter_weights_prior(args.weights_prior)):
         ids = select("uniform-halpha", args.n, args.seed)
         raw = generate(ids, MockConfig(seed=args.seed, survey="sdss"), chunk_size=500,
                        design="uniform-halpha").compute()
@@ -442,7 +465,8 @@ def main() -> None:
            f"--epochs {args.epochs} --seed {args.seed}"
            + ("" if args.model_seed is None else f" --model-seed {args.model_seed}")
            + ("" if args.noise_draws is None else f" --noise-draws {args.noise_draws}")
-           + (" --dropout-sweep" if args.dropout_sweep else ""))
+           + (" --dropout-sweep" if args.dropout_sweep else "")
+           + ("" if args.weights_prior is None else f" --weights-prior {args.weights_prior:g}"))
     meta = {"command": cmd,
             "mock": {"design": "uniform-halpha", "survey": "sdss", "seed": args.seed, "n": args.n,
                      "n_train": n_train, "n_test": args.n - n_train},
