@@ -710,3 +710,39 @@ def test_fit_lines_and_the_fit_stage_pass_the_prior_test_and_record_it():
         [True, True, False, False, False])
     np.testing.assert_array_equal(fit_succeeded(np.array([0.0, np.nan, float(Flag.FIT_PRIOR_REJECTED)])),
                                   [True, False, True])
+
+
+def test_signed_fluxes_cover_a_line_below_the_noise_at_the_nominal_rate():
+    # A line at S/N ~ 0.5: held at 0, half its fits are 0 and their errors cover the truth too
+    # often; signed, the fluxes scatter about the truth as their errors say, and the mean of
+    # many is the true flux (a stack).
+    rng = np.random.default_rng(21)
+    edges = np.asarray(GRID.edges)
+    truth = 0.15
+    templates = fast._templates_on_grid(GRID)
+    cont = templates[rng.integers(0, templates.shape[0], 800)]
+    clean = cont + truth * fast.gaussian_profile(edges, lines.wavelength("halpha"), 90.0)[None, :]
+    flux = clean + rng.normal(0.0, 0.05, clean.shape)
+    ivar = np.full_like(flux, 400.0)
+    ds = _dataset(flux, ivar, norm=1.0).chunk(galaxy=400)
+    clipped, signed = fit_lines(ds).compute(), fit_lines(ds, signed=True).compute()
+    assert json.loads(signed.attrs["signed_fluxes"]) and not json.loads(clipped.attrs["signed_fluxes"])
+    within = {}
+    for name, cat in (("clipped", clipped), ("signed", signed)):
+        f, e = cat["halpha_flux"].values / (1 + 0.02), cat["halpha_flux_err"].values / (1 + 0.02)
+        within[name] = np.mean(np.abs(f - truth) <= e)
+    assert (signed["halpha_flux"].values < 0).mean() > 0.2 and (clipped["halpha_flux"].values >= 0).all()
+    assert 0.62 < within["signed"] < 0.75 < within["clipped"], within
+    f = signed["halpha_flux"].values / 1.02
+    assert abs(f.mean() - truth) < 3 * f.std() / np.sqrt(f.size)
+    # The fit stage passes it on; pPXF has no signed fluxes.
+    from survey_denoise.pipeline import stages
+    from survey_denoise.pipeline.params import Fit
+
+    assert not Fit().signed
+    np.testing.assert_array_equal(stages.fit(ds, Fit(signed=True)).compute()["halpha_flux"].values,
+                                  signed["halpha_flux"].values)
+    with pytest.raises(ValueError, match="signed"):
+        Fit(method="ppxf", signed=True)
+    with pytest.raises(ValueError, match="signed"):
+        fit_lines(ds, method="ppxf", signed=True)

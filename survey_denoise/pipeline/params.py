@@ -160,6 +160,11 @@ class Fit(Strict):
         "it without it, flagged FIT_PRIOR_REJECTED; for samples where some continua may be "
         "featureless (AGN). 0: no test. Real galaxies whose stars the templates do not span "
         "reject it too."))
+    signed: bool = Field(False, description=(
+        "Fast fits: line fluxes may be negative, as the noise makes them for lines below it, "
+        "instead of held at 0; their errors then cover the truth at the nominal rate, and faint "
+        "lines stack without bias. Negative fluxes count as non-detections in every score. "
+        "Not with method ppxf."))
     stores: list[Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
         default_factory=list, json_schema_extra=PIPELINE_ONLY,
         description="stores to fit (default: the last one made)")
@@ -171,6 +176,8 @@ class Fit(Strict):
     def _templates(self) -> Fit:
         if self.templates is not None and self.method != "ppxf":
             raise ValueError("templates are used by method ppxf only")
+        if self.signed and self.method != "fast":
+            raise ValueError("signed line fluxes need method fast; ppxf keeps them non-negative")
         return self
 
 

@@ -159,6 +159,8 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
         kwargs["width_prior"] = None
     kwargs["weights_prior"] = cfg.weights_prior or None
     kwargs["prior_test"] = cfg.prior_test or None
+    if cfg.signed:
+        kwargs["signed"] = True
     return fit_lines(ds, **kwargs)
 
 
