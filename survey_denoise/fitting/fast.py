@@ -887,8 +887,9 @@ def _refit_rejected(out, flux, ivar, ok, *, grid, widths_kms, xp, correlation, n
     if width_prior is not None:
         centres = np.broadcast_to(np.asarray(width_prior[0], float), (flux.shape[0],))[rejected]
         width_prior = (centres, width_prior[1])
-    again = fit_batch(flux[rejected], ivar[rejected], ok[rejected], grid=grid, widths_kms=widths_kms, xp=xp, correlation=correlation, nonnegative=nonnegative,
-                      width_prior=width_prior, weights_prior=None)
+    again = fit_batch(flux[rejected], ivar[rejected], ok[rejected], grid=grid, widths_kms=widths_kms, xp=xp,
+                      correlation=correlation, nonnegative=nonnegative, width_prior=width_prior,
+                      weights_prior=None)
     for key in out["flux"]:
         out["flux"][key][rejected] = again["flux"][key]
         out["flux_err"][key][rejected] = again["flux_err"][key]

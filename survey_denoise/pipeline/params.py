@@ -173,7 +173,7 @@ class Fit(Strict):
         "the scores and the science stage measure only these, and pPXF's cost falls with them"))
 
     @model_validator(mode="after")
-    def _templates(self) -> Fit:
+    def _method_options(self) -> Fit:
         if self.templates is not None and self.method != "ppxf":
             raise ValueError("templates are used by method ppxf only")
         if self.signed and self.method != "fast":
