@@ -111,55 +111,60 @@ def truth_in(raw, rest) -> dict:
     return {k: raw[f"true_{k}_flux"].values / rest["norm"].values for k in KEYS}
 
 
-def noise_free(n: int, n_ppxf: int) -> dict:
-    raw, rest = mock(n, noise=False)
-    wave = rest["wavelength"].values
-    level = np.median(rest["flux"].values[:, (wave > 5050) & (wave < 5150)], axis=1)
-    truth = truth_in(raw, rest)
-    t = truth["halpha"]
-    rows = np.sort(np.argsort(t)[np.linspace(0, n - 1, n_ppxf).astype(int)]) if n_ppxf else None
-    out = {}
+def level_5100(ds) -> np.ndarray:
+    """Each spectrum's median flux density over 5050-5150 A, in its own units."""
+    wave = ds["wavelength"].values
+    return np.median(ds["flux"].values[:, (wave > 5050) & (wave < 5150)], axis=1)
+
+
+def variant_fits(rest, level: np.ndarray):
+    """``(fraction, variant name, fast fit)`` of ``rest`` plus each power law, for every variant."""
     for fraction in FRACTIONS:
         flux = rest["flux"].values + power_law(rest, level, fraction)
-        entry = out.setdefault(f"f{fraction:g}", {})
         for name, kw in VARIANTS.items():
-            fit = fast.fit_batch(flux, rest["ivar"].values, ~rest["mask"].values, **kw)
-            entry[name] = log_bias(truth, fit["flux"])
-        if rows is not None and fraction in (0.0, 0.25):
-            sub = rest.isel(galaxy=rows).copy()
-            sub["flux"] = sub["flux"] + power_law(sub, level[rows], fraction).astype(sub["flux"].dtype)
-            t0 = time.perf_counter()
-            with dask.config.set(scheduler="synchronous"):
-                cat = to_frame(fit_lines(sub.chunk({"galaxy": 40}), "ppxf").compute())
-            entry["ppxf"] = log_bias({k: v[rows] for k, v in truth.items()},
-                                     {k: cat[f"{k}_flux"].to_numpy(float) / sub["norm"].values for k in KEYS})
-            entry["ppxf"]["seconds"] = time.perf_counter() - t0
-            fit = fast.fit_batch(sub["flux"].values, sub["ivar"].values, ~sub["mask"].values)
-            entry["prior_on_ppxf_galaxies"] = log_bias({k: v[rows] for k, v in truth.items()}, fit["flux"])
+            yield fraction, name, fast.fit_batch(flux, rest["ivar"].values, ~rest["mask"].values, **kw)
+
+
+def noise_free(n: int, n_ppxf: int) -> dict:
+    raw, rest = mock(n, noise=False)
+    level = level_5100(rest)
+    truth = truth_in(raw, rest)
+    out = {}
+    for fraction, name, fit in variant_fits(rest, level):
+        out.setdefault(f"f{fraction:g}", {})[name] = log_bias(truth, fit["flux"])
+    if not n_ppxf:
+        return out
+    rows = np.sort(np.argsort(truth["halpha"])[np.linspace(0, n - 1, n_ppxf).astype(int)])
+    picked = {k: v[rows] for k, v in truth.items()}
+    for fraction in (0.0, 0.25):
+        sub = rest.isel(galaxy=rows).copy()
+        sub["flux"] = sub["flux"] + power_law(sub, level[rows], fraction).astype(sub["flux"].dtype)
+        t0 = time.perf_counter()
+        with dask.config.set(scheduler="synchronous"):
+            cat = to_frame(fit_lines(sub.chunk({"galaxy": 40}), "ppxf").compute())
+        entry = out[f"f{fraction:g}"]
+        entry["ppxf"] = log_bias(picked, {k: cat[f"{k}_flux"].to_numpy(float) / sub["norm"].values for k in KEYS})
+        entry["ppxf"]["seconds"] = time.perf_counter() - t0
+        fit = fast.fit_batch(sub["flux"].values, sub["ivar"].values, ~sub["mask"].values)
+        entry["prior_on_ppxf_galaxies"] = log_bias(picked, fit["flux"])
     return out
 
 
 def noisy(n: int) -> dict:
     raw, rest = mock(n, noise=True)
     _, clean = mock(n, noise=False)
-    wave = rest["wavelength"].values
     # The level of the noise-free spectrum, in the noisy one's normalisation.
-    level = (np.median(clean["flux"].values[:, (wave > 5050) & (wave < 5150)], axis=1)
-             * clean["norm"].values / rest["norm"].values)
+    level = level_5100(clean) * clean["norm"].values / rest["norm"].values
     truth = truth_in(raw, rest)
     threshold = fast.prior_threshold(fast.PRIOR_TEST)
     out = {}
-    for fraction in FRACTIONS:
-        flux = rest["flux"].values + power_law(rest, level, fraction)
+    for fraction, name, fit in variant_fits(rest, level):
         entry = out.setdefault(f"f{fraction:g}", {})
-        for name, kw in VARIANTS.items():
-            fit = fast.fit_batch(flux, rest["ivar"].values, ~rest["mask"].values, **kw)
-            entry[name] = pulls(truth, fit)
-            if name == "prior_tested":
-                cost = fit["prior_dchi2"]
-                entry["refitted"] = float(np.mean((fit["status"] & Flag.FIT_PRIOR_REJECTED) > 0))
-                entry["prior_dchi2_p50_p90_p99"] = [float(v) for v in np.nanpercentile(cost, [50, 90, 99])]
-                entry["threshold"] = threshold
+        entry[name] = pulls(truth, fit)
+        if name == "prior_tested":
+            entry["refitted"] = float(np.mean((fit["status"] & Flag.FIT_PRIOR_REJECTED) > 0))
+            entry["prior_dchi2_p50_p90_p99"] = [float(v) for v in np.nanpercentile(fit["prior_dchi2"], [50, 90, 99])]
+            entry["threshold"] = threshold
     return out
 
 
