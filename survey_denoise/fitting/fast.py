@@ -763,6 +763,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         the stellar weights, over the free fit's chi^2 per degree of freedom
         where that is above 1 (NaN where the prior was not tested).
     """
+    # Checked before any fitting, not after it.
+    threshold = None if prior_test is None else prior_threshold(prior_test)
     flux = np.asarray(flux, np.float64)
     ivar = np.asarray(ivar, np.float64)
     ok = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
@@ -827,10 +829,10 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         out["chi2"][rows], out["width"][rows] = chi2, width
         bad = ~np.isfinite(chi2)
         out["status"][rows[bad]] |= np.uint32(Flag.FIT_FAILED)
-    if weights_prior is not None and multiplicative and prior_test is not None:
+    if threshold is not None:   # a spectrum never tested has prior_dchi2 NaN, and is kept
         _refit_rejected(out, flux, ivar, ok, grid=grid, widths_kms=widths_kms, xp=xp,
                         correlation=correlation, nonnegative=nonnegative, width_prior=width_prior,
-                        threshold=prior_threshold(prior_test))
+                        threshold=threshold)
     return out
 
 
