@@ -129,6 +129,26 @@ def test_fast_flux_errors_include_the_fitted_width():
     assert np.std(free["flux"]["halpha"] - truth) > 1.1 * np.median(known["flux_err"]["halpha"])
 
 
+def test_fast_width_errors_match_the_scatter():
+    # The width is read off the chi^2 curve: its error is where that curve rises by 1, and
+    # under noise the widths scatter by it.  One width tried: the width is not fitted.
+    rng = np.random.default_rng(21)
+    edges = np.asarray(GRID.edges)
+    for truth, width in ((30.0, 100.0), (6.0, 150.0)):
+        clean = 1.0 + truth * fast.gaussian_profile(edges, lines.wavelength("halpha"), width)
+        flux = clean + rng.normal(0.0, 0.05, (400, GRID.npix))
+        ivar = np.full_like(flux, 400.0)
+        out = fast.fit_batch(flux, ivar, weights_prior=None, width_prior=None)
+        ratio = np.std(out["width"]) / np.median(out["width_err"])
+        assert 0.85 < ratio < 1.2, (truth, ratio)
+        assert abs(np.median(out["width"]) / width - 1) < 0.02 + 0.2 * np.median(out["width_err"]) / width
+        pull = (out["width"] - width) / out["width_err"]
+        assert 0.6 < np.mean(np.abs(pull) < 1) < 0.76, (truth, np.mean(np.abs(pull) < 1))
+    one = fast.fit_batch(flux[:5], ivar[:5], widths_kms=(100.0,), weights_prior=None)
+    np.testing.assert_allclose(one["width"], 100.0)
+    assert np.all(np.isnan(one["width_err"]))
+
+
 def test_fast_width_prior_steadies_faint_lines_and_spares_bright_ones():
     # A faint line barely moves the chi^2 with the width, so without a prior its width (and
     # with it the flux) follows the noise; the log-normal prior keeps it near the population's.
@@ -445,6 +465,12 @@ def test_ppxf_and_fast_agree_with_truth_and_each_other():
         f, e, p = (c[f"{key}_{col}"].values for c, col in ((cat_f, "flux"), (cat_f, "flux_err"), (cat_p, "flux")))
         assert abs(np.median(np.log10(f / p))) < 0.05, key
         assert np.all(np.abs(f - p) < 3 * e), (key, (f - p) / e)
+    # Both report the lines' width (gas and instrument: here 100 km/s) with its error.
+    for cat in (cat_p, cat_f):
+        w, e = cat["line_sigma"].values, cat["line_sigma_err"].values
+        assert np.all((e > 0) & (np.abs(w - 100.0) < 4 * e + 3.0)), (w, e)
+        assert cat["line_sigma"].attrs["units"] == "km / s"
+    assert np.all(np.isnan(cat_f["prior_dchi2"].values))   # the prior was not tested
 
 
 def test_ppxf_reads_lines_narrower_than_a_grid_pixel_without_bias():
@@ -478,6 +504,9 @@ def test_ppxf_errors_match_the_scatter_over_noise_draws():
     for key in ("halpha", "hbeta", "nii_6583", "oiii_5007"):
         ratio = np.std(out["flux"][key]) / np.median(out["flux_err"][key])
         assert 0.85 < ratio < 1.15, (key, ratio)
+    # The gas dispersion's error comes from the same Fisher matrix.
+    ratio = np.std(out["width"]) / np.median(out["width_err"])
+    assert 0.8 < ratio < 1.25, ratio
 
 
 def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error_model():

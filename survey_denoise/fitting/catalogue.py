@@ -3,7 +3,11 @@
 Columns (DESIGN.md): ``galaxy``, ``z``, ``norm``, ``status`` (0 = fitted,
 else :class:`~survey_denoise.flags.Flag` bits FIT_FAILED / FIT_NO_COVERAGE),
 ``flags`` (the spectrum's own bits from earlier stages), ``chi2`` (per
-degree of freedom), ``method``, and for each key of
+degree of freedom), ``method``, ``line_sigma``, ``line_sigma_err`` and
+``line_sigma_err_stat`` (the fitted line width, its total error and the
+formal part of it, km/s; the systematic part as for the fluxes, from
+:func:`survey_denoise.fitting.systematics.width_constants`), ``prior_dchi2`` (the fast
+fitter's test of its stellar-weights prior), and for each key of
 :func:`survey_denoise.lines.catalogue_keys`:
 
 * ``<key>_flux``, ``<key>_flux_err``: integrated line flux, 1e-17 erg/s/cm2
@@ -46,6 +50,8 @@ from ..schema import FLUX_UNIT
 
 PHYSICAL_UNIT = "1e-17 erg / (s cm2)"
 """Unit of ``<key>_flux`` columns."""
+VELOCITY_UNIT = "km / s"
+"""Unit of ``line_sigma`` and its error."""
 NORM_UNIT = "Angstrom"
 """Unit of ``<key>_flux_norm`` columns (normalised flux density is dimensionless)."""
 
@@ -60,6 +66,14 @@ def columns() -> dict[str, tuple[str, str, str]]:
         "flags": ("uint32", "", "spectrum flags from earlier stages (survey_denoise.flags)"),
         "chi2": ("float64", "", "chi^2 per degree of freedom of the fit"),
         "method": ("object", "", "fitting method (ppxf, ppxf-native, fast)"),
+        "line_sigma": ("float64", VELOCITY_UNIT, "emission-line width, Gaussian sigma as the lines appear "
+                       "on the fitted grid (gas and instrument together); NaN where not fitted"),
+        "line_sigma_err": ("float64", VELOCITY_UNIT, "line_sigma 1-sigma error (total); NaN where the fit "
+                           "does not constrain it"),
+        "line_sigma_err_stat": ("float64", VELOCITY_UNIT, "line_sigma 1-sigma error, formal part (the fast "
+                                "fitter's: under its width prior, if any)"),
+        "prior_dchi2": ("float64", "", "rise of chi^2 under the fast fitter's stellar-weights prior, "
+                        "in units of the free fit's reduced chi^2 (NaN: not tested)"),
     }
     for key in lines.catalogue_keys():
         label = key
@@ -79,7 +93,11 @@ def columns() -> dict[str, tuple[str, str, str]]:
 
 def optional_columns() -> tuple[str, ...]:
     """Columns that a catalogue written by an older version may lack."""
-    return tuple(f"{key}_flux_err_stat" for key in lines.catalogue_keys())
+    return tuple(f"{key}_flux_err_stat" for key in lines.catalogue_keys()) + FIT_DETAIL
+
+
+FIT_DETAIL = ("line_sigma", "line_sigma_err", "line_sigma_err_stat", "prior_dchi2")
+"""Per-galaxy fit details that catalogues written before them lack."""
 
 
 def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndarray,
@@ -95,7 +113,9 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         ``flux`` and ``flux_err`` ({key: (n,)}, in the spectra's flux-density
         units x rest-frame Angstrom), ``chi2`` (n,), ``status`` (n,);
         optionally ``flux_err_stat`` (the formal part of ``flux_err``;
-        default: all of it).
+        default: all of it), ``width`` and ``width_err`` (the line sigma and
+        its total error, km/s; optionally ``width_err_stat``, its formal
+        part) and ``prior_dchi2`` (default: NaN).
     method : str
         Recorded in the ``method`` column.
     frame_factor : float or ndarray (n,)
@@ -122,6 +142,11 @@ def from_fit(galaxy: np.ndarray, z: np.ndarray, norm: np.ndarray, flags: np.ndar
         "z": np.asarray(z, np.float64), "norm": norm,
         "status": np.asarray(fit["status"], np.uint32), "flags": np.asarray(flags, np.uint32),
         "chi2": np.asarray(fit["chi2"], np.float64), "method": np.full(n, method, dtype=object),
+        "line_sigma": np.asarray(fit.get("width", np.full(n, np.nan)), np.float64),
+        "line_sigma_err": np.asarray(fit.get("width_err", np.full(n, np.nan)), np.float64),
+        "line_sigma_err_stat": np.asarray(fit.get("width_err_stat", fit.get("width_err", np.full(n, np.nan))),
+                                          np.float64),
+        "prior_dchi2": np.asarray(fit.get("prior_dchi2", np.full(n, np.nan)), np.float64),
     }
     for j, key in enumerate(keys):
         f = np.where(covered[:, j], np.asarray(fit["flux"][key], np.float64), np.nan)

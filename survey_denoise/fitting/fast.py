@@ -758,7 +758,11 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         ``flux`` and ``flux_err``: {catalogue key: ndarray (n,)} in flux-density
         units x Angstrom (NaN where the spectrum does not cover the line, by
         the rule of :mod:`survey_denoise.line_windows`); ``chi2`` (n,) per degree
-        of freedom; ``width`` (n,) chosen sigma in km/s; ``status`` (n,) uint32;
+        of freedom; ``width`` (n,) the lines' fitted sigma in km/s (instrument
+        included, as the lines appear on ``grid``) and ``width_err`` (n,) its
+        1-sigma error (the width's posterior under ``width_prior``; NaN where
+        the chi^2 does not constrain it and there is no prior, or one width
+        was tried); ``status`` (n,) uint32;
         ``prior_dchi2`` (n,) the rise of the data's chi^2 under the prior on
         the stellar weights, over the free fit's chi^2 per degree of freedom
         where that is above 1 (NaN where the prior was not tested).
@@ -775,8 +779,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
     status[ok.sum(1) < MIN_GOOD_FRACTION * grid.npix] = Flag.FIT_NO_COVERAGE
     keys = lines.catalogue_keys()
     out = {"flux": {k: np.full(n, np.nan) for k in keys}, "flux_err": {k: np.full(n, np.nan) for k in keys},
-           "chi2": np.full(n, np.nan), "width": np.full(n, np.nan), "status": status,
-           "prior_dchi2": np.full(n, np.nan)}
+           "chi2": np.full(n, np.nan), "width": np.full(n, np.nan), "width_err": np.full(n, np.nan),
+           "status": status, "prior_dchi2": np.full(n, np.nan)}
     todo = np.flatnonzero(status == 0)
     groups = design_matrix(float(widths_kms[0]), grid)[1]
     centres = None if width_prior is None else np.broadcast_to(np.asarray(width_prior[0], float), (n,))
@@ -798,7 +802,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
             if weights_prior is not None:
                 stars = _weights_prior(model, good, grid, float(weights_prior), xp)
         prior = None if centres is None else (centres[rows], width_prior[1])
-        fits, (x, err, chi2, meas, width, near, width_var) = _fit_widths(y, w, covered, grid, widths_kms,
+        fits, (x, err, chi2, meas, width, near, width_var, width_sd) = _fit_widths(y, w, covered, grid, widths_kms,
                                                                          xp, nonnegative, scale, prior, stars)
         if stars is not None and prior_test is not None:
             out["prior_dchi2"][rows] = _prior_cost(fits, near, y, w, covered, grid, widths_kms, xp,
@@ -826,7 +830,7 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         if nonnegative:
             x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
         _store(out, rows, groups, x, err, meas)
-        out["chi2"][rows], out["width"][rows] = chi2, width
+        out["chi2"][rows], out["width"][rows], out["width_err"][rows] = chi2, width, width * width_sd
         bad = ~np.isfinite(chi2)
         out["status"][rows[bad]] |= np.uint32(Flag.FIT_FAILED)
     if threshold is not None:   # a spectrum never tested has prior_dchi2 NaN, and is kept
@@ -895,7 +899,8 @@ def _refit_rejected(out, flux, ivar, ok, *, grid, widths_kms, xp, correlation, n
     for key in out["flux"]:
         out["flux"][key][rejected] = again["flux"][key]
         out["flux_err"][key][rejected] = again["flux_err"][key]
-    out["chi2"][rejected], out["width"][rejected] = again["chi2"], again["width"]
+    for name in ("chi2", "width", "width_err"):
+        out[name][rejected] = again[name]
     out["status"][rejected] |= again["status"] | np.uint32(Flag.FIT_PRIOR_REJECTED)
 
 
@@ -1075,7 +1080,8 @@ def _best_width(fits, log_width, dof=None, n_lines=0, prior=None):
     best = np.argmin(np.where(np.isfinite(chi2), chi2, np.inf), axis=0)
     width_var = np.zeros_like(x[0])
     if n_w < 3 or n_lines == 0:
-        return x[best, cols], err[best, cols], chi2[best, cols], meas, np.exp(log_width[best]), best, width_var
+        return (x[best, cols], err[best, cols], chi2[best, cols], meas, np.exp(log_width[best]), best, width_var,
+                np.full(n, np.nan))
     log_t, response, curvature = width_response(tuple(float(v) for v in np.exp(log_width)))
     mid = np.clip(best, 1, n_w - 2)
     triple = np.stack([mid - 1, mid, mid + 1])
@@ -1136,9 +1142,11 @@ def _best_width(fits, log_width, dof=None, n_lines=0, prior=None):
     lag = np.where(inner, lag, (triple == best).astype(float))
     xs = x[triple, cols]                                           # (3, n, k)
     x_at = np.einsum("tn,tnk->nk", lag, xs)
+    # The width's own error, before the cap below: sd of ln(width), i.e. the fractional error.
+    width_sd = np.where(np.isfinite(var_u), np.sqrt(var_u), np.nan)
     var_u = np.where(np.isfinite(var_u), np.minimum(var_u, ((u[2] - u[0]) / 2) ** 2), 0.0)
     width_var = np.einsum("tn,tnk->nk", slope, xs) ** 2 * var_u[:, None]
-    return x_at, err[best, cols], chi2[best, cols], meas, np.exp(at), best, width_var
+    return x_at, err[best, cols], chi2[best, cols], meas, np.exp(at), best, width_var, width_sd
 
 
 def _store(out, rows, groups, x, err, meas):

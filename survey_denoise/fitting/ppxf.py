@@ -32,7 +32,7 @@ Choices, as pPXF allows them (``ppxf_util.emission_lines``):
 
 Errors: the formal error of a line is from the Fisher matrix of every
 parameter of the fit, not pPXF's ``gas_flux_error`` (gas weights alone, at
-fixed kinematics and continuum), see :func:`gas_covariance`.
+fixed kinematics and continuum), see :func:`fit_covariance`.
 
 Flux units: pPXF returns ``gas_flux`` as the sum over pixels of the line
 (input flux density x pixel).  On a log-lambda axis a pixel at the line is
@@ -77,6 +77,11 @@ class LineFit:
         units x Angstrom; NaN where the line is outside the fitted range.
     chi2 : float
         pPXF's chi^2 / degrees of freedom.
+    sigma, sigma_err : float
+        The gas component's fitted dispersion (km/s, instrument included: the
+        gas templates are unbroadened) and its 1-sigma error, from the same
+        Fisher matrix as the flux errors (:func:`fit_covariance`); NaN where
+        no line has weight, so the fit does not constrain it.
     status : int
         0, or :class:`~survey_denoise.flags.Flag` bits (FIT_FAILED, FIT_NO_COVERAGE).
     """
@@ -85,6 +90,8 @@ class LineFit:
     flux_err: dict[str, float] = field(default_factory=dict)
     chi2: float = np.nan
     status: int = 0
+    sigma: float = np.nan
+    sigma_err: float = np.nan
 
     @classmethod
     def failed(cls, status: int) -> LineFit:
@@ -239,7 +246,12 @@ def _line_fluxes(pp, names, n_star, sigma, scale, velscale) -> LineFit:
     out = LineFit.failed(0)
     out.chi2 = float(pp.chi2)
     gas_flux = np.asarray(pp.gas_flux, float)
-    cov = gas_covariance(pp, n_star, len(names), sigma)
+    full, integ = fit_covariance(pp, n_star, len(names), sigma)
+    n_gas = len(names)
+    cov = full[:n_gas, :n_gas] * np.outer(integ, integ)
+    if np.any(np.nan_to_num(gas_flux) > 0):
+        out.sigma = float(pp.sol[1][1])
+        out.sigma_err = float(np.sqrt(max(full[n_gas + 1, n_gas + 1], 0.0))) * pp.velscale
     per_template = {}  # catalogue key -> (index of its template, share of its flux)
     for i, name in enumerate(names):
         for key, share in _MEMBERS.get(name, []):
@@ -259,8 +271,8 @@ def _line_fluxes(pp, names, n_star, sigma, scale, velscale) -> LineFit:
     return out
 
 
-def gas_covariance(pp, n_star: int, n_gas: int, sigma: np.ndarray) -> np.ndarray:
-    """Covariance of pPXF's gas fluxes (``pp.gas_flux`` units), all the fit's parameters free.
+def fit_covariance(pp, n_star: int, n_gas: int, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance of a pPXF fit's gas weights and gas kinematics, all the fit's parameters free.
 
     pPXF's ``gas_flux_error`` is the covariance of the gas weights alone, at
     the best-fitting kinematics and continuum.  Here the Fisher matrix also
@@ -282,7 +294,12 @@ def gas_covariance(pp, n_star: int, n_gas: int, sigma: np.ndarray) -> np.ndarray
 
     Returns
     -------
-    ndarray (n_gas, n_gas)
+    cov : ndarray (n, n)
+        Over the gas templates' weights (``n_gas``), then the gas velocity
+        and dispersion (galaxy pixels), then the stellar weights and
+        polynomial coefficients.
+    integ : ndarray (n_gas,)
+        Each gas column's integral: weight x integ is ``pp.gas_flux``'s unit.
     """
     from numpy.polynomial import legendre
 
@@ -305,8 +322,7 @@ def gas_covariance(pp, n_star: int, n_gas: int, sigma: np.ndarray) -> np.ndarray
         columns.append(legendre.legvander(x, pp.mdegree)[:, 1:] * bare[:, None])
     good = pp.goodpixels
     design = np.column_stack(columns)[good] / sigma[good, None]
-    cov = np.linalg.pinv(design.T @ design, hermitian=True)[:n_gas, :n_gas]
-    return cov * np.outer(integ, integ)
+    return np.linalg.pinv(design.T @ design, hermitian=True), integ
 
 
 def _gas_columns(pp, vel: float, sig: float) -> np.ndarray:
@@ -330,12 +346,14 @@ def fit_many(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.ndar
     -------
     dict
         ``flux``, ``flux_err`` ({key: (n,)}, flux-density units x Angstrom),
-        ``chi2`` (n,), ``status`` (n,) uint32.
+        ``chi2`` (n,), ``width`` and ``width_err`` (n,; the gas dispersion
+        and its error, km/s, :class:`LineFit`'s ``sigma``), ``status`` (n,) uint32.
     """
     n = flux.shape[0]
     keys = lines.catalogue_keys()
     out = {"flux": {k: np.full(n, np.nan) for k in keys}, "flux_err": {k: np.full(n, np.nan) for k in keys},
-           "chi2": np.full(n, np.nan), "status": np.zeros(n, np.uint32)}
+           "chi2": np.full(n, np.nan), "width": np.full(n, np.nan), "width_err": np.full(n, np.nan),
+           "status": np.zeros(n, np.uint32)}
     # Most spectra of a chunk cover the same range, so they share one template
     # matrix: building it (gas lines) is ~1 % of a fit.
     cache: dict = {}
@@ -345,6 +363,7 @@ def fit_many(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.ndar
             out["flux"][k][i] = res.flux.get(k, np.nan)
             out["flux_err"][k][i] = res.flux_err.get(k, np.nan)
         out["chi2"][i], out["status"][i] = res.chi2, res.status
+        out["width"][i], out["width_err"][i] = res.sigma, res.sigma_err
     return out
 
 
