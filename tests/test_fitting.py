@@ -775,3 +775,35 @@ def test_signed_fluxes_cover_a_line_below_the_noise_at_the_nominal_rate():
         Fit(method="ppxf", signed=True)
     with pytest.raises(ValueError, match="signed"):
         fit_lines(ds, method="ppxf", signed=True)
+
+
+def test_overlapping_quiet_sections_give_stdout_back():
+    # Two threads silencing pPXF, the first out before the second: stdout must come back
+    # (contextlib.redirect_stdout left the second one's stream in place, and later prints vanished).
+    import sys
+    import threading
+
+    from survey_denoise.fitting.ppxf import quiet
+
+    original = sys.stdout
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with quiet():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with quiet():
+            b_in.set()
+            a_out.wait(10)
+            assert sys.stdout is not original   # still silenced while one thread is inside
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sys.stdout is original

@@ -44,7 +44,8 @@ the wavelength axis given.
 from __future__ import annotations
 
 import contextlib
-import io
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,11 +113,51 @@ def gas_templates(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
     return gas, names
 
 
+class _Sink:
+    """A text stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_stdout = None
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence pPXF's prints (``sys.stdout``), also while several threads fit at once.
+
+    ``contextlib.redirect_stdout`` swaps the process-wide ``sys.stdout`` and
+    puts back what it found on leaving: two threads that overlap (Dask's
+    threaded scheduler, two chunks fitted at once) can leave one's
+    replacement in place for good, and every later print of the process is
+    lost.  Here the first thread in swaps it and the last one out restores
+    the original; anything another thread prints meanwhile is dropped too.
+    """
+    global _quiet_depth, _stdout
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            _stdout, sys.stdout = sys.stdout, _Sink()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                sys.stdout, _stdout = _stdout, None
+
+
 def _all_gas(ln_lam_temp: np.ndarray, lam_range: tuple[float, float]):
     """:func:`gas_templates` and each template's wavelength (Angstrom; the stronger line of a doublet)."""
     from ppxf import ppxf_util
 
-    with contextlib.redirect_stdout(io.StringIO()):  # emission_lines prints its list
+    with quiet():  # emission_lines prints its list
         gas, names, waves = ppxf_util.emission_lines(ln_lam_temp, list(lam_range), 0.0,
                                                      tie_balmer=False, limit_doublets=False, vacuum=True)
     names, waves = list(names), [float(w) for w in np.atleast_1d(waves)]
@@ -222,7 +263,7 @@ def fit_spectrum(lam: np.ndarray, flux: np.ndarray, noise: np.ndarray, good: np.
         return LineFit.failed(Flag.FIT_NO_COVERAGE)
     n_star = stars.n_templates
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet():
             pp = ppxf(templates, galaxy, sigma, velscale, [[0.0, 150.0], [0.0, 150.0]],
                       lam=lam, lam_temp=np.exp(stars.ln_lam), velscale_ratio=stars.velscale_ratio,
                       goodpixels=idx, moments=[2, 2], degree=-1, mdegree=MDEGREE,
