@@ -224,25 +224,8 @@ def systematics_keys():
 
 
 def write_systematics(constants: dict, meta: dict, method: str) -> Path:
-    """Replace one method's constants and provenance in the shipped file, keeping the others'.
-
-    Calibrated on the default survey's mock they are the method's default
-    constants; on another survey's, that survey's own (``surveys:``).
-    """
-    import yaml
-
-    path = systematics.CONSTANTS_FILE
-    text = path.read_text()
-    head = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    body = yaml.safe_load(text) or {}
-    where = body if meta["survey"] == systematics.DEFAULT_SURVEY else (
-        body.setdefault("surveys", {}).setdefault(meta["survey"], {}))
-    where.setdefault("provenance", {})[method] = {
-        "summary": f"{method}: calibrated on the {meta['design']} {meta['survey']} mock, "
-                   f"seed {meta['seed']}, {meta['n']} galaxies ({meta['command']})", **meta}
-    where.setdefault("methods", {})[method] = constants
-    path.write_text(head + yaml.safe_dump(body, sort_keys=False))
-    return path
+    """Replace one method's line-flux constants and provenance in the shipped file, keeping the others'."""
+    return systematics.write_constants("methods", method, constants, meta)
 
 
 def originals(args) -> None:

@@ -1,4 +1,4 @@
-"""pPXF on the two real SDSS spectra inside pPXF: native resolution vs the 825-pixel grid."""
+"""pPXF on the two real SDSS spectra inside pPXF: native resolution vs the 825-pixel grid (fluxes and line widths)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,38 @@ def fits(request):
                         ~g["mask"].values, float(g["z"]))
     grid = fit_lines(preprocess(raw), method="ppxf").compute().isel(galaxy=0)
     return request.param, native, grid
+
+
+@pytest.fixture(scope="module", params=["NGC3073", "NGC3522"])
+def widths(request):
+    """The lines' sigma at native resolution (pPXF) and on the grid (both fitters), km/s."""
+    raw = read_sdss(SPECTRA / f"{request.param}_SDSS_DR18.fits")
+    g = raw.isel(galaxy=0)
+    native = fit_native(raw["wavelength"].values, g["flux"].values, g["ivar"].values,
+                        ~g["mask"].values, float(g["z"]))
+    spectra = preprocess(raw)
+    grid = {m: fit_lines(spectra, method=m).compute().isel(galaxy=0) for m in ("ppxf", "fast")}
+    return request.param, raw, native, grid
+
+
+@pytest.mark.parametrize("method", ["fast", "ppxf"])
+def test_grid_line_widths_agree_with_the_native_fit(widths, method, request):
+    # Pre-processing averages the native pixels onto the grid, which convolves each line with a
+    # native pixel (a boxcar of 69 km/s): line_sigma on the grid holds it, the native fit not.
+    from survey_denoise.grid import C_KMS
+
+    name, raw, native, grid = widths
+    if (name, method) == ("NGC3073", "ppxf"):
+        request.applymarker(pytest.mark.xfail(
+            reason="pPXF on the grid reads NGC3073's lines 14 % wider than at native resolution (3.1 sigma)",
+            strict=True))
+    pixel = C_KMS * np.median(np.diff(np.log(raw["wavelength"].values)))
+    cat = grid[method]
+    assert native.status == 0 and np.isfinite(native.sigma_err) and native.sigma_err > 0
+    on_grid = np.sqrt(float(cat["line_sigma"]) ** 2 - pixel**2 / 12)
+    err = float(cat["line_sigma_err"])
+    assert err >= float(cat["line_sigma_err_stat"]) > 0
+    assert abs(on_grid - native.sigma) < 3 * np.hypot(err, native.sigma_err), (name, on_grid, native.sigma, err)
 
 
 def test_native_and_grid_fluxes_agree_within_errors(fits):

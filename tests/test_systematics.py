@@ -1,4 +1,4 @@
-"""Systematic line-flux errors: the error model, and the coverage it gives on a mock."""
+"""Systematic line-flux and line-width errors: the error model, and the coverage it gives on a mock."""
 
 from __future__ import annotations
 
@@ -160,6 +160,14 @@ def test_shipped_constants_say_where_they_come_from():
     assert abs(ppxf["hbeta"][0] / table["hbeta"][0] - 1.0) < 0.2
     assert ppxf["halpha"][1] ** 2 + 30 * ppxf["halpha"][2] < table["halpha"][1] ** 2 + 30 * table["halpha"][2]
     assert systematics.constants("no-such-method") == {} and systematics.provenance("no-such-method") == ""
+    # the line widths' own, for both methods and both surveys, each from its own run
+    for method in ("fast", "ppxf"):
+        for survey in ("sdss", "desi"):
+            assert systematics.width_constants(method, survey) is not None
+            prov = systematics.width_provenance(method, survey)
+            assert f"{survey} mock" in prov and "benchmarks/line_width.py --fit-systematics" in prov, prov
+            assert ("--method ppxf" in prov) == (method == "ppxf")
+    assert systematics.width_constants("no-such-method") is None
 
 
 def test_fast_halpha_errors_cover_the_truth_on_a_mock():
@@ -187,3 +195,74 @@ def test_catalogue_without_the_formal_part_still_reads():
     frame = pd.DataFrame({c: [1.0] for c in columns() if c not in optional_columns()})
     frame["galaxy"], frame["method"] = ["g1"], ["fast"]
     assert "halpha_flux_err_stat" not in to_frame(frame).columns
+
+
+def test_width_lever_follows_the_best_line():
+    """The width's continuum term grows as continuum / flux of the spectrum's highest-S/N line."""
+    width = np.array([100.0, 100.0, 80.0])
+    flux = np.array([[10.0, 40.0], [10.0, 2.0], [1.0, 0.5]])
+    err = np.array([[1.0, 2.0], [1.0, 1.0], [1.0, 1.0]])      # S/N: (10, 20), (10, 2), (1, 0.5)
+    cont = np.array([[2.0, 4.0], [2.0, 4.0], [2.0, 4.0]])
+    lever = systematics.width_lever(width, flux, err, cont)
+    # the second line (S/N 20), then the first (S/N 10); none detected: no term
+    np.testing.assert_allclose(lever, [100.0 * 4.0 / 40.0, 100.0 * 2.0 / 10.0, 0.0])
+
+
+def test_apply_adds_the_width_terms_and_keeps_the_formal_part():
+    wave = np.asarray(GRID.wavelength)
+    flux = np.full((2, wave.size), 4.0)
+    fit = {"flux": {"halpha": np.array([40.0, 400.0])}, "flux_err": {"halpha": np.array([1.0, 1.0])},
+           "width": np.array([90.0, 120.0]), "width_err": np.array([3.0, 0.5])}
+    out = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast")
+    np.testing.assert_array_equal(out["width_err_stat"], fit["width_err"])
+    frac, ew, ew_mix, scale = systematics.width_constants("fast")
+    lever = fit["width"] * 4.0 / fit["flux"]["halpha"]
+    np.testing.assert_allclose(out["width_err"], systematics.total_error(fit["width_err"], fit["width"], lever,
+                                                                         frac, ew, ew_mix, scale))
+    assert np.all(out["width_err"] > fit["width_err"])
+    # DESI's own constants differ from the default (SDSS-like) ones
+    desi = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "fast", "desi")
+    assert systematics.width_constants("fast", "desi") != systematics.width_constants("fast")
+    assert not np.allclose(desi["width_err"], out["width_err"])
+    # a method without width constants keeps the formal errors
+    none = systematics.apply(fit, wave, flux, np.ones_like(flux, bool), "no-such-method")
+    np.testing.assert_array_equal(none["width_err"], fit["width_err"])
+
+
+def test_write_constants_replaces_one_table_and_keeps_the_rest(tmp_path, monkeypatch):
+    path = tmp_path / "line_systematics.yaml"
+    path.write_text(systematics.CONSTANTS_FILE.read_text())
+    monkeypatch.setattr(systematics, "CONSTANTS_FILE", path)
+    systematics._file.cache_clear()
+    try:
+        fluxes = {s: systematics.constants("fast", s) for s in ("sdss", "desi")}
+        meta = {"design": "natural", "survey": "desi", "seed": 99, "n": 10, "command": "a command"}
+        systematics.write_constants("widths", "fast", {"frac": 0.5, "scale": 2.0}, meta)
+        assert systematics.width_constants("fast", "desi") == (0.5, 0.0, 0.0, 2.0)
+        assert "seed 99" in systematics.width_provenance("fast", "desi")
+        assert {s: systematics.constants("fast", s) for s in ("sdss", "desi")} == fluxes
+        assert path.read_text().startswith("#")   # the header comments stay
+    finally:
+        systematics._file.cache_clear()
+
+
+def test_fast_line_widths_cover_the_truth_on_a_mock():
+    """Observed-frame SDSS-like mock of a seed never used for calibration, pre-processed as a survey is."""
+    from survey_denoise.grid import C_KMS
+    from survey_denoise.mock import MockConfig, generate, select
+    from survey_denoise.preprocess import preprocess
+    from survey_denoise.spectrographs import instrument_sigma_kms
+
+    with dask.config.set(scheduler="synchronous"):
+        raw = generate(select("natural", 400, 5), MockConfig(seed=5, survey="sdss"), chunk_size=400,
+                       design="natural").compute()
+        spectra = preprocess(raw.chunk(galaxy=400)).compute()
+        cat = to_frame(fit_lines(spectra, method="fast"))
+    # On the grid a line is gas, instrument and the native pixel (boxcar) convolved.
+    pixel = C_KMS * np.median(np.diff(np.log(raw["wavelength"].values)))
+    kept = np.isin(raw["galaxy"].values, spectra["galaxy"].values)
+    true = np.sqrt(raw["true_sigma_gas"].values[kept] ** 2 + instrument_sigma_kms("sdss") ** 2 + pixel**2 / 12)
+    w, err, stat = (cat[c].to_numpy() for c in ("line_sigma", "line_sigma_err", "line_sigma_err_stat"))
+    z = np.abs(w - true) / err
+    assert 0.6 <= np.mean(z <= 1) <= 0.8 and np.mean(z <= 2) >= 0.9, (np.mean(z <= 1), np.mean(z <= 2))
+    assert np.all(stat <= err) and np.mean(np.abs(w - true) <= stat) < np.mean(z <= 1)

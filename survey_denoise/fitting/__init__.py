@@ -251,9 +251,15 @@ def detected_lines(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, grid: G
         return np.stack([fit["flux"][k] / fit["flux_err"][k] >= DETECTED_SNR for k in keys], axis=1)
 
 
-def _systematics_provenance(method: str, surveys: list[str | None]) -> str:
-    """Where the constants of a fit's systematic terms come from: one line per survey its galaxies have."""
+def _systematics_provenance(method: str, surveys: list[str | None], widths: bool = False) -> str:
+    """Where the constants of a fit's systematic terms come from: one line per survey its galaxies have.
+
+    ``widths``: those of the line width (``line_sigma_err``) instead of the fluxes'.
+    """
     def one(name):
+        if widths:
+            return (systematics.width_provenance(method, name) if systematics.width_constants(method, name)
+                    else "none (formal errors only)")
         return (systematics.provenance(method, name) if systematics.constants(method, name)
                 else "none (formal errors only)")
 
@@ -427,6 +433,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     surveys = (sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)}) if "survey" in ds
                else [survey])
     attrs["flux_err_systematics"] = _systematics_provenance(method, surveys)
+    attrs["line_sigma_err_systematics"] = _systematics_provenance(method, surveys, widths=True)
     attrs.update({"method": method, "noise_source": source, "flux_unit": catalogue.PHYSICAL_UNIT,
                   "flux_norm_unit": catalogue.NORM_UNIT})
     if denoised:

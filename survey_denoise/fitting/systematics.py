@@ -1,4 +1,4 @@
-"""Systematic line-flux errors: what a fitter's formal errors leave out.
+"""Systematic line-flux (and line-width) errors: what a fitter's formal errors leave out.
 
 A fitter's formal error (``(A^T W A)^-1`` for the fast fitter) is the error
 of the fit *if the model were right*.  It is not:
@@ -42,6 +42,15 @@ fluxes are known, the SDSS-like mock by default, and a survey's own mock
 where the default ones do not transfer to it (:func:`constants`).  They
 are calibrated on the mock, not on real spectra; a line or method without
 constants keeps its formal errors.
+
+The fitted line width (the catalogue's ``line_sigma``) gets the same four
+terms (:func:`width_constants`, ``widths:`` in the same file), with the
+width in place of the flux and :func:`width_lever` in place of the
+continuum: a continuum the model misses reads a weak line on strong
+absorption too narrow or too wide (on the mock, -0.03 to -0.04 dex below an
+equivalent width of 1 Angstrom), and a bright line's width is off by a
+fraction (+0.4 to +1 %, the profile on the grid).  They are calibrated by
+``benchmarks/line_width.py --fit-systematics``.
 
 Part of what these terms cover is a bias, not noise: on the mock the fast
 fitter reads bright Balmer lines 1-4 % low (Hbeta, Hgamma: the fractional
@@ -87,6 +96,31 @@ def _table(method: str, survey: str | None) -> tuple[dict, dict]:
         return own["methods"][method], (own.get("provenance") or {}).get(method) or {}
     return ((_file().get("methods") or {}).get(method) or {},
             (_file().get("provenance") or {}).get(method) or {})
+
+
+def write_constants(section: str, method: str, table: dict, meta: dict) -> Path:
+    """Replace one method's constants and provenance in the shipped file, keeping everything else.
+
+    ``section`` is ``"methods"`` (line fluxes, per line) or ``"widths"`` (the
+    line width).  Calibrated on the default survey's mock (``meta["survey"]``)
+    they are the method's default constants; on another survey's, that
+    survey's own (``surveys:``).  ``meta`` holds ``design``, ``survey``,
+    ``seed``, ``n`` and ``command``.
+    """
+    import yaml
+
+    text = CONSTANTS_FILE.read_text()
+    head = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    body = yaml.safe_load(text) or {}
+    where = body if meta["survey"] == DEFAULT_SURVEY else body.setdefault("surveys", {}).setdefault(meta["survey"], {})
+    what = " (line widths)" if section == "widths" else ""
+    where.setdefault("provenance" if section == "methods" else "width_provenance", {})[method] = {
+        "summary": f"{method}{what}: calibrated on the {meta['design']} {meta['survey']} mock, "
+                   f"seed {meta['seed']}, {meta['n']} galaxies ({meta['command']})", **meta}
+    where.setdefault(section, {})[method] = table
+    CONSTANTS_FILE.write_text(head + yaml.safe_dump(body, sort_keys=False))
+    _file.cache_clear()
+    return CONSTANTS_FILE
 
 
 def constants(method: str, survey: str | None = None) -> dict[str, tuple[float, float, float, float]]:
@@ -192,6 +226,69 @@ def total_error(err_stat, flux, continuum, frac: float, ew: float, ew_mix: float
                    + ew_mix * f * c)
 
 
+def width_constants(method: str, survey: str | None = None) -> tuple[float, float, float, float] | None:
+    """The line width's systematic constants of a fitting method: (frac, ew, ew_mix, scale), or None.
+
+    As :func:`constants`, for ``line_sigma``: ``widths:`` in the constants
+    file (a survey's own under ``surveys:``, else the default), with
+    :func:`width_lever` standing for the continuum in :func:`total_error`.
+    """
+    own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
+    entry = ((own.get("widths") or {}).get(method) or ((_file().get("widths") or {}).get(method)))
+    if not entry:
+        return None
+    return (float(entry.get("frac", 0.0)), float(entry.get("ew", 0.0)), float(entry.get("ew_mix", 0.0)),
+            float(entry.get("scale", 1.0)))
+
+
+def width_provenance(method: str, survey: str | None = None) -> str:
+    """One line saying where a method's line-width constants come from; "" without."""
+    own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
+    if ((own.get("widths") or {}).get(method)):
+        return str(((own.get("width_provenance") or {}).get(method) or {}).get("summary", ""))
+    return str(((_file().get("width_provenance") or {}).get(method) or {}).get("summary", ""))
+
+
+WIDTH_MIN_SNR = 3.0
+"""Least S/N of a spectrum's best line for the width's continuum term (:func:`width_lever`)."""
+
+
+def width_lever(width, flux, flux_err, continuum) -> np.ndarray:
+    """What the line width's systematic error grows with: ``width x C / F`` of the spectrum's best line.
+
+    A continuum that the fitter's model misses by a fixed equivalent width
+    under a line of equivalent width ``W = F / C`` moves the fitted width by
+    a fraction that grows as ``1 / W`` (on the mock, -0.03 to -0.04 dex at
+    W < 1 Angstrom, ~0 at 3-10 Angstrom: ``benchmarks/line_width.py``), so
+    ``ew x`` this lever, Angstrom x km/s / Angstrom, is its part of the
+    width's error.  The line is the one of highest S/N, which weighs most
+    in the width; where no line reaches :data:`WIDTH_MIN_SNR` the width is
+    not read from the lines at all (the prior's, or unconstrained) and the
+    lever is 0.
+
+    Parameters
+    ----------
+    width : ndarray (n,)
+        Fitted line width, km/s.
+    flux, flux_err, continuum : ndarray (n, k)
+        Per line: flux, its formal error (same unit) and the local continuum
+        flux density (:func:`local_continuum`, in the flux's unit per Angstrom).
+
+    Returns
+    -------
+    ndarray (n,)
+        km/s per Angstrom of equivalent width; 0 where no line is detected.
+    """
+    flux, flux_err, continuum = (np.asarray(a, np.float64) for a in (flux, flux_err, continuum))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(np.isfinite(flux / flux_err), flux / flux_err, -np.inf)
+        best = np.argmax(snr, axis=1)
+        rows = np.arange(flux.shape[0])
+        ratio = np.abs(np.nan_to_num(continuum[rows, best])) / flux[rows, best]
+    detected = snr[rows, best] >= WIDTH_MIN_SNR
+    return np.where(detected & np.isfinite(ratio), np.nan_to_num(np.asarray(width, np.float64)) * ratio, 0.0)
+
+
 def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarray,
           method: str, survey: str | np.ndarray | None = None, *, scale: bool = True) -> dict:
     """A fit with systematic errors added: ``flux_err`` total, ``flux_err_stat`` formal.
@@ -217,7 +314,8 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
     -------
     dict
         ``fit`` with ``flux_err`` replaced by the total and ``flux_err_stat``
-        added; fluxes unchanged.
+        added; fluxes unchanged.  With a ``width_err``, the same for the
+        line width (``width_err_stat`` added; :func:`width_constants`).
     """
     n = np.asarray(flux).shape[0]
     if survey is None or isinstance(survey, str):
@@ -226,9 +324,13 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
         labels = np.array([str(v) for v in np.ravel(survey)], dtype=object)
     groups = {str(label): np.flatnonzero(labels == label) for label in np.unique(labels)}
     tables = {label: constants(method, label or None) for label in groups}
-    keys = [k for k in fit["flux_err"] if any(k in t for t in tables.values())]
+    widths = {label: width_constants(method, label or None) for label in groups} if "width_err" in fit else {}
     out = dict(fit)
     out["flux_err_stat"] = dict(fit["flux_err"])
+    if "width_err" in fit:
+        out["width_err_stat"] = np.asarray(fit["width_err"], np.float64)
+    keys = list(fit["flux_err"]) if any(widths.values()) else \
+        [k for k in fit["flux_err"] if any(k in t for t in tables.values())]
     if not keys:
         return out
     cont = local_continuum(wavelength, flux, good, keys)
@@ -239,6 +341,15 @@ def apply(fit: Mapping, wavelength: np.ndarray, flux: np.ndarray, good: np.ndarr
                 frac, ew, ew_mix, factor = tables[label][key]
                 out["flux_err"][key][rows] = total_error(fit["flux_err"][key][rows], fit["flux"][key][rows],
                                                          cont[rows, j], frac, ew, ew_mix, factor if scale else 1.0)
+    if any(widths.values()):
+        lever = width_lever(fit["width"], np.stack([fit["flux"][k] for k in keys], 1),
+                            np.stack([fit["flux_err"][k] for k in keys], 1), cont)
+        out["width_err"] = out["width_err_stat"].copy()
+        for label, rows in groups.items():
+            if widths[label]:
+                frac, ew, ew_mix, factor = widths[label]
+                out["width_err"][rows] = total_error(out["width_err_stat"][rows], fit["width"][rows], lever[rows],
+                                                     frac, ew, ew_mix, factor if scale else 1.0)
     return out
 
 
