@@ -542,6 +542,11 @@ def test_ppxf_of_a_denoised_store_takes_its_line_errors_from_the_denoisers_error
     assert np.all(cat_p["halpha_flux_err_stat"].values >= 0.3 * halpha * (1 - 1e-9))
     # Lines without a model keep pPXF's errors.
     np.testing.assert_array_equal(cat_p["oiii_5007_flux_err_stat"].values, own["oiii_5007_flux_err_stat"].values)
+    # A decoded spectrum's line width is the decoder's, not the galaxy's: none is written.
+    for cat in (cat_p, cat_f, own):
+        for col in ("line_sigma", "line_sigma_err", "line_sigma_err_stat"):
+            assert np.all(np.isnan(cat[col].values)), col
+        assert cat.attrs["line_sigma_rule"].startswith("not written")
 
 
 @pytest.mark.parametrize("method", ["fast", "ppxf"])

@@ -67,7 +67,8 @@ def columns() -> dict[str, tuple[str, str, str]]:
         "chi2": ("float64", "", "chi^2 per degree of freedom of the fit"),
         "method": ("object", "", "fitting method (ppxf, ppxf-native, fast)"),
         "line_sigma": ("float64", VELOCITY_UNIT, "emission-line width, Gaussian sigma as the lines appear "
-                       "on the fitted grid (gas and instrument together); NaN where not fitted"),
+                       "on the fitted grid (gas and instrument together); NaN where not fitted, and for "
+                       "de-noised spectra (the decoder's line shape, not the galaxy's)"),
         "line_sigma_err": ("float64", VELOCITY_UNIT, "line_sigma 1-sigma error (total); NaN where the fit "
                            "does not constrain it"),
         "line_sigma_err_stat": ("float64", VELOCITY_UNIT, "line_sigma 1-sigma error, formal part (the fast "
