@@ -62,7 +62,7 @@ def kernel(flux, ivar, mask, z, flags):
     from survey_denoise.preprocess import normalise_kernel, rest_frame_kernel
     from survey_denoise.resample import edges_from_centres
 
-    f, iv, m, fl, _ = rest_frame_kernel(flux, ivar, mask, z, flags, edges_in=edges_from_centres(WAVE),
+    f, iv, m, fl, *_ = rest_frame_kernel(flux, ivar, mask, z, flags, edges_in=edges_from_centres(WAVE),
                                         edges_out=np.asarray(GRID.edges))
     return normalise_kernel(f, iv, m, np.ones(len(z)), fl, method="l2")
 
