@@ -59,10 +59,17 @@ class Flag(enum.IntFlag):
     false-alarm probability ``fast.PRIOR_TEST``): it was fitted without that prior.  The
     fit succeeded (:data:`FIT_INFORMATIONAL`)."""
 
+    FIT_WIDTH_AT_LIMIT = 1 << 16
+    """The fast fitter's line width stopped at an end of the widths it tries
+    (``fast.WIDTHS_KMS``, 42-340 km/s): the lines are at least (or at most) that wide, so
+    ``line_sigma`` is a bound and has no error, and lines wider than the widest are read
+    faint (on a flat continuum, Halpha 17 % low at 450 km/s, 35 % at 600).  The fit
+    succeeded (:data:`FIT_INFORMATIONAL`)."""
+
 
 DROP = Flag.NO_REDSHIFT | Flag.NEGATIVE_REDSHIFT | Flag.NO_IVAR | Flag.LOW_COVERAGE | Flag.BAD_NORM
 """Bits after which a spectrum carries no usable flux."""
-FIT_INFORMATIONAL = Flag.FIT_PRIOR_REJECTED
+FIT_INFORMATIONAL = Flag.FIT_PRIOR_REJECTED | Flag.FIT_WIDTH_AT_LIMIT
 """Bits of a catalogue's ``status`` that describe a fit that succeeded; any other bit is a failure."""
 
 

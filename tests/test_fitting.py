@@ -149,6 +149,26 @@ def test_fast_width_errors_match_the_scatter():
     assert np.all(np.isnan(one["width_err"]))
 
 
+def test_a_width_stopped_at_the_end_of_the_range_is_flagged_as_a_bound():
+    # Lines wider than the widest tried width are read at it, and faint: the width is a bound
+    # (no error) and the status says so; the fit still counts as a success.
+    from survey_denoise.flags import FIT_INFORMATIONAL
+
+    edges = np.asarray(GRID.edges)
+    rng = np.random.default_rng(5)
+    flux = np.stack([1.0 + 30 * fast.gaussian_profile(edges, lines.wavelength("halpha"), w)
+                     for w in (100.0, 450.0)]) + rng.normal(0, 0.01, (2, GRID.npix))
+    out = fast.fit_batch(flux, np.full_like(flux, 1e4), weights_prior=None)
+    at_limit = (out["status"] & Flag.FIT_WIDTH_AT_LIMIT) > 0
+    np.testing.assert_array_equal(at_limit, [False, True])
+    assert np.isfinite(out["width_err"][0]) and np.isnan(out["width_err"][1])
+    assert out["width"][1] == pytest.approx(max(fast.WIDTHS_KMS), rel=fast.WIDTH_LIMIT_TOLERANCE)
+    assert out["flux"]["halpha"][1] < 0.9 * 30 and Flag.FIT_WIDTH_AT_LIMIT & FIT_INFORMATIONAL
+    # One width tried: nothing is fitted, so nothing is at a limit.
+    one = fast.fit_batch(flux, np.full_like(flux, 1e4), widths_kms=(340.0,), weights_prior=None)
+    assert not (one["status"] & Flag.FIT_WIDTH_AT_LIMIT).any()
+
+
 def test_fast_width_prior_steadies_faint_lines_and_spares_bright_ones():
     # A faint line barely moves the chi^2 with the width, so without a prior its width (and
     # with it the flux) follows the noise; the log-normal prior keeps it near the population's.

@@ -62,7 +62,7 @@ def columns() -> dict[str, tuple[str, str, str]]:
         "galaxy": ("object", "", "survey id"),
         "z": ("float64", "", "redshift"),
         "norm": ("float64", FLUX_UNIT, "physical flux density = normalised * norm"),
-        "status": ("uint32", "", "0 = fitted; else Flag bits FIT_FAILED / FIT_NO_COVERAGE (no fluxes), FIT_PRIOR_REJECTED (fitted without the weights prior)"),
+        "status": ("uint32", "", "0 = fitted; else Flag bits FIT_FAILED / FIT_NO_COVERAGE (no fluxes), FIT_PRIOR_REJECTED (fitted without the weights prior), FIT_WIDTH_AT_LIMIT (line_sigma a bound)"),
         "flags": ("uint32", "", "spectrum flags from earlier stages (survey_denoise.flags)"),
         "chi2": ("float64", "", "chi^2 per degree of freedom of the fit"),
         "method": ("object", "", "fitting method (ppxf, ppxf-native, fast)"),

@@ -98,6 +98,8 @@ from ..grid import C_KMS, GRID, Grid
 from ..line_windows import covered_lines, in_windows
 from ..spectrographs import instrument_sigma_kms
 
+WIDTH_LIMIT_TOLERANCE = 0.005
+"""A fitted width within this fraction of the narrowest or widest tried one is at the limit (``Flag.FIT_WIDTH_AT_LIMIT``)."""
 WIDTHS_KMS = (42.0, 60.0, 85.0, 120.0, 170.0, 240.0, 340.0)
 """Gaussian line widths (sigma, km/s) tried; each spectrum's is refined between them.
 
@@ -762,7 +764,8 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
         included, as the lines appear on ``grid``) and ``width_err`` (n,) its
         1-sigma error (the width's posterior under ``width_prior``; NaN where
         the chi^2 does not constrain it and there is no prior, or one width
-        was tried); ``status`` (n,) uint32;
+        was tried, or where the width stopped at an end of ``widths_kms``:
+        ``status`` then gains ``FIT_WIDTH_AT_LIMIT``); ``status`` (n,) uint32;
         ``prior_dchi2`` (n,) the rise of the data's chi^2 under the prior on
         the stellar weights, over the free fit's chi^2 per degree of freedom
         where that is above 1 (NaN where the prior was not tested).
@@ -831,6 +834,12 @@ def fit_batch(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray | None = None
             x[:, :n_lines] = np.clip(x[:, :n_lines], 0.0, None)
         _store(out, rows, groups, x, err, meas)
         out["chi2"][rows], out["width"][rows], out["width_err"][rows] = chi2, width, width * width_sd
+        if len(widths_kms) >= 3:
+            # A width stopped at an end of the range is a bound, not a measurement.
+            limit = np.isfinite(chi2) & ((width >= max(widths_kms) * (1 - WIDTH_LIMIT_TOLERANCE))
+                                         | (width <= min(widths_kms) * (1 + WIDTH_LIMIT_TOLERANCE)))
+            out["width_err"][rows[limit]] = np.nan
+            out["status"][rows[limit]] |= np.uint32(Flag.FIT_WIDTH_AT_LIMIT)
         bad = ~np.isfinite(chi2)
         out["status"][rows[bad]] |= np.uint32(Flag.FIT_FAILED)
     if threshold is not None:   # a spectrum never tested has prior_dchi2 NaN, and is kept
