@@ -233,8 +233,7 @@ def width_constants(method: str, survey: str | None = None) -> tuple[float, floa
     file (a survey's own under ``surveys:``, else the default), with
     :func:`width_lever` standing for the continuum in :func:`total_error`.
     """
-    own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
-    entry = ((own.get("widths") or {}).get(method) or ((_file().get("widths") or {}).get(method)))
+    entry, _ = _width_table(method, survey)
     if not entry:
         return None
     return (float(entry.get("frac", 0.0)), float(entry.get("ew", 0.0)), float(entry.get("ew_mix", 0.0)),
@@ -243,10 +242,15 @@ def width_constants(method: str, survey: str | None = None) -> tuple[float, floa
 
 def width_provenance(method: str, survey: str | None = None) -> str:
     """One line saying where a method's line-width constants come from; "" without."""
+    return str(_width_table(method, survey)[1].get("summary", ""))
+
+
+def _width_table(method: str, survey: str | None) -> tuple[dict, dict]:
+    """(width constants, provenance) of ``method``: the survey's own where it has them, else the default."""
     own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
-    if ((own.get("widths") or {}).get(method)):
-        return str(((own.get("width_provenance") or {}).get(method) or {}).get("summary", ""))
-    return str(((_file().get("width_provenance") or {}).get(method) or {}).get("summary", ""))
+    where = own if ((own.get("widths") or {}).get(method)) else _file()
+    return ((where.get("widths") or {}).get(method) or {},
+            (where.get("width_provenance") or {}).get(method) or {})
 
 
 WIDTH_MIN_SNR = 3.0
