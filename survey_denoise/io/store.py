@@ -578,12 +578,39 @@ def _run_units(ds, path, todo, starts, k, client, report):
     futures = {submit(first): first for first in itertools.islice(pending, window)}
     queue = as_completed(list(futures))
     for fut in queue:
-        fut.result()  # re-raise a task's error here, in the driver
+        try:
+            fut.result()  # re-raise a task's error here, in the driver
+        except BaseException:
+            _settle([f for f in futures if f is not fut])
+            raise
         for first in itertools.islice(pending, 1):
             nxt = submit(first)
             futures[nxt] = first
             queue.add(nxt)
         yield futures.pop(fut)
+
+
+SETTLE_TIMEOUT_S = 600.0
+"""Longest wait, after a unit fails, for the units already in flight to finish (:func:`_settle`)."""
+
+
+def _settle(futures) -> None:
+    """Wait for the units still in flight when another failed, keeping what they write.
+
+    A running task cannot be called back: dropped, it still writes its shard
+    and marks its chunks done, later than the error reached the caller, so
+    a resume planned at once would redo or miss them.  Waiting lets them
+    finish (nothing they computed is lost) and leaves the store's progress
+    settled when the error is raised.  Errors of these units are left to
+    the resume; past :data:`SETTLE_TIMEOUT_S` the error is raised anyway.
+    """
+    from distributed import wait
+
+    if futures:
+        try:
+            wait(futures, timeout=SETTLE_TIMEOUT_S)
+        except Exception:  # a timeout, or a cluster going down: the first error is the one to report
+            pass
 
 
 def _submit_unit(client, unit: _Unit, whole: dict | None = None):
