@@ -62,11 +62,10 @@ import survey_denoise.fitting.fast as fast  # noqa: E402
 from survey_denoise import lines  # noqa: E402
 from survey_denoise.fitting import fit_lines, systematics  # noqa: E402
 from survey_denoise.fitting.catalogue import to_frame  # noqa: E402
-from survey_denoise.grid import C_KMS  # noqa: E402
 from survey_denoise.mock import MockConfig, generate, select  # noqa: E402
 from survey_denoise.mock.priors import CLASSES  # noqa: E402
 from survey_denoise.preprocess import preprocess  # noqa: E402
-from survey_denoise.spectrographs import instrument_sigma_kms  # noqa: E402
+from survey_denoise.spectrographs import instrument_sigma_kms, sigma_on_grid  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DESIGN = "natural"
@@ -88,10 +87,8 @@ def mock(survey: str, n: int, seed: int, *, noise: bool, emission: bool = True):
 
 def true_on_grid(raw, pre, survey: str) -> np.ndarray:
     """Each kept galaxy's line sigma as it reaches the grid: gas, instrument, native pixel (km/s)."""
-    pixel = C_KMS * float(np.median(np.diff(np.log(raw["wavelength"].values))))
     kept = np.isin(raw["galaxy"].values, pre["galaxy"].values)
-    return np.sqrt(raw["true_sigma_gas"].values[kept].astype(float) ** 2
-                   + instrument_sigma_kms(survey) ** 2 + pixel**2 / 12.0)
+    return sigma_on_grid(raw["true_sigma_gas"].values[kept], survey, raw["wavelength"].values)
 
 
 def lever(cat, pre) -> np.ndarray:
@@ -237,7 +234,7 @@ def score_run(folder: Path, survey: str = "sdss") -> dict:
         for path in sorted(truth_path.parent.glob("catalogue-*.parquet")):
             cat = pd.read_parquet(path)
             t = truth.loc[cat["galaxy"].to_numpy()]
-            true = np.hypot(t["true_sigma_gas"].to_numpy(float), instrument_sigma_kms(survey))
+            true = sigma_on_grid(t["true_sigma_gas"].to_numpy(float), survey)
             errors = {"formal": cat["line_sigma_err_stat"].to_numpy(float),
                       "total": cat["line_sigma_err"].to_numpy(float)}
             original = pd.read_parquet(truth_path.parent / "catalogue-preprocessed.parquet").set_index("galaxy")

@@ -1,8 +1,9 @@
 """The surveys' spectrographs: the resolving power each records its spectra at.
 
 One place for what the mock needs to blur its spectra
-(:mod:`survey_denoise.mock.instrument`) and what the fast fitter needs to
-centre its line-width prior (:func:`survey_denoise.fitting.fast.survey_width_prior`).
+(:mod:`survey_denoise.mock.instrument`), what the fast fitter needs to
+centre its line-width prior (:func:`survey_denoise.fitting.fast.survey_width_prior`)
+and what a line's width on the grid is made of (:func:`sigma_on_grid`).
 """
 
 from __future__ import annotations
@@ -30,3 +31,26 @@ def instrument_sigma_kms(survey: str | None) -> float | None:
     """Instrumental sigma (km/s) of ``survey``'s spectrograph, or None for an unknown survey."""
     resolution = RESOLUTION.get(str(survey).lower()) if survey is not None else None
     return None if resolution is None else sigma_kms(resolution)
+
+
+def native_pixel_kms(wavelength) -> float:
+    """Velocity width (km/s) of a log-uniform spectrum's pixels, from their centres (Angstrom)."""
+    import numpy as np
+
+    return C_KMS * float(np.median(np.diff(np.log(np.asarray(wavelength, np.float64)))))
+
+
+def sigma_on_grid(sigma_gas_kms, survey: str, native_wavelength=None):
+    """A line's Gaussian sigma (km/s) as the fitters see it on the rest-frame grid (``line_sigma``).
+
+    The gas and the survey's instrument in quadrature and, for spectra
+    rebinned onto the grid from pixels centred on ``native_wavelength``
+    (log-uniform), the native pixel: pre-processing averages those pixels,
+    which convolves each line with one of them, a boxcar of variance
+    ``dv^2 / 12``.  None: the lines were drawn on the grid itself (the
+    rest-frame mock).
+    """
+    import numpy as np
+
+    pixel = 0.0 if native_wavelength is None else native_pixel_kms(native_wavelength)
+    return np.sqrt(np.asarray(sigma_gas_kms, np.float64) ** 2 + instrument_sigma_kms(survey) ** 2 + pixel**2 / 12.0)

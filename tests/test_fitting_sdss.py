@@ -30,14 +30,14 @@ def fits(request):
 def test_grid_line_widths_agree_with_the_native_fit(fits, method, request):
     # Pre-processing averages the native pixels onto the grid, which convolves each line with a
     # native pixel (a boxcar of 69 km/s): line_sigma on the grid holds it, the native fit not.
-    from survey_denoise.grid import C_KMS
+    from survey_denoise.spectrographs import native_pixel_kms
 
     name, native, ppxf, raw, fast = fits
     if (name, method) == ("NGC3073", "ppxf"):
         request.applymarker(pytest.mark.xfail(
             reason="pPXF on the grid reads NGC3073's lines 14 % wider than at native resolution (3.1 sigma)",
             strict=True))
-    pixel = C_KMS * np.median(np.diff(np.log(raw["wavelength"].values)))
+    pixel = native_pixel_kms(raw["wavelength"].values)
     cat = {"ppxf": ppxf, "fast": fast}[method]
     assert native.status == 0 and np.isfinite(native.sigma_err) and native.sigma_err > 0
     on_grid = np.sqrt(float(cat["line_sigma"]) ** 2 - pixel**2 / 12)

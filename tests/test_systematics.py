@@ -248,10 +248,9 @@ def test_write_constants_replaces_one_table_and_keeps_the_rest(tmp_path, monkeyp
 
 def test_fast_line_widths_cover_the_truth_on_a_mock():
     """Observed-frame SDSS-like mock of a seed never used for calibration, pre-processed as a survey is."""
-    from survey_denoise.grid import C_KMS
     from survey_denoise.mock import MockConfig, generate, select
     from survey_denoise.preprocess import preprocess
-    from survey_denoise.spectrographs import instrument_sigma_kms
+    from survey_denoise.spectrographs import sigma_on_grid
 
     with dask.config.set(scheduler="synchronous"):
         raw = generate(select("natural", 400, 5), MockConfig(seed=5, survey="sdss"), chunk_size=400,
@@ -259,9 +258,8 @@ def test_fast_line_widths_cover_the_truth_on_a_mock():
         spectra = preprocess(raw.chunk(galaxy=400)).compute()
         cat = to_frame(fit_lines(spectra, method="fast"))
     # On the grid a line is gas, instrument and the native pixel (boxcar) convolved.
-    pixel = C_KMS * np.median(np.diff(np.log(raw["wavelength"].values)))
     kept = np.isin(raw["galaxy"].values, spectra["galaxy"].values)
-    true = np.sqrt(raw["true_sigma_gas"].values[kept] ** 2 + instrument_sigma_kms("sdss") ** 2 + pixel**2 / 12)
+    true = sigma_on_grid(raw["true_sigma_gas"].values[kept], "sdss", raw["wavelength"].values)
     w, err, stat = (cat[c].to_numpy() for c in ("line_sigma", "line_sigma_err", "line_sigma_err_stat"))
     z = np.abs(w - true) / err
     assert 0.6 <= np.mean(z <= 1) <= 0.8 and np.mean(z <= 2) >= 0.9, (np.mean(z <= 1), np.mean(z <= 2))

@@ -262,12 +262,11 @@ def _systematics_provenance(method: str, surveys: list[str | None], widths: bool
 
     ``widths``: those of the line width (``line_sigma_err``) instead of the fluxes'.
     """
+    found, where = ((systematics.width_constants, systematics.width_provenance) if widths
+                    else (systematics.constants, systematics.provenance))
+
     def one(name):
-        if widths:
-            return (systematics.width_provenance(method, name) if systematics.width_constants(method, name)
-                    else "none (formal errors only)")
-        return (systematics.provenance(method, name) if systematics.constants(method, name)
-                else "none (formal errors only)")
+        return where(method, name) if found(method, name) else "none (formal errors only)"
 
     if len(surveys) == 1:
         return one(surveys[0])

@@ -89,13 +89,15 @@ def _file() -> dict:
     return yaml.safe_load(CONSTANTS_FILE.read_text())
 
 
-def _table(method: str, survey: str | None) -> tuple[dict, dict]:
-    """(constants, provenance) of ``method``: the survey's own where it has them, else the default."""
+PROVENANCE = {"methods": "provenance", "widths": "width_provenance"}
+"""Per table of the constants file (line fluxes, line width): the key of its provenance beside it."""
+
+
+def _table(method: str, survey: str | None, section: str = "methods") -> tuple[dict, dict]:
+    """(constants, provenance) of ``method`` in ``section``: the survey's own where it has them, else the default."""
     own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
-    if ((own.get("methods") or {}).get(method)):
-        return own["methods"][method], (own.get("provenance") or {}).get(method) or {}
-    return ((_file().get("methods") or {}).get(method) or {},
-            (_file().get("provenance") or {}).get(method) or {})
+    where = own if ((own.get(section) or {}).get(method)) else _file()
+    return (where.get(section) or {}).get(method) or {}, (where.get(PROVENANCE[section]) or {}).get(method) or {}
 
 
 def write_constants(section: str, method: str, table: dict, meta: dict) -> Path:
@@ -114,7 +116,7 @@ def write_constants(section: str, method: str, table: dict, meta: dict) -> Path:
     body = yaml.safe_load(text) or {}
     where = body if meta["survey"] == DEFAULT_SURVEY else body.setdefault("surveys", {}).setdefault(meta["survey"], {})
     what = " (line widths)" if section == "widths" else ""
-    where.setdefault("provenance" if section == "methods" else "width_provenance", {})[method] = {
+    where.setdefault(PROVENANCE[section], {})[method] = {
         "summary": f"{method}{what}: calibrated on the {meta['design']} {meta['survey']} mock, "
                    f"seed {meta['seed']}, {meta['n']} galaxies ({meta['command']})", **meta}
     where.setdefault(section, {})[method] = table
@@ -233,7 +235,7 @@ def width_constants(method: str, survey: str | None = None) -> tuple[float, floa
     file (a survey's own under ``surveys:``, else the default), with
     :func:`width_lever` standing for the continuum in :func:`total_error`.
     """
-    entry, _ = _width_table(method, survey)
+    entry, _ = _table(method, survey, "widths")
     if not entry:
         return None
     return (float(entry.get("frac", 0.0)), float(entry.get("ew", 0.0)), float(entry.get("ew_mix", 0.0)),
@@ -242,15 +244,7 @@ def width_constants(method: str, survey: str | None = None) -> tuple[float, floa
 
 def width_provenance(method: str, survey: str | None = None) -> str:
     """One line saying where a method's line-width constants come from; "" without."""
-    return str(_width_table(method, survey)[1].get("summary", ""))
-
-
-def _width_table(method: str, survey: str | None) -> tuple[dict, dict]:
-    """(width constants, provenance) of ``method``: the survey's own where it has them, else the default."""
-    own = ((_file().get("surveys") or {}).get(survey) or {}) if survey else {}
-    where = own if ((own.get("widths") or {}).get(method)) else _file()
-    return ((where.get("widths") or {}).get(method) or {},
-            (where.get("width_provenance") or {}).get(method) or {})
+    return str(_table(method, survey, "widths")[1].get("summary", ""))
 
 
 WIDTH_MIN_SNR = 3.0
