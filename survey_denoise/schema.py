@@ -45,8 +45,26 @@ FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
 FRAMES = ("observed", "rest")
 NORMS = ("none", "l2", "sum", "median")
 
+TRUTH_PREFIX = "true_"
+"""Prefix of the per-galaxy truth a mock store carries beside its spectra (``true_halpha_flux`` …)."""
+
 _SPECTRAL = {"flux": (np.float32,), "ivar": (np.float32,), "mask": (np.bool_, np.uint8)}
 _PER_GALAXY = {"z": (np.float64,), "norm": (np.float64,), "flags": (np.uint32,)}
+
+
+def truth_variables(ds: xr.Dataset) -> list[str]:
+    """Names of the mock truth variables (:data:`TRUTH_PREFIX`) in ``ds``, in name order."""
+    return sorted(str(v) for v in ds.data_vars if str(v).startswith(TRUTH_PREFIX))
+
+
+def without_truth(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` less its mock truth variables: what a model or a fitter reads.
+
+    The truth travels in every store of a mock run, a few dozen per-galaxy
+    variables of one small chunk each; reading a subset of galaxies with them
+    costs a task per variable and chunk, for values the truth table holds.
+    """
+    return ds.drop_vars(truth_variables(ds))
 
 
 class SchemaError(ValueError):

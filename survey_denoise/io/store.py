@@ -106,7 +106,7 @@ class WriteReport:
 
 
 def open_store(path: str | Path, *, frame: str | None = None, check: bool = True,
-               spectra: bool = True) -> xr.Dataset:
+               spectra: bool = True, dask: bool = True) -> xr.Dataset:
     """Open a store lazily (Dask-backed, one Dask chunk per Zarr chunk).
 
     Parameters
@@ -120,6 +120,10 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
     spectra : bool
         The store holds spectra (validated against the schema); False for
         galaxy-only tables such as line catalogues.
+    dask : bool
+        False: lazily indexed arrays that Zarr reads itself, every chunk of a
+        variable in one call, for a table read whole in one process (a task
+        per variable and chunk would cost more than the reading).
 
     Raises
     ------
@@ -132,7 +136,7 @@ def open_store(path: str | Path, *, frame: str | None = None, check: bool = True
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such store")
     try:
-        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={})
+        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={} if dask else None)
     except Exception as err:  # zarr raises many types for foreign or truncated stores
         raise SchemaError(f"{path}: not a readable Zarr v3 store ({type(err).__name__}: {err})") from None
     if check:

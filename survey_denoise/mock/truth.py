@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..schema import truth_variables
 from .priors import CLASSES
 
 UNITS_KEY = b"survey_denoise.units"
@@ -32,7 +33,7 @@ def truth_table(ds: xr.Dataset) -> pd.DataFrame:
         is not stable, and a table must not depend on how its store was
         opened (a resumed run writes the same table as an uninterrupted one).
     """
-    names = sorted(str(v) for v in ds.data_vars if str(v).startswith("true_"))
+    names = truth_variables(ds)
     if not names:
         raise ValueError("dataset holds no true_* variables: not a mock survey")
     sub = ds[["z", *names]].compute()

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..schema import without_truth
+
 # Catalogue case names by the store they measure: the names the report and Table 6 use.
 CASES = {"preprocessed": "original", "degraded": "noisy", "denoised": "denoised", "raw": "raw"}
 BOUND_ROWS = 16_384
@@ -94,7 +96,7 @@ def subsets(stores: Mapping[str, xr.Dataset], pos: np.ndarray) -> dict[str, xr.D
     chain, where each store is computed from the one before), those run once.
     """
     names = list(stores)
-    done = dask.compute(*(stores[name].isel(galaxy=pos) for name in names))
+    done = dask.compute(*(without_truth(stores[name]).isel(galaxy=pos) for name in names))
     return dict(zip(names, done, strict=True))
 
 
@@ -120,7 +122,7 @@ def catalogue_frames(paths: Mapping[str, str | Path], galaxies: np.ndarray | Non
 
     out = {}
     for case, path in paths.items():
-        cat = open_store(path, spectra=False)
+        cat = open_store(path, spectra=False, dask=False)
         if columns is not None:
             cat = cat[[c for c in columns if c in cat.data_vars]]
         if galaxies is not None:

@@ -33,6 +33,7 @@ import xarray as xr
 from ..flags import Flag
 from ..io.outputs import replacing
 from ..io.store import open_store, write_store
+from ..schema import without_truth
 from . import products, stages
 from .config import ConfigError, PipelineConfig
 from .folder import check_folder, clear_run
@@ -115,7 +116,7 @@ class Runner:
         if self.client is None:
             return products.subsets(stores, pos)
         names = list(stores)
-        futures = self.client.compute([stores[name].isel(galaxy=pos) for name in names])
+        futures = self.client.compute([without_truth(stores[name]).isel(galaxy=pos) for name in names])
         return dict(zip(names, futures, strict=True))
 
     # ------------------------------------------------------------ stages

@@ -45,9 +45,10 @@ def truth_file(store: Path, path: Path) -> None:
     """The truth table of a written mock store, as Parquet with units."""
     from ..io.store import open_store
     from ..mock import write_truth as write
+    from ..schema import truth_variables
 
     raw = open_store(store)
-    write(raw[["z", *(n for n in raw.data_vars if str(n).startswith("true_"))]], path)
+    write(raw[["z", *truth_variables(raw)]], path)
 
 
 def ingest(config: PipelineConfig, client) -> tuple[xr.Dataset, list]:
