@@ -20,7 +20,7 @@ def _run(*args) -> None:
 
 @pytest.mark.slow
 def test_model_seeds_share_the_test_galaxies_and_compare_side_by_side(tmp_path):
-    small = ["--n", 400, "--epochs", 2, "--seed", 5]
+    small = ["--n", 200, "--epochs", 2, "--seed", 5]
     _run(*small, "--out", tmp_path / "a.json")
     _run(*small, "--model-seed", 6, "--out", tmp_path / "b.json")
     a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "ab")

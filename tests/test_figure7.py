@@ -19,6 +19,9 @@ def test_figure7_sweep_writes_table_and_figures(tmp_path):
     args = ("run", ROOT / "pipelines" / "figure7.yaml", "--set", "input.mock.n=50", "--set", "chunk=25",
             "--set", "sweep={stages.train.kind: [pca], stages.train.latent: [2, 4]}",
             "--set", "report.html=false", "--out", out, "--workers", "1", "--no-progress")
+    check = run(*args, "--check")
+    assert check.returncode == 0, check.stderr
+    assert "sweep 'figure7': 2 variants over stages.train.kind, stages.train.latent" in check.stdout
     result = run(*args)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "sweep-reconstruction_mse.csv")
@@ -34,7 +37,12 @@ def test_figure7_sweep_writes_table_and_figures(tmp_path):
     for name in ("pca-2/latent.parquet", "pca-2/model/card.json", "pca-4/model/.complete"):
         assert (out / name).stat().st_size >= 0 and (out / name).exists()
     assert pd.read_parquet(out / "pca-4" / "latent.parquet").columns[1:5].tolist() == ["z0", "z1", "z2", "z3"]
-    # Started again, it scores the saved models instead of training new ones.
+    for label in ("pca-2", "pca-4"):
+        assert (out / label / "run.json").exists()
+    # Run again, it needs --resume (or --overwrite); with it, it scores the saved
+    # models instead of training new ones.
+    refused = run(*args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
     first_saved = (out / "pca-2" / "model" / "card.json").stat().st_mtime_ns
     again = run(*args, "--resume")
     assert again.returncode == 0, again.stderr

@@ -327,7 +327,7 @@ def test_sigkill_during_training_then_resume_goes_on_from_the_last_epoch(tmp_pat
 
     def config(folder: Path) -> dict:
         cfg = small_config(folder, n=96, chunk=24)
-        cfg["stages"]["train"] = {"kind": "ae", "latent": 2, "epochs": 30, "holdout": 0.25, "seed": 3}
+        cfg["stages"]["train"] = {"kind": "ae", "latent": 2, "epochs": 10, "holdout": 0.25, "seed": 3}
         # Only the stages up to the de-noised store: what comes after reads it and is
         # resumed like any other stage (test_sigkill_of_the_driver_then_resume_...).
         del cfg["stages"]["fit"], cfg["stages"]["science"]
@@ -353,7 +353,7 @@ def test_sigkill_during_training_then_resume_goes_on_from_the_last_epoch(tmp_pat
     assert res.returncode == 0, res.stderr[-2000:]
     card = read_card(folder / "model")
     assert card["training_choices"]["resumed_after_epoch"] == done
-    assert f"ae: resuming after epoch {done} of at most 30" in (folder / "run.log").read_text()
+    assert f"ae: resuming after epoch {done} of at most 10" in (folder / "run.log").read_text()
     assert not (folder / "model.checkpoint").exists()  # removed once the model is saved
     # The same network as the uninterrupted training's, so the same de-noised spectra and errors.
     # (The card's line-error calibration may differ in the 12th digit: it sums on the driver's

@@ -109,34 +109,3 @@ def test_run_check_prints_the_plan_and_starts_nothing(tmp_path):
     assert "plan 'c': 30 galaxies in chunks of 10, cluster local" in result.stdout
     assert re.search(r"fit-degraded\s+cluster\s+degraded\s+catalogue-degraded.zarr", result.stdout)
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.slow
-def test_a_sweep_runs_every_variant_and_gathers_figure7(tmp_path):
-    import pandas as pd
-
-    from tests._cli import run
-
-    config = tmp_path / "sweep.yaml"
-    config.write_text(
-        "name: s\ninput: {mock: {n: 60, design: uniform-halpha, frame: rest, seed: 1}}\nchunk: 30\n"
-        "stages: {preprocess: {norm: l2}, degrade: {sigma: 0.04, seed: 2},\n"
-        "         train: {kind: pca, latent: 2, holdout: 0.3}, denoise: {model: train}}\n"
-        "sweep: {stages.train.latent: [2, 3]}\n"
-        f"outputs: {{dir: {tmp_path / 'out'}}}\n"
-        "report: {examples: 0, latent: false, reconstruction: true, scores: false, html: false}\n")
-    check = run("run", config, "--check")
-    assert check.returncode == 0, check.stderr
-    assert "sweep 's': 2 variants over stages.train.latent" in check.stdout
-    result = run("run", config, "--workers", "1", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    table = pd.read_csv(tmp_path / "out" / "sweep-reconstruction_mse.csv")
-    pca = table[table["model"] == "pca"]
-    assert sorted(pca["latent_dim"]) == sorted(pca["latent"]) == [2, 3]
-    # Each variant scored its own model on its held-out galaxies; de-noising beats none.
-    assert (table.loc[table["model"] == "noisy input", "mse"] > pca["mse"].max()).all()
-    assert (tmp_path / "out" / "figure7.png").stat().st_size > 10_000
-    for label in ("2", "3"):
-        assert (tmp_path / "out" / label / "run.json").exists()
-    again = run("run", config, "--workers", "1", "--no-progress")
-    assert again.returncode == 2 and "--resume" in again.stderr
