@@ -96,8 +96,13 @@ def subsets(stores: Mapping[str, xr.Dataset], pos: np.ndarray) -> dict[str, xr.D
     chain, where each store is computed from the one before), those run once.
     """
     names = list(stores)
-    done = dask.compute(*(without_truth(stores[name]).isel(galaxy=pos) for name in names))
+    done = dask.compute(*picked(stores, pos).values())
     return dict(zip(names, done, strict=True))
+
+
+def picked(stores: Mapping[str, xr.Dataset], pos: np.ndarray) -> dict[str, xr.Dataset]:
+    """The galaxies at ``pos`` of every store, lazily, less the mock truth the products never read."""
+    return {name: without_truth(ds).isel(galaxy=pos) for name, ds in stores.items()}
 
 
 def _flux(ds: xr.Dataset, pos: np.ndarray) -> xr.Dataset:

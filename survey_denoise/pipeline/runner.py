@@ -33,7 +33,6 @@ import xarray as xr
 from ..flags import Flag
 from ..io.outputs import replacing
 from ..io.store import open_store, write_store
-from ..schema import without_truth
 from . import products, stages
 from .config import ConfigError, PipelineConfig
 from .folder import check_folder, clear_run
@@ -115,9 +114,8 @@ class Runner:
         """The galaxies at ``pos`` of every store, computed together: futures on the cluster."""
         if self.client is None:
             return products.subsets(stores, pos)
-        names = list(stores)
-        futures = self.client.compute([without_truth(stores[name]).isel(galaxy=pos) for name in names])
-        return dict(zip(names, futures, strict=True))
+        lazy = products.picked(stores, pos)
+        return dict(zip(lazy, self.client.compute(list(lazy.values())), strict=True))
 
     # ------------------------------------------------------------ stages
 
