@@ -15,8 +15,9 @@ Star-forming gas
     al. (2017, 2020) R2 and S2 polynomials, [OIII]4363 from an electron
     temperature falling with abundance, and fixed doublet ratios from the
     line list.  At fixed O/H the ionisation parameter scatters and moves
-    [OIII]/Hbeta up and [NII]/Halpha down, so that PP04 O3N2 scatters about
-    the truth as much as in PP04's own calibration sample.  The bagpipes
+    [OIII]/Hbeta up and [NII]/Halpha down, so that PP04 O3N2 of the true
+    lines scatters about the MZR as SDSS fibre spectra do (about 0.1 dex;
+    the priors YAML gives the sources).  The bagpipes
     Cloudy grids are not used: the strong-line route makes the metallicity
     truth exactly the quantity the science stages measure.
 Narrow-line AGN
