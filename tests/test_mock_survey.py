@@ -50,6 +50,10 @@ def test_schema_and_identical_output_for_any_chunking(rest):
     np.testing.assert_array_equal(a["true_oh"].values, b["true_oh"].values)
     assert (a["ivar"].values > 0).all() and np.isfinite(a["flux"].values).all()
     assert float(a["norm"].min()) == 1.0 and a.attrs["norm_convention"] == "none"
+    # the lazy survey's variables, their order and dtypes are those a chunk computes
+    computed = a.compute()
+    assert list(a.data_vars) == list(computed.data_vars)
+    assert {k: v.dtype for k, v in a.variables.items()} == {k: v.dtype for k, v in computed.variables.items()}
 
 
 def test_zarr_round_trip_on_a_cluster_matches_local_threads(tmp_path):

@@ -112,18 +112,26 @@ class MockConfig:
         return Grid.from_dict(dict(self.grid))
 
 
+TRUTH_PROPERTIES = ("logmass", "logsfr", "logsfr10", "oh", "logzstar", "ebv_star", "ebv_gas", "sigma_star",
+                    "sigma_gas", "fibre_frac", "age_gyr", "tau_gyr", "mass_weighted_age_gyr",
+                    "burst_frac", "dl_mpc")
+"""Population properties (:func:`survey_denoise.mock.population.draw`) copied into the truth."""
+
+
+def _truth_dtypes() -> dict[str, type]:
+    """Names, order and dtypes of the truth columns, known without drawing a galaxy."""
+    names = (["true_class"] + [f"true_{k}" for k in TRUTH_PROPERTIES] + ["true_ebv_lines"]
+             + [f"true_{k}_flux" for k in L.catalogue_keys()] + ["true_halpha_broad_flux", "true_broad_sigma"])
+    return {name: np.int8 if name == "true_class" else np.float64 for name in names}
+
+
 def _truth(props: dict, fluxes: dict) -> dict[str, np.ndarray]:
-    out = {"true_class": props["class"].astype(np.int8)}
-    for k in ("logmass", "logsfr", "logsfr10", "oh", "logzstar", "ebv_star", "ebv_gas", "sigma_star",
-              "sigma_gas", "fibre_frac", "age_gyr", "tau_gyr", "mass_weighted_age_gyr",
-              "burst_frac", "dl_mpc"):
-        out[f"true_{k}"] = props[k].astype(np.float64)
-    out["true_ebv_lines"] = fluxes["ebv_lines"]
-    for k, v in nebular.catalogue_fluxes(fluxes).items():
-        out[f"true_{k}_flux"] = v
-    out["true_halpha_broad_flux"] = fluxes["broad_halpha"]
-    out["true_broad_sigma"] = np.where(fluxes["broad_halpha"] > 0, fluxes["broad_sigma"], 0.0)
-    return out
+    values = {"true_class": props["class"], "true_ebv_lines": fluxes["ebv_lines"],
+              "true_halpha_broad_flux": fluxes["broad_halpha"],
+              "true_broad_sigma": np.where(fluxes["broad_halpha"] > 0, fluxes["broad_sigma"], 0.0)}
+    values.update({f"true_{k}": props[k] for k in TRUTH_PROPERTIES})
+    values.update({f"true_{k}_flux": v for k, v in nebular.catalogue_fluxes(fluxes).items()})
+    return {name: np.asarray(values[name], dtype) for name, dtype in _truth_dtypes().items()}
 
 
 def _continuum_rest(props: dict, fluxes: dict, wave_min: float, dlnlam: float, npix: int) -> np.ndarray:
@@ -259,8 +267,12 @@ def generate(ids: np.ndarray, cfg: MockConfig, *, chunk_size: int = 1000,
         attrs["grid"] = json.dumps(cfg.rest_grid.to_dict())
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "grid"}
     attrs = add_provenance(attrs, "mock", design=design, n=int(ids.size), **cfg_dict)
-    # template: one small real chunk tells dtypes; the lazy arrays get the right shapes
-    sample = _chunk(xr.Dataset(coords={"galaxy": ids[:1]}), cfg, wavelength, attrs)
+    # template: one galaxy of zeros with a chunk's variables and dtypes, so that the
+    # driver neither draws nor synthesises a galaxy (which reads the stellar library)
+    frame = "rest" if cfg.rest else "observed"
+    zeros = np.zeros((1, wavelength.size), np.float32)
+    sample = make_spectra(zeros, zeros, wavelength, ids[:1], np.zeros(1), frame=frame, attrs=attrs,
+                          extra={k: np.zeros(1, dtype) for k, dtype in _truth_dtypes().items()})
     # a dask variable makes map_blocks lazy (a coordinate-only dataset runs eagerly);
     # built from one small array per chunk, so that a chunk's task does not carry
     # every id of the survey (16 MB per write unit at 10^6 galaxies)
