@@ -93,26 +93,37 @@ class SSPLibrary:
     live_frac: np.ndarray
 
 
-def _bin_ages(ages: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Average ``values`` (..., n_age_native) over age bins for a constant SFR.
+def _age_bin_weights(ages: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Weights (n_age_native, n_bin) that average a quantity over age bins for a constant SFR.
 
     Piecewise-linear integration in age on a fine grid that includes every
-    native age and every bin edge.
+    native age and every bin edge: linear interpolation onto the fine grid,
+    trapezoids per fine interval, each assigned to the bin that holds it,
+    divided by the bin's width.  The three steps are linear, so they collapse
+    into one matrix that depends on the ages alone.
     """
     fine = np.unique(np.concatenate([ages, edges]))
     fine = fine[(fine >= edges[0]) & (fine <= edges[-1])]
     idx = np.clip(np.searchsorted(ages, fine) - 1, 0, ages.size - 2)
     t = np.clip((fine - ages[idx]) / (ages[idx + 1] - ages[idx]), 0.0, 1.0)
-    v = values[..., idx] * (1 - t) + values[..., idx + 1] * t
-    # trapezoid weights per fine interval, assigned to the bin that holds it
-    dt = np.diff(fine)
-    mid = 0.5 * (v[..., 1:] + v[..., :-1]) * dt
+    cols = np.arange(fine.size)
+    interp = np.zeros((ages.size, fine.size))
+    np.add.at(interp, (idx, cols), 1 - t)
+    np.add.at(interp, (idx + 1, cols), t)
+    # trapezoid of fine interval j: half its width times the values at fine points j and j+1
+    half = 0.5 * np.diff(fine)
+    trapezoid = np.zeros((fine.size, fine.size - 1))
+    trapezoid[cols[:-1], cols[:-1]] = half
+    trapezoid[cols[1:], cols[:-1]] = half
     which = np.searchsorted(edges, 0.5 * (fine[1:] + fine[:-1])) - 1
-    out = np.zeros(values.shape[:-1] + (edges.size - 1,))
-    for b in range(edges.size - 1):
-        sel = which == b
-        out[..., b] = mid[..., sel].sum(axis=-1) / (edges[b + 1] - edges[b])
-    return out
+    to_bin = np.zeros((fine.size - 1, edges.size - 1))
+    to_bin[cols[:-1], which] = 1.0 / np.diff(edges)[which]
+    return interp @ trapezoid @ to_bin
+
+
+def _bin_ages(ages: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Average ``values`` (..., n_age_native) over age bins for a constant SFR (see :func:`_age_bin_weights`)."""
+    return values @ _age_bin_weights(ages, edges)
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,8 @@ def read_grid(keep_air) -> RawGrid:
             age_yr=np.asarray(hdul["STELLAR_AGE_YR"].data, dtype=np.float64),
             wave_air=wave_air[keep],
             live_frac=np.asarray(hdul["LIV_MSTAR_FRAC"].data, dtype=np.float64)[:, 1:],
-            spectra=np.stack([np.asarray(hdul[n].data, dtype=np.float64)[:, keep] for n in names]))
+            # select, then convert: only the kept pixels of the big-endian images are copied
+            spectra=np.stack([hdul[n].data[:, keep].astype(np.float64) for n in names]))
 
 
 @cache
