@@ -108,6 +108,11 @@ class MockConfig:
         return inst if self.exptime is None else inst.at_depth(self.exptime)
 
     @property
+    def frame(self) -> str:
+        """The schema frame of the spectra: ``"rest"`` or ``"observed"``."""
+        return "rest" if self.rest else "observed"
+
+    @property
     def rest_grid(self) -> Grid:
         return Grid.from_dict(dict(self.grid))
 
@@ -227,8 +232,7 @@ def synthesize(ids: np.ndarray, cfg: MockConfig) -> tuple[np.ndarray, np.ndarray
 def _chunk(ds: xr.Dataset, cfg: MockConfig, wavelength: np.ndarray, attrs: dict) -> xr.Dataset:
     ids = ds["galaxy"].values
     flux, ivar, z, truth = synthesize(ids, cfg)
-    frame = "rest" if cfg.rest else "observed"
-    out = make_spectra(flux, ivar, wavelength, ids, z, frame=frame, extra=truth, attrs=attrs)
+    out = make_spectra(flux, ivar, wavelength, ids, z, frame=cfg.frame, extra=truth, attrs=attrs)
     return out
 
 
@@ -269,9 +273,8 @@ def generate(ids: np.ndarray, cfg: MockConfig, *, chunk_size: int = 1000,
     attrs = add_provenance(attrs, "mock", design=design, n=int(ids.size), **cfg_dict)
     # template: one galaxy of zeros with a chunk's variables and dtypes, so that the
     # driver neither draws nor synthesises a galaxy (which reads the stellar library)
-    frame = "rest" if cfg.rest else "observed"
     zeros = np.zeros((1, wavelength.size), np.float32)
-    sample = make_spectra(zeros, zeros, wavelength, ids[:1], np.zeros(1), frame=frame, attrs=attrs,
+    sample = make_spectra(zeros, zeros, wavelength, ids[:1], np.zeros(1), frame=cfg.frame, attrs=attrs,
                           extra={k: np.zeros(1, dtype) for k, dtype in _truth_dtypes().items()})
     # a dask variable makes map_blocks lazy (a coordinate-only dataset runs eagerly);
     # built from one small array per chunk, so that a chunk's task does not carry
