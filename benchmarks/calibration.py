@@ -95,10 +95,10 @@ def truth_frame(ds, keys=COVERAGE_LINES) -> pd.DataFrame:
 
 def constant_ivar_copy(den, card: dict):
     """The de-noised store with the old rule: ivar = 1 / val_mse (rescaled with the flux), 0 where masked."""
-    ratio = float(card.get("output_norm", {}).get("ratio", 1.0))
-    value = 1.0 / card["metrics"]["val_mse"] / ratio ** 2
+    # The per-galaxy factor that put the decode on the input's normalisation (a store without one: the median).
+    scale = den["amplitude"] if "amplitude" in den else float(card.get("output_norm", {}).get("ratio", 1.0))
     out = den.copy()
-    out["ivar"] = den["ivar"].where(den["ivar"] == 0, np.float32(value))
+    out["ivar"] = den["ivar"].where(den["ivar"] == 0, 1.0 / card["metrics"]["val_mse"] / scale ** 2).astype(np.float32)
     return out
 
 

@@ -23,12 +23,10 @@ the median S/N, the share with S/N > 15 (the MZR test's Halpha cut), the
 median flux error relative to the DESI-like input's, and the coverage of
 the true flux by the errors (1 sigma / 2 sigma;
 :func:`survey_denoise.science.calibration.line_coverage`).  Fluxes are
-compared in the original spectra's physical units: the DESI-like fits are
-divided by each galaxy's ``dimming``, and the de-noised fits multiplied by
-``(norm_clean / norm_noisy) / output_norm.ratio`` per galaxy (the network
-predicts the clean spectrum in its own normalisation; the store applies
-the training set's median ratio, which differs per galaxy by the dimming
-to z = 0.1).  S/N values do not depend on the scaling.
+compared in the original spectra's physical units: the DESI-like fits
+and the de-noised fits (which the store keeps in its input's frame, see
+:func:`survey_denoise.inference.amplitude`) divided by each galaxy's
+``dimming``.  S/N values do not depend on the scaling.
 
     OMP_NUM_THREADS=1 python benchmarks/conditioning.py [--design uniform-halpha|mzr] [--n 3000]
         [--epochs 15] [--z-cut 0.4] [--out FILE]
@@ -153,7 +151,6 @@ def main() -> None:
         train, test = slice(0, n_train), slice(n_train, None)
         te_clean, te_noisy = clean.isel(galaxy=test), noisy.isel(galaxy=test)
         dim = te_noisy["dimming"].values
-        norm_ratio = te_clean["norm"].values / te_noisy["norm"].values
         truth = pd.DataFrame({"galaxy": te_clean["galaxy"].values.astype(str),
                               **{f"{k}_flux": te_clean[f"true_{k}_flux"].values for k in LINES}})
         original = to_frame(fit_lines(te_clean, method="fast").compute())
@@ -172,7 +169,8 @@ def main() -> None:
             print(f"{name}: trained in {models[name]['seconds']:.0f} s", flush=True)
             for case, ds in inputs.items():
                 den = denoise(ds, folder).compute()
-                factor = norm_ratio / model.card_["output_norm"]["ratio"]
+                # The de-noised store is in its input's frame (z = 0.1), like the DESI-like fits.
+                factor = 1 / dim
                 cats[case][name] = rescaled(to_frame(fit_lines(den, method="fast").compute()), factor)
         original["galaxy"] = original["galaxy"].astype(str)
         for case in inputs:

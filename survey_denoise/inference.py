@@ -12,10 +12,18 @@ Output, per galaxy:
 
 * ``flux``: the de-noised spectrum (posterior-mean decode; with
   ``n_samples = K > 0``, the mean of K decodes from the VAE's posterior),
-  in the input's normalisation: an AE/VAE predicts the clean spectrum
-  normalised on its own, so its output is multiplied by the card's
-  ``output_norm.ratio`` (median clean/noisy norm of its training set,
-  ≈ 0.66 for sigma = 0.04) and ``flux x norm`` is again physical;
+  in the input's normalisation, so ``flux x norm`` is physical in the
+  input's frame: an AE/VAE predicts the clean spectrum normalised on its
+  own, whose scale relative to the input differs per galaxy (the noise
+  adds to the input's norm; moved to another redshift, the dimming
+  changes it by a factor that varies ~0.2 dex across a survey), so each
+  galaxy's output is scaled by ``amplitude``: its own input's least-squares
+  amplitude, combined with the training set's norm ratio and its spread
+  (:func:`amplitude`).  A PCA model reconstructs the input in the
+  input's normalisation and is not rescaled (amplitude 1);
+* ``amplitude``, ``amplitude_err`` (per galaxy): that factor and its 1σ
+  error from the input's noise (a common fractional error of every
+  de-noised line of the galaxy);
 * ``ivar``: per galaxy and pixel, ``1 / var`` with ``var`` the model's
   variance of the de-noised flux about the true spectrum (predicted by a
   network trained with the Gaussian likelihood, else the held-out residual
@@ -50,8 +58,10 @@ Output, per galaxy:
   line catalogue marks those (``<key>_status`` LINE_NOT_IN_INPUT), so a
   user can tell a line this galaxy's data support from one the model's
   prior supplies;
-* ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values
-  (flux 0, ivar 0).  Spectra already dropped upstream pass through
+* ``flags``: ``DENOISE_FAILED`` where the model returned non-finite values,
+  or where its output could not be scaled onto the input (no positive
+  amplitude in the input and no training-set ratio to fall back on; flux
+  0, ivar 0).  Spectra already dropped upstream pass through
   unchanged, with their flags.
 """
 
@@ -178,6 +188,65 @@ def _input_detections(flux, ivar, mask, flags, survey=None, *, grid: Grid, store
     return to_bits(found)
 
 
+def amplitude(model, flux, ivar, prior: tuple[float, float] | None = None):
+    """Per galaxy, the factor that scales a de-noised spectrum onto its input, and its error.
+
+    An AE/VAE predicts the clean spectrum in the clean spectrum's own
+    normalisation; a store keeps the input's.  Their ratio is not one
+    number: the input's norm includes its noise, and an input moved to
+    another redshift was dimmed by a factor that differs per galaxy (the
+    DESI-like test: 0.21 dex across its galaxies).  Two estimates are
+    combined, inverse-variance weighted in log:
+
+    * the galaxy's own: the weighted least-squares amplitude of the model
+      spectrum ``m`` in the input ``x``, ``s = sum(w x m) / sum(w m^2)``
+      with ``w = ivar``, of 1-sigma error ``1 / sqrt(sum(w m^2))`` (4 %
+      for a unit-L2 spectrum with the paper's sigma = 0.04 per pixel);
+    * the training set's: ``prior = (ratio, log10_scatter)``, the median
+      and spread of ``norm_clean / norm_noisy`` over the training galaxies
+      (the card's ``output_norm``).  Where the norms differ only by the
+      noise's power, as in the paper's set-up, the spread is ~1 % and the
+      prior sets the factor; where they differ by a dimming it is wide and
+      the galaxy's own amplitude does.
+
+    Parameters
+    ----------
+    model, flux : array (n, npix)
+        De-noised spectra (model normalisation) and the input's flux (its
+        normalisation); numpy or dask.
+    ivar : array (n, npix)
+        The input's inverse variance (normalised flux^-2), 0 where a pixel
+        is not to be used.
+    prior : (float, float), optional
+        ``(ratio, log10_scatter)``; without one (or a scatter of 0) the
+        galaxy's own amplitude alone.
+
+    Returns
+    -------
+    scale, scale_err : array (n,)
+        float64, dimensionless.  Where the input gives no positive
+        amplitude (no pixel with weight, no signal) the prior's ratio and
+        spread, or NaN without a prior.
+    """
+    lib = da if isinstance(model, da.Array) else np
+    w = lib.where(lib.isfinite(model) & lib.isfinite(flux) & (ivar > 0), ivar, 0).astype(np.float64)
+    m = lib.where(w > 0, model, 0).astype(np.float64)
+    x = lib.where(w > 0, flux, 0).astype(np.float64)
+    info = (w * m * m).sum(axis=1)
+    own = lib.where(info > 0, (w * x * m).sum(axis=1) / lib.where(info > 0, info, 1.0), np.nan)
+    ok = own > 0
+    # Weights of log s: (s / sigma_s)^2 = own^2 info; 0 where the input gives no amplitude.
+    w_own = lib.where(ok, own * own * info, 0.0)
+    log_own = lib.log(lib.where(ok, own, 1.0))
+    ratio, scatter = prior if prior is not None else (1.0, 0.0)
+    w_prior = 1.0 / (scatter * np.log(10)) ** 2 if scatter > 0 else 0.0
+    total = w_own + w_prior
+    safe = lib.where(total > 0, total, 1.0)
+    log_s = (w_own * log_own + w_prior * np.log(ratio)) / safe
+    scale = lib.where(total > 0, lib.exp(log_s), np.nan)
+    return scale, lib.where(total > 0, scale / lib.sqrt(safe), np.nan)
+
+
 def _uncertainty(card: dict, model_dir: str) -> dict:
     unc = card.get("uncertainty")
     if not unc:
@@ -226,9 +295,6 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     check(card, ds, where=f"model {model_dir}")
     if n_samples > 0 and card["kind"] != "vae":
         raise ValueError(f"n_samples > 0 needs a VAE; {model_dir} holds a '{card['kind']}' model")
-    # AE/VAE output the clean spectrum in the clean spectrum's normalisation;
-    # the output store keeps the input's norm, so rescale (see card "output_norm").
-    ratio = float((card.get("output_norm") or {}).get("ratio", 1.0))
     unc = _uncertainty(card, model_dir)
     digest = card_hash(model_dir)
 
@@ -248,11 +314,18 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
         batch_size=int(batch_size), n_samples=int(n_samples), seed=int(seed),
         new_axis=0, chunks=((3,), *flux.chunks), dtype=np.float32, name="denoise-" + digest[:8],
         meta=np.empty((0, 0, 0), np.float32))
-    mean, std = stacked[0] * np.float32(ratio), stacked[2] * np.float32(ratio)
-    var = stacked[1] * np.float32(ratio ** 2)
-    dropped = (flags & int(DROP)) != 0
-    failed = ~da.isfinite(mean).all(axis=1) & ~dropped
     missing = mask | ~(ivar_in > 0) | ~da.isfinite(flux) | ~da.isfinite(ivar_in)
+    dropped = (flags & int(DROP)) != 0
+    if card["kind"] == "pca":  # reconstructs the input in the input's normalisation
+        scale = err = da.ones_like(flags, dtype=np.float64)
+    else:
+        norms = card.get("output_norm") or {}
+        prior = (float(norms["ratio"]), float(norms["log10_scatter"])) if "log10_scatter" in norms else None
+        scale, err = amplitude(stacked[0], flux, da.where(missing, 0, ivar_in), prior)
+        scale = da.where(dropped, 1.0, scale)  # passed through as they came
+    s32 = scale.astype(np.float32)[:, None]
+    mean, std, var = stacked[0] * s32, stacked[2] * s32, stacked[1] * s32 ** 2
+    failed = ~(da.isfinite(mean).all(axis=1) & (scale > 0)) & ~dropped
     extrapolated = missing & ~(dropped | failed)[:, None]
     bad = failed[:, None] | missing | dropped[:, None]
     new_flux = da.where(failed[:, None], np.float32(0), mean).astype(np.float32)
@@ -288,6 +361,13 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
                      f"of {DETECTION_WIDTH_KMS:g} km/s, its survey's systematic terms added)")})
     elif INPUT_DETECTIONS in out:
         out = out.drop_vars(INPUT_DETECTIONS)  # a de-noised store's input: not this store's
+    good_scale = ~failed & da.isfinite(scale)
+    out["amplitude"] = xr.Variable(("galaxy",), da.where(good_scale, scale, np.nan), {
+        "units": "", "description": "factor from the model's output to the input's normalisation, "
+                                    "fitted to the galaxy's input (1 for PCA, NaN where failed)"})
+    out["amplitude_err"] = xr.Variable(("galaxy",), da.where(good_scale, err, np.nan), {
+        "units": "", "description": "1-sigma error of amplitude (the input's noise and the "
+                                    "training set's spread of norm ratios)"})
     if n_samples > 0:
         out["flux_std"] = xr.Variable(dims, da.where(bad, np.float32(0), std).astype(np.float32),
                                       {**ds["flux"].attrs, "description": "spread of the VAE decodes"})

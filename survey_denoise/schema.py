@@ -24,7 +24,9 @@ bit ``i`` set when the spectrum covers catalogue line
 continuum, see :mod:`survey_denoise.line_windows`; the names are in its
 ``flag_meanings`` attribute).  A de-noised store adds ``extrapolated`` (galaxy,
 wavelength, bool): pixels the input did not have, predicted by the model,
-with ivar 0 (:mod:`survey_denoise.inference`; flag ``DENOISE_EXTRAPOLATED``).
+with ivar 0 (:mod:`survey_denoise.inference`; flag ``DENOISE_EXTRAPOLATED``),
+and ``amplitude``, ``amplitude_err`` (galaxy, float64, units 1): the factor
+that put the model's output on the input's normalisation, and its error.
 :func:`validate` is public so that users and tests
 check the same contract.
 """

@@ -35,7 +35,10 @@ below 1 off lines under S/N :data:`DETECTED_SNR`), then adds
 in quadrature the line's fractional term times its flux, at or above the
 split (``attrs["denoise_line_error_frac"]``; 0 where none is recorded; at
 every S/N in a store without faint factors), all
-recorded in ``attrs["flux_err_rule"]``.  The factors were measured on the
+recorded in ``attrs["flux_err_rule"]``; last, the error of the factor that
+scaled the de-noised spectrum onto its input (``amplitude_err /
+amplitude``, per galaxy, :func:`survey_denoise.inference.amplitude`),
+times the flux, in quadrature (into the total error, not the formal part).  The factors were measured on the
 fast fitter's formal errors, so a pPXF fit of a de-noised store with
 factors keeps pPXF's fluxes and takes each line's error from this model
 applied to a fast fit of the same spectrum; pPXF's systematic terms are
@@ -206,6 +209,14 @@ def _chunk(ds: xr.Dataset, method: str, grid: Grid, templates: str | None,
         # (docs/line_errors.md, *The line width in the catalogue*), so none is written.
         fit = dict(fit, width=np.full(flux.shape[0], np.nan), width_err=np.full(flux.shape[0], np.nan),
                    width_err_stat=np.full(flux.shape[0], np.nan))
+        if "amplitude_err" in ds:
+            # One factor scaled the whole de-noised spectrum onto its input
+            # (survey_denoise.inference.amplitude): its error is common to every line.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.asarray(ds["amplitude_err"].values / ds["amplitude"].values, np.float64)
+            frac = np.where(np.isfinite(frac), frac, 0.0)
+            fit["flux_err"] = {k: np.hypot(e, frac * np.asarray(fit["flux"][k], np.float64))
+                               for k, e in fit["flux_err"].items()}
     covered = covered_lines(grid.wavelength, good)
     if "lines_covered" in ds:
         # What the observation covered, even where a de-noiser has filled the grid in.
@@ -413,7 +424,7 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
     if any(not -1.0 <= r <= 1.0 for r in correlation):
         raise ValueError(f"pixel-error correlations must be in [-1, 1], got {correlation}")
     # An ingested store has each galaxy's survey, which picks its systematic constants.
-    optional = ["lines_covered", "survey"] + ([INPUT_DETECTIONS] if denoised else [])
+    optional = ["lines_covered", "survey"] + ([INPUT_DETECTIONS, "amplitude", "amplitude_err"] if denoised else [])
     names = ["flux", "ivar", "mask", "z", "norm", "flags"] + [v for v in optional if v in ds]
     src = ds[names]
     src.attrs = {}
@@ -433,6 +444,8 @@ def fit_lines(ds: xr.Dataset, method: str = "fast", templates: str | None = None
                                                     else "at every S/N") + " (s / s_faint / split / f: "
                                    + ", ".join(f"{k} {v:.3g} / {w:.3g} / {q:.3g} / {f:.3g}"
                                                for k, v, w, q, f, _ in line_scale) + ")")
+    if denoised and "amplitude_err" in ds:
+        attrs["flux_err_rule"] += "; the galaxy's amplitude_err / amplitude x flux added in quadrature"
     survey = systematics.store_survey(ds.attrs)
     # The surveys the galaxies were recorded by: per galaxy in an ingested store, else the store's.
     surveys = (sorted({str(v) for v in np.asarray(ds["survey"].values).reshape(-1)}) if "survey" in ds
