@@ -52,6 +52,8 @@ _LAZY = {
     "NoiseRecord": "survey_denoise.noise",
     "denoise": "survey_denoise.inference",
     "fit_lines": "survey_denoise.fitting",
+    "combine_lines": "survey_denoise.fitting.combine",
+    "noise_gain": "survey_denoise.fitting.combine",
     "write_catalogue": "survey_denoise.fitting.catalogue",
     "read_catalogue": "survey_denoise.fitting.catalogue",
     # mock survey

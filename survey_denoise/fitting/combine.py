@@ -1,0 +1,152 @@
+"""One line flux from two measurements of a galaxy: its de-noised spectrum's and its input's.
+
+A de-noiser's line flux and the flux of the same line in the spectrum it
+read are two estimates of one quantity, each with an honest error, and
+their errors are correlated: the de-noiser passes part of its input's noise
+through.  For each line a single number describes that, the *noise gain*
+``g``: how much of a change in the input's line flux, at fixed truth, the
+de-noised flux follows (0: none, as a de-noiser that ignores the line's
+pixels; 1: all of it).  The covariance of the two errors is then
+``c = g sigma_in^2``, and the best linear unbiased combination is
+
+    w = (sigma_in^2 - c) / (sigma_in^2 + sigma_den^2 - 2 c)
+    F = w F_den + (1 - w) F_in
+    sigma^2 = w^2 sigma_den^2 + (1 - w)^2 sigma_in^2 + 2 w (1 - w) c
+
+with ``c`` held within ``+-sigma_in sigma_den`` and ``w`` within [0, 1] (a
+weight outside would extrapolate past both measurements on a covariance
+that is itself estimated).  Where the input measures a line well the
+combination follows the input; where the input's line is buried in noise,
+the de-noiser's prior carries it; and neither can make the combined error
+wider than the narrower of the two.
+
+:func:`noise_gain` measures ``g`` on galaxies whose noise-free (or
+low-noise) target spectrum is known: the input's difference from the
+target is the added noise alone, and the regression of the de-noised
+difference on it is ``g``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .. import lines
+from ..flags import Flag
+
+GAIN_FLOOR = 1e-12
+"""Fraction of the input's variance kept where the target's own variance would cancel it."""
+
+
+def noise_gain(denoised: pd.DataFrame, noisy: pd.DataFrame, target: pd.DataFrame,
+               keys=None) -> dict[str, float]:
+    """Per line, the share of the input's noise that the de-noised flux follows.
+
+    Parameters
+    ----------
+    denoised, noisy, target : DataFrame
+        Catalogues of the same galaxies, row for row, in the same frame and
+        units (``<key>_flux``, ``<key>_flux_err``): the de-noised spectra,
+        the spectra the de-noiser read, and their targets (the spectra the
+        inputs were made from by adding noise).
+    keys : sequence of str, optional
+        Lines (default: every catalogue line).
+
+    Returns
+    -------
+    dict
+        ``{key: g}``; NaN where fewer than 10 galaxies have all three.
+        ``g = sum(a b / v) / sum(a^2 / v)`` with ``a = F_in - F_target``
+        (the added noise), ``b = F_den - F_target`` and ``v`` the added
+        noise's variance, ``sigma_in^2 - sigma_target^2``.
+    """
+    out = {}
+    for key in keys or lines.catalogue_keys():
+        f, e = f"{key}_flux", f"{key}_flux_err"
+        fd = denoised[f].to_numpy(np.float64)
+        fn, en = noisy[f].to_numpy(np.float64), noisy[e].to_numpy(np.float64)
+        ft, et = target[f].to_numpy(np.float64), target[e].to_numpy(np.float64)
+        ok = np.isfinite(fd) & np.isfinite(fn) & np.isfinite(en) & np.isfinite(ft) & np.isfinite(et) & (en > 0)
+        if ok.sum() < 10:
+            out[key] = float("nan")
+            continue
+        a, b = (fn - ft)[ok], (fd - ft)[ok]
+        v = np.maximum(en[ok] ** 2 - et[ok] ** 2, GAIN_FLOOR * en[ok] ** 2)
+        out[key] = float(np.sum(a * b / v) / np.sum(a * a / v))
+    return out
+
+
+def _blend(fd, ed, fn, en, g):
+    """Weight of the de-noised flux, the combined flux and its error (arrays)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.clip(g * en ** 2, -en * ed, en * ed)
+        den = en ** 2 + ed ** 2 - 2 * c
+        w = np.clip(np.where(den > 0, (en ** 2 - c) / np.where(den > 0, den, 1.0), 0.5), 0.0, 1.0)
+        var = w ** 2 * ed ** 2 + (1 - w) ** 2 * en ** 2 + 2 * w * (1 - w) * c
+    return w, c, np.sqrt(np.maximum(var, 0.0))
+
+
+def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str, float]) -> pd.DataFrame:
+    """The combined line catalogue of a de-noised store and the store it was made from.
+
+    Parameters
+    ----------
+    denoised, noisy : DataFrame
+        Catalogues of the same galaxies, row for row, in the same frame
+        (a de-noised store keeps its input's normalisation, so their fluxes
+        compare directly): the de-noised spectra's and their inputs'.
+    gain : mapping
+        Per line, the noise gain (:func:`noise_gain`); a line without a
+        finite gain keeps the input's measurement.
+
+    Returns
+    -------
+    DataFrame
+        The input's catalogue (galaxy columns, line widths) with every
+        line's ``flux``, ``flux_err``, ``flux_err_stat`` (the formal parts
+        combined with the same weights), ``flux_norm``, ``flux_norm_err``
+        and ``snr`` combined, ``<key>_weight`` (the de-noised flux's weight,
+        0-1) added, and ``<key>_status`` the OR of both catalogues' bits; a
+        line only one catalogue measured keeps that one's value.  ``method``
+        is ``combined:<input method>``.
+    """
+    if len(denoised) != len(noisy) or not np.array_equal(
+            np.asarray(denoised["galaxy"]).astype(str), np.asarray(noisy["galaxy"]).astype(str)):
+        raise ValueError("combine needs the same galaxies, in the same order, in both catalogues")
+    out = noisy.copy()
+    out["method"] = "combined:" + noisy["method"].astype(str)
+    weights = {}
+    for key in lines.catalogue_keys():
+        g = float(gain.get(key, np.nan))
+        cols = {s: f"{key}_{s}" for s in ("flux", "flux_err", "flux_err_stat", "flux_norm", "flux_norm_err")}
+        fd, ed = (denoised[cols[s]].to_numpy(np.float64) for s in ("flux", "flux_err"))
+        fn, en = (noisy[cols[s]].to_numpy(np.float64) for s in ("flux", "flux_err"))
+        both = np.isfinite(fd) & np.isfinite(ed) & (ed > 0) & np.isfinite(fn) & np.isfinite(en) & (en > 0)
+        only_den = np.isfinite(fd) & np.isfinite(ed) & ~(np.isfinite(fn) & np.isfinite(en))
+        if not np.isfinite(g):
+            both[:], only_den[:] = False, False
+        w, _, _ = _blend(fd, ed, fn, en, g)
+        w = np.where(both, w, np.where(only_den, 1.0, 0.0))
+        # Normalised units differ from physical by the norm alone: the same weights.
+        for s, e in (("flux", "flux_err"), ("flux_norm", "flux_norm_err")):
+            a, ea = denoised[cols[s]].to_numpy(np.float64), denoised[cols[e]].to_numpy(np.float64)
+            b, eb = noisy[cols[s]].to_numpy(np.float64), noisy[cols[e]].to_numpy(np.float64)
+            wu, _, eu = _blend(a, ea, b, eb, g)
+            out[cols[s]] = np.where(both, wu * a + (1 - wu) * b, np.where(only_den, a, b))
+            out[cols[e]] = np.where(both, eu, np.where(only_den, ea, eb))
+        if cols["flux_err_stat"] in noisy and cols["flux_err_stat"] in denoised:
+            sd = denoised[cols["flux_err_stat"]].to_numpy(np.float64)
+            sn = noisy[cols["flux_err_stat"]].to_numpy(np.float64)
+            c = np.clip(g * sn ** 2, -sn * sd, sn * sd) if np.isfinite(g) else np.zeros_like(sn)
+            stat = np.sqrt(np.maximum(w ** 2 * sd ** 2 + (1 - w) ** 2 * sn ** 2 + 2 * w * (1 - w) * c, 0.0))
+            out[cols["flux_err_stat"]] = np.where(both, stat, np.where(only_den, sd, sn))
+        flux, ferr = out[cols["flux"]].to_numpy(np.float64), out[cols["flux_err"]].to_numpy(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{key}_snr"] = np.where(ferr > 0, flux / ferr, np.nan)
+        weights[f"{key}_weight"] = np.where(both | only_den, w, np.where(np.isfinite(fn), 0.0, np.nan))
+        out[f"{key}_status"] = (noisy[f"{key}_status"].to_numpy(np.uint32)
+                                | (denoised[f"{key}_status"].to_numpy(np.uint32)
+                                   & np.uint32(Flag.LINE_NOT_IN_INPUT)))
+    return pd.concat([out, pd.DataFrame(weights, index=out.index)], axis=1)
