@@ -317,7 +317,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     missing = mask | ~(ivar_in > 0) | ~da.isfinite(flux) | ~da.isfinite(ivar_in)
     dropped = (flags & int(DROP)) != 0
     if card["kind"] == "pca":  # reconstructs the input in the input's normalisation
-        scale = err = da.ones_like(flags, dtype=np.float64)
+        scale, err = da.ones_like(flags, dtype=np.float64), da.zeros_like(flags, dtype=np.float64)
     else:
         norms = card.get("output_norm") or {}
         prior = (float(norms["ratio"]), float(norms["log10_scatter"])) if "log10_scatter" in norms else None

@@ -52,6 +52,8 @@ def test_denoise_is_lazy_flags_failures_and_passes_dropped_spectra(pca_dir):
     np.testing.assert_allclose(res["ivar"].values[0], 1 / model.pixel_var_, rtol=1e-5)
     assert res["ivar"].values[0].std() > 0.1 * res["ivar"].values[0].mean()
     assert "held-out residual variance" in out.attrs["denoise_ivar"]
+    # PCA reconstructs the input in the input's normalisation: nothing to scale, no error added.
+    assert np.all(res["amplitude"].values[keep] == 1) and np.all(res["amplitude_err"].values[keep] == 0)
     step = json.loads(out.attrs["provenance"])[-1]
     assert step["step"] == "denoise" and step["kind"] == "pca" and len(step["card_sha256"]) == 64
     mse_in = np.mean((ds["flux"].values[keep] - clean["flux"].values[keep]) ** 2)
