@@ -205,9 +205,9 @@ def amplitude(model, flux, ivar, prior: tuple[float, float] | None = None):
     * the training set's: ``prior = (ratio, log10_scatter)``, the median
       and spread of ``norm_clean / norm_noisy`` over the training galaxies
       (the card's ``output_norm``).  Where the norms differ only by the
-      noise's power, as in the paper's set-up, the spread is ~1 % and the
-      prior sets the factor; where they differ by a dimming it is wide and
-      the galaxy's own amplitude does.
+      noise's power, as in the paper's set-up, the spread is ~2 % and
+      outweighs a noisy input's own amplitude; where they differ by a
+      dimming it is wide and the galaxy's own amplitude decides.
 
     Parameters
     ----------

@@ -13,9 +13,15 @@ pixels; 1: all of it).  The covariance of the two errors is then
     F = w F_den + (1 - w) F_in
     sigma^2 = w^2 sigma_den^2 + (1 - w)^2 sigma_in^2 + 2 w (1 - w) c
 
-with ``c`` held within ``+-sigma_in sigma_den`` and ``w`` within [0, 1] (a
-weight outside would extrapolate past both measurements on a covariance
-that is itself estimated).  Where the input measures a line well the
+with ``w`` held within [0, 1] (a weight outside would extrapolate past both
+measurements on a covariance that is itself estimated).  Two more guards
+keep the stated error from shrinking on an estimated correlation: a
+negative gain counts as 0 (a de-noiser that moves against its input's
+noise is not a thing the gain's estimate can tell from its own noise, and
+treating the errors as independent then states the combined error too
+wide, never too narrow), and the correlation ``c / (sigma_in sigma_den)``
+is held at most :data:`MAX_CORRELATION` (at 1, two measurements of
+different errors combine to an error of 0).  Where the input measures a line well the
 combination follows the input; where the input's line is buried in noise,
 the de-noiser's prior carries it; and neither can make the combined error
 wider than the narrower of the two.
@@ -38,6 +44,9 @@ from ..flags import Flag
 
 GAIN_FLOOR = 1e-12
 """Fraction of the input's variance kept where the target's own variance would cancel it."""
+
+MAX_CORRELATION = 0.95
+"""Largest correlation of the two errors :func:`combine_lines` uses."""
 
 
 def noise_gain(denoised: pd.DataFrame, noisy: pd.DataFrame, target: pd.DataFrame,
@@ -81,7 +90,7 @@ def noise_gain(denoised: pd.DataFrame, noisy: pd.DataFrame, target: pd.DataFrame
 def _blend(fd, ed, fn, en, g):
     """Weight of the de-noised flux, the combined flux and its error (arrays)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.clip(g * en ** 2, -en * ed, en * ed)
+        c = np.minimum(max(g, 0.0) * en ** 2, MAX_CORRELATION * en * ed)
         den = en ** 2 + ed ** 2 - 2 * c
         w = np.clip(np.where(den > 0, (en ** 2 - c) / np.where(den > 0, den, 1.0), 0.5), 0.0, 1.0)
         var = w ** 2 * ed ** 2 + (1 - w) ** 2 * en ** 2 + 2 * w * (1 - w) * c
@@ -98,8 +107,8 @@ def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str
         (a de-noised store keeps its input's normalisation, so their fluxes
         compare directly): the de-noised spectra's and their inputs'.
     gain : mapping
-        Per line, the noise gain (:func:`noise_gain`); a line without a
-        finite gain keeps the input's measurement.
+        Per line, the noise gain (:func:`noise_gain`; below 0 taken as 0);
+        a line without a finite gain keeps the input's measurement.
 
     Returns
     -------
@@ -139,7 +148,7 @@ def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str
         if cols["flux_err_stat"] in noisy and cols["flux_err_stat"] in denoised:
             sd = denoised[cols["flux_err_stat"]].to_numpy(np.float64)
             sn = noisy[cols["flux_err_stat"]].to_numpy(np.float64)
-            c = np.clip(g * sn ** 2, -sn * sd, sn * sd) if np.isfinite(g) else np.zeros_like(sn)
+            c = np.minimum(max(g, 0.0) * sn ** 2, MAX_CORRELATION * sn * sd) if np.isfinite(g) else 0.0
             stat = np.sqrt(np.maximum(w ** 2 * sd ** 2 + (1 - w) ** 2 * sn ** 2 + 2 * w * (1 - w) * c, 0.0))
             out[cols["flux_err_stat"]] = np.where(both, stat, np.where(only_den, sd, sn))
         flux, ferr = out[cols["flux"]].to_numpy(np.float64), out[cols["flux_err"]].to_numpy(np.float64)

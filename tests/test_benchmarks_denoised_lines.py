@@ -1,0 +1,60 @@
+"""benchmarks/denoised_scale.py and combined_lines.py on a small DESI-like MZR run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from _cli import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *args) -> dict:
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(Path(args[args.index("--out") + 1]).read_text())
+
+
+@pytest.fixture(scope="module")
+def desi_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("mzr")
+    raw = yaml.safe_load((REPO / "pipelines" / "mzr_desi.yaml").read_text())
+    raw["input"]["mock"]["n"], raw["chunk"] = 240, 60
+    raw["stages"]["train"]["epochs"] = 2
+    (tmp / "mzr.yaml").write_text(yaml.safe_dump(raw))
+    result = run("run", tmp / "mzr.yaml", "--out", tmp / "run", "--workers", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_denoised_fluxes_sit_in_their_stores_frame_and_the_median_ratio_would_not(desi_run, tmp_path):
+    r = _script("denoised_scale.py", desi_run, "--snr", 5, "--out", tmp_path / "scale.json")
+    frame = r["halpha_vs_truth_in_store_frame"]
+    assert frame["denoised"]["n"] == frame["noisy"]["n"] > 10
+    # The inputs were dimmed to z = 0.1 by 0.6-1.2 dex: one ratio for all misses by most of it.
+    assert abs(frame["denoised"]["median_dex"]) < 0.1
+    assert frame["median_ratio"]["median_dex"] > 0.3
+    assert 0 < r["amplitude_frac_err_median"] < 0.05
+    assert r["card_output_norm"]["log10_scatter"] > 0.1
+
+
+@pytest.mark.slow
+def test_combined_lines_are_scored_beside_both_inputs(desi_run, tmp_path):
+    r = _script("combined_lines.py", desi_run, "--out", tmp_path / "combined.json")
+    assert r["n_calibrate"] + r["n_score"] == 120  # the held-out half of 240
+    assert set(r["lines"]) == {"noisy", "denoised", "combined"}
+    for key, w in r["median_weight_of_denoised"].items():
+        assert 0 <= w <= 1, key
+        combined = r["lines"]["combined"][key]
+        assert 0.8 * r["n_score"] < combined["n"] <= r["n_score"]
+        # Never wider than the narrower of the two it combines, in the median.
+        assert combined["median_err"] <= 1.001 * min(r["lines"][m][key]["median_err"] for m in ("noisy", "denoised"))
+    assert set(r["mzr"]) == {"original", "noisy", "denoised", "combined", "n_common"}
+    assert r["mzr"]["combined"]["measurable"] >= 0.8 * r["mzr"]["noisy"]["measurable"]
