@@ -21,7 +21,8 @@ test, or Table 6):
 * O3N2 metallicities (Hα S/N > 15): how many galaxies are measurable in each
   catalogue and the original spectra's, and their scatter about the
   reference MZR (Scholte & Saintonge), at the true stellar mass, on each
-  one's own galaxies and on those every case that measures any measures.
+  one's own galaxies and on those every case that measures any measures,
+  and the MZR's slope over log M* 9.1-10.1.
 
     survey-denoise run pipelines/mzr_desi.yaml --set input.mock.n=3000 \\
         --set stages.train.epochs=10 --workers 2 --out RUN
@@ -43,7 +44,7 @@ from survey_denoise.fitting.catalogue import read_catalogue
 from survey_denoise.fitting.combine import combine_lines, noise_gain
 from survey_denoise.io.store import open_store
 from survey_denoise.science.metallicity import metallicity
-from survey_denoise.science.mzr import scatter
+from survey_denoise.science.mzr import scatter, slope
 from survey_denoise.science.mzr_test import true_lines_oh
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,7 +92,9 @@ def mzr_scores(cats: dict[str, pd.DataFrame], logmass: np.ndarray, lines_oh: np.
     out = {}
     for name, o in oh.items():
         values = o["oh"].to_numpy(np.float64)
+        fit = slope(logmass, values)
         out[name] = {"measurable": int(o["has_oh"].sum()), "scatter_dex": _num(scatter(logmass, values)["std"]),
+                     "slope": _num(fit["slope"]), "slope_err": _num(fit["slope_err"]),
                      "scatter_dex_common": _num(scatter(logmass[common], values[common])["std"]),
                      "median_oh_err_stat": _num(np.nanmedian(o["oh_err_stat"]) if o["has_oh"].any() else np.nan)}
         if common.any() and o["has_oh"].any():
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"galaxies and on the {mzr['n_common']} that every case measuring any measures: " + "; ".join(
               f"{n} {m['measurable']}, {m['scatter_dex']}, {m['scatter_dex_common']}"
               for n, m in mzr.items() if n != "n_common"))
+    print("MZR slope over log M* 9.1-10.1 (dex per dex), each on its own galaxies: " + "; ".join(
+        f"{n} {m['slope']} ± {m['slope_err']}" for n, m in mzr.items() if n != "n_common"))
     print("on those, O/H minus the noise-free lines' O3N2 O/H, spread (dex) and fraction within oh_err_stat: "
           + "; ".join(f"{n} {m['std_vs_true_lines_common']}, {m['within_1_sigma_common']}"
                       for n, m in mzr.items() if n != "n_common" and "std_vs_true_lines_common" in m))
