@@ -87,14 +87,21 @@ def noise_gain(denoised: pd.DataFrame, noisy: pd.DataFrame, target: pd.DataFrame
     return out
 
 
-def _blend(fd, ed, fn, en, g):
-    """Weight of the de-noised flux, the combined flux and its error (arrays)."""
+def _covariance(g: float, en, ed):
+    """Covariance of the input's and the de-noised errors: ``g sigma_in^2``, g >= 0, correlation capped."""
+    return np.minimum(max(g, 0.0) * en ** 2, MAX_CORRELATION * en * ed)
+
+
+def _weight(ed, en, c):
+    """Weight of the de-noised flux in the best linear unbiased combination, within [0, 1]."""
+    den = en ** 2 + ed ** 2 - 2 * c
     with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.minimum(max(g, 0.0) * en ** 2, MAX_CORRELATION * en * ed)
-        den = en ** 2 + ed ** 2 - 2 * c
-        w = np.clip(np.where(den > 0, (en ** 2 - c) / np.where(den > 0, den, 1.0), 0.5), 0.0, 1.0)
-        var = w ** 2 * ed ** 2 + (1 - w) ** 2 * en ** 2 + 2 * w * (1 - w) * c
-    return w, c, np.sqrt(np.maximum(var, 0.0))
+        return np.clip(np.where(den > 0, (en ** 2 - c) / np.where(den > 0, den, 1.0), 0.5), 0.0, 1.0)
+
+
+def _error(w, ed, en, c):
+    """1-sigma error of ``w F_den + (1 - w) F_in``."""
+    return np.sqrt(np.maximum(w ** 2 * ed ** 2 + (1 - w) ** 2 * en ** 2 + 2 * w * (1 - w) * c, 0.0))
 
 
 def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str, float]) -> pd.DataFrame:
@@ -136,20 +143,17 @@ def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str
         only_den = np.isfinite(fd) & np.isfinite(ed) & ~(np.isfinite(fn) & np.isfinite(en))
         if not np.isfinite(g):
             both[:], only_den[:] = False, False
-        w, _, _ = _blend(fd, ed, fn, en, g)
-        w = np.where(both, w, np.where(only_den, 1.0, 0.0))
-        # Normalised units differ from physical by the norm alone: the same weights.
+        # One weight for every unit: normalised fluxes and errors are the physical ones over the norm.
+        w = np.where(both, _weight(ed, en, _covariance(g, en, ed)), np.where(only_den, 1.0, 0.0))
         for s, e in (("flux", "flux_err"), ("flux_norm", "flux_norm_err")):
             a, ea = denoised[cols[s]].to_numpy(np.float64), denoised[cols[e]].to_numpy(np.float64)
             b, eb = noisy[cols[s]].to_numpy(np.float64), noisy[cols[e]].to_numpy(np.float64)
-            wu, _, eu = _blend(a, ea, b, eb, g)
-            out[cols[s]] = np.where(both, wu * a + (1 - wu) * b, np.where(only_den, a, b))
-            out[cols[e]] = np.where(both, eu, np.where(only_den, ea, eb))
+            out[cols[s]] = np.where(both, w * a + (1 - w) * b, np.where(only_den, a, b))
+            out[cols[e]] = np.where(both, _error(w, ea, eb, _covariance(g, eb, ea)), np.where(only_den, ea, eb))
         if cols["flux_err_stat"] in noisy and cols["flux_err_stat"] in denoised:
             sd = denoised[cols["flux_err_stat"]].to_numpy(np.float64)
             sn = noisy[cols["flux_err_stat"]].to_numpy(np.float64)
-            c = np.minimum(max(g, 0.0) * sn ** 2, MAX_CORRELATION * sn * sd) if np.isfinite(g) else 0.0
-            stat = np.sqrt(np.maximum(w ** 2 * sd ** 2 + (1 - w) ** 2 * sn ** 2 + 2 * w * (1 - w) * c, 0.0))
+            stat = _error(w, sd, sn, _covariance(g, sn, sd) if np.isfinite(g) else 0.0)
             out[cols["flux_err_stat"]] = np.where(both, stat, np.where(only_den, sd, sn))
         flux, ferr = out[cols["flux"]].to_numpy(np.float64), out[cols["flux_err"]].to_numpy(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
