@@ -18,6 +18,10 @@ test, or Table 6):
   combined catalogue: the rms of (flux - truth) over the median |truth|,
   the fraction of |flux - truth| within 1 and 2 sigma (Gaussian: 0.68 /
   0.95), the number with S/N > 3 and > 15, and the median error;
+* where the run has a ``combine`` stage, its ``catalogue-combined`` too
+  (``combined_model``): combined with the gains the model measured on its
+  own validation galaxies at training time (the card's
+  ``uncertainty.line_noise_gain``), as the pipeline combines new data;
 * O3N2 metallicities (Hα S/N > 15): how many galaxies are measurable in each
   catalogue and the original spectra's, and their scatter about the
   reference MZR (Scholte & Saintonge), at the true stellar mass, on each
@@ -119,7 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     ids = deg["galaxy"].values.astype(str)
     dimming = pd.Series(deg["dimming"].values if "dimming" in deg else np.ones(ids.size), index=ids)
     cats = {}
-    for name in ("preprocessed", "degraded", "denoised"):
+    names = ["preprocessed", "degraded", "denoised"]
+    if (args.run / "catalogue-combined.parquet").exists():
+        names.append("combined")
+    for name in names:
         c = read_catalogue(args.run / f"catalogue-{name}.parquet")
         cats[name] = c.set_index(c["galaxy"].astype(str), drop=False)
     truth = pd.read_parquet(args.run / "truth.parquet")
@@ -132,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
     gain = noise_gain(part("denoised", "calibrate"), part("degraded", "calibrate"), part("preprocessed", "calibrate"))
     score = {"noisy": part("degraded", "score"), "denoised": part("denoised", "score")}
     score["combined"] = combine_lines(score["denoised"], score["noisy"], gain)
+    model_gain = None
+    if "combined" in cats:
+        score["combined_model"] = part("combined", "score")
+        card = json.loads((args.run / "model" / "card.json").read_text())
+        model_gain = card["uncertainty"].get("line_noise_gain")
     g = halves["score"]
     true = pd.DataFrame({k: truth.loc[g, f"true_{k}_flux"].to_numpy(np.float64) * dimming.loc[g].to_numpy()
                          for k in LINES})
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "run": str(args.run), "seed": args.seed, "n_calibrate": int(halves["calibrate"].size),
         "n_score": int(g.size), "noise_gain": {k: round(v, 4) for k, v in gain.items()},
+        "noise_gain_model": model_gain,
         "median_weight_of_denoised": {k: round(float(np.nanmedian(score["combined"][f"{k}_weight"])), 3)
                                       for k in LINES},
         "lines": {name: line_scores(c, true) for name, c in score.items()},
@@ -147,11 +160,13 @@ def main(argv: list[str] | None = None) -> dict:
         "command": f"python benchmarks/combined_lines.py {args.run} --seed {args.seed}",
     }
     print(f"{len(g)} held-out galaxies scored, gains from {halves['calibrate'].size} others")
-    print(f"{'line':<10} {'gain':>6} {'w_den':>6}   rms/median|true|: noisy / de-noised / combined;"
-          "   1-2 sigma coverage;   S/N > 15")
+    print(f"{'line':<10} {'gain':>6} {'model':>6} {'w_den':>6}   rms/median|true|: "
+          + " / ".join(score) + ";   1-2 sigma coverage;   S/N > 15")
     for k in LINES:
         r = {n: result["lines"][n][k] for n in score}
-        print(f"{k:<10} {gain[k]:+6.3f} {result['median_weight_of_denoised'][k]:6.2f}   "
+        mg = (model_gain or {}).get(k)
+        print(f"{k:<10} {gain[k]:+6.3f} {'-' if mg is None else format(mg, '+6.3f'):>6} "
+              f"{result['median_weight_of_denoised'][k]:6.2f}   "
               + " / ".join(f"{r[n]['rms_over_median_true']:.3f}" for n in score) + "   "
               + " / ".join("{:.2f}-{:.2f}".format(*r[n]["within_1_2_sigma"]) for n in score) + "   "
               + " / ".join(str(r[n]["snr_above_15"]) for n in score))

@@ -52,6 +52,7 @@ _LAZY = {
     "NoiseRecord": "survey_denoise.noise",
     "denoise": "survey_denoise.inference",
     "fit_lines": "survey_denoise.fitting",
+    "combine_catalogues": "survey_denoise.fitting.combine",
     "combine_lines": "survey_denoise.fitting.combine",
     "noise_gain": "survey_denoise.fitting.combine",
     "write_catalogue": "survey_denoise.fitting.catalogue",

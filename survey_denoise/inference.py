@@ -37,7 +37,10 @@ Output, per galaxy:
   fractional term they add, in ``attrs["denoise_line_error_scale"]`` (lines at
   or above the formal S/N ``attrs["denoise_line_error_snr_split"]``),
   ``attrs["denoise_line_error_scale_faint"]`` (below it) and
-  ``attrs["denoise_line_error_frac"]``;
+  ``attrs["denoise_line_error_frac"]``; per line, the share of the input's
+  noise the de-noised line flux follows, in
+  ``attrs["denoise_line_noise_gain"]`` (for
+  :func:`~survey_denoise.fitting.combine.combine_catalogues`);
 * ``extrapolated`` (bool, per galaxy and pixel): the input did not have
   the pixel (masked, ``ivar <= 0`` or a non-finite flux: outside the
   observed coverage, or a bad pixel), so the de-noised flux there is the
@@ -203,8 +206,9 @@ def amplitude(model, flux, ivar, prior: tuple[float, float] | None = None):
       with ``w = ivar``, of 1-sigma error ``1 / sqrt(sum(w m^2))`` (4 %
       for a unit-L2 spectrum with the paper's sigma = 0.04 per pixel);
     * the training set's: ``prior = (ratio, log10_scatter)``, the median
-      and spread of ``norm_clean / norm_noisy`` over the training galaxies
-      (the card's ``output_norm``).  Where the norms differ only by the
+      and spread of ``dimming x norm_clean / norm_noisy`` over the training
+      galaxies (the card's ``output_norm``,
+      :func:`~survey_denoise.models.base.frame_ratio`).  Where the norms differ only by the
       noise's power, as in the paper's set-up, the spread is ~2 % and
       outweighs a noisy input's own amplitude; where they differ by a
       dimming it is wide and the galaxy's own amplitude decides.
@@ -384,4 +388,8 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
     for name in ("line_error_scale", "line_error_scale_faint", "line_error_snr_split", "line_error_frac"):
         if name in unc:
             out.attrs[f"denoise_{name}"] = {k: float(v) for k, v in unc[name].items()}
+    # and how much of its input's noise each line follows, for combining the two catalogues
+    if "line_noise_gain" in unc:
+        out.attrs["denoise_line_noise_gain"] = {k: (float("nan") if v is None else float(v))
+                                                for k, v in unc["line_noise_gain"].items()}
     return out

@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from _cli import run
+
+from survey_denoise import lines
+from survey_denoise.fitting.catalogue import read_catalogue
+from survey_denoise.fitting.combine import combine_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +54,26 @@ def test_denoised_fluxes_sit_in_their_stores_frame_and_the_median_ratio_would_no
 def test_combined_lines_are_scored_beside_both_inputs(desi_run, tmp_path):
     r = _script("combined_lines.py", desi_run, "--out", tmp_path / "combined.json")
     assert r["n_calibrate"] + r["n_score"] == 120  # the held-out half of 240
-    assert set(r["lines"]) == {"noisy", "denoised", "combined"}
+    assert set(r["lines"]) == {"noisy", "denoised", "combined", "combined_model"}
     for key, w in r["median_weight_of_denoised"].items():
         assert 0 <= w <= 1, key
         combined = r["lines"]["combined"][key]
         assert 0.8 * r["n_score"] < combined["n"] <= r["n_score"]
         # Never wider than the narrower of the two it combines, in the median.
         assert combined["median_err"] <= 1.001 * min(r["lines"][m][key]["median_err"] for m in ("noisy", "denoised"))
-    assert set(r["mzr"]) == {"original", "noisy", "denoised", "combined", "n_common"}
+    assert set(r["mzr"]) == {"original", "noisy", "denoised", "combined", "combined_model", "n_common"}
     assert r["mzr"]["combined"]["measurable"] >= 0.8 * r["mzr"]["noisy"]["measurable"]
+
+
+@pytest.mark.slow
+def test_the_run_combines_its_catalogues_with_the_gains_its_model_measured(desi_run):
+    gain = json.loads((desi_run / "model" / "card.json").read_text())["uncertainty"]["line_noise_gain"]
+    assert set(gain) == set(lines.catalogue_keys())
+    assert any(v is not None for v in gain.values())
+    cats = {n: read_catalogue(desi_run / f"catalogue-{n}.parquet") for n in ("denoised", "degraded", "combined")}
+    expected = combine_lines(cats["denoised"], cats["degraded"],
+                             {k: np.nan if v is None else v for k, v in gain.items()})
+    for col in ("halpha_flux", "halpha_flux_err", "nii_6583_flux", "halpha_weight"):
+        np.testing.assert_allclose(cats["combined"][col], expected[col], rtol=1e-9, err_msg=col)
+    assert cats["combined"].attrs["units"]["halpha_flux"] == cats["degraded"].attrs["units"]["halpha_flux"]
+    assert "VAE and DESI-like combined" in (desi_run / "science" / "mzr_comparison.txt").read_text()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from survey_denoise import lines
-from survey_denoise.fitting.combine import combine_lines, noise_gain
+from survey_denoise.fitting.combine import combine_catalogues, combine_lines, noise_gain
 from survey_denoise.flags import Flag
 
 NORM = 50.0
@@ -92,3 +95,40 @@ def test_lines_one_side_lacks_keep_the_other_and_bits_carry_over():
     assert alone["hbeta_flux"].isna().all() and alone["hbeta_weight"].isna().all()
     with pytest.raises(ValueError, match="same galaxies"):
         combine_lines(den.iloc[::-1], noisy, {"halpha": 0.2})
+
+
+def as_store(frame: pd.DataFrame, chunk: int, **attrs) -> xr.Dataset:
+    """A catalogue frame as a chunked catalogue store's Dataset."""
+    ds = xr.Dataset({c: ("galaxy", frame[c].to_numpy(), {"units": "u"} if c.endswith("_flux") else {})
+                     for c in frame.columns if c != "galaxy"},
+                    coords={"galaxy": frame["galaxy"].to_numpy()})
+    ds.attrs = attrs
+    return ds.chunk({"galaxy": chunk})
+
+
+def test_catalogue_stores_combine_chunk_by_chunk_with_the_gains_the_denoised_one_carries():
+    _, _, noisy, den = draws(500, 0.3, seed=3)
+    gain = {"halpha": 0.3}
+    denoised = json.dumps([{"step": "denoise"}, {"step": "fit"}])
+    out = combine_catalogues(as_store(den, 120, denoise_line_noise_gain=json.dumps(gain), provenance=denoised),
+                             as_store(noisy, 200, provenance="[]"))
+    assert out.chunks["galaxy"] == (120, 120, 120, 120, 20)
+    assert "best linear unbiased" in out.attrs["flux_err_rule"]
+    assert json.loads(out.attrs["provenance"])[-1]["gain"] == gain
+    assert out["halpha_flux"].attrs == {"units": "u"} and "weight" in out["halpha_weight"].attrs["description"]
+    frame = out.compute().to_dataframe().reset_index()
+    expected = combine_lines(den, noisy, gain)
+    for col in ("halpha_flux", "halpha_flux_err", "halpha_flux_norm_err", "halpha_weight", "halpha_snr"):
+        np.testing.assert_allclose(frame[col], expected[col], rtol=1e-12, err_msg=col)
+    assert set(frame["method"]) == {"combined:fast"}
+
+
+def test_catalogue_stores_without_gains_or_of_other_galaxies_are_refused():
+    _, _, noisy, den = draws(50, 0.3, seed=4)
+    with pytest.raises(ValueError, match="not of de-noised spectra"):
+        combine_catalogues(as_store(den, 25), as_store(noisy, 25))
+    with pytest.raises(ValueError, match="no line noise gains.*retrain"):
+        combine_catalogues(as_store(den, 25, provenance='[{"step": "denoise"}]'), as_store(noisy, 25))
+    with pytest.raises(ValueError, match="same galaxies"):
+        combine_catalogues(as_store(den, 25), as_store(noisy.iloc[::-1].reset_index(drop=True), 25),
+                           gain={"halpha": 0.3})

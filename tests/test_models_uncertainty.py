@@ -150,6 +150,11 @@ def test_denoised_store_ivar_varies_per_galaxy_and_pixel_and_old_cards_are_refus
     faint_scale, split = out.attrs["denoise_line_error_scale_faint"], out.attrs["denoise_line_error_snr_split"]
     assert faint_scale == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_scale_faint"]
     assert set(faint_scale) == set(scale) == set(split) and all(v > 0 for v in faint_scale.values())
+    # and how much of its input's noise each line follows, for the combined catalogue
+    gain = out.attrs["denoise_line_noise_gain"]
+    card_gain = json.loads((folder / "card.json").read_text())["uncertainty"]["line_noise_gain"]
+    assert set(gain) == set(scale)
+    assert all((card_gain[k] is None and not np.isfinite(v)) or v == card_gain[k] for k, v in gain.items())
     frac = out.attrs["denoise_line_error_frac"]
     assert frac == json.loads((folder / "card.json").read_text())["uncertainty"]["line_error_frac"]
     assert set(frac) == set(scale) and all(0 <= v <= 0.5 for v in frac.values())
@@ -435,3 +440,50 @@ def test_pca_calibration_keeps_every_held_out_galaxy_when_the_norms_differ():
     cal = model.card_["uncertainty"]["line_error_calibration"]
     n_val = model.card_["training"]["n_validation"]
     assert cal["n"]["halpha"] + cal["n_faint"]["halpha"] == n_val
+
+
+@pytest.mark.parametrize("output_in_input_norm", [True, False])
+def test_line_noise_gains_recover_the_share_of_input_noise_a_denoiser_passes(output_in_input_norm):
+    """De-noised lines made to follow 0.3 of their input's noise: the held-out gain finds 0.3.
+
+    With the output in the clean normalisation (an AE/VAE), the input sits in
+    its own, a factor ``q = norm_clean / norm_noisy`` away, found again per
+    galaxy from the de-noised spectrum as inference finds it.
+    """
+    from survey_denoise.fitting.fast import gaussian_profile
+    from survey_denoise.grid import GRID
+    from survey_denoise.lines import wavelength
+    from survey_denoise.models.base import line_noise_gains
+
+    n, g, rng = 800, 0.3, np.random.default_rng(11)
+    lines = {"halpha": 3.0, "hbeta": 1.0, "oiii_5007": 1.5}
+    true = np.tile(_stars(), (n, 1))
+    for key, flux in lines.items():
+        amp = rng.uniform(0.2, 2.0, n)
+        true += (amp * flux)[:, None] * gaussian_profile(GRID.edges, wavelength(key), 100.0)[None, :]
+    s_in, s_t, s_own = 0.05, 0.005, 0.01
+    a = s_in * rng.standard_normal(true.shape)
+    q = np.ones(n) if output_in_input_norm else rng.uniform(0.4, 0.8, n)
+    # PCA-like: everything in the input's normalisation; else the input is q x the clean frame.
+    x = (true + a) * (1.0 if output_in_input_norm else q[:, None])
+    # The fits are linear in the data at a given width: a spectrum carrying g of the
+    # input's noise carries g of its line-flux noise.
+    den = true + g * a + s_own * rng.standard_normal(true.shape)
+    held = {"denoised": den.astype(np.float32),
+            "target": (true + s_t * rng.standard_normal(true.shape)).astype(np.float32),
+            "target_var": np.full(true.shape, s_t ** 2, np.float32),
+            "var": np.full(true.shape, s_own ** 2 + (g * s_in) ** 2, np.float32),
+            "good": np.ones(true.shape, bool),
+            "input": x.astype(np.float32),
+            "input_ivar": (np.full(true.shape, s_in ** -2) / (1.0 if output_in_input_norm else q[:, None] ** 2)
+                           ).astype(np.float32),
+            "input_norm_ratio": q}
+    gains = line_noise_gains(held, GRID, output_in_input_norm=output_in_input_norm)
+    for key in [*lines, "nii_6583"]:  # bright lines and one that is not there: the same share
+        assert gains[key] == pytest.approx(g, abs=0.05), (key, gains[key])
+    # A de-noiser that ignores its input's noise follows none of it.
+    ignoring = {**held, "denoised": (true + s_own * rng.standard_normal(true.shape)).astype(np.float32)}
+    for key, v in line_noise_gains(ignoring, GRID, output_in_input_norm=output_in_input_norm).items():
+        if key in lines:
+            assert abs(v) < 0.05, (key, v)
+    assert line_noise_gains({**held, "input_ivar": None}, GRID, output_in_input_norm=True) == {}

@@ -39,7 +39,7 @@ def test_every_command_option_is_the_stage_field_with_the_same_default(name):
 
 def test_the_config_sections_are_the_registry_in_run_order():
     assert list(Stages.model_fields) == list(STAGES) == [
-        "preprocess", "degrade", "train", "denoise", "fit", "science"]
+        "preprocess", "degrade", "train", "denoise", "fit", "combine", "science"]
     for name, spec in STAGES.items():
         assert Stages.model_fields[name].annotation == (spec.params | None)
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("train:evaluate", "Test MSE of a saved de-noiser."),
     "denoise": ("stages:denoise", "De-noise a store with a saved model."),
     "fit": ("fit:fit", "Measure emission lines into a catalogue (pPXF or fast)."),
+    "combine": ("fit:combine", "Combine each de-noised line flux with its input's, by the model's noise gains."),
     "compare": ("fit:compare", "Scatter in dex between two line catalogues."),
     "run": ("run:run", "Run a whole pipeline from a YAML config."),
     "report": ("report:report", "Write an HTML report of a run."),

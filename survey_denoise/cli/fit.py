@@ -1,4 +1,4 @@
-"""``survey-denoise fit`` and ``survey-denoise compare``: line catalogues and their scatter."""
+"""``survey-denoise fit``, ``combine`` and ``compare``: line catalogues, combined, and their scatter."""
 
 from __future__ import annotations
 
@@ -54,6 +54,49 @@ def fit(store, out, params: Fit, cluster, workers, overwrite, resume, check_only
     pq_path, fits_path = files
     click.echo(f"fit: {ds.sizes['galaxy']} galaxies ({method}) -> {pq_path}, {fits_path} "
                f"({report.n_chunks} chunk(s), {len(report.written)} written, {report.seconds:.1f} s)")
+
+
+def _zarr(cat: Path) -> Path:
+    """The Zarr catalogue store of ``cat`` (given as the store, its stem or its Parquet/FITS file)."""
+    return _stem(cat).with_suffix(".zarr")
+
+
+@click.command("combine")
+@click.argument("denoised", type=click.Path(path_type=Path))
+@click.argument("input_cat", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Catalogue: NAME(.parquet) gives NAME.parquet, NAME.fits and the Zarr table NAME.zarr.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalogue.")
+def combine(denoised, input_cat, out, overwrite) -> None:
+    """Combine each line of a de-noised catalogue with the same line in its INPUT's catalogue.
+
+    DENOISED and INPUT are catalogues written by ``fit`` (their ``.zarr``
+    tables) of a de-noised store and of the store it was made from, the same
+    galaxies in the same order.  The model's noise gains, which the
+    de-noised catalogue carries, set the weights and the errors
+    (:func:`survey_denoise.fitting.combine.combine_catalogues`).
+    """
+    from ..fitting.catalogue import write_catalogue
+    from ..fitting.combine import combine_catalogues
+    from ..io.outputs import check_outputs, replacing
+    from ..io.store import open_store, write_store
+
+    stem = _stem(out)
+    table, files = stem.with_suffix(".zarr"), [stem.with_suffix(".parquet"), stem.with_suffix(".fits")]
+    sources = [_zarr(denoised), _zarr(input_cat)]
+    check_outputs([table, *files], sources, overwrite=overwrite)
+    for src in sources:
+        if not src.is_dir():
+            raise UserError(f"{src}: no such catalogue table (write it with 'survey-denoise fit')")
+    den, noisy = (open_store(src, spectra=False) for src in sources)
+    try:
+        cat = combine_catalogues(den, noisy)
+    except ValueError as err:
+        raise UserError(f"cannot combine {sources[0]} with {sources[1]}: {err}") from None
+    write_store(cat, table, overwrite=overwrite, progress=False, label="combine", spectra=False)
+    with replacing(*files) as staged:
+        write_catalogue(open_store(table, spectra=False), staged[0])
+    click.echo(f"combine: {cat.sizes['galaxy']} galaxies -> {files[0]}, {files[1]}, {table}")
 
 
 @click.command("compare")

@@ -29,15 +29,21 @@ wider than the narrower of the two.
 :func:`noise_gain` measures ``g`` on galaxies whose noise-free (or
 low-noise) target spectrum is known: the input's difference from the
 target is the added noise alone, and the regression of the de-noised
-difference on it is ``g``.
+difference on it is ``g``.  A trained model measures it on its held-out
+galaxies (:func:`survey_denoise.models.base.line_noise_gains`) and records
+it in its card; the de-noised store, and its catalogue, carry it in
+``attrs["denoise_line_noise_gain"]``, so :func:`combine_catalogues` combines
+two catalogue stores of new galaxies without any target.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from .. import lines
 from ..flags import Flag
@@ -163,3 +169,104 @@ def combine_lines(denoised: pd.DataFrame, noisy: pd.DataFrame, gain: Mapping[str
                                 | (denoised[f"{key}_status"].to_numpy(np.uint32)
                                    & np.uint32(Flag.LINE_NOT_IN_INPUT)))
     return pd.concat([out, pd.DataFrame(weights, index=out.index)], axis=1)
+
+
+GAIN_ATTR = "denoise_line_noise_gain"
+"""Attribute of a de-noised store, and of its catalogue, holding the model's gains per line."""
+
+
+def recorded_gain(attrs: Mapping) -> dict[str, float]:
+    """The gains a de-noised catalogue carries (:data:`GAIN_ATTR`), as floats; empty if none."""
+    value = attrs.get(GAIN_ATTR) or {}
+    value = json.loads(value) if isinstance(value, str) else value
+    return {k: (float("nan") if v is None else float(v)) for k, v in dict(value).items()}
+
+
+def combine_catalogues(denoised: xr.Dataset, noisy: xr.Dataset,
+                       gain: Mapping[str, float] | None = None) -> xr.Dataset:
+    """Lazily combine a de-noised store's catalogue with its input's, chunk by chunk.
+
+    Parameters
+    ----------
+    denoised, noisy : xarray.Dataset
+        Catalogue stores (:func:`survey_denoise.fitting.fit_lines`) of the
+        same galaxies in the same order: the de-noised spectra's and those
+        of the spectra the de-noiser read.
+    gain : mapping, optional
+        Per line, the noise gain (default: the one the de-noised catalogue
+        carries, :data:`GAIN_ATTR`).
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy, chunked as ``denoised``: the columns of :func:`combine_lines`
+        (with their units), the input catalogue's attrs with a ``combine``
+        step in the provenance, and ``flux_err_rule`` saying how the errors
+        were combined.
+
+    Raises
+    ------
+    ValueError
+        When the galaxies differ, or no gain is given or recorded (a model
+        trained before gains were measured: retrain it).
+    """
+    steps = [step.get("step") for step in json.loads(denoised.attrs.get("provenance") or "[]")]
+    if gain is None and "denoise" not in steps:
+        raise ValueError("the first catalogue is not of de-noised spectra (no 'denoise' step in its "
+                         "provenance)")
+    gain = dict(gain) if gain is not None else recorded_gain(denoised.attrs)
+    if not any(np.isfinite(v) for v in gain.values()):
+        raise ValueError("the de-noised catalogue carries no line noise gains (attrs "
+                         f"{GAIN_ATTR!r}): its model was trained before they were measured; "
+                         "retrain it, or pass gain")
+    if denoised.sizes["galaxy"] != noisy.sizes["galaxy"] or not np.array_equal(
+            np.asarray(denoised["galaxy"].values).astype(str), np.asarray(noisy["galaxy"].values).astype(str)):
+        raise ValueError("combine needs catalogues of the same galaxies in the same order "
+                         f"({denoised.sizes['galaxy']} and {noisy.sizes['galaxy']} rows)")
+    if denoised.chunks:
+        noisy = noisy.chunk({"galaxy": denoised.chunks["galaxy"]})
+    else:
+        noisy = noisy.chunk({"galaxy": -1})
+        denoised = denoised.chunk({"galaxy": -1})
+    template = noisy.copy()
+    for key in lines.catalogue_keys():
+        template[f"{key}_weight"] = xr.zeros_like(noisy[f"{key}_flux"]).assign_attrs(
+            description=f"{key}: weight of the de-noised flux in the combined flux (0: the input's alone)")
+    template["method"] = template["method"].astype(object)
+    out = xr.map_blocks(_combine_block, denoised, args=[noisy], kwargs={"gain": gain}, template=template)
+    from ..schema import add_provenance
+
+    out.attrs = add_provenance(noisy.attrs, "combine", gain={k: _json_float(v) for k, v in gain.items()},
+                               denoised_provenance=json.loads(denoised.attrs.get("provenance", "[]")))
+    out.attrs["flux_err_rule"] = (
+        "best linear unbiased combination of the de-noised and the input's line flux, their errors "
+        "correlated by c = g sigma_in^2 (g: the de-noiser's noise gain per line, below 0 taken as 0; "
+        f"correlation at most {MAX_CORRELATION}); de-noised weight w within [0, 1]; "
+        "sigma^2 = w^2 sigma_den^2 + (1 - w)^2 sigma_in^2 + 2 w (1 - w) c")
+    return out
+
+
+def _json_float(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _combine_block(denoised: xr.Dataset, noisy: xr.Dataset, gain: Mapping[str, float]) -> xr.Dataset:
+    frame = combine_lines(_frame(denoised), _frame(noisy), gain)
+    out = xr.Dataset(coords={"galaxy": noisy["galaxy"].values})
+    for name in frame.columns:
+        if name == "galaxy":
+            continue
+        values = frame[name].to_numpy()
+        attrs = noisy[name].attrs if name in noisy else {}
+        if name in noisy and noisy[name].dtype.kind in "iuf":
+            values = values.astype(noisy[name].dtype)
+        out[name] = ("galaxy", values if name != "method" else values.astype(object), attrs)
+    return out
+
+
+def _frame(cat: xr.Dataset) -> pd.DataFrame:
+    frame = cat.compute().to_dataframe().reset_index()
+    for name in ("galaxy", "method"):
+        if name in frame and frame[name].dtype.kind not in "iuf":
+            frame[name] = frame[name].astype(str)
+    return frame

@@ -99,7 +99,7 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
       ``r^2 - t`` (for ``r ~ N(0, m + t)`` that is ``m``, the error about the
       truth), floored at 1e-3 of its median (no pixel is known exactly);
     * the target is compared in the output's normalisation (for a PCA
-      model, the noisy input's: ``y x norm_clean / norm_noisy`` per galaxy);
+      model, the noisy input's: ``y x`` :func:`frame_ratio` per galaxy);
     * ``variance_scale``: for a model predicting ``v``, the ``s`` with which
       68.27 % of held-out pixels have ``r^2 <= s v + t`` (bisection), else 1.
 
@@ -119,24 +119,28 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     -------
     dict
         ``pixel_var`` (float64), ``variance_scale`` (float),
-        ``pixel_correlation`` (list of float, by lag), ``n_galaxy``.
+        ``pixel_correlation`` (list of float, by lag), ``n_galaxy``, and
+        ``held_out``: the galaxies' de-noised spectra, targets (in the
+        output's normalisation), variances, inputs (their own
+        normalisation), the inputs' ivar (:func:`input_ivar`) and
+        :func:`frame_ratio` per galaxy (``input_norm_ratio``), for
+        :func:`line_error_scales` and :func:`line_noise_gains`.
     """
     predicts = model.predicts_variance()
     pairs.with_ivar = model.conditioned
     rows = np.sort(rows)[:CALIBRATION_ROWS]
     factor = np.ones(rows.size)
-    if model.output_in_input_norm and pairs.is_dataset:
+    if model.output_in_input_norm:
         # The output keeps the noisy input's normalisation; the target has its own.
-        nn = np.asarray(pairs.noisy["norm"].values, np.float64)[rows]
-        nc = np.asarray(pairs.clean["norm"].values, np.float64)[rows]
-        factor = np.where((nn > 0) & (nc > 0), nc / np.where(nn > 0, nn, 1.0), 1.0)
-    r2, tv, vv, dd, yy, n = [], [], [], [], [], 0
+        factor = _norm_ratio(pairs, rows)
+    r2, tv, vv, dd, yy, xx, n = [], [], [], [], [], [], 0
     lagged = np.zeros(CORRELATION_WINDOW)
     for x, y, w in iter_rows(pairs, rows):
         f = factor[n:n + x.shape[0], None]
         d, v = model._denoise_var(x) if predicts else (model._denoise(x), None)
         r = d.astype(np.float64) - y * f
         dd.append(np.asarray(d, np.float32))
+        xx.append(np.asarray(x[:, :pairs.npix], np.float32))
         yy.append(np.asarray(y * f, np.float32))
         if pairs.with_ivar:
             w = np.where(x[:, pairs.npix:] > 0, w, 0.0)
@@ -170,7 +174,9 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
         scale = float(np.exp(_coverage_scale(r2[ok], v[ok], t[ok], (-12.0, 12.0))))
     var = (scale * v if predicts else np.broadcast_to(pixel_var, r2.shape)).astype(np.float32)
     held = {"denoised": np.concatenate(dd), "target": np.concatenate(yy),
-            "target_var": t.astype(np.float32), "var": var, "good": good & (t > 0)}
+            "target_var": t.astype(np.float32), "var": var, "good": good & (t > 0),
+            "input": np.concatenate(xx), "input_ivar": input_ivar(pairs, rows),
+            "input_norm_ratio": _norm_ratio(pairs, rows)}
     return {"pixel_var": pixel_var, "variance_scale": scale, "pixel_correlation": rho,
             "n_galaxy": int(n), "held_out": held}
 
@@ -188,7 +194,122 @@ def _coverage_scale(sq: np.ndarray, var: np.ndarray, floor: np.ndarray, bounds: 
     return 0.5 * (lo + hi)
 
 
-def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, dict[str, float]]:
+def input_ivar(pairs: SpectraPairs, rows: np.ndarray) -> np.ndarray | None:
+    """The noisy input's inverse variance at ``rows`` (sorted), 0 on masked pixels; None if unknown.
+
+    Datasets carry it; arrays only when given ``input_ivar`` (an array
+    without one has no noise to speak of, and no gain can be measured).
+    """
+    if pairs.is_dataset:
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            part = pairs.noisy[["ivar", "mask"]].isel(galaxy=rows).compute()
+        iv = np.asarray(part["ivar"].values, np.float32)
+        return np.where(np.isfinite(iv) & ~np.asarray(part["mask"].values, bool), iv, np.float32(0))
+    if pairs.input_ivar is None:
+        return None
+    iv = np.asarray(pairs.input_ivar[rows], np.float32)
+    return np.where(np.isfinite(iv), iv, np.float32(0))
+
+
+def frame_ratio(noisy, clean) -> np.ndarray:
+    """Per galaxy, the factor from the clean store's normalised flux to the noisy one's.
+
+    ``dimming x norm_clean / norm_noisy``: physical flux is normalised flux
+    x ``norm``, and an input moved to another redshift was dimmed by
+    ``dimming`` (:func:`survey_denoise.noise.degrade`; 1 where the store has
+    none) before its noise was added.  NaN where a norm or the dimming is
+    not positive and finite.
+    """
+    nn = np.asarray(noisy["norm"].values, np.float64)
+    nc = np.asarray(clean["norm"].values, np.float64)
+    dim = np.asarray(noisy["dimming"].values, np.float64) if "dimming" in noisy else np.ones(nn.size)
+    ok = np.isfinite(nn) & np.isfinite(nc) & np.isfinite(dim) & (nn > 0) & (nc > 0) & (dim > 0)
+    return np.where(ok, dim * nc / np.where(ok, nn, 1.0), np.nan)
+
+
+def _norm_ratio(pairs: SpectraPairs, rows: np.ndarray) -> np.ndarray:
+    """:func:`frame_ratio` at ``rows``: 1 for arrays, and where it is not defined."""
+    if not pairs.is_dataset:
+        return np.ones(rows.size)
+    r = frame_ratio(pairs.noisy, pairs.clean)[rows]
+    return np.where(np.isfinite(r), r, 1.0)
+
+
+def fit_targets(held: dict, grid) -> dict:
+    """Signed fast fits of the held-out targets with their own variance (shared by the line calibrations)."""
+    from ..fitting import fast
+
+    good = held["good"]
+    with np.errstate(divide="ignore"):
+        w_tgt = np.where(good, 1.0 / held["target_var"].astype(np.float64), 0.0)
+    return fast.fit_batch(held["target"], w_tgt, good, grid=grid, nonnegative=False, width_prior=None)
+
+
+def line_noise_gains(held: dict, grid, *, output_in_input_norm: bool,
+                     prior: tuple[float, float] | None = None,
+                     target_fit: dict | None = None) -> dict[str, float]:
+    """Per catalogue line, the share of its input's noise a de-noised line flux follows.
+
+    The gain ``g`` of :func:`survey_denoise.fitting.combine.noise_gain`,
+    measured at training time so that a saved model can combine its line
+    fluxes with its input's on data without targets
+    (:func:`survey_denoise.fitting.combine.combine_catalogues`).  The
+    held-out galaxies are fitted three times (fast fitter, signed, width
+    from the chi^2): the de-noised spectra, scaled onto their inputs as
+    inference scales them (:func:`survey_denoise.inference.amplitude`, with
+    the training set's ``prior``), the inputs with their ivar, and the
+    targets.  All three are compared in the target's frame: an AE/VAE's
+    target is in the clean normalisation, so the input and its scaled
+    de-noised spectrum are divided by :func:`frame_ratio` (``dimming x
+    norm_clean / norm_noisy``, ``held["input_norm_ratio"]``); a PCA's
+    output and target are in the input's already.
+
+    Returns
+    -------
+    dict
+        ``{key: g}``; empty when the inputs' noise is not known (arrays
+        given without ``input_ivar``); NaN for a line with fewer than 10
+        galaxies measured in all three.
+    """
+    import pandas as pd
+
+    from .. import lines
+    from ..fitting import fast
+    from ..fitting.combine import noise_gain
+    from ..inference import amplitude
+
+    if held.get("input_ivar") is None:
+        return {}
+    x, ivar = held["input"].astype(np.float64), held["input_ivar"].astype(np.float64)
+    d = held["denoised"].astype(np.float64)
+    if output_in_input_norm:
+        scale, q = np.ones(x.shape[0]), np.ones(x.shape[0])
+    else:
+        scale, _ = amplitude(d, x, ivar, prior)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        q = held["input_norm_ratio"]
+    den_factor = (scale / q)[:, None]
+    good = held["good"]
+    with np.errstate(divide="ignore"):
+        w_den = np.where(good, 1.0 / (held["var"].astype(np.float64) * den_factor ** 2), 0.0)
+    use_in = (ivar > 0) & np.isfinite(x)
+    fits = {
+        "denoised": fast.fit_batch(d * den_factor, w_den, good, grid=grid, nonnegative=False,
+                                   width_prior=None),
+        "noisy": fast.fit_batch(np.where(use_in, x / q[:, None], 0.0), np.where(use_in, ivar * q[:, None] ** 2, 0.0),
+                                use_in, grid=grid, nonnegative=False, width_prior=None),
+        "target": target_fit if target_fit is not None else fit_targets(held, grid)}
+    keys = lines.catalogue_keys()
+    frames = {name: pd.DataFrame({**{f"{k}_flux": fit["flux"][k] for k in keys},
+                                  **{f"{k}_flux_err": fit["flux_err"][k] for k in keys}})
+              for name, fit in fits.items()}
+    return noise_gain(frames["denoised"], frames["noisy"], frames["target"], keys)
+
+
+def line_error_scales(held: dict, correlation: list[float], grid, *,
+                      target_fit: dict | None = None) -> dict[str, dict[str, float]]:
     """Per catalogue line, the error model that makes de-noised line errors cover held-out targets.
 
     The pixel variance is calibrated over all pixels at once, and its
@@ -255,13 +376,12 @@ def line_error_scales(held: dict, correlation: list[float], grid) -> dict[str, d
     good = held["good"]
     with np.errstate(divide="ignore"):
         w_den = np.where(good, 1.0 / held["var"].astype(np.float64), 0.0)
-        w_tgt = np.where(good, 1.0 / held["target_var"].astype(np.float64), 0.0)
     # Widths from the chi^2 alone, as the catalogue fits de-noised spectra: a width prior
     # weighed by each fit's stated errors would pull the two fits of one line to different
     # widths, and the flux difference that makes is not the de-noiser's error.
     den = fast.fit_batch(held["denoised"], w_den, good, grid=grid, correlation=tuple(correlation),
                          nonnegative=False, width_prior=None)
-    tgt = fast.fit_batch(held["target"], w_tgt, good, grid=grid, nonnegative=False, width_prior=None)
+    tgt = target_fit if target_fit is not None else fit_targets(held, grid)
     out = {}
     for key in lines.catalogue_keys():
         fd, ed = den["flux"][key], den["flux_err"][key]
@@ -339,6 +459,32 @@ def _at_bound(log_s2: float) -> bool:
     """Whether a factor's bisection ended at a bound of :data:`_LOG_S2_BOUNDS`."""
     lo, hi = _LOG_S2_BOUNDS
     return bool(min(log_s2 - lo, hi - log_s2) < 2e-6)
+
+
+def output_norm(noisy, clean) -> dict:
+    """How the network's output relates to the input's normalisation, for the card.
+
+    The AE/VAE learn the *clean* spectrum in the clean spectrum's own
+    normalisation, while a de-noised store keeps the noisy input's ``norm``
+    (physical = flux x norm).  The two norms differ: the noisy spectrum was
+    normalised again after the noise was added, so for unit-L2 spectra with
+    sigma = 0.04 its norm is ≈ sqrt(1 + 825 sigma^2) ≈ 1.52 times the clean
+    one (0.18 dex); an input moved to another redshift was also dimmed.
+    ``ratio`` is the median of :func:`frame_ratio` (``dimming x norm_clean /
+    norm_noisy``) over the training galaxies, and ``log10_scatter`` its
+    spread: the prior of :func:`survey_denoise.inference.amplitude`.  1 for
+    arrays (no norms known).
+    """
+    noisy, clean = _open(noisy), _open(clean)
+    if not (hasattr(noisy, "data_vars") and hasattr(clean, "data_vars")):
+        return {"ratio": 1.0, "rule": "arrays: output in the input's normalisation"}
+    r = frame_ratio(noisy, clean)
+    r = r[np.isfinite(r)]
+    if not r.size:
+        return {"ratio": 1.0, "rule": "no finite norms in the training data"}
+    return {"ratio": float(np.median(r)),
+            "rule": "median dimming x norm_clean / norm_noisy of the training galaxies",
+            "log10_scatter": float(np.std(np.log10(r)))}
 
 
 class NotFittedError(RuntimeError):
@@ -439,8 +585,15 @@ class Denoiser(abc.ABC):
         self.variance_scale_ = resid["variance_scale"]
         from ..grid import Grid
 
-        lines_cal = line_error_scales(resid.pop("held_out"), resid["pixel_correlation"],
-                                      Grid.from_dict(facts["grid"]))
+        grid = Grid.from_dict(facts["grid"])
+        held_out = resid.pop("held_out")
+        norms = None if self.output_in_input_norm else output_norm(noisy, clean)
+        target_fit = fit_targets(held_out, grid)
+        lines_cal = line_error_scales(held_out, resid["pixel_correlation"], grid, target_fit=target_fit)
+        prior = (norms["ratio"], norms["log10_scatter"]) if norms and "log10_scatter" in norms else None
+        gains = line_noise_gains(held_out, grid, output_in_input_norm=self.output_in_input_norm,
+                                 prior=prior, target_fit=target_fit)
+        del held_out
         uncertainty = {
             "method": ("predicted per pixel (Gaussian likelihood) x variance_scale (held-out 1-sigma "
                        "coverage 68.27 %)" if self.predicts_variance() else
@@ -466,6 +619,12 @@ class Denoiser(abc.ABC):
                 "at_bound_faint": sorted(k for k, v in lines_cal.items() if v["at_bound_faint"]),
                 "bright_not_covered": sorted(k for k, v in lines_cal.items()
                                              if v["identified"] and not v["bright_covered"])},
+            **({"line_noise_gain": {k: (round(v, 6) if np.isfinite(v) else None) for k, v in gains.items()},
+                "line_noise_gain_rule": (
+                    "per line, sum(a b / v) / sum(a^2 / v) over held-out galaxies: a = F_in - F_target, "
+                    "b = F_den - F_target, v = sigma_in^2 - sigma_target^2 (fast fitter, signed; the "
+                    "de-noised spectrum scaled onto its input as inference scales it; all in the "
+                    "target's normalisation); survey_denoise.fitting.combine")} if gains else {}),
             "rows": "validation" if parts.validation.size else "training (no validation split)",
             "n_galaxy": resid["n_galaxy"],
             "target_noise": "accounted for: r^2 = (d - y)^2 compared with var + t, "
@@ -483,6 +642,8 @@ class Denoiser(abc.ABC):
             "history": history, "metrics": metrics, "versions": cards.package_versions(),
             "uncertainty": uncertainty,
         }
+        if norms is not None:
+            self.card_["output_norm"] = norms
         return self
 
     def predicts_variance(self) -> bool:

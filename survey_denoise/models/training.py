@@ -310,33 +310,6 @@ def standardisation(pairs, rows: np.ndarray) -> dict:
     return out
 
 
-def output_norm(noisy, clean) -> dict:
-    """How the network's output relates to the input's normalisation, for the card.
-
-    The AE/VAE learn the *clean* spectrum in the clean spectrum's own
-    normalisation, while a de-noised store keeps the noisy input's ``norm``
-    (physical = flux x norm).  The two norms differ: the noisy spectrum was
-    normalised again after the noise was added, so for unit-L2 spectra with
-    sigma = 0.04 its norm is ≈ sqrt(1 + 825 sigma^2) ≈ 1.52 times the clean
-    one (0.18 dex).  ``ratio`` is the median of ``norm_clean / norm_noisy``
-    over the training galaxies; :func:`survey_denoise.inference.denoise`
-    multiplies the output by it.  1 for arrays (no norms known), or when
-    the stores are paths (read lazily here, galaxy-only variables).
-    """
-    from .base import _open
-
-    noisy, clean = _open(noisy), _open(clean)
-    if not (hasattr(noisy, "data_vars") and hasattr(clean, "data_vars")):
-        return {"ratio": 1.0, "rule": "arrays: output in the input's normalisation"}
-    nn, nc = np.asarray(noisy["norm"].values, np.float64), np.asarray(clean["norm"].values, np.float64)
-    good = np.isfinite(nn) & np.isfinite(nc) & (nn > 0) & (nc > 0)
-    if not good.any():
-        return {"ratio": 1.0, "rule": "no finite norms in the training data"}
-    r = nc[good] / nn[good]
-    return {"ratio": float(np.median(r)), "rule": "median norm_clean / norm_noisy of the training galaxies",
-            "log10_scatter": float(np.std(np.log10(r)))}
-
-
 class KerasDenoiser(Denoiser):
     """Shared body of the AE and VAE de-noisers (see their docstrings for parameters)."""
 
@@ -545,7 +518,6 @@ class KerasDenoiser(Denoiser):
             super().fit(noisy, clean, weights, validation_split, seed, input_ivar=input_ivar)
         finally:
             self._checkpoint = None
-        self.card_["output_norm"] = output_norm(noisy, clean)
         dropout, units = self.architecture()
         opts = self.settings()
         self.card_["training_choices"] = {

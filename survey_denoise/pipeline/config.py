@@ -352,10 +352,22 @@ def check(config: PipelineConfig) -> list[str]:
         problems.append("stages.fit.galaxies: 'heldout' needs stages.train with holdout > 0")
     if st.fit is not None and st.fit.templates is not None and not st.fit.templates.exists():
         problems.append(f"stages.fit.templates: {st.fit.templates} does not exist")
+    if st.combine is not None:
+        pair = ["denoised", st.denoise.input if st.denoise is not None else None]
+        if st.denoise is None:
+            problems.append("stages.combine needs a stages.denoise section")
+        elif any(t not in config.fit_targets() for t in pair):
+            problems.append(f"stages.combine: stages.fit.stores must hold both 'denoised' and the "
+                            f"de-noiser's input '{pair[1]}' (they are: {', '.join(config.fit_targets())})")
     if st.science is not None:
         if st.fit is None:
             problems.append("stages.science needs a stages.fit section")
         for case, target in st.science.cases.items():
+            if target == "combined":
+                if st.combine is None:
+                    problems.append(f"stages.science.cases.{case}: 'combined' needs a stages.combine "
+                                    "section")
+                continue
             if target not in config.fit_targets():
                 problems.append(f"stages.science.cases.{case}: '{target}' is not fitted "
                                 f"(stages.fit.stores: {', '.join(config.fit_targets())})")

@@ -25,6 +25,9 @@ from ..schema import NORMS
 SPECTRA = ("raw", "preprocessed", "degraded", "denoised")
 """Spectra stores a stage can read, in the order a pipeline makes them."""
 
+CATALOGUES = (*SPECTRA, "combined")
+"""Catalogues a run can make: one per fitted store, and the combined one (stage combine)."""
+
 PIPELINE_ONLY = {"pipeline_only": True}
 """``json_schema_extra`` of a field that only a pipeline config sets."""
 
@@ -181,9 +184,21 @@ class Fit(Strict):
         return self
 
 
+class Combine(Strict):
+    """The combine stage takes no settings.
+
+    It combines, galaxy by galaxy and line by line, the catalogue of the
+    de-noised store with that of the store the de-noiser read
+    (``stages.denoise.input``; both must be in ``stages.fit.stores``), with
+    the noise gains the model measured on its held-out galaxies
+    (:func:`survey_denoise.fitting.combine.combine_catalogues`).
+    """
+
+
 class Science(Strict):
-    cases: dict[str, Literal[SPECTRA]] = Field(  # type: ignore[valid-type]
-        description="case name -> the fitted store it uses, e.g. {original: preprocessed}")
+    cases: dict[str, Literal[CATALOGUES]] = Field(  # type: ignore[valid-type]
+        description="case name -> the catalogue it uses: a fitted store, e.g. {original: preprocessed}, "
+                    "or 'combined' (stage combine)")
     calibration: Literal["o3n2", "n2"] = "o3n2"
     min_halpha_snr: float = 15.0
 

@@ -254,6 +254,10 @@ def plan(config: PipelineConfig, cluster: str = "local") -> Plan:
         stem = catalogue_stem(target)
         steps.append(Step(f"fit-{target}", "fit", (target,),
                           (f"{stem}.zarr", f"{stem}.parquet", f"{stem}.fits"), target, chunks=fit_chunks))
+    if st.combine is not None:
+        stem = catalogue_stem("combined")
+        steps.append(Step("combine", "combine", (catalogue_stem("denoised"), catalogue_stem(st.denoise.input)),
+                          (f"{stem}.zarr", f"{stem}.parquet", f"{stem}.fits"), "combined", chunks=fit_chunks))
     made = _products(config)
     if made:
         steps.append(Step("products", "products", _product_inputs(config), tuple(made), where="task"))
@@ -308,6 +312,8 @@ def _products(config: PipelineConfig) -> list[str]:
         if config.has_truth():  # truth-based per-bin scores and error coverage
             made += ["table6_bins.csv", "table6_coverage.csv"]
         made += [f"figure9-{CASES[t]}.png" for t in config.fit_targets() if t != "preprocessed"]
+        if st.combine is not None:
+            made.append(f"figure9-{CASES['combined']}.png")
     return made
 
 

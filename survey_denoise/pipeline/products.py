@@ -24,7 +24,8 @@ import xarray as xr
 from ..schema import without_truth
 
 # Catalogue case names by the store they measure: the names the report and Table 6 use.
-CASES = {"preprocessed": "original", "degraded": "noisy", "denoised": "denoised", "raw": "raw"}
+CASES = {"preprocessed": "original", "degraded": "noisy", "denoised": "denoised", "raw": "raw",
+         "combined": "combined"}
 BOUND_ROWS = 16_384
 """Galaxies read at a time for :func:`noise_bound` (~110 MB of spectra on the paper's grid)."""
 

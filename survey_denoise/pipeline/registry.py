@@ -46,7 +46,8 @@ class StageSpec:
         ``driver``: runs in the process that drives the run (training).
     kernel : callable or None
         ``kernel(*inputs, params) -> Dataset`` (lazy); None for stages the
-        runner carries out itself (training, science).
+        runner carries out itself (training, science).  The combine kernel's
+        inputs are catalogues, not spectra stores.
     summary : str
         One line for ``--help`` and the plan.
     """
@@ -71,6 +72,8 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
               stages.denoise, "De-noise a store with a saved model."),
     StageSpec("fit", params.Fit, None, lambda p: list(p.stores), "cluster",
               stages.fit, "Measure emission lines into a catalogue (pPXF or fast)."),
+    StageSpec("combine", params.Combine, None, lambda p: [], "cluster", stages.combine,
+              "Combine each de-noised line flux with its input's, by the model's noise gains."),
     StageSpec("science", params.Science, None, lambda p: [], "task",
               None, "The mass-metallicity test of the fitted cases against the truth."),
 )}

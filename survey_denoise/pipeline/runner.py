@@ -254,6 +254,18 @@ class Runner:
             self.log.output("catalogue", path, step.name, name=case + label)
         self.catalogues[target] = cat
 
+    def _do_combine(self, step: Step) -> None:
+        """The combined catalogue, from the two written catalogue stores, chunk by chunk."""
+        den, noisy = (open_store(self.catalogue_stores[t], spectra=False)
+                      for t in ("denoised", self.config.stages.denoise.input))
+        cat = self._write(step.name, stages.combine(den, noisy, self.config.stages.combine),
+                          step.outputs[0], spectra=False)
+        self.catalogue_stores["combined"] = self.path(step.outputs[0])
+        self._catalogue_files(self.catalogue_stores["combined"], catalogue_stem("combined"))
+        for path, label in zip(step.outputs, ("-zarr", "", "-fits"), strict=True):
+            self.log.output("catalogue", path, step.name, name="combined" + label)
+        self.catalogues["combined"] = cat
+
     def _catalogue_files(self, store: Path, stem: str) -> None:
         """Parquet + FITS of a complete catalogue store, written whole or not at all, on the cluster."""
         final = [self.path(f"{stem}.parquet"), self.path(f"{stem}.fits")]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .params import Degrade, Denoise, Fit, Preprocess, Train
+from .params import Combine, Degrade, Denoise, Fit, Preprocess, Train
 
 if TYPE_CHECKING:
     from ..models import Denoiser
@@ -163,6 +163,13 @@ def fit(ds: xr.Dataset, cfg: Fit) -> xr.Dataset:
     if cfg.signed:
         kwargs["signed"] = True
     return fit_lines(ds, **kwargs)
+
+
+def combine(denoised: xr.Dataset, noisy: xr.Dataset, cfg: Combine) -> xr.Dataset:
+    """The combined catalogue of a de-noised store's catalogue and its input's (lazy, chunked)."""
+    from ..fitting.combine import combine_catalogues
+
+    return combine_catalogues(denoised, noisy)
 
 
 def catalogue_files(store: Path, path: Path) -> None:

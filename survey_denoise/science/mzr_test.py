@@ -48,7 +48,8 @@ PAPER: dict[str, dict[str, object]] = {
 }
 """Published numbers (or their verbal description) for the comparison table."""
 
-LABELS = {"original": "original spectra", "desi": "DESI-like, z = 0.1", "vae": "DESI-like + 6-d VAE"}
+LABELS = {"original": "original spectra", "desi": "DESI-like, z = 0.1", "vae": "DESI-like + 6-d VAE",
+          "combined": "VAE and DESI-like combined"}
 
 REFERENCE_CASE = "original"
 """The case the others' MZR slopes are divided by in :meth:`MZRTest.comparison`."""
@@ -492,7 +493,8 @@ def format_comparison(result: MZRTest) -> str:
     for _, r in tab.iterrows():
         ps = "-" if r["paper_scatter_dex"] is None or pd.isna(r["paper_scatter_dex"]) else f"{r['paper_scatter_dex']:.2f}"
         lines.append(f"{r['label']:<24} {ps:>13} {r['ours_scatter_dex']:>12.3f} {r['ours_fraction']:>13.3f} "
-                     f"{r['ours_n_measured']:>6d} {r['ours_sfr_spearman_r']:>10.3f}  {r['paper_fraction']}")
+                     f"{r['ours_n_measured']:>6d} {r['ours_sfr_spearman_r']:>10.3f}  "
+                     f"{'-' if r['paper_fraction'] is None or pd.isna(r['paper_fraction']) else r['paper_fraction']}")
     if "ours_n_common" in tab and tab["ours_n_common"].notna().all():
         n_common = int(tab["ours_n_common"].iloc[0])
         same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
