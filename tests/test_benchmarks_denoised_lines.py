@@ -39,15 +39,16 @@ def desi_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_denoised_fluxes_sit_in_their_stores_frame_and_the_median_ratio_would_not(desi_run, tmp_path):
+def test_denoised_fluxes_sit_in_their_stores_frame_and_the_training_ratio_takes_the_dimming_in(desi_run, tmp_path):
     r = _script("denoised_scale.py", desi_run, "--snr", 5, "--out", tmp_path / "scale.json")
     frame = r["halpha_vs_truth_in_store_frame"]
     assert frame["denoised"]["n"] == frame["noisy"]["n"] > 10
-    # The inputs were dimmed to z = 0.1 by 0.6-1.2 dex: one ratio for all misses by most of it.
     assert abs(frame["denoised"]["median_dex"]) < 0.1
-    assert frame["median_ratio"]["median_dex"] > 0.3
     assert 0 < r["amplitude_frac_err_median"] < 0.05
-    assert r["card_output_norm"]["log10_scatter"] > 0.1
+    # The inputs were dimmed to z = 0.1 by 0.6-1.2 dex; the training set's ratio takes the
+    # dimming in (it sits among the galaxies' own amplitudes), and still spreads.
+    assert r["card_output_norm"]["log10_scatter"] > 0.05
+    assert abs(np.log10(r["card_output_norm"]["ratio"] / r["amplitude_p5_50_95"][1])) < 0.1
 
 
 @pytest.mark.slow
@@ -66,7 +67,7 @@ def test_combined_lines_are_scored_beside_both_inputs(desi_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_run_combines_its_catalogues_with_the_gains_its_model_measured(desi_run):
+def test_the_run_combines_its_catalogues_with_the_gains_its_model_measured(desi_run, tmp_path):
     gain = json.loads((desi_run / "model" / "card.json").read_text())["uncertainty"]["line_noise_gain"]
     assert set(gain) == set(lines.catalogue_keys())
     assert any(v is not None for v in gain.values())
@@ -77,3 +78,12 @@ def test_the_run_combines_its_catalogues_with_the_gains_its_model_measured(desi_
         np.testing.assert_allclose(cats["combined"][col], expected[col], rtol=1e-9, err_msg=col)
     assert cats["combined"].attrs["units"]["halpha_flux"] == cats["degraded"].attrs["units"]["halpha_flux"]
     assert "VAE and DESI-like combined" in (desi_run / "science" / "mzr_comparison.txt").read_text()
+    # The stand-alone command writes the same catalogue from the two written ones.
+    result = run("combine", desi_run / "catalogue-denoised.zarr", desi_run / "catalogue-degraded",
+                 "--out", tmp_path / "again.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = read_catalogue(tmp_path / "again.parquet")
+    np.testing.assert_array_equal(again["halpha_flux"], cats["combined"]["halpha_flux"])
+    refused = run("combine", desi_run / "catalogue-degraded.zarr", desi_run / "catalogue-preprocessed.zarr",
+                  "--out", tmp_path / "wrong.parquet")
+    assert refused.returncode != 0 and "not of de-noised spectra" in refused.stderr

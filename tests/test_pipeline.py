@@ -17,7 +17,7 @@ from _cli import kill_once_written
 
 from survey_denoise.grid import GRID
 from survey_denoise.io.store import completed_chunks, missing_chunks, n_chunks, open_store
-from survey_denoise.pipeline import ConfigError, load_config, redone_chunks, run_pipeline
+from survey_denoise.pipeline import ConfigError, load_config, plan, redone_chunks, run_pipeline
 
 CLI = str(Path(sys.executable).parent / "survey-denoise")
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +91,28 @@ def test_config_problems_are_reported_together_before_any_work(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no such pipeline config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_a_combined_catalogue_needs_both_fitted_catalogues_and_the_combine_stage(tmp_path):
+    base = {"name": "x", "input": {"mock": {"n": 10}}, "outputs": {"dir": str(tmp_path / "run")},
+            "stages": {"preprocess": {}, "degrade": {"sigma": 0.04}, "train": {"kind": "pca", "latent": 2},
+                       "denoise": {"model": "train"}, "fit": {"stores": ["preprocessed", "denoised"]},
+                       "combine": {},
+                       "science": {"cases": {"original": "preprocessed", "both": "combined"}}}}
+    with pytest.raises(ConfigError, match="stages.combine: stages.fit.stores must hold both 'denoised' "
+                                          "and the de-noiser's input 'degraded'"):
+        load_config(write_config(tmp_path / "a.yaml", base))
+    base["stages"]["fit"]["stores"].append("degraded")
+    steps = plan(load_config(write_config(tmp_path / "b.yaml", base))).steps
+    names = [s.name for s in steps]
+    assert names.index("combine") > names.index("fit-degraded")
+    combine = steps[names.index("combine")]
+    assert combine.inputs == ("catalogue-denoised", "catalogue-degraded")
+    assert combine.outputs[0] == "catalogue-combined.zarr"
+    assert "catalogue-combined" in steps[names.index("science")].inputs
+    del base["stages"]["combine"]
+    with pytest.raises(ConfigError, match="stages.science.cases.both: 'combined' needs a stages.combine"):
+        load_config(write_config(tmp_path / "c.yaml", base))
 
 
 def test_model_made_for_another_grid_or_normalisation_is_refused(tmp_path):
