@@ -390,6 +390,7 @@ def denoise(ds: xr.Dataset, model_dir: str | Path, *, batch_size: int = 4096, n_
             out.attrs[f"denoise_{name}"] = {k: float(v) for k, v in unc[name].items()}
     # and how much of its input's noise each line follows, for combining the two catalogues
     if "line_noise_gain" in unc:
-        out.attrs["denoise_line_noise_gain"] = {k: (float("nan") if v is None else float(v))
+        # None (JSON null) where the model could not measure it
+        out.attrs["denoise_line_noise_gain"] = {k: (None if v is None or not np.isfinite(v) else float(v))
                                                 for k, v in unc["line_noise_gain"].items()}
     return out

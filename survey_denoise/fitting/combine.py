@@ -194,7 +194,8 @@ def combine_catalogues(denoised: xr.Dataset, noisy: xr.Dataset,
         of the spectra the de-noiser read.
     gain : mapping, optional
         Per line, the noise gain (default: the one the de-noised catalogue
-        carries, :data:`GAIN_ATTR`).
+        carries, :data:`GAIN_ATTR`); a line without a finite one keeps the
+        input's measurement (weight 0).
 
     Returns
     -------
@@ -214,11 +215,12 @@ def combine_catalogues(denoised: xr.Dataset, noisy: xr.Dataset,
     if gain is None and "denoise" not in steps:
         raise ValueError("the first catalogue is not of de-noised spectra (no 'denoise' step in its "
                          "provenance)")
-    gain = dict(gain) if gain is not None else recorded_gain(denoised.attrs)
-    if not any(np.isfinite(v) for v in gain.values()):
+    if gain is None and GAIN_ATTR not in denoised.attrs:
         raise ValueError("the de-noised catalogue carries no line noise gains (attrs "
                          f"{GAIN_ATTR!r}): its model was trained before they were measured; "
                          "retrain it, or pass gain")
+    # A line whose gain the model could not measure (too few validation galaxies) keeps the input's.
+    gain = dict(gain) if gain is not None else recorded_gain(denoised.attrs)
     if denoised.sizes["galaxy"] != noisy.sizes["galaxy"] or not np.array_equal(
             np.asarray(denoised["galaxy"].values).astype(str), np.asarray(noisy["galaxy"].values).astype(str)):
         raise ValueError("combine needs catalogues of the same galaxies in the same order "
