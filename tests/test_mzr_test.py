@@ -82,6 +82,15 @@ def test_every_case_is_also_compared_on_the_same_galaxies(sample, result):
     c = result.comparison()
     assert (c["ours_n_common"] == common.sum()).all()
 
+    # A case that measures none leaves the others' common set as it was.
+    truth, cats = sample
+    none = cats["vae"].copy()
+    none["halpha_snr"] = 1.0
+    with_none = mzr_test({**cats, "none": none}, truth).summary
+    assert with_none.loc["none", "n_measured"] == 0
+    assert (with_none["n_common"] == common.sum()).all()
+    assert with_none.loc["desi", "scatter_std_common"] == pytest.approx(s.loc["desi", "scatter_std_common"])
+
 
 def test_sfr_trend_survives_in_good_data(result):
     s = result.summary

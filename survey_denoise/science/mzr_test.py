@@ -333,7 +333,7 @@ def mzr_test(
         ``mzr_slope_err`` and ``mzr_slope_n`` (dex per dex over
         ``slope_range``, bootstrap error, galaxies in the range), one
         ``flag_<reason>`` count per :class:`OHFlag` bit, and on the galaxies
-        measurable in every case: ``n_common``, ``scatter_std_common``,
+        measurable in every case that measures any: ``n_common``, ``scatter_std_common``,
         ``scatter_offset_common``, ``median_oh_err_common``,
         ``mzr_slope_common``, ``mzr_slope_err_common`` and (with
         ``true_oh``) ``bias_vs_true_common``/``std_vs_true_common``; to
@@ -409,9 +409,12 @@ def mzr_test(
         rows[case] = row
         binned[case] = binned_mzr(logmass[sel], g["oh"].to_numpy()[sel], edges)
 
+    # A case that measures no galaxy (a de-noiser whose honest errors pass none) would
+    # leave no galaxies to compare the others on; it is left out of the common set.
     common = np.ones(len(truth), bool)
     for g in galaxies.values():
-        common &= g["has_oh"].to_numpy(bool)
+        if g["has_oh"].any():
+            common &= g["has_oh"].to_numpy(bool)
     n_common = int(common.sum())
     for case, g in galaxies.items():
         rows[case].update(_on_common(g, logmass, common, reference, true_oh is not None, slope_range))
@@ -498,7 +501,8 @@ def format_comparison(result: MZRTest) -> str:
     if "ours_n_common" in tab and tab["ours_n_common"].notna().all():
         n_common = int(tab["ours_n_common"].iloc[0])
         same = "; ".join(f"{r['label']}: {r['ours_scatter_common_dex']:.3f}" for _, r in tab.iterrows())
-        lines.append(f"on the same {n_common} galaxies (measurable in every case), scatter (dex): {same}")
+        lines.append(f"on the same {n_common} galaxies (measurable in every case that measures any), "
+                     f"scatter (dex): {same}")
     return "\n".join(lines + slopes(result) + reach(result) + oh_errors(result))
 
 
