@@ -26,7 +26,9 @@ test, or Table 6):
   catalogue and the original spectra's, and their scatter about the
   reference MZR (Scholte & Saintonge), at the true stellar mass, on each
   one's own galaxies and on those every case that measures any measures,
-  and the MZR's slope over log M* 9.1-10.1.
+  and the MZR's slope over log M* 9.1-10.1;
+* Hα's coverage per bin of each catalogue's own S/N and per quintile of
+  true flux (:func:`halpha_coverage`).
 
     survey-denoise run pipelines/mzr_desi.yaml --set input.mock.n=3000 \\
         --set stages.train.epochs=10 --workers 2 --out RUN
@@ -79,6 +81,35 @@ def line_scores(cat: pd.DataFrame, true: pd.DataFrame) -> dict:
                     "snr_above_3": int(np.sum(f / e > 3)), "snr_above_15": int(np.sum(f / e > 15)),
                     "median_err": round(float(np.median(e)), 4)}
     return out
+
+
+SNR_EDGES = (0.0, 5.0, 8.0, 10.0, 12.0, 15.0, np.inf)
+"""Bins of a catalogue's own Hα S/N for :func:`halpha_coverage`."""
+
+
+def halpha_coverage(cat: pd.DataFrame, true: pd.DataFrame) -> dict:
+    """Hα's errors' coverage of the truth per bin of the catalogue's own S/N and per quintile of true flux.
+
+    The first conditions on the data (what a user selecting by S/N sees),
+    the second on the truth (where a de-noiser's pull towards its training
+    population shows: faint lines drawn too bright, bright ones too faint).
+    Each bin: galaxies, fractions within 1 and 2 sigma, median signed
+    ``(flux - true) / err``.
+    """
+    f, e = cat["halpha_flux"].to_numpy(np.float64), cat["halpha_flux_err"].to_numpy(np.float64)
+    t = true["halpha"].to_numpy(np.float64)
+    ok = np.isfinite(f) & np.isfinite(e) & (e > 0) & np.isfinite(t)
+    f, e, t = f[ok], e[ok], t[ok]
+    z = (f - t) / e
+
+    def one(m):
+        return {"n": int(m.sum()), "within_1_2_sigma": [_num(np.mean(np.abs(z[m]) < 1)), _num(np.mean(np.abs(z[m]) < 2))],
+                "median_z": _num(np.median(z[m]))} if m.any() else {"n": 0}
+
+    snr = f / e
+    by_snr = {f"{lo:g}-{hi:g}": one((snr >= lo) & (snr < hi)) for lo, hi in zip(SNR_EDGES[:-1], SNR_EDGES[1:], strict=True)}
+    ranks = np.argsort(np.argsort(t)) * 5 // max(t.size, 1)
+    return {"by_snr": by_snr, "by_true_quintile": {f"q{i}": one(ranks == i) for i in range(5)}}
 
 
 def _num(x: float) -> float | None:
@@ -155,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "median_weight_of_denoised": {k: round(float(np.nanmedian(score["combined"][f"{k}_weight"])), 3)
                                       for k in LINES},
         "lines": {name: line_scores(c, true) for name, c in score.items()},
+        "halpha_coverage": {name: halpha_coverage(c, true) for name, c in score.items()},
         "mzr": mzr_scores({"original": part("preprocessed", "score"), **score}, logmass,
                           true_lines_oh(truth.loc[g].reset_index(drop=True))),
         "command": f"python benchmarks/combined_lines.py {args.run} --seed {args.seed}",
@@ -170,6 +202,11 @@ def main(argv: list[str] | None = None) -> dict:
               + " / ".join(f"{r[n]['rms_over_median_true']:.3f}" for n in score) + "   "
               + " / ".join("{:.2f}-{:.2f}".format(*r[n]["within_1_2_sigma"]) for n in score) + "   "
               + " / ".join(str(r[n]["snr_above_15"]) for n in score))
+    for part in ("by_snr", "by_true_quintile"):
+        print(f"Hα within 1 / 2 sigma and median (flux - true) / err, {part.replace('_', ' ')}: " + "; ".join(
+            f"{n}: " + ", ".join(f"{b} {v['within_1_2_sigma'][0]:.2f}/{v['within_1_2_sigma'][1]:.2f} "
+                                 f"{v['median_z']:+.2f}" for b, v in c[part].items() if v["n"])
+            for n, c in result["halpha_coverage"].items() if n in ("denoised", "combined")))
     mzr = result["mzr"]
     print("MZR (O3N2, Hα S/N > 15), measurable and scatter about the reference (dex), on each case's own "
           f"galaxies and on the {mzr['n_common']} that every case measuring any measures: " + "; ".join(
