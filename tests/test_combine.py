@@ -127,7 +127,7 @@ def test_catalogue_stores_without_gains_or_of_other_galaxies_are_refused():
     _, _, noisy, den = draws(50, 0.3, seed=4)
     with pytest.raises(ValueError, match="not of de-noised spectra"):
         combine_catalogues(as_store(den, 25), as_store(noisy, 25))
-    with pytest.raises(ValueError, match="no line noise gains.*retrain"):
+    with pytest.raises(ValueError, match="no line noise gains.*recalibrate"):
         combine_catalogues(as_store(den, 25, provenance='[{"step": "denoise"}]'), as_store(noisy, 25))
     with pytest.raises(ValueError, match="same galaxies"):
         combine_catalogues(as_store(den, 25), as_store(noisy.iloc[::-1].reset_index(drop=True), 25),

@@ -48,6 +48,33 @@ def test_train_vae_prints_epochs_saves_card_and_loss_figure(stores, tmp_path, ca
     assert np.isclose(mse, expect, rtol=1e-4)
 
 
+def test_recalibrate_gives_a_model_saved_without_gains_the_ones_its_training_measured(stores, tmp_path, capsys):
+    out = tmp_path / "ae"
+    code, _, err = run_in_process(["train", "ae", "--noisy", stores / "noisy.zarr", "--clean",
+                                   stores / "clean.zarr", "--latent", 2, "--epochs", 2, "--out", out,
+                                   "--no-progress"], capsys)
+    assert code == 0, err
+    card = json.loads((out / "card.json").read_text())
+    measured = json.loads(json.dumps(card["uncertainty"]))
+    assert set(measured["line_noise_gain"]) >= {"halpha", "oiii_5007"}
+    # as a model from before the gains were measured
+    for key in ("line_noise_gain", "line_noise_gain_rule"):
+        del card["uncertainty"][key]
+    (out / "card.json").write_text(json.dumps(card))
+    code, text, err = run_in_process(["recalibrate", out, "--noisy", stores / "noisy.zarr",
+                                      "--clean", stores / "clean.zarr"], capsys)
+    assert code == 0, err
+    again = json.loads((out / "card.json").read_text())
+    assert again["uncertainty"]["line_noise_gain"] == measured["line_noise_gain"]
+    assert again["uncertainty"]["line_error_scale"] == measured["line_error_scale"]
+    assert again["history"] == card["history"] and "recalibrated" in again
+    assert "recalibrate:" in text and "noise gains" in text
+    # other galaxies are not the ones it was trained on
+    code, _, err = run_in_process(["recalibrate", out, "--noisy", stores / "test_noisy.zarr",
+                                   "--clean", stores / "test_clean.zarr"], capsys)
+    assert code != 0 and "needs the data the model was trained on" in err
+
+
 def test_train_killed_part_way_goes_on_from_its_last_epoch_when_run_again(stores, tmp_path, capsys):
     out = tmp_path / "ae"
     args = ["train", "ae", "--noisy", stores / "noisy.zarr", "--clean", stores / "clean.zarr",

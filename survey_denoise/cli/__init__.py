@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock": ("mock:mock", "Generate a mock survey with known truth."),
     "train": ("train:train", "Train a PCA, AE or VAE de-noiser."),
     "evaluate": ("train:evaluate", "Test MSE of a saved de-noiser."),
+    "recalibrate": ("train:recalibrate", "Measure a saved de-noiser's uncertainty model again."),
     "denoise": ("stages:denoise", "De-noise a store with a saved model."),
     "fit": ("fit:fit", "Measure emission lines into a catalogue (pPXF or fast)."),
     "combine": ("fit:combine", "Combine each de-noised line flux with its input's, by the model's noise gains."),

@@ -16,6 +16,11 @@ step before it) that ``--check`` prints, carried out by
 :func:`~survey_denoise.pipeline.stages.train` as a run's train step.
 
 ``evaluate MODEL_DIR --noisy STORE --clean STORE`` prints the test MSE.
+
+``recalibrate MODEL_DIR --noisy STORE --clean STORE`` measures a saved
+model's held-out uncertainty model again with this version, on the
+validation galaxies of its training, and rewrites its card (the network is
+unchanged): for models saved before the noise gains were measured.
 """
 
 from __future__ import annotations
@@ -103,3 +108,26 @@ def evaluate(model_dir: Path, noisy: Path, clean: Path) -> None:
     mse = model.stream_mse(pairs, rows)
     click.echo(f"test MSE: {mse:.6g} (normalised flux^2 per pixel, {rows.size} spectra, "
                f"{model.kind} latent {model.latent})")
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--noisy", required=True, type=click.Path(path_type=Path),
+              help="The noise-added store the model was trained on.")
+@click.option("--clean", required=True, type=click.Path(path_type=Path),
+              help="The clean store the model was trained on.")
+def recalibrate(model_dir: Path, noisy: Path, clean: Path) -> None:
+    """Measure MODEL_DIR's held-out uncertainty model again on its training's validation galaxies."""
+    from ..models import load_model
+
+    ds_noisy, ds_clean = _open(noisy), _open(clean)
+    model = load_model(model_dir, expect=ds_noisy)
+    try:
+        model.recalibrate(ds_noisy, ds_clean)
+    except ValueError as err:
+        raise UserError(f"{model_dir}: {err}") from None
+    model.save(model_dir)
+    gains = model.card_["uncertainty"].get("line_noise_gain", {})
+    shown = ", ".join(f"{k} {v:+.3f}" for k, v in gains.items() if v is not None and k in ("halpha", "oiii_5007"))
+    click.echo(f"recalibrate: {model_dir} ({model.card_['uncertainty']['n_galaxy']} held-out galaxies; "
+               f"noise gains {shown or 'not measured'})")

@@ -209,7 +209,8 @@ def combine_catalogues(denoised: xr.Dataset, noisy: xr.Dataset,
     ------
     ValueError
         When the galaxies differ, or no gain is given or recorded (a model
-        trained before gains were measured: retrain it).
+        trained before gains were measured: recalibrate it,
+        :meth:`~survey_denoise.models.base.Denoiser.recalibrate`).
     """
     steps = [step.get("step") for step in json.loads(denoised.attrs.get("provenance") or "[]")]
     if gain is None and "denoise" not in steps:
@@ -218,7 +219,8 @@ def combine_catalogues(denoised: xr.Dataset, noisy: xr.Dataset,
     if gain is None and GAIN_ATTR not in denoised.attrs:
         raise ValueError("the de-noised catalogue carries no line noise gains (attrs "
                          f"{GAIN_ATTR!r}): its model was trained before they were measured; "
-                         "retrain it, or pass gain")
+                         "measure them ('survey-denoise recalibrate MODEL_DIR'), de-noise again, "
+                         "or pass gain")
     # A line whose gain the model could not measure (too few validation galaxies) keeps the input's.
     gain = dict(gain) if gain is not None else recorded_gain(denoised.attrs)
     if denoised.sizes["galaxy"] != noisy.sizes["galaxy"] or not np.array_equal(

@@ -132,7 +132,7 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     factor = np.ones(rows.size)
     if model.output_in_input_norm:
         # The output keeps the noisy input's normalisation; the target has its own.
-        factor = _norm_ratio(pairs, rows)
+        factor = _frame_ratio_at(pairs, rows)
     r2, tv, vv, dd, yy, xx, n = [], [], [], [], [], [], 0
     lagged = np.zeros(CORRELATION_WINDOW)
     for x, y, w in iter_rows(pairs, rows):
@@ -176,7 +176,7 @@ def held_out_residuals(model, pairs: SpectraPairs, rows: np.ndarray) -> dict:
     held = {"denoised": np.concatenate(dd), "target": np.concatenate(yy),
             "target_var": t.astype(np.float32), "var": var, "good": good & (t > 0),
             "input": np.concatenate(xx), "input_ivar": input_ivar(pairs, rows),
-            "input_norm_ratio": _norm_ratio(pairs, rows)}
+            "input_norm_ratio": _frame_ratio_at(pairs, rows)}
     return {"pixel_var": pixel_var, "variance_scale": scale, "pixel_correlation": rho,
             "n_galaxy": int(n), "held_out": held}
 
@@ -229,7 +229,7 @@ def frame_ratio(noisy, clean) -> np.ndarray:
     return np.where(ok, dim * nc / np.where(ok, nn, 1.0), np.nan)
 
 
-def _norm_ratio(pairs: SpectraPairs, rows: np.ndarray) -> np.ndarray:
+def _frame_ratio_at(pairs: SpectraPairs, rows: np.ndarray) -> np.ndarray:
     """:func:`frame_ratio` at ``rows``: 1 for arrays, and where it is not defined."""
     if not pairs.is_dataset:
         return np.ones(rows.size)
@@ -578,14 +578,37 @@ class Denoiser(abc.ABC):
             metrics["val_mse"] = self.stream_mse(pairs, parts.validation)
         else:
             metrics["train_mse"] = self.stream_mse(pairs, parts.train)
+        from ..grid import Grid
+
+        uncertainty, norms = self._calibrate(noisy, clean, pairs, parts, Grid.from_dict(facts["grid"]))
+        self.card_ = {
+            "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
+            "grid": facts["grid"], "norm_convention": facts["norm_convention"],
+            "noise_model": facts["noise_model"],
+            "training": {"data_id": facts["data_id"], "n_galaxy": pairs.n,
+                         "n_train": int(parts.train.size), "n_validation": int(parts.validation.size),
+                         "validation_split": validation_split, "validation_seed": parts.seed,
+                         "source": getattr(noisy, "encoding", {}).get("source")},
+            "hyperparameters": self.get_params(), "seed": self.seed,
+            "history": history, "metrics": metrics, "versions": cards.package_versions(),
+            "uncertainty": uncertainty,
+        }
+        if norms is not None:
+            self.card_["output_norm"] = norms
+        return self
+
+    def _calibrate(self, noisy, clean, pairs: SpectraPairs, parts, grid) -> tuple[dict, dict | None]:
+        """The held-out uncertainty model (the card's ``uncertainty``) and the output's norm ratio.
+
+        Sets ``pixel_var_`` and ``variance_scale_``.  ``parts`` is the
+        training's split: the validation galaxies are the held-out ones
+        (the training galaxies when there are none).
+        """
         held = parts.validation if parts.validation.size else parts.train
         self.variance_scale_ = 1.0
         resid = held_out_residuals(self, pairs, held)
         self.pixel_var_ = resid["pixel_var"].astype(np.float32)
         self.variance_scale_ = resid["variance_scale"]
-        from ..grid import Grid
-
-        grid = Grid.from_dict(facts["grid"])
         held_out = resid.pop("held_out")
         norms = None if self.output_in_input_norm else output_norm(noisy, clean)
         target_fit = fit_targets(held_out, grid)
@@ -630,20 +653,55 @@ class Denoiser(abc.ABC):
             "target_noise": "accounted for: r^2 = (d - y)^2 compared with var + t, "
                             "t = 1/w - 2e-6 the target's flux variance",
             "median_pixel_var": float(np.median(self.pixel_var_)), "file": UNCERTAINTY_FILE}
-        self.card_ = {
-            "kind": self.kind, "card_version": cards.CARD_VERSION, "artefact": self.artefact,
-            "grid": facts["grid"], "norm_convention": facts["norm_convention"],
-            "noise_model": facts["noise_model"],
-            "training": {"data_id": facts["data_id"], "n_galaxy": pairs.n,
-                         "n_train": int(parts.train.size), "n_validation": int(parts.validation.size),
-                         "validation_split": validation_split, "validation_seed": parts.seed,
-                         "source": getattr(noisy, "encoding", {}).get("source")},
-            "hyperparameters": self.get_params(), "seed": self.seed,
-            "history": history, "metrics": metrics, "versions": cards.package_versions(),
-            "uncertainty": uncertainty,
-        }
+        return uncertainty, norms
+
+    def recalibrate(self, noisy, clean, *, input_ivar=None) -> Denoiser:
+        """Measure the held-out uncertainty model again, with this version, without training.
+
+        A model saved by an earlier version lacks what later versions
+        measure after training (the noise gains of
+        :func:`line_noise_gains`, for instance).  This draws the training's
+        validation galaxies again (the card's ``validation_seed`` and
+        ``validation_split``) from the data it was trained on and replaces
+        the card's ``uncertainty`` (and ``output_norm``) and the per-pixel
+        variance; the network is unchanged.
+
+        Parameters
+        ----------
+        noisy, clean : Dataset, store path, or ndarray (n, npix)
+            The training data, as given to :meth:`fit`.
+        input_ivar : ndarray (n, npix), optional
+            Arrays only, as for :meth:`fit`.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            If the data are not the galaxies the model was trained on.
+        """
+        from ..grid import Grid
+
+        self._require_fitted()
+        noisy, clean = _open(noisy), _open(clean)
+        pairs = SpectraPairs(noisy, clean, input_ivar=input_ivar)
+        training = self.card_["training"]
+        facts = cards.data_facts(noisy) if pairs.is_dataset else {"data_id": None, "n_galaxy": pairs.n}
+        if facts["n_galaxy"] != training["n_galaxy"] or (
+                training.get("data_id") and facts["data_id"] != training["data_id"]):
+            raise ValueError(f"recalibrate needs the data the model was trained on: {training['n_galaxy']} "
+                             f"galaxies (id {training.get('data_id')}), got {facts['n_galaxy']} "
+                             f"(id {facts['data_id']})")
+        parts = split(pairs, float(training["validation_split"]), int(training["validation_seed"]))
+        uncertainty, norms = self._calibrate(noisy, clean, pairs, parts, Grid.from_dict(self.card_["grid"]))
+        self.card_["uncertainty"] = uncertainty
         if norms is not None:
             self.card_["output_norm"] = norms
+        from .. import __version__
+
+        self.card_["recalibrated"] = {"version": __version__}
         return self
 
     def predicts_variance(self) -> bool:
